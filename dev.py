@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Set up the project's environment and run it: the two commands in the README.
+
+    python3 dev.py web [web.py options]     # set up, then launch the app
+    python3 dev.py test [pytest options]    # set up (with test tools), then run the tests
+
+Setup creates ``.venv`` next to this file and installs the pinned
+requirements with uv (fast, and it ignores local "+cpu" torch wheels that
+break torchvision). It is idempotent: a stamp of the requirements' hash makes
+the second run skip straight to the command. Needs only python3 (3.10+).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+UV_VERSION = "0.13.9"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def say(msg: str) -> None:
+    print(f"[dev] {msg}", flush=True)
+
+
+def run(cmd: list[str], **kw) -> None:
+    subprocess.run(cmd, check=True, **kw)
+
+
+def requirements_hash(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    h.update(sys.version.encode())
+    return h.hexdigest()
+
+
+def ensure_venv(with_tests: bool) -> None:
+    req = ROOT / ("requirements-test.txt" if with_tests else "requirements.txt")
+    files = [ROOT / "requirements.txt"] + ([ROOT / "requirements-test.txt"] if with_tests else [])
+    stamp = VENV / (".stamp-test" if with_tests else ".stamp-runtime")
+    digest = requirements_hash(files)
+    if PY.exists() and stamp.exists() and stamp.read_text() == digest:
+        return
+    if not PY.exists():
+        say(f"creating virtual environment in {VENV}")
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    uv = VENV / "bin" / "uv"
+    if not uv.exists():
+        say(f"installing uv {UV_VERSION}")
+        run([str(PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"uv=={UV_VERSION}"])
+    say(f"installing {req.name} (first time: a few minutes; torch with its CUDA libraries is ~5 GB)")
+    run([str(uv), "pip", "install", "--python", str(PY), "-r", str(req)])
+    run([str(PY), "-c", "import torch, torchvision; torchvision.ops.nms"])  # the "+cpu wheel" trap fails here
+    stamp.write_text(digest)
+
+
+def ensure_chromium() -> None:
+    """The browser test drives Debian's chromium (never a downloaded browser)."""
+    if Path(CHROMIUM).exists() or shutil.which("chromium"):
+        return
+    if os.name != "posix" or not shutil.which("apt-get"):
+        say("chromium not found and no apt-get: the browser test will be skipped")
+        return
+    sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
+    if sudo is None:
+        say("chromium not found and not root: `apt-get install chromium` to run the browser test")
+        return
+    say("installing Debian's chromium for the browser test")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        run(sudo + ["apt-get", "update", "-qq"], env=env)
+        run(sudo + ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], env=env)
+    except subprocess.CalledProcessError as e:
+        say(f"could not install chromium ({e}); the browser test will be skipped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["web", "test", "setup"], help="what to do after setting up")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="passed on to web.py / pytest")
+    opts = parser.parse_args(argv)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    if opts.command == "web":
+        ensure_venv(with_tests=False)
+        return subprocess.call([str(PY), str(ROOT / "web.py"), *opts.args], cwd=ROOT, env=env)
+    ensure_venv(with_tests=True)
+    if opts.command == "setup":
+        return 0
+    ensure_chromium()
+    return subprocess.call([str(PY), "-m", "pytest", *(opts.args or ["-q"])], cwd=ROOT, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

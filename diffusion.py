@@ -1,0 +1,567 @@
+#!/usr/bin/env python3
+"""The diffusion core: noise schedules, forward noising, the training loss and
+the samplers (DDPM, DDIM, DPM-Solver++), plus ``generate_images``, the one
+entry point the app, the CLI and training use to make pictures.
+
+Run as a script it is the command line: ``python diffusion.py`` trains,
+``python diffusion.py sample ...`` samples (see ``--help``).
+
+Conventions (those of diffusers' schedulers, so the names are familiar):
+``num_train_timesteps`` T, integer timesteps ``t`` in ``[0, T)``,
+``beta_schedule`` in {"linear", "cosine" (= diffusers' "squaredcos_cap_v2"),
+"sigmoid"}, ``prediction_type`` in {"epsilon", "v_prediction"},
+``timestep_spacing`` in {"linspace", "leading", "trailing"}. Images live in
+[-1, 1].
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+BETA_SCHEDULES = ("linear", "cosine", "sigmoid")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+SAMPLERS = ("ddpm", "ddim", "dpm++")
+
+
+# --------------------------------------------------------------------------- schedules
+def linear_beta_schedule(
+    num_train_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> torch.Tensor:
+    """DDPM's linear betas (diffusers ``beta_schedule="linear"``), float64."""
+    return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+
+
+def cosine_beta_schedule(num_train_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal's cosine schedule (diffusers ``"squaredcos_cap_v2"``), float64.
+
+    ``alpha_bar(t) = cos((t + s) / (1 + s) * pi / 2)^2``; betas are capped at
+    ``max_beta`` so the last step does not divide by zero.
+    """
+    def alpha_bar(u: float) -> float:
+        return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+    T = num_train_timesteps
+    betas = [min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta) for i in range(T)]
+    return torch.tensor(betas, dtype=torch.float64)
+
+
+def sigmoid_beta_schedule(
+    num_train_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> torch.Tensor:
+    """diffusers' ``"sigmoid"`` betas: a sigmoid over [-6, 6] rescaled to [beta_start, beta_end]."""
+    x = torch.linspace(-6, 6, num_train_timesteps, dtype=torch.float64)
+    return torch.sigmoid(x) * (beta_end - beta_start) + beta_start
+
+
+@dataclass(frozen=True)
+class DiffusionTerms:
+    """Every per-timestep quantity the loss and samplers need (float64, shape (T,))."""
+
+    betas: torch.Tensor
+    alphas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    alphas_cumprod_prev: torch.Tensor
+    sqrt_alphas_cumprod: torch.Tensor
+    sqrt_one_minus_alphas_cumprod: torch.Tensor
+    log_one_minus_alphas_cumprod: torch.Tensor
+    sqrt_recip_alphas_cumprod: torch.Tensor
+    sqrt_recipm1_alphas_cumprod: torch.Tensor
+    posterior_variance: torch.Tensor
+    posterior_log_variance_clipped: torch.Tensor
+    posterior_mean_coef1: torch.Tensor  # multiplies x_0
+    posterior_mean_coef2: torch.Tensor  # multiplies x_t
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.betas.shape[0]
+
+
+def precompute_diffusion_terms(betas: torch.Tensor) -> DiffusionTerms:
+    """Derive alpha-bar, its square roots, and the posterior q(x_{t-1} | x_t, x_0)."""
+    betas = betas.to(torch.float64)
+    if betas.ndim != 1 or not ((betas > 0) & (betas < 1)).all():
+        raise ValueError("betas must be a 1-D tensor with values in (0, 1)")
+    alphas = 1.0 - betas
+    ac = torch.cumprod(alphas, dim=0)
+    ac_prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
+    post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
+    return DiffusionTerms(
+        betas=betas,
+        alphas=alphas,
+        alphas_cumprod=ac,
+        alphas_cumprod_prev=ac_prev,
+        sqrt_alphas_cumprod=ac.sqrt(),
+        sqrt_one_minus_alphas_cumprod=(1.0 - ac).sqrt(),
+        log_one_minus_alphas_cumprod=torch.log(1.0 - ac),
+        sqrt_recip_alphas_cumprod=(1.0 / ac).sqrt(),
+        sqrt_recipm1_alphas_cumprod=(1.0 / ac - 1.0).sqrt(),
+        posterior_variance=post_var,
+        # The variance is 0 at t=0: take log of the t=1 value there (as DDPM does).
+        posterior_log_variance_clipped=torch.log(torch.cat([post_var[1:2], post_var[1:]])),
+        posterior_mean_coef1=betas * ac_prev.sqrt() / (1.0 - ac),
+        posterior_mean_coef2=(1.0 - ac_prev) * alphas.sqrt() / (1.0 - ac),
+    )
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The process a model was trained with (stored in every checkpoint's JSON)."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "cosine"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    prediction_type: str = "v_prediction"
+
+    def __post_init__(self) -> None:
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if self.num_train_timesteps < 2:
+            raise ValueError("num_train_timesteps must be at least 2")
+
+    def betas(self) -> torch.Tensor:
+        if self.beta_schedule == "linear":
+            return linear_beta_schedule(self.num_train_timesteps, self.beta_start, self.beta_end)
+        if self.beta_schedule == "sigmoid":
+            return sigmoid_beta_schedule(self.num_train_timesteps, self.beta_start, self.beta_end)
+        return cosine_beta_schedule(self.num_train_timesteps)
+
+    def terms(self) -> DiffusionTerms:
+        return precompute_diffusion_terms(self.betas())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DiffusionConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown diffusion config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Gather ``values[t]`` and shape it to broadcast against ``like`` (its dtype/device)."""
+    out = values.to(like.device)[t.to(like.device).long()]
+    return out.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+# --------------------------------------------------------------------------- forward process and loss
+def q_sample(terms: DiffusionTerms, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Sample ``x_t ~ q(x_t | x_0) = N(sqrt(ab_t) x_0, (1 - ab_t) I)`` with the given noise."""
+    return _at(terms.sqrt_alphas_cumprod, t, x0) * x0 + _at(terms.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+
+def velocity(terms: DiffusionTerms, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The v-prediction target ``v = sqrt(ab) eps - sqrt(1 - ab) x_0`` (Salimans & Ho)."""
+    return _at(terms.sqrt_alphas_cumprod, t, x0) * noise - _at(terms.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+
+
+def predict_x0_eps(
+    terms: DiffusionTerms, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor, prediction_type: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn the network's output (epsilon or v) into the pair ``(x_0, epsilon)``."""
+    a = _at(terms.sqrt_alphas_cumprod, t, x_t)
+    s = _at(terms.sqrt_one_minus_alphas_cumprod, t, x_t)
+    if prediction_type == "epsilon":
+        return (x_t - s * model_output) / a, model_output
+    if prediction_type == "v_prediction":
+        return a * x_t - s * model_output, a * model_output + s * x_t
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+def eps_from_x0(terms: DiffusionTerms, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """The noise consistent with ``x_t`` and a (possibly clipped) ``x_0``."""
+    return (x_t - _at(terms.sqrt_alphas_cumprod, t, x_t) * x0) / _at(terms.sqrt_one_minus_alphas_cumprod, t, x_t)
+
+
+def snr(terms: DiffusionTerms, t: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio ``ab / (1 - ab)`` at integer timesteps (float32)."""
+    ac = terms.alphas_cumprod.to(t.device)[t.long()]
+    return (ac / (1 - ac)).float()
+
+
+def training_loss(
+    model: Callable[..., torch.Tensor],
+    terms: DiffusionTerms,
+    x0: torch.Tensor,
+    cond: torch.Tensor,
+    *,
+    prediction_type: str = "v_prediction",
+    drop_cond: torch.Tensor | None = None,
+    min_snr_gamma: float | None = None,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Mean squared error of the network's epsilon / v prediction at random t.
+
+    With ``min_snr_gamma`` the per-sample loss is weighted by Min-SNR-gamma
+    (Hang et al. 2023), written for the chosen target: ``min(snr, g) / snr``
+    for epsilon and ``min(snr, g) / (snr + 1)`` for v. Both equal the x_0-MSE
+    weight ``min(snr, g)`` expressed in that target's units.
+    """
+    b = x0.shape[0]
+    if t is None:
+        t = torch.randint(0, terms.num_train_timesteps, (b,), device=x0.device, generator=generator)
+    if noise is None:
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    x_t = q_sample(terms, x0, t, noise)
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = velocity(terms, x0, noise, t)
+    else:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}")
+    out = model(x_t, t, cond, drop_cond)
+    per_sample = F.mse_loss(out.float(), target.float(), reduction="none").mean(dim=tuple(range(1, x0.ndim)))
+    if min_snr_gamma is not None:
+        s = snr(terms, t)
+        clipped = torch.clamp(s, max=min_snr_gamma)
+        weight = clipped / s if prediction_type == "epsilon" else clipped / (s + 1)
+        per_sample = per_sample * weight
+    return per_sample.mean()
+
+
+# --------------------------------------------------------------------------- sampling helpers
+@dataclass
+class StepInfo:
+    """What a sampler reports after each step (for previews, GIF frames, progress)."""
+
+    step: int  # 0-based index of the finished step
+    num_steps: int
+    timestep: int  # the model's timestep at this step
+    x: torch.Tensor  # the sample after the step
+    x0_pred: torch.Tensor  # the model's current estimate of the clean image
+
+
+StepCallback = Callable[[StepInfo], None]
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn_like_batch(shape: Sequence[int], generator: Generators, device: torch.device | str) -> torch.Tensor:
+    """Standard normal noise; with one generator per image each image's noise
+    depends only on its own seed, so image i is the same whatever the batch."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, device=device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device) for g in generator])
+
+
+def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "trailing") -> list[int]:
+    """The model timesteps a reduced-step sampler visits, in decreasing order.
+
+    Same definitions as diffusers: ``linspace`` = round(linspace(0, T-1, n)),
+    ``leading`` = arange(n) * (T // n), ``trailing`` = round(arange(T, 0, -T/n)) - 1.
+    ``trailing`` starts at t = T-1, where the model sees (almost) pure noise,
+    which is why it is our default (Lin et al. 2024).
+    """
+    T = num_train_timesteps
+    if not 1 <= num_steps <= T:
+        raise ValueError(f"num_steps must be in [1, {T}], got {num_steps}")
+    if spacing == "linspace":
+        ts = np.linspace(0, T - 1, num_steps).round()
+    elif spacing == "leading":
+        ts = np.arange(num_steps) * (T // num_steps)
+    elif spacing == "trailing":
+        ts = np.round(np.arange(T, 0, -T / num_steps)) - 1
+        ts = np.sort(ts)
+    else:
+        raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
+    return [int(v) for v in ts[::-1]]
+
+
+class GuidedDenoiser:
+    """Calls the network with classifier-free guidance and returns ``(x_0, eps)``.
+
+    The conditional and null branches run as one batched forward. Guidance 1.0
+    needs no null branch, so it costs a single plain conditional forward.
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., torch.Tensor],
+        terms: DiffusionTerms,
+        cond: torch.Tensor,
+        prediction_type: str,
+        guidance_scale: float = 1.0,
+        clip_denoised: bool = True,
+    ):
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
+        self.model, self.terms, self.cond = model, terms, cond
+        self.prediction_type, self.guidance_scale, self.clip_denoised = prediction_type, guidance_scale, clip_denoised
+
+    def model_output(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        b = x.shape[0]
+        if self.guidance_scale == 1.0:
+            ts = torch.full((b,), t, device=x.device, dtype=torch.long)
+            return self.model(x, ts, self.cond, None).float()
+        ts = torch.full((2 * b,), t, device=x.device, dtype=torch.long)
+        drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x.device)
+        out = self.model(torch.cat([x, x]), ts, torch.cat([self.cond, self.cond]), drop).float()
+        cond_out, null_out = out.chunk(2)
+        return null_out + self.guidance_scale * (cond_out - null_out)
+
+    def __call__(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        x0, eps = predict_x0_eps(self.terms, x, tt, self.model_output(x, t), self.prediction_type)
+        if self.clip_denoised:
+            # Keep x_0 in the data range and make eps agree with it (guided-diffusion).
+            x0 = x0.clamp(-1, 1)
+            eps = eps_from_x0(self.terms, x, tt, x0)
+        return x0, eps
+
+
+def _report(callback: StepCallback | None, i: int, n: int, t: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+    if callback is not None:
+        callback(StepInfo(step=i, num_steps=n, timestep=t, x=x, x0_pred=x0))
+
+
+# --------------------------------------------------------------------------- samplers
+@torch.no_grad()
+def ddpm_sample(
+    denoise: GuidedDenoiser,
+    x: torch.Tensor,
+    *,
+    num_steps: int | None = None,
+    timestep_spacing: str = "leading",
+    generator: Generators = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Ancestral sampling: x_{s} ~ q(x_s | x_t, x_0 = model's x_0).
+
+    With ``num_steps=None`` it visits all T timesteps (the DDPM paper's
+    sampler, with the posterior variance, diffusers' "fixed_small"); fewer
+    steps use the same posterior between the visited timesteps.
+    """
+    terms = denoise.terms
+    T = terms.num_train_timesteps
+    timesteps = make_timesteps(T, num_steps or T, timestep_spacing)
+    ac = terms.alphas_cumprod
+    for i, t in enumerate(timesteps):
+        prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        x0, _ = denoise(x, t)
+        ab_t = ac[t].item()
+        ab_prev = ac[prev].item() if prev >= 0 else 1.0
+        beta = 1.0 - ab_t / ab_prev  # the effective beta of the jump t -> prev
+        coef_x0 = math.sqrt(ab_prev) * beta / (1.0 - ab_t)
+        coef_xt = math.sqrt(1.0 - beta) * (1.0 - ab_prev) / (1.0 - ab_t)
+        mean = coef_x0 * x0 + coef_xt * x
+        if prev >= 0:
+            var = max((1.0 - ab_prev) / (1.0 - ab_t) * beta, 1e-20)
+            x = mean + math.sqrt(var) * randn_like_batch(x.shape, generator, x.device)
+        else:
+            x = mean
+        _report(callback, i, len(timesteps), t, x, x0)
+    return x
+
+
+@torch.no_grad()
+def ddim_sample(
+    denoise: GuidedDenoiser,
+    x: torch.Tensor,
+    *,
+    num_steps: int = 50,
+    eta: float = 0.0,
+    timestep_spacing: str = "trailing",
+    generator: Generators = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """DDIM (Song et al.): deterministic at ``eta=0``, DDPM-like at ``eta=1``.
+
+    The step after the last visited timestep goes to alpha-bar = 1 (the clean
+    image), as diffusers' ``set_alpha_to_one=True``.
+    """
+    terms = denoise.terms
+    timesteps = make_timesteps(terms.num_train_timesteps, num_steps, timestep_spacing)
+    ac = terms.alphas_cumprod
+    for i, t in enumerate(timesteps):
+        prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        x0, eps = denoise(x, t)
+        ab_t = ac[t].item()
+        ab_prev = ac[prev].item() if prev >= 0 else 1.0
+        sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))
+        x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            x = x + sigma * randn_like_batch(x.shape, generator, x.device)
+        _report(callback, i, len(timesteps), t, x, x0)
+    return x
+
+
+@torch.no_grad()
+def dpm_solver_pp_sample(
+    denoise: GuidedDenoiser,
+    x: torch.Tensor,
+    *,
+    num_steps: int = 20,
+    timestep_spacing: str = "trailing",
+    generator: Generators = None,  # unused: the solver is deterministic; kept for a uniform signature
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep in log-SNR,
+    on the model's x_0 prediction; first order at the first step and at the
+    last (which lands on sigma = 0, the clean image), as diffusers'
+    ``DPMSolverMultistepScheduler`` with ``solver_type="midpoint"``.
+    """
+    terms = denoise.terms
+    timesteps = make_timesteps(terms.num_train_timesteps, num_steps, timestep_spacing)
+    ac = terms.alphas_cumprod
+    alpha = lambda t: math.sqrt(ac[t].item())  # noqa: E731 - tiny local helpers
+    sigma = lambda t: math.sqrt(1 - ac[t].item())  # noqa: E731
+    lam = lambda t: math.log(alpha(t)) - math.log(sigma(t))  # noqa: E731 - log-SNR / 2
+    x0_prev, t_prev = None, None
+    for i, t in enumerate(timesteps):
+        x0, _ = denoise(x, t)
+        if i + 1 == len(timesteps):
+            x_next = x0  # sigma_next = 0: the first-order update returns x_0 exactly
+        else:
+            s = timesteps[i + 1]
+            h = lam(s) - lam(t)
+            phi = math.expm1(-h)  # exp(-h) - 1
+            d = x0
+            if x0_prev is not None:
+                r = (lam(t) - lam(t_prev)) / h
+                d = x0 + 0.5 * (x0 - x0_prev) / r
+            x_next = (sigma(s) / sigma(t)) * x - alpha(s) * phi * d
+        x0_prev, t_prev, x = x0, t, x_next
+        _report(callback, i, len(timesteps), t, x, x0)
+    return x
+
+
+# --------------------------------------------------------------------------- the one generation entry point
+@dataclass
+class GenerationResult:
+    images: np.ndarray  # (N, H, W, 3) uint8
+    seeds: list[int]  # the seed of each image (image i used seed + i)
+    prompts: list[str]
+    frames: list[np.ndarray]  # each (N, H, W, 3) uint8: x_0 estimates over the run
+    frame_timesteps: list[int]  # the model timestep of each frame
+    recipe: dict[str, Any]
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[-1, 1] images (N, C, H, W) -> uint8 (N, H, W, C), clamped and rounded."""
+    x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def resolve_prompts(
+    prompts: Sequence[str] | str | None, class_names: Sequence[str] | str | None, num_images: int, template: str
+) -> list[str]:
+    """Prompts for ``num_images`` images: given prompts (cycled), or class
+    names turned into prompts with ``template``. Empty text is an error."""
+    from models.text_encoder import class_prompt
+
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if isinstance(class_names, str):
+        class_names = [class_names]
+    if prompts and class_names:
+        raise ValueError("give prompts or class names, not both")
+    if class_names:
+        texts = [class_prompt(c, template) for c in class_names]
+    elif prompts:
+        texts = [str(p).strip() for p in prompts]
+    else:
+        raise ValueError("a prompt or a class name is required")
+    if any(not t for t in texts):
+        raise ValueError("prompts must not be empty")
+    if num_images < 1:
+        raise ValueError(f"num_images must be at least 1, got {num_images}")
+    return [texts[i % len(texts)] for i in range(num_images)]
+
+
+@torch.no_grad()
+def generate_images(
+    model: torch.nn.Module,
+    diffusion: DiffusionConfig,
+    prompts: Sequence[str] | str | None = None,
+    *,
+    class_names: Sequence[str] | str | None = None,
+    num_images: int = 1,
+    sampler: str = "dpm++",
+    num_steps: int | None = None,
+    guidance_scale: float = 3.0,
+    seed: int = 0,
+    eta: float = 0.0,
+    timestep_spacing: str | None = None,
+    image_size: int | None = None,
+    encode_fn: Callable[[list[str]], np.ndarray] | None = None,
+    prompt_template: str = "a photo of a {}",
+    return_frames: bool = False,
+    frame_every: int = 1,
+    callback: StepCallback | None = None,
+    device: torch.device | str | None = None,
+) -> GenerationResult:
+    """Prompts or class names in, uint8 images (and optional denoising frames) out.
+
+    Image ``i`` starts from noise seeded with ``seed + i``, so a seed reproduces
+    an image exactly, whatever else is in the batch. ``encode_fn`` maps
+    prompts to (N, cond_dim) embeddings (default: the MiniLM text encoder).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    texts = resolve_prompts(prompts, class_names, num_images, prompt_template)
+    if encode_fn is None:
+        from models.text_encoder import encode_prompts as encode_fn
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    size = image_size or model.config.image_size
+    defaults = {"ddpm": (diffusion.num_train_timesteps, "leading"), "ddim": (50, "trailing"), "dpm++": (20, "trailing")}
+    num_steps = defaults[sampler][0] if num_steps is None else int(num_steps)
+    spacing = timestep_spacing or defaults[sampler][1]
+    make_timesteps(diffusion.num_train_timesteps, num_steps, spacing)  # validates before any work
+    if not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
+
+    cond = torch.as_tensor(np.asarray(encode_fn(texts)), dtype=torch.float32, device=device)
+    seeds = [int(seed) + i for i in range(num_images)]
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    x = randn_like_batch((num_images, model.config.in_channels, size, size), generators, device)
+    terms = diffusion.terms()
+    denoise = GuidedDenoiser(model, terms, cond, diffusion.prediction_type, guidance_scale)
+
+    frames: list[np.ndarray] = []
+    frame_ts: list[int] = []
+
+    def on_step(info: StepInfo) -> None:
+        last = info.step + 1 == info.num_steps
+        if return_frames and (info.step % max(1, frame_every) == 0 or last):
+            frames.append(to_uint8(info.x0_pred if not last else info.x))
+            frame_ts.append(info.timestep)
+        if callback is not None:
+            callback(info)
+
+    was_training = model.training
+    model.eval()
+    try:
+        if sampler == "ddpm":
+            out = ddpm_sample(denoise, x, num_steps=num_steps, timestep_spacing=spacing, generator=generators, callback=on_step)
+        elif sampler == "ddim":
+            out = ddim_sample(denoise, x, num_steps=num_steps, eta=eta, timestep_spacing=spacing, generator=generators, callback=on_step)
+        else:
+            out = dpm_solver_pp_sample(denoise, x, num_steps=num_steps, timestep_spacing=spacing, callback=on_step)
+    finally:
+        model.train(was_training)
+    recipe = {
+        "sampler": sampler, "steps": num_steps, "guidance_scale": guidance_scale, "seed": int(seed),
+        "eta": eta, "timestep_spacing": spacing, "size": size,
+    }
+    return GenerationResult(to_uint8(out), seeds, texts, frames, frame_ts, recipe)
+
+
+if __name__ == "__main__":
+    from cli import main
+
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The conditional U-Net: timestep + text conditioning, classifier-free-guidance ready."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .modules import Downsample, ResBlock, SelfAttention, Upsample, group_norm, zero_init
+from .text_encoder import TEXT_EMBED_DIM
+from .time_encoder import TimestepEmbedder
+
+
+@dataclass
+class UNetConfig:
+    """Everything needed to rebuild the network (stored in every checkpoint's JSON).
+
+    ``attention_resolutions`` are feature-map sizes in pixels (for the
+    ``image_size`` the network is built for) at which self-attention runs.
+    """
+
+    image_size: int = 64
+    in_channels: int = 3
+    out_channels: int = 3
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16, 8)
+    head_channels: int = 32
+    dropout: float = 0.1
+    cond_dim: int = TEXT_EMBED_DIM
+
+    def __post_init__(self) -> None:
+        self.channel_mult = tuple(int(m) for m in self.channel_mult)
+        self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
+        factor = 2 ** (len(self.channel_mult) - 1)
+        if self.image_size % factor:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by 2^(levels-1) = {factor} "
+                f"for channel_mult {self.channel_mult}"
+            )
+        if self.base_channels <= 0 or self.num_res_blocks <= 0 or not self.channel_mult:
+            raise ValueError("base_channels, num_res_blocks and channel_mult must be positive / non-empty")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["channel_mult"] = list(self.channel_mult)
+        d["attention_resolutions"] = list(self.attention_resolutions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown U-Net config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+class ConditionalUNet(nn.Module):
+    """U-Net predicting noise (or v) from ``(x_t, t, text embedding)``.
+
+    Time and text embeddings are summed into one vector that scales and shifts
+    every residual block, at every level and in the middle. ``drop_cond`` marks
+    rows whose text is replaced by a learned null embedding: that is both the
+    training-time condition dropout and the unconditional branch of
+    classifier-free guidance.
+    """
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = config
+        ch = config.base_channels
+        emb_dim = 4 * ch
+        self.time_embed = TimestepEmbedder(ch, emb_dim)
+        self.cond_embed = nn.Sequential(nn.Linear(config.cond_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.null_cond = nn.Parameter(torch.zeros(config.cond_dim))
+
+        self.input_conv = nn.Conv2d(config.in_channels, ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        skip_channels = [ch]
+        resolution = config.image_size
+        for level, mult in enumerate(config.channel_mult):
+            for _ in range(config.num_res_blocks):
+                self.down.append(self._block(ch, mult * config.base_channels, emb_dim, resolution))
+                ch = mult * config.base_channels
+                skip_channels.append(ch)
+            if level != len(config.channel_mult) - 1:
+                self.down.append(Downsample(ch))
+                skip_channels.append(ch)
+                resolution //= 2
+
+        self.middle = nn.ModuleList(
+            [ResBlock(ch, ch, emb_dim, config.dropout), SelfAttention(ch, config.head_channels),
+             ResBlock(ch, ch, emb_dim, config.dropout)]
+        )
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.channel_mult))):
+            for i in range(config.num_res_blocks + 1):
+                out_ch = mult * config.base_channels
+                self.up.append(self._block(ch + skip_channels.pop(), out_ch, emb_dim, resolution))
+                ch = out_ch
+            if level != 0:
+                self.up.append(Upsample(ch))
+                resolution *= 2
+
+        self.out_norm = group_norm(ch)
+        self.out_conv = zero_init(nn.Conv2d(ch, config.out_channels, 3, padding=1))
+
+    def _block(self, in_ch: int, out_ch: int, emb_dim: int, resolution: int) -> nn.Module:
+        res = ResBlock(in_ch, out_ch, emb_dim, self.config.dropout)
+        if resolution in self.config.attention_resolutions:
+            return nn.ModuleList([res, SelfAttention(out_ch, self.config.head_channels)])
+        return nn.ModuleList([res])
+
+    @staticmethod
+    def _run_block(block: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if isinstance(block, (Downsample, Upsample)):
+            return block(h)
+        h = block[0](h, emb)
+        for extra in block[1:]:
+            h = extra(h)
+        return h
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        cond: torch.Tensor,
+        drop_cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x``: (B, C, H, W); ``timesteps``: (B,) or scalar; ``cond``: (B, cond_dim);
+        ``drop_cond``: optional (B,) bool, True where the null condition is used."""
+        factor = 2 ** (len(self.config.channel_mult) - 1)
+        if x.shape[-1] % factor or x.shape[-2] % factor:
+            raise ValueError(f"image size {tuple(x.shape[-2:])} must be divisible by {factor}")
+        b = x.shape[0]
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(b)
+        cond = cond.to(self.null_cond.dtype)
+        if drop_cond is not None:
+            cond = torch.where(drop_cond[:, None], self.null_cond.expand_as(cond), cond)
+        emb = self.time_embed(timesteps) + self.cond_embed(cond)
+
+        h = self.input_conv(x)
+        skips = [h]
+        for block in self.down:
+            h = self._run_block(block, h, emb)
+            skips.append(h)
+        h = self.middle[0](h, emb)
+        h = self.middle[1](h)
+        h = self.middle[2](h, emb)
+        for block in self.up:
+            if isinstance(block, Upsample):
+                h = block(h)
+            else:
+                h = self._run_block(block, torch.cat([h, skips.pop()], dim=1), emb)
+        return self.out_conv(F.silu(self.out_norm(h)))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,227 @@
+"""Diffusion math, the U-Net and the text encoder: properties that must hold."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import diffusion as D
+from models import ConditionalUNet, UNetConfig
+
+TINY = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), head_channels=8,
+            dropout=0.0)
+
+
+def tiny_unet(size: int = 16, seed: int = 0) -> ConditionalUNet:
+    torch.manual_seed(seed)
+    model = ConditionalUNet(UNetConfig(image_size=size, **TINY))
+    # Zero-initialised output layers make an untrained net ignore its inputs;
+    # give them small random weights so the tests see real behaviour.
+    for p in model.parameters():
+        if not p.detach().any():
+            torch.nn.init.normal_(p, std=0.05)
+    return model.eval()
+
+
+def fake_encode(prompts):
+    """A deterministic stand-in for the text encoder: a unit vector per prompt."""
+    out = []
+    for p in prompts:
+        g = torch.Generator().manual_seed(sum(map(ord, p)) % (2**31))
+        v = torch.randn(384, generator=g)
+        out.append((v / v.norm()).numpy())
+    return np.stack(out)
+
+
+# ----------------------------------------------------------------- forward process
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_q_sample_statistics(schedule):
+    terms = D.DiffusionConfig(beta_schedule=schedule).terms()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((20000, 1), 0.5)
+    for t in [0, 250, 999]:
+        tt = torch.full((x0.shape[0],), t)
+        xt = D.q_sample(terms, x0, tt, torch.randn(x0.shape, generator=g))
+        ab = terms.alphas_cumprod[t].item()
+        assert xt.mean().item() == pytest.approx(0.5 * ab**0.5, abs=0.02)
+        assert xt.var().item() == pytest.approx(1 - ab, abs=0.03 + 0.02 * (1 - ab))
+
+
+def test_schedule_terms_are_consistent():
+    terms = D.DiffusionConfig(beta_schedule="cosine").terms()
+    ac = terms.alphas_cumprod
+    assert torch.all(ac[1:] < ac[:-1]) and ac[0] < 1 and ac[-1] > 0
+    torch.testing.assert_close(terms.sqrt_alphas_cumprod**2 + terms.sqrt_one_minus_alphas_cumprod**2,
+                               torch.ones_like(ac))
+    # The posterior mean of x_{t-1} given x_t = q_sample(x0, eps) with eps = 0 must be q-consistent.
+    t = 400
+    post_var = terms.posterior_variance[t]
+    assert 0 < post_var < terms.betas[t]
+    assert torch.isfinite(terms.posterior_log_variance_clipped).all()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_v_and_epsilon_conversions_round_trip(prediction_type):
+    terms = D.DiffusionConfig().terms()
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1
+    eps = torch.randn(4, 3, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 500, 990])
+    xt = D.q_sample(terms, x0, t, eps)
+    target = eps if prediction_type == "epsilon" else D.velocity(terms, x0, eps, t)
+    x0_hat, eps_hat = D.predict_x0_eps(terms, xt, t, target, prediction_type)
+    torch.testing.assert_close(x0_hat, x0, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(eps_hat, eps, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(D.eps_from_x0(terms, xt[1:3], t[1:3], x0[1:3]), eps[1:3], atol=1e-4, rtol=1e-4)
+
+
+def test_min_snr_weighting_changes_loss_only_where_snr_exceeds_gamma():
+    terms = D.DiffusionConfig(prediction_type="epsilon").terms()
+    model = lambda x, t, c, d: torch.zeros_like(x)  # noqa: E731
+    x0 = torch.rand(2, 3, 4, 4) * 2 - 1
+    noise = torch.randn_like(x0)
+    low_snr_t = torch.tensor([900, 950])
+    plain = D.training_loss(model, terms, x0, None, prediction_type="epsilon", t=low_snr_t, noise=noise)
+    weighted = D.training_loss(model, terms, x0, None, prediction_type="epsilon", t=low_snr_t, noise=noise,
+                               min_snr_gamma=5.0)
+    torch.testing.assert_close(plain, weighted)  # snr < 5 there: weight 1
+    high_snr_t = torch.tensor([1, 2])
+    plain = D.training_loss(model, terms, x0, None, prediction_type="epsilon", t=high_snr_t, noise=noise)
+    weighted = D.training_loss(model, terms, x0, None, prediction_type="epsilon", t=high_snr_t, noise=noise,
+                               min_snr_gamma=5.0)
+    assert weighted < plain * 0.01
+
+
+# ----------------------------------------------------------------- U-Net
+@pytest.mark.parametrize("size", [32, 64])
+def test_default_unet_output_shape(size):
+    model = ConditionalUNet(UNetConfig(image_size=size, base_channels=32, channel_mult=(1, 2, 2, 2))).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        out = model(x, torch.tensor([3, 999]), torch.randn(2, 384))
+    assert out.shape == x.shape
+
+
+def test_unet_rejects_bad_sizes_and_configs():
+    with pytest.raises(ValueError, match="divisible"):
+        UNetConfig(image_size=30, channel_mult=(1, 2, 2))
+    model = tiny_unet(16)
+    with pytest.raises(ValueError, match="divisible"):
+        model(torch.randn(1, 3, 15, 15), torch.tensor([1]), torch.randn(1, 384))
+
+
+def test_gradients_reach_every_parameter():
+    model = tiny_unet(16).train()
+    x = torch.randn(4, 3, 16, 16)
+    drop = torch.tensor([False, True, False, True])  # the null condition must learn too
+    loss = D.training_loss(model, D.DiffusionConfig().terms(), x, torch.randn(4, 384), drop_cond=drop)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient reached: {missing}"
+
+
+def test_conditioning_and_timestep_change_the_output():
+    model = tiny_unet(16)
+    x = torch.randn(2, 3, 16, 16)
+    c1, c2 = torch.randn(2, 384), torch.randn(2, 384)
+    t = torch.tensor([100, 100])
+    with torch.no_grad():
+        a, b = model(x, t, c1), model(x, t, c2)
+        c = model(x, torch.tensor([800, 800]), c1)
+        null = model(x, t, c1, torch.tensor([True, True]))
+        null2 = model(x, t, c2, torch.tensor([True, True]))
+    assert (a - b).abs().mean() > 1e-3
+    assert (a - c).abs().mean() > 1e-3
+    torch.testing.assert_close(null, null2)  # the null branch ignores the text
+
+
+# ----------------------------------------------------------------- sampling
+def test_guidance_one_equals_plain_conditional_sampling():
+    model = tiny_unet(16)
+    cfg = D.DiffusionConfig()
+    cond = torch.as_tensor(fake_encode(["a photo of a goldfish"] * 2))
+    guided = D.generate_images(model, cfg, "a photo of a goldfish", num_images=2, sampler="ddim", num_steps=5,
+                               guidance_scale=1.0, seed=3, encode_fn=fake_encode)
+    # Plain conditional sampling, written out: no null branch at all.
+    terms = cfg.terms()
+    plain_model = lambda x, t, c, d: model(x, t, cond)  # noqa: E731
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    x = D.randn_like_batch((2, 3, 16, 16), gens, "cpu")
+    plain = D.ddim_sample(D.GuidedDenoiser(plain_model, terms, cond, cfg.prediction_type), x, num_steps=5)
+    np.testing.assert_array_equal(guided.images, D.to_uint8(plain))
+
+
+def test_guidance_mixes_conditional_and_null_predictions():
+    model = tiny_unet(16)
+    terms = D.DiffusionConfig().terms()
+    cond = torch.randn(2, 384)
+    x = torch.randn(2, 3, 16, 16)
+    den = D.GuidedDenoiser(model, terms, cond, "v_prediction", guidance_scale=4.0)
+    with torch.no_grad():
+        c = model(x, torch.tensor([500, 500]), cond)
+        u = model(x, torch.tensor([500, 500]), cond, torch.tensor([True, True]))
+        torch.testing.assert_close(den.model_output(x, 500), u + 4.0 * (c - u), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 8), ("ddim", 6), ("dpm++", 6)])
+def test_same_seed_same_images_other_seed_different(sampler, steps):
+    model = tiny_unet(16)
+    cfg = D.DiffusionConfig()
+    kw = dict(class_names=["goldfish"], num_images=2, sampler=sampler, num_steps=steps, guidance_scale=2.5,
+              encode_fn=fake_encode)
+    a = D.generate_images(model, cfg, seed=7, **kw)
+    b = D.generate_images(model, cfg, seed=7, **kw)
+    c = D.generate_images(model, cfg, seed=8, **kw)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert a.images.dtype == np.uint8 and a.images.shape == (2, 16, 16, 3)
+    assert np.abs(a.images.astype(int) - c.images.astype(int)).mean() > 1
+    # image i uses seed + i: the second image of seed 7 is the first of seed 8
+    np.testing.assert_allclose(a.images[1].astype(int), c.images[0].astype(int), atol=1)
+    assert a.prompts == ["a photo of a goldfish"] * 2 and a.seeds == [7, 8]
+
+
+def test_generate_images_frames_and_callback():
+    model = tiny_unet(16)
+    seen = []
+    res = D.generate_images(model, D.DiffusionConfig(), "a red car", num_images=3, sampler="dpm++", num_steps=10,
+                            encode_fn=fake_encode, return_frames=True, frame_every=3, callback=seen.append)
+    assert [s.step for s in seen] == list(range(10))
+    assert res.frame_timesteps == [seen[i].timestep for i in (0, 3, 6, 9)]
+    assert len(res.frames) == 4 and res.frames[0].shape == (3, 16, 16, 3)
+    np.testing.assert_array_equal(res.frames[-1], res.images)
+
+
+def test_generate_images_rejects_bad_requests():
+    model = tiny_unet(16)
+    cfg = D.DiffusionConfig()
+    with pytest.raises(ValueError, match="empty"):
+        D.generate_images(model, cfg, "   ", encode_fn=fake_encode)
+    with pytest.raises(ValueError, match="sampler"):
+        D.generate_images(model, cfg, "x", sampler="euler", encode_fn=fake_encode)
+    with pytest.raises(ValueError, match="num_steps"):
+        D.generate_images(model, cfg, "x", sampler="ddim", num_steps=0, encode_fn=fake_encode)
+    with pytest.raises(ValueError, match="finite"):
+        D.generate_images(model, cfg, "x", guidance_scale=float("nan"), encode_fn=fake_encode)
+
+
+def test_make_timesteps_spacings():
+    assert D.make_timesteps(1000, 4, "trailing") == [999, 749, 499, 249]
+    assert D.make_timesteps(1000, 4, "leading") == [750, 500, 250, 0]
+    assert D.make_timesteps(1000, 4, "linspace") == [999, 666, 333, 0]
+    assert D.make_timesteps(10, 10, "leading") == list(range(9, -1, -1))
+
+
+# ----------------------------------------------------------------- text encoder (real, offline)
+def test_text_encoder_loads_offline_and_is_semantic(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from models.text_encoder import TextEncoder, class_prompt
+
+    enc = TextEncoder()
+    prompts = [class_prompt("goldfish, Carassius auratus"), "a small orange fish in a bowl", "a red sports car"]
+    assert prompts[0] == "a photo of a goldfish"
+    e = enc.encode(prompts)
+    assert e.shape == (3, 384) and e.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+    again = enc.encode(prompts[:1])  # served from the cache, identical
+    np.testing.assert_array_equal(again[0], e[0])
