@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import io
 import json
 import logging
@@ -1282,7 +1283,7 @@ def download(
                 part.unlink()
                 continue
             raise PreprocessError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
-        except (urllib.error.URLError, OSError, ConnectionError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             attempt += 1
             if attempt > retries:
                 raise PreprocessError(
