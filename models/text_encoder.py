@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections import OrderedDict
 from typing import Iterable, Sequence
@@ -40,7 +41,8 @@ def class_prompt(class_name: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> st
     name = class_name.split(",")[0].strip()
     if not name:
         raise ValueError("class name is empty")
-    return template.format(name)
+    # "a orange" -> "an orange" (only the article right before the name)
+    return re.sub(r"\ba \{\}", "an {}" if name[0].lower() in "aeiou" else "a {}", template).format(name)
 
 
 class TextEncoder:

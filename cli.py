@@ -1,0 +1,273 @@
+"""The command line behind ``python diffusion.py``.
+
+    python diffusion.py                      # = train --preset default
+    python diffusion.py train --preset smoke --max_steps 300
+    torchrun --nproc_per_node 8 diffusion.py train --preset imagenet64 --data_dir data/imagenet64
+    python diffusion.py sample --model default_model --class goldfish --n 8 --gif
+    python diffusion.py export default --name my_model
+    python diffusion.py list
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger("diffusion")
+
+
+def _setup_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from training import PRESETS, TrainConfig
+
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                   help="starting values (smoke: minutes on CPU; default: the shipped model; imagenet64: GPUs)")
+    for f in fields(TrainConfig):
+        default = f.default if f.default is not MISSING else None
+        flag = f"--{f.name}"
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default: {default})")
+        elif isinstance(default, tuple):
+            p.add_argument(flag, type=_int_tuple, default=None, metavar="A,B,..",
+                           help=f"(default: {','.join(map(str, default))})")
+        else:
+            p.add_argument(flag, type=type(default), default=None, help=f"(default: {default})")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training import TrainConfig, make_config, train
+
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
+    cfg = make_config(args.preset, **overrides)
+    data = Path(cfg.data_dir)
+    if not (data / "train_images.npy").exists():
+        print(
+            f"No preprocessed training data in {data}/.\nCreate it first, for example the default model's data "
+            "(10 Tiny ImageNet classes at 32 px):\n\n"
+            f"    python preprocess.py --src ../shared/data/tiny-imagenet-200.zip --size 32 "
+            f"--classes assets/default_classes.txt --val-fraction 0.04 --out {data}\n\n"
+            "or download Tiny ImageNet first: python preprocess.py --download tiny-imagenet --size 64 --out "
+            f"{data}\n(see python preprocess.py --help)",
+            file=sys.stderr,
+        )
+        return 2
+    train(cfg)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import diffusion as D
+    import plot_func
+    from model_store import load_model
+    from recipe import save_png
+
+    if bool(args.prompt) == bool(args.class_name):
+        print("error: give --prompt TEXT or --class NAME (one of them)", file=sys.stderr)
+        return 2
+    device = args.device or ("cuda" if _cuda() else "cpu")
+    lm = load_model(args.model, store=args.store, device=device)
+    if args.class_name:
+        known = {c.lower(): c for c in lm.class_names}
+        unknown = [c for c in args.class_name if c.lower() not in known]
+        if unknown and lm.class_names:
+            log.warning("classes %s are not among this model's classes; using them as free text", unknown)
+    res = D.generate_images(
+        lm.model, lm.diffusion, args.prompt, class_names=args.class_name, num_images=args.n,
+        sampler=args.sampler, num_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, eta=args.eta,
+        timestep_spacing=args.spacing, prompt_template=lm.prompt_template, return_frames=args.gif,
+        frame_every=max(1, (args.steps or 20) // 40), device=device,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = time.strftime("%Y%m%d-%H%M%S")
+    for i, (img, prompt, seed) in enumerate(zip(res.images, res.prompts, res.seeds)):
+        recipe = dict(res.recipe, seed=seed, model=lm.name)
+        path = save_png(out / f"{stem}_{i:02d}_seed{seed}.png", img, prompt, recipe)
+        print(path)
+    grid = plot_func.sample_grid(res.images, nrow=min(8, len(res.images)), path=out / f"{stem}_grid.png")
+    print(out / f"{stem}_grid.png", f"({grid.shape[1]}x{grid.shape[0]})")
+    if args.gif:
+        gif = plot_func.denoising_gif(res.frames, res.frame_timesteps, out / f"{stem}_denoise.gif",
+                                      nrow=min(8, len(res.images)))
+        print(gif)
+    return 0
+
+
+def model_card(name: str, config: dict[str, Any], evaluation: str | None = None) -> str:
+    """A Markdown model card from a checkpoint's config."""
+    train = config.get("train", {})
+    data = config.get("data", {})
+    unet = config.get("unet", {})
+    classes = config.get("classes", [])
+    hours = float(config.get("train_seconds", 0)) / 3600
+    defaults = config.get("sampler_defaults", {})
+    lines = [
+        f"# {name}",
+        "",
+        "A class- and text-conditional diffusion U-Net trained with this project's `diffusion.py`.",
+        "",
+        "| | |", "| --- | --- |",
+        f"| image size | {config.get('image_size')} px |",
+        f"| parameters | {config.get('parameters', 'n/a'):,} |" if isinstance(config.get("parameters"), int)
+        else f"| parameters | {config.get('parameters', 'n/a')} |",
+        f"| network | base {unet.get('base_channels')}, mult {unet.get('channel_mult')}, "
+        f"{unet.get('num_res_blocks')} res blocks/level, attention at {unet.get('attention_resolutions')} px |",
+        f"| diffusion | {config.get('diffusion', {}).get('beta_schedule')} schedule, "
+        f"{config.get('diffusion', {}).get('num_train_timesteps')} steps, "
+        f"{config.get('diffusion', {}).get('prediction_type')} |",
+        f"| text encoder | {config.get('text_model')} (prompt template `{config.get('prompt_template')}`) |",
+        f"| data | {data.get('source', data.get('dir', 'n/a'))} ({data.get('num_images', 'n/a')} training images) |",
+        f"| training steps | {config.get('step', 'n/a')} (batch {train.get('batch_size')}, "
+        f"lr {train.get('lr')}, EMA {train.get('ema_decay')}) |",
+        f"| images seen | {config.get('images_seen', 'n/a')} |",
+        f"| hardware | {config.get('hardware', 'n/a')} |",
+        f"| training wall time | {hours:.2f} h |",
+    ]
+    if defaults:
+        lines.append(f"| sampler defaults | {', '.join(f'{k}={v}' for k, v in defaults.items())} |")
+    lines += ["", f"## Classes ({len(classes)})", "",
+              ", ".join(f"{c.get('name')} (`{c.get('wnid', '')}`)" for c in classes) or "none", ""]
+    if evaluation:
+        lines += ["## Evaluation", "", evaluation, ""]
+    return "\n".join(lines)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    import model_store as store
+
+    run = Path(args.run)
+    if not run.exists():
+        run = Path(args.out_dir) / args.run
+    ckpt = Path(args.checkpoint) if args.checkpoint else store.latest_checkpoint(run / "checkpoints")
+    if ckpt is None or not ckpt.is_dir():
+        print(f"error: no checkpoint found for run {args.run!r} (looked in {run / 'checkpoints'})", file=sys.stderr)
+        return 2
+    config = json.loads((ckpt / store.CONFIG_FILE).read_text())
+    tensors = store.load_tensors(ckpt / store.WEIGHTS_FILE)
+    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    keep = ("format_version", "unet", "diffusion", "image_size", "text_model", "prompt_template", "classes",
+            "data", "step", "images_seen", "train_seconds", "hardware", "parameters", "train")
+    out_cfg = {k: config[k] for k in keep if k in config}
+    out_cfg["source_checkpoint"] = str(ckpt)
+    if args.sampler_defaults:
+        out_cfg["sampler_defaults"] = json.loads(args.sampler_defaults)
+    evaluation = Path(args.evaluation).read_text() if args.evaluation else None
+    folder = store.save_to_store(args.name, ema, out_cfg, model_card(args.name, out_cfg, evaluation),
+                                 store=args.store, dtype=torch.float32 if args.fp32 else torch.float16,
+                                 overwrite=args.overwrite)
+    size = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
+    print(f"exported {ckpt} (EMA weights, {'fp32' if args.fp32 else 'fp16'}) to {folder} ({size:.1f} MB)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import model_store as store
+
+    names = store.list_models(args.store)
+    root = store.store_dir(args.store)
+    if not names:
+        print(f"no models in {root}")
+        return 0
+    for name in names:
+        cfg = json.loads((root / name / store.CONFIG_FILE).read_text())
+        print(f"{name:24s} {cfg.get('image_size')}px  {len(cfg.get('classes', []))} classes  "
+              f"step {cfg.get('step', '?')}  {root / name}")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from diffusion import SAMPLERS, TIMESTEP_SPACINGS
+
+    parser = argparse.ArgumentParser(
+        prog="diffusion.py", description="Train and sample class/text-conditional diffusion models.",
+        epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("train", help="train a model (the default command)",
+                       description="Train on a folder made by preprocess.py. Every option overrides the preset.")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="generate images with a stored model")
+    p.add_argument("--model", default="default_model", help="store name or model/checkpoint folder")
+    p.add_argument("--store", default=None, help="model store directory (default: model_store/ or $DIFFUSION_MODEL_STORE)")
+    p.add_argument("--prompt", action="append", help="free-text prompt (repeat for several)")
+    p.add_argument("--class", dest="class_name", action="append", help="class name, e.g. goldfish (repeatable)")
+    p.add_argument("--n", type=int, default=8, help="number of images")
+    p.add_argument("--sampler", choices=SAMPLERS, default="dpm++")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: ddpm 1000, ddim 50, dpm++ 20)")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
+    p.add_argument("--spacing", choices=TIMESTEP_SPACINGS, default=None, help="timestep spacing")
+    p.add_argument("--out", default="output_ImageNet/samples", help="output folder")
+    p.add_argument("--gif", action="store_true", help="also write the denoising GIF")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("export", help="put a run's EMA weights into the model store")
+    p.add_argument("run", help="run name (under --out_dir) or run folder")
+    p.add_argument("--name", required=True, help="model name in the store")
+    p.add_argument("--checkpoint", default=None, help="a specific ckpt folder (default: the run's latest)")
+    p.add_argument("--out_dir", default="output_ImageNet", help="where runs live")
+    p.add_argument("--store", default=None, help="model store directory")
+    p.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16, half the size)")
+    p.add_argument("--sampler_defaults", default=None, help='JSON, e.g. {"sampler": "dpm++", "steps": 20}')
+    p.add_argument("--evaluation", default=None, help="Markdown file with evaluation results for the model card")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("list", help="list the models in the store")
+    p.add_argument("--store", default=None)
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _setup_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["train", *argv]  # `python diffusion.py` trains
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # CheckpointError and friends: a clear line, not a trace
+        from model_store import CheckpointError
+
+        if isinstance(e, CheckpointError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise

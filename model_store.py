@@ -1,0 +1,367 @@
+"""Checkpoints and the model store: safetensors weights plus a JSON config.
+
+Nothing here unpickles. Weights are safetensors; optimizer and RNG state are
+tensors in safetensors too; everything else is JSON. A training checkpoint is
+a folder ``ckpt-0001000/`` written under a temporary name and renamed when
+complete, so a crash never leaves a half-written checkpoint that looks whole.
+
+The model store is one directory of named models (default ``model_store/``
+in the repo, or ``$DIFFUSION_MODEL_STORE``), each a folder with
+``model.safetensors`` (EMA weights), ``config.json`` and ``README.md`` (the
+model card). The shipped model is ``default_model``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from diffusion import DiffusionConfig
+from models import ConditionalUNet, UNetConfig
+from models.text_encoder import DEFAULT_PROMPT_TEMPLATE, TEXT_MODEL_NAME
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_STORE = ROOT / "model_store"
+DEFAULT_MODEL_NAME = "default_model"
+WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "training_state.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+FORMAT_VERSION = 1
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_CKPT_RE = re.compile(r"^ckpt-(\d{7,})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or model folder is missing, incomplete, corrupt or unsafe."""
+
+
+def store_dir(store: str | os.PathLike | None = None) -> Path:
+    """The model store directory: the argument, ``$DIFFUSION_MODEL_STORE``, or ``model_store/``."""
+    return Path(store or os.environ.get("DIFFUSION_MODEL_STORE") or DEFAULT_STORE)
+
+
+def validate_model_name(name: str) -> str:
+    """Model names are plain folder names: letters, digits, '.', '_' and '-' (no paths)."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name in {".", ".."} or ".." in name:
+        raise ValueError(
+            f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+# --------------------------------------------------------------------------- safe tensor files
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a tensor file without executing anything.
+
+    ``.safetensors`` is read directly. PyTorch ``.pt``/``.pth``/``.bin`` files
+    are opened with ``weights_only=True``, which refuses any pickled code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(
+                f"{path} is not a valid safetensors file ({e}); it may be corrupt, truncated, or a pickle in disguise. "
+                "Pickled checkpoints are never loaded."
+            ) from e
+    if path.suffix in {".pt", ".pth", ".bin", ".ckpt"}:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # weights_only raises UnpicklingError for code payloads
+            raise CheckpointError(
+                f"refusing to load {path}: it contains pickled objects or code, not plain tensors ({type(e).__name__}). "
+                "Only safetensors or tensor-only state dicts are accepted."
+            ) from e
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise CheckpointError(f"{path} is not a flat state dict of tensors")
+        return obj
+    raise CheckpointError(f"unsupported weights file {path.name}: expected .safetensors")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"missing {path.name} in {path.parent}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+
+
+# --------------------------------------------------------------------------- loaded models
+@dataclass
+class LoadedModel:
+    """A network ready to sample, with everything needed to describe it."""
+
+    model: ConditionalUNet
+    diffusion: DiffusionConfig
+    config: dict[str, Any]
+    path: Path
+    name: str = ""
+    classes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["image_size"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c["name"] for c in self.classes]
+
+    @property
+    def prompt_template(self) -> str:
+        return self.config.get("prompt_template", DEFAULT_PROMPT_TEMPLATE)
+
+    @property
+    def sampler_defaults(self) -> dict[str, Any]:
+        return self.config.get("sampler_defaults", {})
+
+
+def model_config(
+    unet: UNetConfig,
+    diffusion: DiffusionConfig,
+    classes: list[dict[str, Any]],
+    *,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The JSON config that describes a network (shared by checkpoints and the store)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "unet": unet.to_dict(),
+        "diffusion": diffusion.to_dict(),
+        "image_size": unet.image_size,
+        "text_model": TEXT_MODEL_NAME,
+        "prompt_template": prompt_template,
+        "classes": [{k: c[k] for k in ("index", "wnid", "name", "prompt") if k in c} for c in classes],
+        **extra,
+    }
+
+
+def build_model(config: dict[str, Any]) -> tuple[ConditionalUNet, DiffusionConfig]:
+    try:
+        unet = ConditionalUNet(UNetConfig.from_dict(config["unet"]))
+        diffusion = DiffusionConfig.from_dict(config["diffusion"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"invalid model config: {e}") from e
+    return unet, diffusion
+
+
+def resolve_model_path(name_or_path: str | os.PathLike, store: str | os.PathLike | None = None) -> Path:
+    """A store name (``default_model``) or a folder path -> the folder.
+
+    Names are looked up only inside the store and cannot escape it.
+    """
+    s = str(name_or_path)
+    p = Path(s)
+    if os.sep in s or (os.altsep and os.altsep in s) or s.startswith("."):
+        if p.is_dir():
+            return p
+        raise CheckpointError(f"model folder not found: {p}")
+    validate_model_name(s)
+    root = store_dir(store).resolve()
+    folder = (root / s).resolve()
+    if folder.parent != root:
+        raise ValueError(f"model name {s!r} escapes the model store")
+    if not folder.is_dir():
+        available = ", ".join(list_models(store)) or "none"
+        raise CheckpointError(f"no model named {s!r} in {root} (available: {available})")
+    return folder
+
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL_NAME,
+    *,
+    store: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    use_ema: bool = True,
+) -> LoadedModel:
+    """Load a store model by name, or a store/checkpoint folder by path.
+
+    For a training checkpoint folder the EMA weights are used (``use_ema``).
+    Weights are cast to float32 (the store may hold fp16).
+    """
+    folder = resolve_model_path(name_or_path, store)
+    config = _read_json(folder / CONFIG_FILE)
+    model, diffusion = build_model(config)
+    tensors = load_tensors(folder / WEIGHTS_FILE)
+    prefix = "ema." if use_ema and any(k.startswith("ema.") for k in tensors) else "model."
+    if any(k.startswith(prefix) for k in tensors):
+        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in {folder} do not match its config: {e}") from e
+    model.to(device).eval()
+    return LoadedModel(model, diffusion, config, folder, name=folder.name, classes=config.get("classes", []))
+
+
+def list_models(store: str | os.PathLike | None = None) -> list[str]:
+    """Names of the complete models in the store, sorted."""
+    root = store_dir(store)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir()
+        if p.is_dir() and _NAME_RE.match(p.name) and (p / WEIGHTS_FILE).is_file() and (p / CONFIG_FILE).is_file()
+    )
+
+
+def save_to_store(
+    name: str,
+    state_dict: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    card: str,
+    *,
+    store: str | os.PathLike | None = None,
+    dtype: torch.dtype = torch.float16,
+    overwrite: bool = False,
+) -> Path:
+    """Write a named model (weights cast to ``dtype``, config, model card) atomically."""
+    validate_model_name(name)
+    root = store_dir(store)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"model {name!r} already exists in {root} (use --overwrite to replace it)")
+    tmp = root / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}, str(tmp / WEIGHTS_FILE))
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    (tmp / CARD_FILE).write_text(card)
+    if final.exists():
+        old = root / f".{name}.old-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+# --------------------------------------------------------------------------- training checkpoints
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for key, v in meta.get("scalars", {}).items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def checkpoint_dirs(ckpt_root: str | os.PathLike) -> list[Path]:
+    """Complete checkpoint folders under ``ckpt_root``, oldest first."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CKPT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(
+    ckpt_root: str | os.PathLike,
+    step: int,
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, Any],
+    rng: dict[str, torch.Tensor],
+    keep: int = 3,
+) -> Path:
+    """Write ``ckpt-<step>/`` atomically (temp folder + rename), then prune to the last ``keep``."""
+    root = Path(ckpt_root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"ckpt-{step:07d}"
+    tmp = root / f".tmp-ckpt-{step:07d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    weights = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
+    save_file(weights, str(tmp / WEIGHTS_FILE))
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    opt_tensors.update({f"rng.{k}": v.cpu().contiguous() for k, v in rng.items()})
+    save_file(opt_tensors, str(tmp / STATE_FILE))
+    full = dict(config, step=step, optimizer=opt_meta, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    (tmp / CONFIG_FILE).write_text(json.dumps(full, indent=2))
+    for f in tmp.iterdir():  # flush file contents before the rename makes them visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+@dataclass
+class TrainingState:
+    step: int
+    config: dict[str, Any]
+    rng: dict[str, torch.Tensor]
+    path: Path
+
+
+def load_checkpoint(
+    path: str | os.PathLike, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer | None
+) -> TrainingState:
+    """Restore model, EMA and optimizer from a checkpoint folder (raises CheckpointError if unusable)."""
+    path = Path(path)
+    config = _read_json(path / CONFIG_FILE)
+    weights = load_tensors(path / WEIGHTS_FILE)
+    state = load_tensors(path / STATE_FILE)
+    try:
+        model.load_state_dict({k[6:]: v for k, v in weights.items() if k.startswith("model.")})
+        ema.load_state_dict({k[4:]: v for k, v in weights.items() if k.startswith("ema.")})
+        if optimizer is not None:
+            _load_optimizer(optimizer, state, config["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} does not match this model/optimizer: {e}") from e
+    rng = {k[4:]: v for k, v in state.items() if k.startswith("rng.")}
+    return TrainingState(step=int(config["step"]), config=config, rng=rng, path=path)
+
+
+def latest_checkpoint(ckpt_root: str | os.PathLike) -> Path | None:
+    dirs = checkpoint_dirs(ckpt_root)
+    return dirs[-1] if dirs else None

@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Pictures of the diffusion process: forward-noising strips, denoising GIFs,
+sample grids, loss curves and schedule plots.
+
+Used by training (periodic samples), the CLI and the web app. Every function
+takes uint8 images ``(N, H, W, 3)`` (or [-1, 1] tensors, converted with
+clamping), returns the picture as a uint8 array, and writes it when given a
+path. Frame labels state the real model timestep. Matplotlib figures are
+always closed after use.
+
+As a script: ``python plot_func.py --help`` renders a schedule plot and a
+forward strip of an image.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+import diffusion as D  # noqa: E402
+
+ImageBatch = np.ndarray | torch.Tensor
+
+
+def as_uint8(images: ImageBatch) -> np.ndarray:
+    """uint8 ``(N, H, W, 3)`` from uint8 arrays or [-1, 1] tensors ``(N, 3, H, W)``."""
+    if isinstance(images, torch.Tensor):
+        if images.ndim == 3:
+            images = images[None]
+        return D.to_uint8(images)
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating):  # floats are taken as [-1, 1]
+            arr = ((np.clip(arr, -1, 1) + 1) * 127.5).round().astype(np.uint8)
+        else:
+            arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"expected images of shape (N, H, W, 3), got {arr.shape}")
+    return arr
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _upscale(img: Image.Image, min_side: int) -> Image.Image:
+    """Nearest-neighbour upscaling so 32 px images stay crisp and labels fit."""
+    factor = max(1, math.ceil(min_side / min(img.size)))
+    return img.resize((img.width * factor, img.height * factor), Image.NEAREST) if factor > 1 else img
+
+
+def _save(array: np.ndarray, path: str | os.PathLike | None) -> None:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path)
+
+
+def sample_grid(
+    images: ImageBatch,
+    nrow: int | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    path: str | os.PathLike | None = None,
+    padding: int = 2,
+    min_cell: int = 64,
+) -> np.ndarray:
+    """Tile images into a grid (``nrow`` per row); optional caption under each cell."""
+    imgs = as_uint8(images)
+    n, h, w, _ = imgs.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol_rows = math.ceil(n / nrow)
+    scale = max(1, math.ceil(min_cell / min(h, w)))
+    ch, cw = h * scale, w * scale
+    cap = 14 if labels else 0
+    grid = Image.new("RGB", (nrow * (cw + padding) + padding, ncol_rows * (ch + cap + padding) + padding), "white")
+    draw = ImageDraw.Draw(grid)
+    font = _font(10)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        x0, y0 = padding + c * (cw + padding), padding + r * (ch + cap + padding)
+        grid.paste(Image.fromarray(imgs[i]).resize((cw, ch), Image.NEAREST), (x0, y0))
+        if labels:
+            draw.text((x0 + 1, y0 + ch + 1), str(labels[i])[: max(4, cw // 6)], fill="black", font=font)
+    out = np.asarray(grid)
+    _save(out, path)
+    return out
+
+
+def _labelled(img: np.ndarray, label: str, min_side: int = 96) -> Image.Image:
+    """An image with a caption bar on top."""
+    pic = _upscale(Image.fromarray(img), min_side)
+    bar = 16
+    canvas = Image.new("RGB", (pic.width, pic.height + bar), "white")
+    canvas.paste(pic, (0, bar))
+    ImageDraw.Draw(canvas).text((3, 2), label, fill="black", font=_font(11))
+    return canvas
+
+
+def forward_diffusion_strip(
+    image: ImageBatch,
+    timesteps: Sequence[int] = (0, 100, 250, 500, 750, 999),
+    *,
+    beta_schedule: str = "cosine",
+    num_train_timesteps: int = 1000,
+    seed: int = 0,
+    path: str | os.PathLike | None = None,
+    min_side: int = 96,
+) -> np.ndarray:
+    """One image noised to each timestep by q(x_t | x_0), side by side, labelled ``t=...``.
+
+    The same noise is used at every t, so the strip shows only the schedule.
+    """
+    img = as_uint8(image)[0]
+    ts = [int(t) for t in timesteps]
+    if not ts or any(not 0 <= t < num_train_timesteps for t in ts):
+        raise ValueError(f"timesteps must be in [0, {num_train_timesteps})")
+    terms = D.DiffusionConfig(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule).terms()
+    x0 = torch.from_numpy(img).permute(2, 0, 1).float()[None] / 127.5 - 1
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    x0s = x0.expand(len(ts), -1, -1, -1)
+    xt = D.q_sample(terms, x0s, torch.tensor(ts), noise.expand_as(x0s))
+    frames = [_labelled(f, f"t={t}", min_side) for f, t in zip(D.to_uint8(xt), ts)]
+    strip = Image.new("RGB", (sum(f.width for f in frames) + 2 * (len(frames) - 1), frames[0].height), "white")
+    x = 0
+    for f in frames:
+        strip.paste(f, (x, 0))
+        x += f.width + 2
+    out = np.asarray(strip)
+    _save(out, path)
+    return out
+
+
+def denoising_frames(frames: Sequence[ImageBatch], timesteps: Sequence[int], nrow: int | None = None) -> list[np.ndarray]:
+    """Each step's batch as one labelled grid (``t=...``, the real model timestep)."""
+    if len(frames) != len(timesteps):
+        raise ValueError(f"{len(frames)} frames but {len(timesteps)} timesteps")
+    out = []
+    for batch, t in zip(frames, timesteps):
+        grid = sample_grid(batch, nrow, padding=1)
+        out.append(np.asarray(_labelled(grid, f"t={int(t)}", min_side=grid.shape[0])))
+    return out
+
+
+def denoising_gif(
+    frames: Sequence[ImageBatch],
+    timesteps: Sequence[int],
+    path: str | os.PathLike,
+    *,
+    nrow: int | None = None,
+    fps: float = 8.0,
+    hold_last: float = 1.5,
+) -> Path:
+    """Write the denoising process as a looping GIF (the final image held ``hold_last`` s)."""
+    import imageio.v2 as imageio
+
+    pictures = denoising_frames(frames, timesteps, nrow)
+    if not pictures:
+        raise ValueError("no frames to write")
+    durations = [1000.0 / fps] * len(pictures)
+    durations[-1] = hold_last * 1000.0
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(path, pictures, format="GIF", duration=durations, loop=0)
+    return path
+
+
+def _figure_to_array(fig) -> np.ndarray:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def loss_curve(
+    steps: Sequence[float], losses: Sequence[float], path: str | os.PathLike | None = None, *, smooth: int = 50
+) -> np.ndarray:
+    """Training loss against step (raw, faint) with a moving average (bold), log scale."""
+    steps, losses = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, alpha=0.3, lw=0.8, label="loss")
+    if len(losses) >= 2:
+        k = max(1, min(smooth, len(losses) // 5 or 1))
+        avg = np.convolve(losses, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], avg, lw=2, label=f"mean of {k}")
+    if len(losses) and np.all(losses > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out = _figure_to_array(fig)
+    _save(out, path)
+    return out
+
+
+def schedule_plot(num_train_timesteps: int = 1000, path: str | os.PathLike | None = None) -> np.ndarray:
+    """alpha-bar (signal fraction) over t for the linear and cosine schedules."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name in ("linear", "cosine"):
+        ac = D.DiffusionConfig(num_train_timesteps=num_train_timesteps, beta_schedule=name).terms().alphas_cumprod
+        ax.plot(np.arange(num_train_timesteps), ac.numpy(), label=name, lw=2)
+    ax.set_xlabel("timestep t")
+    ax.set_ylabel(r"$\bar\alpha_t$")
+    ax.set_title("Signal kept by q(x_t | x_0)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out = _figure_to_array(fig)
+    _save(out, path)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", help="image to noise for a forward-diffusion strip")
+    parser.add_argument("--schedule", choices=["linear", "cosine"], default="cosine")
+    parser.add_argument("--timesteps", default="0,100,250,500,750,999", help="comma-separated timesteps")
+    parser.add_argument("--out", default="output_ImageNet/plots", help="output folder")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    schedule_plot(path=out / "schedules.png")
+    print(out / "schedules.png")
+    if args.image:
+        img = np.asarray(Image.open(args.image).convert("RGB"))
+        forward_diffusion_strip(img, [int(t) for t in args.timesteps.split(",")], beta_schedule=args.schedule,
+                                path=out / f"forward_{args.schedule}.png")
+        print(out / f"forward_{args.schedule}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,468 @@
+"""Training the conditional U-Net: one loop, CPU to many GPUs (torchrun + DDP).
+
+Read ``train()`` top to bottom: setup, data, model, optimizer, resume, loop.
+Configuration is a plain dataclass; presets are dicts of overrides; every
+field is a ``--flag`` of ``python diffusion.py train``.
+
+Reproducibility: the batch and every random draw of step ``s`` (data order,
+flips, condition dropout, prompt templates, timesteps, noise, dropout) are
+seeded from ``(seed, step, rank)`` alone, so resuming from a checkpoint
+continues exactly as if the run had never stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+import diffusion as D
+import model_store as store
+from models import ConditionalUNet, UNetConfig, count_parameters
+
+log = logging.getLogger("train")
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_DATA_DIR = "data/preprocessed"
+
+
+@dataclass
+class TrainConfig:
+    # run and data
+    run_name: str = "default"
+    data_dir: str = DEFAULT_DATA_DIR
+    out_dir: str = "output_ImageNet"  # the run writes to out_dir/run_name/
+    # network
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (8,)
+    head_channels: int = 32
+    dropout: float = 0.1
+    # diffusion
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "cosine"
+    prediction_type: str = "v_prediction"
+    min_snr_gamma: float = 5.0  # 0 disables Min-SNR weighting
+    # conditioning
+    cond_drop_prob: float = 0.15  # fraction of examples trained with the null condition (for CFG)
+    random_templates: bool = True  # pick a random prompt template per example (free text generalises)
+    # optimisation
+    batch_size: int = 64  # global, across all processes
+    lr: float = 2e-4
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at max_steps
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    max_steps: int = 20_000
+    max_minutes: float = 0.0  # stop (and save) after this much wall time; 0 = no limit
+    # systems
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    # logging, samples, checkpoints
+    log_every: int = 25
+    sample_every: int = 1000  # 0 disables periodic samples
+    ckpt_every: int = 500
+    keep_checkpoints: int = 3
+    sample_classes: int = 8
+    sample_steps: int = 20
+    sample_guidance: float = 3.0
+    resume: str = "auto"  # auto (latest checkpoint of this run, if any) | never | path to a ckpt folder
+
+    def unet_config(self, image_size: int) -> UNetConfig:
+        return UNetConfig(
+            image_size=image_size, base_channels=self.base_channels, channel_mult=self.channel_mult,
+            num_res_blocks=self.num_res_blocks, attention_resolutions=self.attention_resolutions,
+            head_channels=self.head_channels, dropout=self.dropout,
+        )
+
+    def diffusion_config(self) -> D.DiffusionConfig:
+        return D.DiffusionConfig(num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
+                                 prediction_type=self.prediction_type)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.run_name
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Minutes on a laptop CPU: proves the pipeline end to end, not the quality.
+    "smoke": dict(run_name="smoke", base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                  attention_resolutions=(8,), dropout=0.0, batch_size=16, lr=1e-3, warmup_steps=20,
+                  max_steps=200, ema_decay=0.99, log_every=10, sample_every=100, ckpt_every=100,
+                  sample_classes=4, sample_steps=10),
+    # The shipped default model: small enough to train on a CPU, 32 px.
+    # Data: `python preprocess.py --src tiny-imagenet-200.zip --size 32 --classes assets/default_classes.txt
+    #        --out data/default32 --val-fraction 0.04`
+    "default": dict(run_name="default", data_dir="data/default32", base_channels=64, channel_mult=(1, 2, 2),
+                    num_res_blocks=2, attention_resolutions=(8,), dropout=0.1, batch_size=32, lr=2e-4,
+                    warmup_steps=200, max_steps=100_000, ema_decay=0.999, sample_every=1000, ckpt_every=250),
+    # In the spirit of guided-diffusion's ImageNet-64 model (~300M params), for GPUs.
+    "imagenet64": dict(run_name="imagenet64", base_channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
+                       attention_resolutions=(32, 16, 8), head_channels=64, dropout=0.1, batch_size=2048,
+                       lr=3e-4, warmup_steps=2000, max_steps=400_000, ema_decay=0.9999, weight_decay=0.0,
+                       sample_every=5000, ckpt_every=2500, compile=True),
+}
+
+
+def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown training options: {sorted(unknown)}")
+    return TrainConfig(**values)
+
+
+# --------------------------------------------------------------------------- small pieces
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A distinct 63-bit seed for each (run seed, step, rank)."""
+    return (seed * 1_000_003 + step) * 4099 + rank & ((1 << 63) - 1)
+
+
+def batch_indices(n: int, step: int, batch: int, rank: int, world: int, seed: int) -> np.ndarray:
+    """The dataset indices rank ``rank`` trains on at ``step``.
+
+    Each epoch is a seeded permutation; rank r takes every world-th index of
+    it (a shard) and consecutive slices of that. Pure function of its
+    arguments: no sampler state to save or restore.
+    """
+    per_rank = n // world
+    steps_per_epoch = per_rank // batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"the dataset ({n} images) is smaller than one batch per process ({batch} x {world})")
+    epoch, b = divmod(step, steps_per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    shard = perm[rank: per_rank * world: world]
+    return np.sort(shard[b * batch:(b + 1) * batch])  # sorted: faster reads from the memory map
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup, then cosine decay to ``lr * min_lr_ratio`` at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
+    """EMA of the weights; the decay ramps up early so short runs still get a useful EMA."""
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - d)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but CUDA is not available")
+    return dev
+
+
+def hardware_description(device: torch.device, world: int) -> str:
+    if device.type == "cuda":
+        return f"{world} x {torch.cuda.get_device_name(device)}"
+    return f"{world} process(es) on CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+class Batches:
+    """Reads batch ``step`` from the memory-mapped arrays, one step ahead in a thread."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch: int, rank: int, world: int, seed: int):
+        self.images, self.labels = images, labels
+        self.args = (batch, rank, world, seed)
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending: dict[int, Any] = {}
+
+    def _load(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = batch_indices(len(self.labels), step, *self.args)
+        return torch.from_numpy(np.ascontiguousarray(self.images[idx])), torch.from_numpy(self.labels[idx].astype(np.int64))
+
+    def get(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        fut = self.pending.pop(step, None)
+        out = fut.result() if fut is not None else self._load(step)
+        self.pending[step + 1] = self.pool.submit(self._load, step + 1)
+        return out
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def classes_template(data_dir: str) -> str:
+    from models.text_encoder import DEFAULT_PROMPT_TEMPLATE
+
+    try:
+        return json.loads((Path(data_dir) / "classes.json").read_text()).get("prompt_template", DEFAULT_PROMPT_TEMPLATE)
+    except (OSError, json.JSONDecodeError):
+        return DEFAULT_PROMPT_TEMPLATE
+
+
+def data_summary(data_dir: str, data: Any) -> dict[str, Any]:
+    manifest = getattr(data, "manifest", None) or {}
+    keep = ("source", "layout", "size", "counts", "num_skipped")
+    return {"dir": str(data_dir), "num_images": len(data), **{k: manifest[k] for k in keep if k in manifest}}
+
+
+# --------------------------------------------------------------------------- periodic outputs
+def write_samples(cfg: TrainConfig, ema: ConditionalUNet, diffusion: D.DiffusionConfig, classes: list[dict],
+                  class_emb: torch.Tensor, step: int, device: torch.device) -> None:
+    """A grid (fixed seeds, a few classes, EMA weights) and a denoising GIF."""
+    import plot_func
+
+    by_prompt = {c["prompt"]: class_emb[i].cpu().numpy() for i, c in enumerate(classes)}
+    encode = lambda prompts: np.stack([by_prompt[p] for p in prompts])  # noqa: E731 - no text encoder in training
+    chosen = classes[: cfg.sample_classes]
+    prompts = [c["prompt"] for c in chosen]
+    res = D.generate_images(ema, diffusion, prompts, num_images=len(prompts), sampler="dpm++",
+                            num_steps=cfg.sample_steps, guidance_scale=cfg.sample_guidance, seed=1234,
+                            encode_fn=encode, return_frames=True, device=device)
+    out = cfg.run_dir / "samples"
+    plot_func.sample_grid(res.images, nrow=min(8, len(prompts)), labels=[c["name"] for c in chosen],
+                          path=out / f"grid_{step:07d}.png")
+    plot_func.denoising_gif(res.frames, res.frame_timesteps, out / f"denoise_{step:07d}.gif",
+                            nrow=min(8, len(prompts)))
+
+
+def write_loss_curve(cfg: TrainConfig) -> None:
+    import plot_func
+
+    path = cfg.run_dir / "metrics.csv"
+    rows = list(csv.DictReader(path.open())) if path.exists() else []
+    if rows:
+        plot_func.loss_curve([float(r["step"]) for r in rows], [float(r["loss"]) for r in rows],
+                             cfg.run_dir / "loss_curve.png")
+
+
+# --------------------------------------------------------------------------- the loop
+def train(cfg: TrainConfig) -> Path:
+    """Train until ``max_steps`` (or ``max_minutes``, or Ctrl-C); return the last checkpoint folder."""
+    from data import PreprocessedDataset
+
+    # ---- processes and device
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if ddp:
+        local_rank = int(os.environ["LOCAL_RANK"])
+        device = pick_device(cfg.device, local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world, local_rank = 0, 1, 0
+        device = pick_device(cfg.device, 0)
+    master = rank == 0
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world})")
+    per_rank = cfg.batch_size // world
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # ---- data (embeddings come from the preprocessed folder: no text encoder here)
+    data = PreprocessedDataset(cfg.data_dir, split="train")
+    classes = data.classes
+    class_emb = data.class_embeddings.to(device)
+    templ_emb = data.template_embeddings.to(device) if (cfg.random_templates and data.template_embeddings is not None) else None
+    batches = Batches(data.images, np.asarray(data.labels), per_rank, rank, world, cfg.seed)
+
+    # ---- model, EMA, optimizer
+    torch.manual_seed(cfg.seed)
+    unet_cfg = cfg.unet_config(data.image_size)
+    diffusion = cfg.diffusion_config()
+    terms = diffusion.terms()
+    model = ConditionalUNet(unet_cfg).to(device)
+    ema = ConditionalUNet(unet_cfg).to(device).eval().requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.999), fused=device.type == "cuda",
+    )
+    run_dir = cfg.run_dir
+    ckpt_root = run_dir / "checkpoints"
+    config_json = store.model_config(
+        unet_cfg, diffusion, classes, prompt_template=classes_template(cfg.data_dir),
+        train=asdict(cfg), data=data_summary(cfg.data_dir, data),
+    )
+
+    # ---- resume
+    step, images_seen, train_seconds = 0, 0, 0.0
+    resume_from = latest_checkpoint_usable(ckpt_root) if cfg.resume == "auto" else (
+        None if cfg.resume in ("never", "") else Path(cfg.resume))
+    if resume_from is not None:
+        state = store.load_checkpoint(resume_from, model, ema, optimizer)
+        step = state.step
+        images_seen = int(state.config.get("images_seen", step * cfg.batch_size))
+        train_seconds = float(state.config.get("train_seconds", 0.0))
+        if "torch" in state.rng:
+            torch.set_rng_state(state.rng["torch"])
+        if master:
+            log.info("resumed from %s at step %d", resume_from, step)
+
+    fwd_model: torch.nn.Module = model
+    if ddp:
+        fwd_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        fwd_model = torch.compile(fwd_model)
+    if master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        log.info("model: %.2fM parameters, %d px, %d classes, %d training images; %s; %s",
+                 count_parameters(model) / 1e6, data.image_size, len(classes), len(data),
+                 hardware_description(device, world), "bf16 autocast" if use_bf16 else "fp32")
+
+    def save(at_step: int) -> Path:
+        meta = dict(config_json, images_seen=images_seen, train_seconds=round(train_seconds, 1),
+                    hardware=hardware_description(device, world), parameters=count_parameters(model),
+                    rng={"scheme": "per-step seeds from (seed, step, rank)", "seed": cfg.seed})
+        return store.save_checkpoint(ckpt_root, at_step, model, ema, optimizer, meta,
+                                     rng={"torch": torch.get_rng_state()}, keep=cfg.keep_checkpoints)
+
+    # Ctrl-C and SIGTERM both end the loop cleanly, with a checkpoint.
+    stop = {"flag": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True)) if master or not ddp else None
+
+    metrics_path = run_dir / "metrics.csv"
+    metrics = None
+    if master:
+        new = not metrics_path.exists() or step == 0
+        metrics = metrics_path.open("w" if new else "a", newline="")
+        writer = csv.writer(metrics)
+        if new:
+            writer.writerow(["step", "loss", "lr", "images_per_s", "elapsed_s"])
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not master, desc=cfg.run_name, dynamic_ncols=True)
+    last_ckpt = None
+    started = loop_start = time.time()
+    window_loss, window_n, window_t = 0.0, 0, time.time()
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext())
+    model.train()
+    try:
+        while step < cfg.max_steps and not stop["flag"]:
+            # ---- one step; every random draw comes from this step's seed
+            s = step_seed(cfg.seed, step, rank)
+            torch.manual_seed(s)  # dropout
+            g = torch.Generator(device=device).manual_seed(s)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, step)
+            imgs, labels = batches.get(step)
+            x = imgs.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
+            labels = labels.to(device)
+            b = x.shape[0]
+            flip = torch.rand(b, device=device, generator=g) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if templ_emb is not None:
+                which = torch.randint(0, templ_emb.shape[1], (b,), device=device, generator=g)
+                cond = templ_emb[labels, which]
+            else:
+                cond = class_emb[labels]
+            drop = torch.rand(b, device=device, generator=g) < cfg.cond_drop_prob
+            with autocast:
+                loss = D.training_loss(fwd_model, terms, x, cond, prediction_type=cfg.prediction_type, drop_cond=drop,
+                                       min_snr_gamma=cfg.min_snr_gamma or None, generator=g)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            update_ema(ema, model, step, cfg.ema_decay)
+            step += 1
+            images_seen += cfg.batch_size
+
+            # ---- bookkeeping
+            window_loss += loss.item()
+            window_n += 1
+            now = time.time()
+            train_seconds += now - started
+            started = now
+            if cfg.max_minutes and now - loop_start > cfg.max_minutes * 60:
+                stop["flag"] = True
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                ips = window_n * cfg.batch_size / max(1e-9, now - window_t)
+                mean_loss = window_loss / window_n
+                if ddp:
+                    t = torch.tensor([mean_loss], device=device)
+                    dist.all_reduce(t)
+                    mean_loss = t.item() / world
+                if master:
+                    writer.writerow([step, f"{mean_loss:.6f}", f"{lr_at(cfg, step - 1):.3e}", f"{ips:.1f}",
+                                     f"{train_seconds:.1f}"])
+                    metrics.flush()
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.1f}")
+                window_loss, window_n, window_t = 0.0, 0, now
+            bar.update(1)
+            if master and step % cfg.ckpt_every == 0:
+                last_ckpt = save(step)
+            if master and cfg.sample_every and step % cfg.sample_every == 0:
+                write_samples(cfg, ema, diffusion, classes, class_emb, step, device)
+                write_loss_curve(cfg)
+                started = time.time()  # sampling time is not training time
+    except KeyboardInterrupt:
+        if master:
+            log.warning("interrupted at step %d: saving a checkpoint before exiting", step)
+        stop["flag"] = True
+    finally:
+        bar.close()
+        batches.close()
+        if master:
+            if last_ckpt is None or not last_ckpt.name.endswith(f"{step:07d}"):
+                if step > 0:
+                    last_ckpt = save(step)
+            if metrics:
+                metrics.close()
+            write_loss_curve(cfg)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if ddp:
+            dist.barrier()
+            dist.destroy_process_group()
+    if master:
+        log.info("finished at step %d (%d images seen, %.1f min of training); checkpoint: %s",
+                 step, images_seen, train_seconds / 60, last_ckpt)
+    return last_ckpt if last_ckpt is not None else ckpt_root
+
+
+def latest_checkpoint_usable(ckpt_root: Path) -> Path | None:
+    """The newest checkpoint that loads; a damaged one is skipped with a warning."""
+    for path in reversed(store.checkpoint_dirs(ckpt_root)):
+        try:
+            cfg = json.loads((path / store.CONFIG_FILE).read_text())
+            store.load_tensors(path / store.WEIGHTS_FILE)
+            store.load_tensors(path / store.STATE_FILE)
+            int(cfg["step"])
+            return path
+        except Exception as e:  # noqa: BLE001 - any damage means: try the previous one
+            log.warning("skipping unusable checkpoint %s: %s", path, e)
+    return None
