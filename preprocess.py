@@ -35,6 +35,7 @@ checkpoint there; re-running the same command resumes from it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import io
@@ -636,8 +637,25 @@ def _reason(e: BaseException) -> str:
 _W: dict[str, Any] = {}
 
 
-def _init_worker(source: Source, size: int, max_pixels: int) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """Worker side: exit when the parent dies (killed with -9, say) instead of lingering as an orphan."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _init_worker(source: Source, size: int, max_pixels: int, parent: int | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's checkpointing handler
+    if parent is not None:
+        _exit_with_parent(parent)
     _W.update(source=source, size=size)
     Image.MAX_IMAGE_PIXELS = max_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -759,7 +777,11 @@ def compute_embeddings(
             np.zeros((0, len(PROMPT_TEMPLATES), TEXT_EMBED_DIM), np.float32),
             prompts,
         )
-    vecs = np.asarray(embed_fn(prompts + all_prompts), dtype=np.float32)
+    everything = prompts + all_prompts
+    # Modest calls: the text encoder shows a progress bar of its own for big ones.
+    vecs = np.concatenate(
+        [np.asarray(embed_fn(everything[i: i + 256]), dtype=np.float32) for i in range(0, len(everything), 256)]
+    )
     if vecs.ndim != 2 or vecs.shape[0] != len(prompts) + len(all_prompts):
         raise PreprocessError(f"embedding function returned shape {vecs.shape}")
     cls = np.ascontiguousarray(vecs[: len(prompts)])
@@ -836,6 +858,7 @@ def preprocess(
     partial = out.with_name(out.name + ".partial")
 
     source = open_source(src)
+    stack = contextlib.ExitStack()
     try:
         log.info("scanning %s", source.path)
         files = source.files()
@@ -879,6 +902,8 @@ def preprocess(
             {**work_key, "classes": [[c.wnid, c.names] for c in chosen], "template": template}
         )
 
+        lock = _lock_output(out)
+        stack.callback(_unlock_output, lock)
         if out.exists():
             if _is_complete(out, config_hash) and not overwrite:
                 log.info("%s is already complete for these options; nothing to do (--overwrite to redo)", out)
@@ -917,7 +942,8 @@ def preprocess(
         n_val = np.bincount(val_labels, minlength=len(chosen)) if len(val_labels) else np.zeros(len(chosen), int)
         embed = embed_fn or default_embed_fn
         log.info("encoding %d class prompts x %d templates", len(chosen), 1 + len(PROMPT_TEMPLATES))
-        cls_emb, tmpl_emb, prompts = compute_embeddings([c.name for c in chosen], template, embed)
+        with _tqdm_disabled(not progress):  # the encoder's own loading bars
+            cls_emb, tmpl_emb, prompts = compute_embeddings([c.name for c in chosen], template, embed)
         _atomic_save_npy(partial / "class_embeddings.npy", cls_emb)
         _atomic_save_npy(partial / "template_embeddings.npy", tmpl_emb)
         classes_doc = {
@@ -984,7 +1010,59 @@ def preprocess(
         )
         return Result(out, manifest)
     finally:
+        stack.close()
         source.close()
+
+
+def _lock_output(out: Path) -> Any:
+    """Hold ``<out>.lock`` so that two runs never write the same output at once."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        return None
+    path = out.with_name(out.name + ".lock")
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise PreprocessError(f"another preprocess.py run is writing {out} (it holds {path}); wait for it to finish")
+    return (f, path)
+
+
+def _unlock_output(lock: Any) -> None:
+    if lock is None:
+        return
+    f, path = lock
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    f.close()
+
+
+@contextlib.contextmanager
+def _tqdm_disabled(disable: bool) -> Iterator[None]:
+    """Silence third-party progress bars while ``disable`` is true.
+
+    tqdm reads ``TQDM_DISABLE``; transformers' bars follow
+    ``HF_HUB_DISABLE_PROGRESS_BARS`` (read when it is first imported).
+    """
+    names = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")
+    if not disable:
+        yield
+        return
+    old = {n: os.environ.get(n) for n in names}
+    os.environ.update({n: "1" for n in names})
+    try:
+        yield
+    finally:
+        for n, v in old.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
 
 
 def _is_complete(out: Path, config_hash: str) -> bool:
@@ -1140,7 +1218,7 @@ def _run_decode(
             ctx = _mp_context()
             n_proc = min(workers, len(todo))
             with ProcessPoolExecutor(
-                max_workers=n_proc, mp_context=ctx, initializer=_init_worker, initargs=(source, size, max_pixels)
+                max_workers=n_proc, mp_context=ctx, initializer=_init_worker, initargs=(source, size, max_pixels, os.getpid())
             ) as ex:
                 window = n_proc * 4
                 pending: list[tuple[tuple[str, int, list[str]], Future]] = []

@@ -454,6 +454,19 @@ def test_rerun_is_a_no_op_and_other_options_need_overwrite(tmp_path, ilsvrc_tree
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pre"]  # no leftovers
 
 
+def test_a_second_concurrent_run_is_refused(tmp_path, ilsvrc_tree):
+    base, _ = ilsvrc_tree
+    out = tmp_path / "pre"
+    held = P._lock_output(out)
+    try:
+        with pytest.raises(P.PreprocessError, match="another preprocess.py run"):
+            run(base, out)
+    finally:
+        P._unlock_output(held)
+    run(base, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pre"]
+
+
 def test_stale_partial_from_other_options_is_discarded(tmp_path, ilsvrc_tree):
     base, _ = ilsvrc_tree
     partial = tmp_path / "pre.partial"
