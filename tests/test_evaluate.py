@@ -1,0 +1,133 @@
+"""The evaluation: Frechet distance, the yardstick classifier, the Inception path, the table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate as E
+
+
+def test_frechet_distance_known_values():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 8))
+    assert E.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # same covariance, mean shifted by d: FD = |d|^2
+    shift = np.full(8, 0.5)
+    assert E.frechet_distance(a, a + shift) == pytest.approx(8 * 0.25, rel=1e-6)
+    # N(0, I) vs N(0, 4I) in 8-d: tr(I) + tr(4I) - 2 tr(2I) = 8 + 32 - 32 = 8
+    b = rng.normal(size=(200000, 8)) * 2
+    assert E.frechet_distance(rng.normal(size=(200000, 8)), b) == pytest.approx(8.0, rel=0.03)
+    with pytest.raises(ValueError):
+        E.frechet_distance(a[:, :4], a)
+
+
+def test_frechet_distance_matches_scipy_formula():
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6))
+    b = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6)) + 1
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy_linalg.sqrtm(sa @ sb).real
+    ref = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa + sb - 2 * covmean)
+    assert E.frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
+
+
+def _colour_images(n_per_class: int, size: int = 16, seed: int = 0):
+    """Three easy classes: reddish, greenish, bluish noise."""
+    rng = np.random.default_rng(seed)
+    imgs, labels = [], []
+    for c in range(3):
+        base = np.zeros(3)
+        base[c] = 200
+        x = np.clip(rng.normal(base + 30, 25, size=(n_per_class, size, size, 3)), 0, 255).astype(np.uint8)
+        imgs.append(x)
+        labels += [c] * n_per_class
+    return np.concatenate(imgs), np.array(labels)
+
+
+def test_classifier_learns_and_round_trips(tmp_path):
+    x, y = _colour_images(40)
+    clf = E.train_classifier(x, y, 3, epochs=8, batch_size=32, width=8)
+    xv, yv = _colour_images(10, seed=1)
+    pred, feats = E.classify(clf, xv)
+    assert (pred == yv).mean() > 0.9
+    assert feats.shape == (30, clf.feature_dim)
+    E.save_classifier(clf, tmp_path, {"epochs": 3})
+    clf2, meta = E.load_classifier(tmp_path)
+    np.testing.assert_array_equal(E.classify(clf2, xv)[0], pred)
+    assert meta["num_classes"] == 3
+
+
+def test_inception_fid_path_with_random_weights(tmp_path):
+    fid_inception = pytest.importorskip("pytorch_fid.inception")
+    from safetensors.torch import save_file
+
+    # Build pytorch-fid's FID Inception structure with random weights (no download).
+    net = fid_inception._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    net.Mixed_5b = fid_inception.FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = fid_inception.FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = fid_inception.FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = fid_inception.FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = fid_inception.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = fid_inception.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = fid_inception.FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = fid_inception.FIDInceptionE_1(1280)
+    net.Mixed_7c = fid_inception.FIDInceptionE_2(2048)
+    path = tmp_path / "inception.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    feats = E.InceptionFeatures(path)
+    x, _ = _colour_images(2, size=32)
+    f = feats(x)
+    assert f.shape == (6, 2048) and np.isfinite(f).all()
+    assert fid_inception.load_state_dict_from_url.__name__ != "<lambda>"  # the patch was undone
+
+
+def test_parse_settings():
+    assert E.parse_settings("ddpm:1000, dpm++:20") == [("ddpm", 1000), ("dpm++", 20)]
+    for bad in ["euler:10", "ddim", "ddim:0", "ddim:x"]:
+        with pytest.raises(ValueError):
+            E.parse_settings(bad)
+
+
+def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
+    import diffusion as D
+    import model_store as ms
+    from models import ConditionalUNet, UNetConfig
+
+    x, y = _colour_images(24)
+    xv, yv = _colour_images(6, seed=2)
+    data = tmp_path / "data"
+    data.mkdir()
+    names = ["red", "green", "blue"]
+    classes = [{"index": i, "wnid": f"c{i}", "name": n, "names": [n], "prompt": f"a photo of a {n}", "count": 24}
+               for i, n in enumerate(names)]
+    np.save(data / "train_images.npy", x)
+    np.save(data / "train_labels.npy", y.astype(np.int64))
+    np.save(data / "val_images.npy", xv)
+    np.save(data / "val_labels.npy", yv.astype(np.int64))
+    emb = np.eye(3, 384, dtype=np.float32)
+    np.save(data / "class_embeddings.npy", emb)
+    np.save(data / "template_embeddings.npy", emb[:, None, :])
+    (data / "classes.json").write_text(json.dumps({"prompt_template": "a photo of a {}", "classes": classes}))
+    (data / "manifest.json").write_text(json.dumps({"source": "synthetic"}))
+
+    torch.manual_seed(0)
+    net = ConditionalUNet(UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                                     attention_resolutions=(8,), head_channels=8, dropout=0.0))
+    cfg = ms.model_config(net.config, D.DiffusionConfig(), classes, data={"dir": str(data)})
+    ms.save_to_store("tiny", net.state_dict(), cfg, "# tiny\n", store=tmp_path / "store", dtype=torch.float32)
+    lm = ms.load_model("tiny", store=tmp_path / "store")
+    by_prompt = {c["prompt"]: emb[i] for i, c in enumerate(classes)}
+    result = E.evaluate(lm, data, [("ddim", 3), ("dpm++", 2)], per_class=2, classifier_epochs=20, batch_size=4,
+                        encode_fn=lambda ps: np.stack([by_prompt[p] for p in ps]))
+    assert [r["setting"] for r in result["rows"]] == ["ddim 3", "dpm++ 2"]
+    for r in result["rows"]:
+        assert r["images"] == 6 and 0 <= r["accuracy"] <= 1 and r["fd"] >= 0 and r["seconds_per_image"] > 0
+    assert result["real_val_accuracy"] > 0.9
+    assert (lm.path / E.CLASSIFIER_WEIGHTS).exists()  # kept beside the model
+    table = E.format_table(result)
+    assert "| ddim 3 | 6 |" in table and "real held-out" in table
