@@ -156,11 +156,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     import model_store as store
+    from training import latest_checkpoint_usable
 
     run = Path(args.run)
     if not run.exists():
         run = Path(args.out_dir) / args.run
-    ckpt = Path(args.checkpoint) if args.checkpoint else store.latest_checkpoint(run / "checkpoints")
+    # The newest checkpoint that loads: a damaged one (a crash, a full disk) is skipped with a warning.
+    ckpt = Path(args.checkpoint) if args.checkpoint else latest_checkpoint_usable(run / "checkpoints")
     if ckpt is None or not ckpt.is_dir():
         print(f"error: no checkpoint found for run {args.run!r} (looked in {run / 'checkpoints'})", file=sys.stderr)
         return 2

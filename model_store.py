@@ -171,14 +171,21 @@ def build_model(config: dict[str, Any]) -> tuple[ConditionalUNet, DiffusionConfi
     return unet, diffusion
 
 
-def resolve_model_path(name_or_path: str | os.PathLike, store: str | os.PathLike | None = None) -> Path:
+def resolve_model_path(
+    name_or_path: str | os.PathLike, store: str | os.PathLike | None = None, *, allow_path: bool = True
+) -> Path:
     """A store name (``default_model``) or a folder path -> the folder.
 
-    Names are looked up only inside the store and cannot escape it.
+    Names are looked up only inside the store and cannot escape it (not with
+    ``..``, not through a symlink). Anything with a path separator or a
+    leading ``.`` is a path, which the CLI accepts; pass ``allow_path=False``
+    for names from untrusted input (a web form), so only store names resolve.
     """
     s = str(name_or_path)
     p = Path(s)
     if os.sep in s or (os.altsep and os.altsep in s) or s.startswith("."):
+        if not allow_path:
+            raise ValueError(f"model name {s!r} is a path; only names of models in the store are accepted here")
         if p.is_dir():
             return p
         raise CheckpointError(f"model folder not found: {p}")
@@ -199,13 +206,15 @@ def load_model(
     store: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     use_ema: bool = True,
+    allow_path: bool = True,
 ) -> LoadedModel:
     """Load a store model by name, or a store/checkpoint folder by path.
 
     For a training checkpoint folder the EMA weights are used (``use_ema``).
-    Weights are cast to float32 (the store may hold fp16).
+    Weights are cast to float32 (the store may hold fp16). ``allow_path=False``
+    accepts store names only (see ``resolve_model_path``).
     """
-    folder = resolve_model_path(name_or_path, store)
+    folder = resolve_model_path(name_or_path, store, allow_path=allow_path)
     config = _read_json(folder / CONFIG_FILE)
     model, diffusion = build_model(config)
     tensors = load_tensors(folder / WEIGHTS_FILE)
@@ -225,9 +234,11 @@ def list_models(store: str | os.PathLike | None = None) -> list[str]:
     root = store_dir(store)
     if not root.is_dir():
         return []
+    real_root = root.resolve()
     return sorted(
         p.name for p in root.iterdir()
-        if p.is_dir() and _NAME_RE.match(p.name) and (p / WEIGHTS_FILE).is_file() and (p / CONFIG_FILE).is_file()
+        if p.is_dir() and _NAME_RE.match(p.name) and p.resolve().parent == real_root  # no links out of the store
+        and (p / WEIGHTS_FILE).is_file() and (p / CONFIG_FILE).is_file()
     )
 
 
@@ -290,6 +301,27 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The step in a checkpoint folder's name (``ckpt-0001000`` -> 1000)."""
+    m = _CKPT_RE.match(Path(path).name)
+    if not m:
+        raise ValueError(f"{path} is not a checkpoint folder name (ckpt-NNNNNNN)")
+    return int(m.group(1))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not possible on every platform (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def checkpoint_dirs(ckpt_root: str | os.PathLike) -> list[Path]:
     """Complete checkpoint folders under ``ckpt_root``, oldest first."""
     root = Path(ckpt_root)
@@ -327,9 +359,11 @@ def save_checkpoint(
     for f in tmp.iterdir():  # flush file contents before the rename makes them visible
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
+    _fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    _fsync_dir(root)  # the rename itself survives a power cut
     for old in checkpoint_dirs(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

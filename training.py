@@ -18,7 +18,9 @@ import logging
 import math
 import os
 import platform
+import shutil
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -72,6 +74,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     max_steps: int = 20_000
     max_minutes: float = 0.0  # stop (and save) after this much wall time; 0 = no limit
+    stop_at_step: int = 0  # stop (and save) at this step, 0 = max_steps; the LR schedule still follows max_steps
     # systems
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
@@ -318,8 +321,17 @@ def train(cfg: TrainConfig) -> Path:
 
     # ---- resume
     step, images_seen, train_seconds = 0, 0, 0.0
-    resume_from = latest_checkpoint_usable(ckpt_root) if cfg.resume == "auto" else (
-        None if cfg.resume in ("never", "") else Path(cfg.resume))
+    if cfg.resume == "auto":
+        # Rank 0 picks and tells the others, so every process resumes from the same step.
+        resume_from = latest_checkpoint_usable(ckpt_root) if master else None
+        if ddp:
+            box = [str(resume_from) if resume_from is not None else None]
+            dist.broadcast_object_list(box, src=0)
+            resume_from = Path(box[0]) if box[0] is not None else None
+        if master:
+            set_aside_unusable(ckpt_root, resume_from)
+    else:
+        resume_from = None if cfg.resume in ("never", "") else Path(cfg.resume)
     if resume_from is not None:
         state = store.load_checkpoint(resume_from, model, ema, optimizer)
         step = state.step
@@ -349,26 +361,45 @@ def train(cfg: TrainConfig) -> Path:
         return store.save_checkpoint(ckpt_root, at_step, model, ema, optimizer, meta,
                                      rng={"torch": torch.get_rng_state()}, keep=cfg.keep_checkpoints)
 
-    # Ctrl-C and SIGTERM both end the loop cleanly, with a checkpoint.
+    # Ctrl-C and SIGTERM both end the loop cleanly: the current step finishes, then a
+    # checkpoint is written. A second Ctrl-C stops at once (saving only a consistent state).
     stop = {"flag": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True)) if master or not ddp else None
 
+    def request_stop(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGINT and stop["flag"]:
+            raise KeyboardInterrupt
+        stop["flag"] = True
+        if master:
+            log.warning("%s: stopping after this step and saving a checkpoint (Ctrl-C again to stop at once)",
+                        signal.Signals(signum).name)
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, request_stop)
+
+    if master:
+        remove_stale_temp(ckpt_root)
     metrics_path = run_dir / "metrics.csv"
     metrics = None
     if master:
         new = not metrics_path.exists() or step == 0
+        if not new:
+            truncate_metrics(metrics_path, step)  # rows past the checkpoint were lost with the steps
         metrics = metrics_path.open("w" if new else "a", newline="")
         writer = csv.writer(metrics)
         if new:
             writer.writerow(["step", "loss", "lr", "images_per_s", "elapsed_s"])
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not master, desc=cfg.run_name, dynamic_ncols=True)
     last_ckpt = None
+    end_step = min(cfg.max_steps, cfg.stop_at_step) if cfg.stop_at_step > 0 else cfg.max_steps
+    consistent = True  # False while the weights, EMA and optimizer are half-way through an update
     started = loop_start = time.time()
     window_loss, window_n, window_t = 0.0, 0, time.time()
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext())
     model.train()
     try:
-        while step < cfg.max_steps and not stop["flag"]:
+        while step < end_step and not stop["flag"]:
             # ---- one step; every random draw comes from this step's seed
             s = step_seed(cfg.seed, step, rank)
             torch.manual_seed(s)  # dropout
@@ -395,11 +426,13 @@ def train(cfg: TrainConfig) -> Path:
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            consistent = False
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             update_ema(ema, model, step, cfg.ema_decay)
             step += 1
             images_seen += cfg.batch_size
+            consistent = True
 
             # ---- bookkeeping
             window_loss += loss.item()
@@ -409,7 +442,11 @@ def train(cfg: TrainConfig) -> Path:
             started = now
             if cfg.max_minutes and now - loop_start > cfg.max_minutes * 60:
                 stop["flag"] = True
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            if ddp:  # all processes stop at the same step, whichever of them was told to
+                flag = torch.tensor([1.0 if stop["flag"] else 0.0], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop["flag"] = bool(flag.item())
+            if step % cfg.log_every == 0 or step == end_step:
                 ips = window_n * cfg.batch_size / max(1e-9, now - window_t)
                 mean_loss = window_loss / window_n
                 if ddp:
@@ -431,20 +468,23 @@ def train(cfg: TrainConfig) -> Path:
                 started = time.time()  # sampling time is not training time
     except KeyboardInterrupt:
         if master:
-            log.warning("interrupted at step %d: saving a checkpoint before exiting", step)
+            log.warning("interrupted at step %d", step)
         stop["flag"] = True
     finally:
         bar.close()
         batches.close()
         if master:
-            if last_ckpt is None or not last_ckpt.name.endswith(f"{step:07d}"):
-                if step > 0:
+            if step > 0 and (last_ckpt is None or last_ckpt.name != f"ckpt-{step:07d}"):
+                if consistent:
                     last_ckpt = save(step)
+                else:  # stopped inside an optimizer/EMA update: that state must not be saved
+                    log.warning("stopped in the middle of an update at step %d: not saving it; the last "
+                                "checkpoint is %s", step, last_ckpt or store.latest_checkpoint(ckpt_root))
             if metrics:
                 metrics.close()
             write_loss_curve(cfg)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if ddp:
             dist.barrier()
             dist.destroy_process_group()
@@ -452,6 +492,45 @@ def train(cfg: TrainConfig) -> Path:
         log.info("finished at step %d (%d images seen, %.1f min of training); checkpoint: %s",
                  step, images_seen, train_seconds / 60, last_ckpt)
     return last_ckpt if last_ckpt is not None else ckpt_root
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the rows of ``metrics.csv`` after ``step`` (written by steps a crash took back)."""
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1]
+    for line in lines[1:]:
+        try:
+            if int(line.split(",", 1)[0]) <= step:
+                keep.append(line)
+        except ValueError:  # a half-written last line
+            continue
+    if keep != lines:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
+
+
+def remove_stale_temp(ckpt_root: Path) -> None:
+    """Delete checkpoint folders a killed run left half-written (the run's only writer is this process)."""
+    root = Path(ckpt_root)
+    if root.is_dir():
+        for tmp in root.glob(".tmp-ckpt-*"):
+            log.warning("removing an unfinished checkpoint left by an earlier run: %s", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def set_aside_unusable(ckpt_root: Path, resume_from: Path | None) -> None:
+    """Rename checkpoints newer than ``resume_from`` (so unusable) to ``.unusable-ckpt-...``.
+
+    Otherwise a damaged checkpoint with a higher step could survive keep-last-K
+    pruning while good ones are deleted. Kept, not deleted, for inspection.
+    """
+    last = -1 if resume_from is None else store.checkpoint_step(resume_from)
+    for path in store.checkpoint_dirs(ckpt_root):
+        if store.checkpoint_step(path) > last:
+            aside = path.with_name(f".unusable-{path.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            log.warning("setting aside unusable checkpoint %s as %s", path, aside.name)
+            os.replace(path, aside)
 
 
 def latest_checkpoint_usable(ckpt_root: Path) -> Path | None:
