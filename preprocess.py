@@ -204,7 +204,9 @@ def open_source(src: str | os.PathLike) -> Source:
 
 
 def is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    """Whether a path has an image file extension (case-insensitive)."""
+    dot = name.rfind(".")
+    return dot > name.rfind("/") + 1 and name[dot:].lower() in IMAGE_EXTENSIONS
 
 
 # --------------------------------------------------------------------------- layout
@@ -289,36 +291,29 @@ def builtin_synsets() -> dict[str, list[str]]:
 
 def _find_imagenet_train_dir(files: Sequence[str]) -> tuple[str, bool] | None:
     """The shallowest ``.../train`` folder whose sub-folders are wnids; and whether images sit in ``images/``."""
+    image_dirs = {rel.rpartition("/")[0] for rel in files if "/" in rel and is_image_name(rel)}
     best: tuple[int, str, bool] | None = None
-    seen: set[str] = set()
-    for rel in files:
-        if not is_image_name(rel):
-            continue
-        parts = rel.split("/")
+    for d in image_dirs:
+        parts = d.split("/")
         # .../train/<wnid>/<file> or .../train/<wnid>/images/<file>
-        for k, tiny in ((len(parts) - 3, False), (len(parts) - 4, True)):
+        for k, tiny in ((len(parts) - 2, False), (len(parts) - 3, True)):
             if k < 0 or parts[k] != "train" or not WNID_RE.match(parts[k + 1]):
                 continue
             if tiny and parts[k + 2] != "images":
                 continue
-            train_dir = "/".join(parts[: k + 1])
-            key = f"{train_dir}|{tiny}"
-            if key in seen:
-                continue
-            seen.add(key)
-            depth = k
-            if best is None or depth < best[0]:
-                best = (depth, train_dir, tiny)
-    if best is None:
-        # The train folder itself was given: <wnid>/<file>.
-        tops = {r.split("/")[0] for r in files if "/" in r}
-        if tops and all(WNID_RE.match(t) for t in tops):
-            flat = any(is_image_name(r) and r.count("/") == 1 for r in files)
-            tiny = any(is_image_name(r) and r.count("/") == 2 and r.split("/")[1] == "images" for r in files)
-            if flat or tiny:
-                return "", tiny and not flat
-        return None
-    return best[1], best[2]
+            cand = (k, "/".join(parts[: k + 1]), tiny)
+            if best is None or cand < best:
+                best = cand
+    if best is not None:
+        return best[1], best[2]
+    # The train folder itself was given: <wnid>/<file> or <wnid>/images/<file>.
+    tops = {r.split("/", 1)[0] for r in files if "/" in r}
+    if tops and all(WNID_RE.match(t) for t in tops):
+        flat = any("/" not in d for d in image_dirs)
+        tiny = any(d.count("/") == 1 and d.endswith("/images") for d in image_dirs)
+        if flat or tiny:
+            return "", tiny and not flat
+    return None
 
 
 def _group_by_class(files: Sequence[str], base: str) -> dict[str, tuple[list[str], list[str]]]:
