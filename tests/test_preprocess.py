@@ -77,6 +77,14 @@ def solid(color, size=(120, 90), mode="RGB") -> Image.Image:
     return Image.new(mode, size, color)
 
 
+def jpeg_with_declared_size(width: int, height: int) -> bytes:
+    """A small real JPEG whose frame header (SOF0) is patched to claim ``width`` x ``height``."""
+    data = bytearray(jpeg_bytes(solid(RED, (16, 16))))
+    at = data.index(b"\xff\xc0")
+    data[at + 5: at + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares a huge size but holds almost no data (a decompression bomb's header)."""
 
@@ -116,6 +124,8 @@ def tree_files() -> dict[str, dict[str, tuple[bytes, object]]]:
             **{f"shark_{k}.JPEG": (jpeg_bytes(solid(BLUE)), BLUE) for k in range(GOOD_PER_CLASS)},
             "bomb.JPEG": (png_header_only(100_000, 100_000), "skip:DecompressionBomb"),
             "bomb_warn.png": (png_header_only(12_000, 10_000), "skip:DecompressionBomb"),
+            "bomb_jpeg.JPEG": (jpeg_with_declared_size(60_000, 50_000), "skip:DecompressionBomb"),
+            "jpeg_named.png": (jpeg_bytes(solid(BLUE)), BLUE),
         },
         TIGER_SHARK: {},  # an empty class folder
     }
@@ -429,7 +439,7 @@ def test_interrupted_run_resumes_and_matches_a_clean_run(tmp_path, monkeypatch, 
     partial = tmp_path / "pre.partial"
     assert not out.exists() and partial.is_dir()
     state = json.loads((partial / "state.json").read_text())
-    assert 0 < state["items_done"] < 19
+    assert 0 < state["items_done"] < 20
     with pytest.raises(FileNotFoundError, match="resume"):
         PreprocessedDataset(out)
 
