@@ -1,0 +1,302 @@
+"""The model store and checkpoint files: save/list/load by name or path, names that
+cannot escape the store, atomic writes, keep-last-K, and pickles that are refused
+without running their code."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import model_store as store
+from diffusion import DiffusionConfig
+from models import ConditionalUNet, UNetConfig
+
+TINY = UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
+                  head_channels=8, dropout=0.0)
+CLASSES = [{"index": 0, "wnid": "n01443537", "name": "goldfish", "prompt": "a photo of a goldfish"},
+           {"index": 1, "wnid": "n02123045", "name": "tabby cat", "prompt": "a photo of a tabby cat"}]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # far faster than oversubscribing a shared 2-core machine
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> ConditionalUNet:
+    torch.manual_seed(0)
+    model = ConditionalUNet(TINY)
+    with torch.no_grad():  # zero-initialised layers would make fp16 round trips trivially exact
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return model
+
+
+def config(**extra) -> dict:
+    return store.model_config(TINY, DiffusionConfig(), CLASSES, **{"step": 123, "hardware": "test", **extra})
+
+
+def save(name: str, model: ConditionalUNet, root: Path, **kw) -> Path:
+    return store.save_to_store(name, model.state_dict(), config(), f"# {name}\n", store=root, **kw)
+
+
+class Payload:
+    """Unpickling this runs a shell command: the test checks it never runs."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+# --------------------------------------------------------------------------- save, list, load
+def test_save_list_load_by_name_and_path(tiny_model, tmp_path):
+    root = tmp_path / "store"
+    folder = save("tiny", tiny_model, root)
+    assert folder == root / "tiny"
+    assert {p.name for p in folder.iterdir()} == {store.WEIGHTS_FILE, store.CONFIG_FILE, store.CARD_FILE}
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temp folder left behind
+    assert store.list_models(root) == ["tiny"]
+    for ref in ("tiny", folder, str(folder)):
+        lm = store.load_model(ref, store=root)
+        assert lm.name == "tiny" and lm.image_size == 16 and lm.class_names == ["goldfish", "tabby cat"]
+        assert lm.config["step"] == 123 and lm.diffusion == DiffusionConfig()
+        for k, v in lm.model.state_dict().items():  # fp16 in the store, fp32 when loaded
+            assert v.dtype == torch.float32
+            assert torch.equal(v, tiny_model.state_dict()[k].half().float())
+        assert not lm.model.training
+    exact = save("tiny32", tiny_model, root, dtype=torch.float32)
+    lm = store.load_model(exact)
+    assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in lm.model.state_dict().items())
+
+
+def test_store_directory_from_environment(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFUSION_MODEL_STORE", str(tmp_path / "env_store"))
+    assert store.store_dir() == tmp_path / "env_store"
+    store.save_to_store("envmodel", tiny_model.state_dict(), config(), "card")
+    assert store.list_models() == ["envmodel"]
+    assert store.load_model("envmodel").path == tmp_path / "env_store" / "envmodel"
+    monkeypatch.delenv("DIFFUSION_MODEL_STORE")
+    assert store.store_dir() == store.DEFAULT_STORE
+
+
+def test_overwrite_is_explicit(tiny_model, tmp_path):
+    root = tmp_path / "store"
+    save("m", tiny_model, root)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        save("m", tiny_model, root)
+    other = ConditionalUNet(TINY)
+    store.save_to_store("m", other.state_dict(), config(step=7), "new card", store=root, overwrite=True)
+    assert (root / "m" / store.CARD_FILE).read_text() == "new card"
+    assert store.list_models(root) == ["m"]
+    assert sorted(p.name for p in root.iterdir()) == ["m"]
+
+
+def test_missing_model_lists_what_is_available(tiny_model, tmp_path):
+    root = tmp_path / "store"
+    save("present", tiny_model, root)
+    with pytest.raises(store.CheckpointError, match="available: present"):
+        store.load_model("absent", store=root)
+    assert store.list_models(tmp_path / "nowhere") == []
+
+
+def test_incomplete_folders_are_not_listed(tiny_model, tmp_path):
+    root = tmp_path / "store"
+    save("good", tiny_model, root)
+    (root / "no_weights").mkdir()
+    (root / "no_weights" / store.CONFIG_FILE).write_text("{}")
+    (root / ".good.tmp-999").mkdir()  # an interrupted save
+    assert store.list_models(root) == ["good"]
+
+
+# --------------------------------------------------------------------------- names cannot escape
+@pytest.mark.parametrize("name", ["../../etc", "..", ".", "../outside", "a/b", "/etc", "", "x" * 65, ".hidden",
+                                  "..evil", "evil..", "a\\..\\b", "name with space", "nul\x00byte"])
+def test_bad_names_are_refused_when_saving(tiny_model, tmp_path, name):
+    root = tmp_path / "deep" / "store"
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="invalid model name"):
+        store.save_to_store(name, tiny_model.state_dict(), config(), "card", store=root)
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
+
+
+def test_names_cannot_escape_the_store_when_loading(tiny_model, tmp_path):
+    root = tmp_path / "store"
+    root.mkdir()
+    outside = save("victim", tiny_model, tmp_path / "elsewhere")  # a valid model outside the store
+    for name in ("../elsewhere/victim", "../../etc", "..", "/etc"):
+        with pytest.raises(ValueError, match="path"):
+            store.load_model(name, store=root, allow_path=False)
+    # through a symlink inside the store
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ValueError, match="escapes the model store"):
+        store.load_model("link", store=root)
+    assert store.list_models(root) == []
+    # the CLI accepts explicit paths (that is a feature), but only to real model folders
+    with pytest.raises(store.CheckpointError):
+        store.load_model("../../etc", store=root)
+    assert store.load_model(str(outside)).name == "victim"
+
+
+# --------------------------------------------------------------------------- pickles are refused
+def test_pickled_code_in_a_pt_file_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    for i, write in enumerate((
+        lambda p: torch.save({"weight": torch.zeros(2), "x": Payload(marker)}, p),  # zip format
+        lambda p: torch.save({"x": Payload(marker)}, p, _use_new_zipfile_serialization=False),  # legacy
+        lambda p: p.write_bytes(pickle.dumps(Payload(marker))),  # a bare pickle
+    )):
+        path = tmp_path / f"evil{i}.pt"
+        write(path)
+        with pytest.raises(store.CheckpointError, match="refusing to load .*pickled objects or code"):
+            store.load_tensors(path)
+        assert not marker.exists(), "the pickle's payload ran"
+
+
+def test_tensor_only_pt_is_accepted_but_nested_objects_are_not(tmp_path):
+    torch.save({"w": torch.ones(3)}, tmp_path / "ok.pt")
+    assert torch.equal(store.load_tensors(tmp_path / "ok.pt")["w"], torch.ones(3))
+    torch.save({"w": {"nested": torch.ones(3)}}, tmp_path / "nested.pt")
+    with pytest.raises(store.CheckpointError, match="flat state dict"):
+        store.load_tensors(tmp_path / "nested.pt")
+    (tmp_path / "model.npz").write_bytes(b"x")
+    with pytest.raises(store.CheckpointError, match="unsupported"):
+        store.load_tensors(tmp_path / "model.npz")
+
+
+def test_pickle_renamed_to_safetensors_is_refused(tiny_model, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    root = tmp_path / "store"
+    folder = save("disguised", tiny_model, root)
+    for write in (lambda p: torch.save({"x": Payload(marker)}, p), lambda p: p.write_bytes(pickle.dumps(Payload(marker)))):
+        write(folder / store.WEIGHTS_FILE)
+        with pytest.raises(store.CheckpointError, match="not a valid safetensors file.*[Pp]ickle"):
+            store.load_model("disguised", store=root)
+        assert not marker.exists()
+    # and the CLI says so in one line, without a traceback
+    import cli
+
+    assert cli.main(["sample", "--model", str(folder), "--class", "goldfish", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "pickle" in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_truncated_and_empty_weights_are_refused(tiny_model, tmp_path):
+    folder = save("torn", tiny_model, tmp_path)
+    weights = folder / store.WEIGHTS_FILE
+    data = weights.read_bytes()
+    for cut in (len(data) // 2, 7, 0):
+        weights.write_bytes(data[:cut])
+        with pytest.raises(store.CheckpointError, match="not a valid safetensors"):
+            store.load_model(folder)
+    (folder / store.CONFIG_FILE).write_text('{"unet": ')
+    with pytest.raises(store.CheckpointError, match="not valid JSON"):
+        store.load_model(folder)
+
+
+def test_weights_that_do_not_match_the_config_are_refused(tiny_model, tmp_path):
+    folder = save("mismatch", tiny_model, tmp_path)
+    cfg = json.loads((folder / store.CONFIG_FILE).read_text())
+    cfg["unet"]["base_channels"] = 32
+    (folder / store.CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(store.CheckpointError, match="do not match its config"):
+        store.load_model(folder)
+    cfg["unet"]["not_a_field"] = 1
+    (folder / store.CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(store.CheckpointError, match="invalid model config"):
+        store.load_model(folder)
+
+
+# --------------------------------------------------------------------------- training checkpoints
+def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    out = model(torch.randn(2, 3, 16, 16), torch.tensor([1, 500]), torch.randn(2, 384))
+    (out - 1).square().mean().backward()
+    opt.step()
+    opt.zero_grad()
+    return opt
+
+
+def test_checkpoints_are_atomic_and_pruned(tiny_model, tmp_path, monkeypatch):
+    model, ema = ConditionalUNet(TINY), ConditionalUNet(TINY)
+    opt = _optimizer(model)
+    root = tmp_path / "ckpts"
+    for step in (10, 20, 30, 40):
+        rng = torch.get_rng_state()
+        store.save_checkpoint(root, step, model, ema, opt, config(), rng={"torch": rng}, keep=2)
+        torch.rand(1)
+    assert [p.name for p in store.checkpoint_dirs(root)] == ["ckpt-0000030", "ckpt-0000040"]
+    assert store.checkpoint_step(store.latest_checkpoint(root)) == 40
+
+    # A crash in the middle of writing: the folder never appears under its final name.
+    real_save = store.save_file
+    calls = []
+
+    def failing_save(tensors, filename, *a, **k):
+        calls.append(filename)
+        real_save(tensors, filename, *a, **k)
+        if len(calls) == 1:
+            raise OSError("disk full")
+
+    monkeypatch.setattr(store, "save_file", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        store.save_checkpoint(root, 50, model, ema, opt, config(), rng={}, keep=2)
+    monkeypatch.setattr(store, "save_file", real_save)
+    assert [p.name for p in store.checkpoint_dirs(root)] == ["ckpt-0000030", "ckpt-0000040"]
+    assert ".tmp-ckpt-0000050" in calls[0]
+
+    # Round trip of weights, EMA, optimizer and RNG state.
+    model2, ema2 = ConditionalUNet(TINY), ConditionalUNet(TINY)
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=5.0)
+    state = store.load_checkpoint(root / "ckpt-0000040", model2, ema2, opt2)
+    assert state.step == 40 and torch.equal(state.rng["torch"], rng)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(ema.state_dict().values(), ema2.state_dict().values()))
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert s2["param_groups"][0]["lr"] == 1e-3
+    for i in s1["state"]:
+        for k in s1["state"][i]:
+            assert torch.equal(s1["state"][i][k], s2["state"][i][k])
+
+    # A checkpoint for a different network is refused with a clear error.
+    other = ConditionalUNet(UNetConfig(**{**TINY.to_dict(), "base_channels": 32}))
+    with pytest.raises(store.CheckpointError, match="does not match"):
+        store.load_checkpoint(root / "ckpt-0000040", other, ConditionalUNet(other.config), None)
+
+
+def test_pickle_in_a_training_checkpoint_is_skipped(tiny_model, tmp_path):
+    import training
+
+    model, ema = ConditionalUNet(TINY), ConditionalUNet(TINY)
+    opt = _optimizer(model)
+    root = tmp_path / "ckpts"
+    for step in (1, 2):
+        store.save_checkpoint(root, step, model, ema, opt, config(), rng={}, keep=5)
+    marker = tmp_path / "pwned"
+    torch.save({"x": Payload(marker)}, root / "ckpt-0000002" / store.WEIGHTS_FILE)
+    assert training.latest_checkpoint_usable(root) == root / "ckpt-0000001"
+    with pytest.raises(store.CheckpointError):
+        store.load_checkpoint(root / "ckpt-0000002", model, ema, opt)
+    assert not marker.exists()
+
+
+def test_model_card_describes_data_steps_and_compute():
+    import cli
+
+    cfg = config(images_seen=6400, train_seconds=7200, parameters=1234567,
+                 data={"source": "tiny-imagenet-200.zip", "num_images": 5000},
+                 train={"batch_size": 32, "lr": 2e-4, "ema_decay": 0.999})
+    card = cli.model_card("default_model", cfg, evaluation="FID 42 (toy)")
+    for text in ("# default_model", "| image size | 16 px |", "1,234,567", "tiny-imagenet-200.zip (5000 training",
+                 "| training steps | 123 (batch 32", "| hardware | test |", "2.00 h", "goldfish (`n01443537`)",
+                 "## Evaluation", "FID 42"):
+        assert text in card, text
