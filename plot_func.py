@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Pictures of the diffusion process: forward-noising strips, denoising GIFs,
-sample grids, loss curves and schedule plots.
+"""Pictures of the diffusion process: forward-noising strips, denoising GIFs
+and strips, sample grids, loss curves and schedule plots.
 
 Used by training (periodic samples), the CLI and the web app. Every function
 takes uint8 images ``(N, H, W, 3)`` (or [-1, 1] tensors, converted with
@@ -35,22 +35,48 @@ ImageBatch = np.ndarray | torch.Tensor
 
 
 def as_uint8(images: ImageBatch) -> np.ndarray:
-    """uint8 ``(N, H, W, 3)`` from uint8 arrays or [-1, 1] tensors ``(N, 3, H, W)``."""
+    """uint8 ``(N, H, W, 3)`` from uint8 arrays or [-1, 1] float arrays/tensors.
+
+    Floats are denormalised from [-1, 1] with clamping (NaN becomes 0, the
+    middle grey); tensors may be ``(N, C, H, W)`` or ``(C, H, W)``, arrays
+    ``(N, H, W, C)`` or ``(H, W, C)`` (channel-first arrays are accepted too).
+    Grey (1 channel) is repeated to RGB and an alpha channel is dropped.
+    """
     if isinstance(images, torch.Tensor):
-        if images.ndim == 3:
-            images = images[None]
-        return D.to_uint8(images)
-    arr = np.asarray(images)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating):  # floats are taken as [-1, 1]
-            arr = ((np.clip(arr, -1, 1) + 1) * 127.5).round().astype(np.uint8)
+        x = images.detach()
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4:
+            raise ValueError(f"expected a (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+        if x.dtype == torch.uint8:
+            arr = x.permute(0, 2, 3, 1).cpu().numpy()
         else:
-            arr = np.clip(arr, 0, 255).astype(np.uint8)
-    if arr.ndim != 4 or arr.shape[-1] != 3:
+            arr = D.to_uint8(torch.nan_to_num(x.float(), nan=0.0))
+    else:
+        arr = np.asarray(images)
+        if arr.ndim == 2:
+            arr = arr[None, ..., None]
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim == 4 and arr.shape[-1] not in (1, 3, 4) and arr.shape[1] in (1, 3, 4):
+            arr = arr.transpose(0, 2, 3, 1)  # channel-first array
+        if arr.dtype != np.uint8:
+            if np.issubdtype(arr.dtype, np.floating):  # floats are taken as [-1, 1]
+                arr = np.nan_to_num(arr.astype(np.float64), nan=0.0)
+                arr = ((np.clip(arr, -1, 1) + 1) * 127.5).round().astype(np.uint8)
+            elif arr.dtype == np.bool_:
+                arr = arr.astype(np.uint8) * 255
+            else:
+                arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
         raise ValueError(f"expected images of shape (N, H, W, 3), got {arr.shape}")
-    return arr
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    elif arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.shape[0] == 0:
+        raise ValueError("no images")
+    return np.ascontiguousarray(arr)
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -170,6 +196,8 @@ def denoising_gif(
     """Write the denoising process as a looping GIF (the final image held ``hold_last`` s)."""
     import imageio.v2 as imageio
 
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
     pictures = denoising_frames(frames, timesteps, nrow)
     if not pictures:
         raise ValueError("no frames to write")
@@ -181,12 +209,56 @@ def denoising_gif(
     return path
 
 
+def denoising_strip(
+    frames: Sequence[ImageBatch],
+    timesteps: Sequence[int],
+    *,
+    max_frames: int = 8,
+    max_images: int = 4,
+    path: str | os.PathLike | None = None,
+    min_side: int = 64,
+) -> np.ndarray:
+    """Intermediate steps as a table: one row per image (at most ``max_images``),
+    one column per chosen step (``max_frames`` spread evenly, always the first
+    and the last), each column labelled with its real model timestep."""
+    if len(frames) != len(timesteps):
+        raise ValueError(f"{len(frames)} frames but {len(timesteps)} timesteps")
+    if not frames:
+        raise ValueError("no frames")
+    n = len(frames)
+    k = max(1, min(int(max_frames), n))
+    picks = sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [n - 1]
+    batches = [as_uint8(frames[i])[:max(1, int(max_images))] for i in picks]
+    rows = batches[0].shape[0]
+    columns = []
+    for i, batch in zip(picks, batches):
+        cells = [_upscale(Image.fromarray(img), min_side) for img in batch]
+        col = Image.new("RGB", (cells[0].width, sum(c.height for c in cells) + 2 * (rows - 1)), "white")
+        y = 0
+        for c in cells:
+            col.paste(c, (0, y))
+            y += c.height + 2
+        columns.append(_labelled(np.asarray(col), f"t={int(timesteps[i])}", min_side=min_side))
+    out_img = Image.new("RGB", (sum(c.width for c in columns) + 2 * (len(columns) - 1), columns[0].height), "white")
+    x = 0
+    for c in columns:
+        out_img.paste(c, (x, 0))
+        x += c.width + 2
+    out = np.asarray(out_img)
+    _save(out, path)
+    return out
+
+
 def _figure_to_array(fig) -> np.ndarray:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    """Render a figure to uint8 RGB and close it (also when rendering fails)."""
+    try:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     buf.seek(0)
-    return np.asarray(Image.open(buf).convert("RGB"))
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def loss_curve(
@@ -194,34 +266,56 @@ def loss_curve(
 ) -> np.ndarray:
     """Training loss against step (raw, faint) with a moving average (bold), log scale."""
     steps, losses = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
+    if steps.shape != losses.shape or steps.ndim != 1:
+        raise ValueError(f"steps and losses must be 1-D and the same length, got {steps.shape} and {losses.shape}")
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, losses, alpha=0.3, lw=0.8, label="loss")
-    if len(losses) >= 2:
-        k = max(1, min(smooth, len(losses) // 5 or 1))
-        avg = np.convolve(losses, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1:], avg, lw=2, label=f"mean of {k}")
-    if len(losses) and np.all(losses > 0):
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    try:
+        ax.plot(steps, losses, alpha=0.3, lw=0.8, label="loss")
+        if len(losses) >= 2:
+            k = max(1, min(smooth, len(losses) // 5 or 1))
+            avg = np.convolve(losses, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1:], avg, lw=2, label=f"mean of {k}")
+        finite = losses[np.isfinite(losses)]
+        if len(finite) and np.all(finite > 0):
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    except BaseException:
+        plt.close(fig)
+        raise
     out = _figure_to_array(fig)
     _save(out, path)
     return out
 
 
-def schedule_plot(num_train_timesteps: int = 1000, path: str | os.PathLike | None = None) -> np.ndarray:
-    """alpha-bar (signal fraction) over t for the linear and cosine schedules."""
+def schedule_plot(
+    num_train_timesteps: int = 1000,
+    path: str | os.PathLike | None = None,
+    *,
+    schedules: Sequence[str] = ("linear", "cosine"),
+    timesteps: Sequence[int] | None = None,
+) -> np.ndarray:
+    """alpha-bar (signal fraction) over t for the linear and cosine schedules;
+    ``timesteps`` (optional) are marked with dotted lines."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name in ("linear", "cosine"):
-        ac = D.DiffusionConfig(num_train_timesteps=num_train_timesteps, beta_schedule=name).terms().alphas_cumprod
-        ax.plot(np.arange(num_train_timesteps), ac.numpy(), label=name, lw=2)
-    ax.set_xlabel("timestep t")
-    ax.set_ylabel(r"$\bar\alpha_t$")
-    ax.set_title("Signal kept by q(x_t | x_0)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    try:
+        for name in schedules:
+            ac = D.DiffusionConfig(num_train_timesteps=num_train_timesteps, beta_schedule=name).terms().alphas_cumprod
+            ax.plot(np.arange(num_train_timesteps), ac.numpy(), label=name, lw=2)
+        for t in timesteps or ():
+            ax.axvline(int(t), color="grey", ls=":", lw=1)
+        ax.set_xlabel("timestep t")
+        ax.set_ylabel(r"$\bar\alpha_t$")
+        ax.set_title("Signal kept by q(x_t | x_0)")
+        ax.set_xlim(0, num_train_timesteps - 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    except BaseException:
+        plt.close(fig)
+        raise
     out = _figure_to_array(fig)
     _save(out, path)
     return out
