@@ -182,23 +182,49 @@ class TinyApp:
                       analytics_enabled=False, **kw)
 
 
+# Small caps so that the "too large" paths are reachable with a 16 px model:
+# 8 DDPM images x 1000 steps fit, 16 do not.
+TEST_MAX_WORK = 8 * TINY_SIZE * TINY_SIZE * 1000 + 1
+
+
 def _launch(tmp: Path, extra_args: list[str], auth: tuple[str, str] | None = None) -> TinyApp:
     store, out, data = tmp / "store", tmp / "out", tmp / "data"
     make_tiny_data(data)
     make_tiny_store(store, "tiny", data_dir=data)
     make_tiny_store(store, "tiny_b", seed=1, sampler_defaults={"sampler": "ddim", "steps": 10,
                                                                 "guidance_scale": 2.0})
-    args = ["--store", str(store), "--model", "tiny", "--out", str(out), *extra_args]
+    args = ["--store", str(store), "--model", "tiny", "--out", str(out), "--threads", "1",
+            "--max-work", str(TEST_MAX_WORK), *extra_args]
     if auth:
         args += ["--auth", f"{auth[0]}:{auth[1]}"]
     server = WebServer(args, tmp).start()
     return TinyApp(server, store, out, data, auth)
 
 
+_STARTED: dict[str, TinyApp] = {}
+
+
+def _auth_app_needed(request) -> bool:
+    return any("auth_app" in getattr(item, "fixturenames", ()) for item in request.session.items)
+
+
+def _start_auth_app(tmp_path_factory) -> TinyApp:
+    if "auth" not in _STARTED:
+        _STARTED["auth"] = _launch(tmp_path_factory.mktemp("web_auth"), ["--max-queue", "1", "--concurrency", "1"],
+                                   auth=AUTH)
+    return _STARTED["auth"]
+
+
 @pytest.fixture(scope="session")
-def tiny_app(tmp_path_factory):
-    """The app on the tiny model, no auth (shared by the gradio_client and browser tests)."""
+def tiny_app(request, tmp_path_factory):
+    """The app on the tiny model, no auth (shared by the gradio_client and browser tests).
+
+    When the session also needs ``auth_app``, that server starts now too, so
+    the two ~20 s start-ups (mostly the text encoder) overlap.
+    """
     app = _launch(tmp_path_factory.mktemp("web"), [])
+    if _auth_app_needed(request):
+        _start_auth_app(tmp_path_factory)
     try:
         app.server.wait_ready()
         yield app
@@ -209,9 +235,10 @@ def tiny_app(tmp_path_factory):
 @pytest.fixture(scope="session")
 def auth_app(tmp_path_factory):
     """The app behind --auth with a tiny queue (one running job + one waiting)."""
-    app = _launch(tmp_path_factory.mktemp("web_auth"), ["--max-queue", "1", "--concurrency", "1"], auth=AUTH)
+    app = _start_auth_app(tmp_path_factory)
     try:
         app.server.wait_ready()
         yield app
     finally:
         app.server.stop()
+        _STARTED.pop("auth", None)

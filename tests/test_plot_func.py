@@ -1,0 +1,125 @@
+"""plot_func: sizes, frame counts, value ranges, denormalisation, closed figures."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import plot_func as pf
+
+
+def batch(n: int = 3, size: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def no_open_figures():
+    plt.close("all")
+    yield
+    assert plt.get_fignums() == [], "a figure was left open"
+
+
+# ----------------------------------------------------------------- denormalisation
+def test_as_uint8_denormalises_with_clamping():
+    x = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0]).reshape(1, 1, 1, 5).expand(1, 3, 1, 5)
+    out = pf.as_uint8(x)
+    assert out.dtype == np.uint8 and out.shape == (1, 1, 5, 3)
+    assert out[0, 0, :, 0].tolist() == [0, 0, 128, 255, 255]
+    # float arrays (N, H, W, 3) are taken as [-1, 1] too; NaN becomes mid grey
+    f = np.array([[[[-1.5, 0.0, np.nan]]]], dtype=np.float32)
+    assert pf.as_uint8(f)[0, 0, 0].tolist() == [0, 128, 128]
+    t = torch.full((3, 2, 2), float("nan"))
+    assert (pf.as_uint8(t) == 128).all()
+
+
+def test_as_uint8_shapes():
+    assert pf.as_uint8(batch(1)[0]).shape == (1, 16, 16, 3)  # a single (H, W, 3) image
+    assert pf.as_uint8(np.zeros((2, 8, 8, 1), np.uint8)).shape == (2, 8, 8, 3)  # grey -> RGB
+    assert pf.as_uint8(np.zeros((2, 8, 8, 4), np.uint8)).shape == (2, 8, 8, 3)  # alpha dropped
+    assert pf.as_uint8(np.zeros((2, 3, 8, 8), np.float32)).shape == (2, 8, 8, 3)  # channel-first
+    assert pf.as_uint8(np.full((1, 4, 4, 3), 300, np.int32)).max() == 255  # ints clipped
+    with pytest.raises(ValueError):
+        pf.as_uint8(np.zeros((2, 8, 8, 5), np.uint8))
+
+
+# ----------------------------------------------------------------- pictures
+def test_sample_grid_size_and_file(tmp_path):
+    imgs = batch(5, 16)
+    grid = pf.sample_grid(imgs, nrow=3, path=tmp_path / "g.png", padding=2, min_cell=64)
+    # 16 px cells upscaled x4 to 64: 3 columns, 2 rows
+    assert grid.shape == (2 * (64 + 2) + 2, 3 * (64 + 2) + 2, 3) and grid.dtype == np.uint8
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "g.png")), grid)
+    # the first cell holds the first image, upscaled by nearest neighbour
+    assert np.array_equal(grid[2:66:4, 2:66:4], imgs[0])
+    labelled = pf.sample_grid(imgs, nrow=3, labels=list("abcde"))
+    assert labelled.shape[0] == grid.shape[0] + 2 * 14
+
+
+def test_forward_strip_one_frame_per_timestep(tmp_path):
+    img = batch(1, 32)[0]
+    ts = [0, 100, 500, 999]
+    strip = pf.forward_diffusion_strip(img, ts, beta_schedule="linear", path=tmp_path / "f.png", min_side=96)
+    frame_w = 96  # 32 px upscaled x3
+    assert strip.shape == (96 + 16, len(ts) * frame_w + 2 * (len(ts) - 1), 3)
+    first = strip[16:, :frame_w]
+    diff = np.abs(first[::3, ::3].astype(int) - img.astype(int))
+    assert diff.mean() < 2 and diff.max() <= 8  # t=0 is the image (with 1% noise: beta_0 = 1e-4)
+    last = strip[16:, -frame_w:]
+    assert last.std() > 30  # t=999 is noise
+    assert (tmp_path / "f.png").is_file()
+    # the same seed gives the same strip; the schedule changes it
+    assert np.array_equal(strip, pf.forward_diffusion_strip(img, ts, beta_schedule="linear", min_side=96))
+    assert not np.array_equal(strip, pf.forward_diffusion_strip(img, ts, beta_schedule="cosine", min_side=96))
+    with pytest.raises(ValueError):
+        pf.forward_diffusion_strip(img, [0, 1000])
+
+
+def test_denoising_gif_frames_and_timing(tmp_path):
+    frames = [batch(4, 16, seed=i) for i in range(6)]
+    ts = [999, 799, 599, 399, 199, 0]
+    pictures = pf.denoising_frames(frames, ts, nrow=2)
+    assert len(pictures) == 6 and all(p.shape == pictures[0].shape for p in pictures)
+    path = pf.denoising_gif(frames, ts, tmp_path / "d.gif", nrow=2, fps=10, hold_last=2.0)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 6
+        durations = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            durations.append(gif.info["duration"])
+            assert gif.size == (pictures[0].shape[1], pictures[0].shape[0])
+        assert gif.info.get("loop") == 0
+    assert durations[0] == 100 and durations[-1] == 2000
+    with pytest.raises(ValueError):
+        pf.denoising_gif(frames, ts[:-1], tmp_path / "bad.gif")
+    with pytest.raises(ValueError):
+        pf.denoising_gif([], [], tmp_path / "empty.gif")
+
+
+def test_denoising_strip_rows_and_columns(tmp_path):
+    frames = [batch(6, 16, seed=i) for i in range(20)]
+    ts = list(range(950, -1, -50))
+    strip = pf.denoising_strip(frames, ts, max_frames=5, max_images=3, min_side=64, path=tmp_path / "s.png")
+    # 5 columns of 64 px, 3 rows of 64 px + a 16 px label bar
+    assert strip.shape == (16 + 3 * 64 + 2 * 2, 5 * 64 + 4 * 2, 3)
+    assert (tmp_path / "s.png").is_file()
+    # the last column is the last frame's first image
+    cell = strip[16:16 + 64, -64:]
+    assert np.array_equal(cell[::4, ::4], frames[-1][0])
+    one = pf.denoising_strip(frames[:1], ts[:1])
+    assert one.shape[1] == 64
+
+
+def test_loss_curve_and_schedule_plot(tmp_path):
+    steps = np.arange(1, 201)
+    losses = 1.0 / steps + 0.01
+    img = pf.loss_curve(steps, losses, tmp_path / "loss.png")
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and img.shape[0] > 100
+    assert (tmp_path / "loss.png").is_file()
+    pf.loss_curve([1, 2, 3], [0.5, float("nan"), -1.0])  # odd values still plot
+    with pytest.raises(ValueError):
+        pf.loss_curve([1, 2], [1.0])
+    plot = pf.schedule_plot(1000, tmp_path / "sched.png", timesteps=[0, 500])
+    assert plot.shape[0] > 100 and plot.shape[1] > 200 and plot.std() > 10
+    assert (tmp_path / "sched.png").is_file()
