@@ -507,6 +507,7 @@ class JobCancelled(Exception):
 
 CSS = """
 .pixelated img, .pixelated canvas { image-rendering: pixelated; }
+#forward-image img { width: 100%; height: 100%; object-fit: contain; }
 #status { min-height: 4.5em; }
 """
 
@@ -543,6 +544,13 @@ class WebApp:
         return "Stopping at the next step..." if evs else "Nothing is running."
 
     # ----------------------------------------------------------------- small handlers
+    def refresh_models(self, current: Any = None):
+        """The model picker's choices, re-read from the store (models added after start-up appear)."""
+        import gradio as gr
+
+        values = self.models.choices_values()
+        return gr.update(choices=self.models.choices(), value=current if current in values else self.models.first)
+
     def random_seed(self) -> int:
         return random.SystemRandom().randrange(0, MAX_SEED + 1)
 
@@ -555,7 +563,8 @@ class WebApp:
             return gr.skip()
         lm = self._model(model_choice)
         if class_name not in lm.class_names:
-            raise gr.Error(f"{str(class_name)[:60]!r} is not one of this model's classes.", print_exception=False)
+            raise gr.Error(f"{str(class_name)[:60]!r} is not one of this model's classes.",
+                           print_exception=False)
         for c in lm.classes:
             if c["name"] == class_name and c.get("prompt"):
                 return c["prompt"]
@@ -911,7 +920,8 @@ class WebApp:
                 with gr.Row():
                     with gr.Column(scale=1):
                         image_in = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"],
-                                            format="png", elem_id="forward-image", elem_classes=["pixelated"])
+                                            format="png", height=260, elem_id="forward-image",
+                                            elem_classes=["pixelated"])
                         with gr.Row():
                             data_class = gr.Dropdown(data_classes, value=data_classes[0] if data_classes else None,
                                                      label="Class in the model's data", interactive=ds is not None)
@@ -935,7 +945,8 @@ class WebApp:
                 concurrency_limit=self.args.concurrency, concurrency_id="sampling",
                 show_progress="full", show_progress_on=[status], time_limit=self.args.time_limit)
             prompt.submit(self._generate_fn(), [prompt, model_dd, sampler, steps, guidance, seed, num, show_strip],
-                          [gallery, status, seed, gif, strip, files], api_visibility="private", preprocess=False,
+                          [gallery, status, seed, gif, strip, files], api_name="generate_on_enter",
+                          api_visibility="private", preprocess=False,
                           concurrency_limit=self.args.concurrency, concurrency_id="sampling",
                           show_progress="full", show_progress_on=[status], time_limit=self.args.time_limit)
             stop_btn.click(self._stop_fn(), None, [status], api_name="stop", queue=False, cancels=[gen_event])
@@ -953,7 +964,11 @@ class WebApp:
             pick.click(self.forward_data, [model_dd, data_class, data_index, f_schedule, f_steps, f_seed],
                        [image_in, f_strip, f_plot], api_name="forward_data", preprocess=False,
                        concurrency_limit=2, concurrency_id="forward")
+            image_in.upload(self.forward, [image_in, model_dd, f_schedule, f_steps, f_seed], [f_strip, f_plot],
+                            api_name="forward_on_upload", api_visibility="private", preprocess=False,
+                            concurrency_limit=2, concurrency_id="forward")
             gr.api(self._schedule_api(), api_name="schedule")
+            demo.load(self.refresh_models, [model_dd], [model_dd], api_name="list_models", queue=False)
         return demo
 
     # gradio reads these signatures (type hints, gr.Request / gr.Progress defaults)

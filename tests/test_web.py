@@ -20,7 +20,11 @@ from PIL import Image
 
 import web
 from recipe import read_png_recipe
-from web_helpers import AUTH, ROOT, TINY_SIZE, auth_app, server_env, tiny_app  # noqa: F401 - fixtures
+pytest.register_assert_rewrite("web_helpers")  # it is also loaded as a plugin below
+from web_helpers import AUTH, ROOT, TINY_SIZE, server_env  # noqa: E402
+
+# One shared server per test session (fixtures registered once, not per module).
+pytest_plugins = ["web_helpers"]
 
 GEN_DEFAULTS = dict(prompt="a photo of a goldfish", model="tiny", sampler="DPM-Solver++", steps=8, guidance=3.0,
                     seed=7, num_images=2, show_strip=False)
@@ -163,10 +167,13 @@ def test_help_is_fast_and_light():
 
 
 def test_empty_store_explains_and_exits(tmp_path):
+    # --host 0.0.0.0 without --auth: the exposure warning comes first, then the store is found empty.
     out = subprocess.run([sys.executable, str(ROOT / "web.py"), "--store", str(tmp_path / "empty"),
-                          "--port", "9"], capture_output=True, text=True, timeout=120, env=server_env())
+                          "--host", "0.0.0.0", "--port", "9"], capture_output=True, text=True, timeout=120,
+                         env=server_env())
     assert out.returncode != 0
     assert "No models found" in out.stderr and "python diffusion.py train" in out.stderr
+    assert "WARNING" in out.stderr and "without a login" in out.stderr
     assert "Traceback" not in out.stderr
 
 
@@ -180,7 +187,7 @@ def test_every_endpoint_is_named(client):
     api = client.view_api(return_format="dict", print_info=False)
     names = set(api["named_endpoints"])
     assert {"/generate", "/stop", "/forward", "/forward_data", "/random_seed", "/select_model",
-            "/class_prompt", "/sampler_steps", "/schedule"} <= names
+            "/class_prompt", "/sampler_steps", "/schedule", "/list_models"} <= names
     assert not api["unnamed_endpoints"]
 
 
