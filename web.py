@@ -889,8 +889,10 @@ class WebApp:
                                                filterable=True, elem_id="class")
                         gr.Examples(examples, inputs=[prompt], label="Examples")
                         with gr.Row():
-                            sampler = gr.Radio(list(SAMPLER_CHOICES), value=d["sampler"], label="Sampler")
-                        steps = gr.Slider(lo, hi, value=d["steps"], step=1, label="Steps", info=f"{lo}-{hi}")
+                            sampler = gr.Radio(list(SAMPLER_CHOICES), value=d["sampler"], label="Sampler",
+                                               elem_id="sampler")
+                        steps = gr.Slider(lo, hi, value=d["steps"], step=1, label="Steps", info=f"{lo}-{hi}",
+                                          elem_id="steps")
                         guidance = gr.Slider(GUIDANCE_RANGE[0], GUIDANCE_RANGE[1], value=d["guidance_scale"],
                                              step=0.1, label="Guidance scale", info="1 = no guidance")
                         with gr.Row():
@@ -898,7 +900,7 @@ class WebApp:
                                              maximum=MAX_SEED, scale=3, elem_id="seed")
                             dice = gr.Button("Random seed", scale=1, size="sm", elem_id="random-seed")
                         num = gr.Slider(1, cap, value=min(4, cap), step=1, label="Number of images",
-                                        info=f"1-{cap}")
+                                        info=f"1-{cap}", elem_id="num-images")
                         show_strip = gr.Checkbox(False, label="Also show a strip of intermediate steps")
                         with gr.Row():
                             go = gr.Button("Generate", variant="primary", elem_id="generate")

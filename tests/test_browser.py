@@ -104,3 +104,32 @@ def test_forward_tab_in_chromium(tiny_app, page, tmp_path):
     shot = tmp_path / "web_forward.png"
     page.screenshot(path=str(shot), full_page=True)
     keep(shot, "web_forward.png")
+
+
+def set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_stop_in_chromium(tiny_app, page):
+    """Stop ends a long job at its next step: the next job does not wait for it."""
+    page.goto(tiny_app.url)
+    page.wait_for_selector("#generate")
+    page.locator("#prompt textarea").fill("a photo of a goldfish")
+    page.locator("#sampler").get_by_label("DDPM").check()
+    page.wait_for_function("() => document.querySelector('#steps input[type=number]')?.value === '250'")
+    set_number(page, "steps", 1000)
+    set_number(page, "num-images", 8)  # 8 x 1000 DDPM steps: a minute or more on this model and CPU
+    page.locator("#generate").click()
+    page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gallery') > 0")
+    page.locator("#stop").click()
+    page.wait_for_function("() => /Stop/.test(document.querySelector('#status')?.innerText || '')")
+    t0 = time.monotonic()
+    page.locator("#sampler").get_by_label("DPM-Solver++").check()
+    page.wait_for_function("() => document.querySelector('#steps input[type=number]')?.value === '20'")
+    page.locator("#generate").click()
+    page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').includes('Done')")
+    status = page.locator("#status").inner_text()
+    assert "DPM-Solver++, 20 steps" in status and "8 image(s)" in status
+    assert time.monotonic() - t0 < 20, "the stopped job kept the device busy"

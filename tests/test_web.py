@@ -421,3 +421,16 @@ def test_full_queue_is_an_explicit_error_and_cancel_frees_it(auth_app):
     out = b.result(timeout=60)
     assert "Done" in out[1] and time.monotonic() - t < 30
     assert "Done" in extra.predict(*gen_args(num_images=1), api_name="/generate")[1]
+
+
+def test_uploads_are_size_limited(tiny_app, client, tmp_path):
+    import httpx
+    from gradio_client import handle_file
+
+    big = tmp_path / "big.png"
+    big.write_bytes(np.random.default_rng(0).integers(0, 256, 11 * 2**20, dtype=np.uint8).tobytes())
+    with big.open("rb") as f:  # the server refuses it (launch(max_file_size=10 MB))
+        r = httpx.post(tiny_app.url + "gradio_api/upload", files={"files": ("big.png", f, "image/png")}, timeout=60)
+    assert r.status_code == 413
+    with pytest.raises(ValueError, match="maximum file size"):  # and gradio_client knows the limit
+        client.predict(handle_file(str(big)), "tiny", "cosine", "0, 500", 0, api_name="/forward")
