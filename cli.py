@@ -86,6 +86,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return 2
     device = args.device or ("cuda" if _cuda() else "cpu")
     lm = load_model(args.model, store=args.store, device=device)
+    # Flags win; otherwise the model's own sampler_defaults (export --sampler_defaults); otherwise ours.
+    model_defaults = lm.sampler_defaults
+    sampler = args.sampler or str(model_defaults.get("sampler") or "dpm++").lower()
+    if sampler not in _DEFAULT_STEPS:
+        log.warning("unknown sampler %r in the model's sampler_defaults; using dpm++", sampler)
+        sampler = "dpm++"
+    steps = args.steps if args.steps is not None else (
+        model_defaults.get("steps") if model_defaults.get("sampler", sampler) == sampler else None)
+    guidance = args.guidance if args.guidance is not None else float(model_defaults.get("guidance_scale", 3.0))
     if args.class_name:
         known = {c.lower(): c for c in lm.class_names}
         unknown = [c for c in args.class_name if c.lower() not in known]
@@ -93,13 +102,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
             log.warning("classes %s are not among this model's classes; using them as free text", unknown)
     res = D.generate_images(
         lm.model, lm.diffusion, args.prompt, class_names=args.class_name, num_images=args.n,
-        sampler=args.sampler, num_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, eta=args.eta,
+        sampler=sampler, num_steps=steps, guidance_scale=guidance, seed=args.seed, eta=args.eta,
         timestep_spacing=args.spacing, prompt_template=lm.prompt_template, return_frames=args.gif,
-        frame_every=max(1, (args.steps or 20) // 40), device=device,
+        frame_every=max(1, (steps or _DEFAULT_STEPS[sampler]) // 40), device=device,  # <= ~40 GIF frames
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = time.strftime("%Y%m%d-%H%M%S")
+    if list(out.glob(f"{stem}_*")):  # a run in the same second: do not overwrite its files
+        stem += "-" + next(str(i) for i in range(1, 10_000) if not list(out.glob(f"{stem}-{i}_*")))
     for i, (img, prompt, seed) in enumerate(zip(res.images, res.prompts, res.seeds)):
         recipe = dict(res.recipe, seed=seed, model=lm.name)
         path = save_png(out / f"{stem}_{i:02d}_seed{seed}.png", img, prompt, recipe)
@@ -111,6 +122,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
                                       nrow=min(8, len(res.images)))
         print(gif)
     return 0
+
+
+_DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm++": 20}  # as diffusion.generate_images
 
 
 def model_card(name: str, config: dict[str, Any], evaluation: str | None = None) -> str:
@@ -225,9 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", help="free-text prompt (repeat for several)")
     p.add_argument("--class", dest="class_name", action="append", help="class name, e.g. goldfish (repeatable)")
     p.add_argument("--n", type=int, default=8, help="number of images")
-    p.add_argument("--sampler", choices=SAMPLERS, default="dpm++")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: ddpm 1000, ddim 50, dpm++ 20)")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="default: the model's sampler_defaults, else dpm++")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (default: the model's sampler_defaults, else ddpm 1000, ddim 50, dpm++ 20)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale, 1 = none (default: the model's sampler_defaults, else 3.0)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
     p.add_argument("--spacing", choices=TIMESTEP_SPACINGS, default=None, help="timestep spacing")

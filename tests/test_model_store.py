@@ -147,6 +147,7 @@ def test_names_cannot_escape_the_store_when_loading(tiny_model, tmp_path):
 
 
 # --------------------------------------------------------------------------- pickles are refused
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_code_in_a_pt_file_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     for i, write in enumerate((
@@ -300,3 +301,41 @@ def test_model_card_describes_data_steps_and_compute():
                  "| training steps | 123 (batch 32", "| hardware | test |", "2.00 h", "goldfish (`n01443537`)",
                  "## Evaluation", "FID 42"):
         assert text in card, text
+
+
+def test_cli_sample_uses_the_models_sampler_defaults_and_never_overwrites(tiny_model, tmp_path, monkeypatch):
+    """In-process, with generation faked (no text encoder): which recipe the CLI asks for, and file names."""
+    import numpy as np
+
+    import cli
+    import diffusion as D
+
+    root = tmp_path / "store"
+    cfg = config(sampler_defaults={"sampler": "ddim", "steps": 7, "guidance_scale": 1.5})
+    store.save_to_store("m", tiny_model.state_dict(), cfg, "card", store=root)
+    calls = []
+
+    def fake_generate(model, diffusion, prompts=None, **kw):
+        calls.append(kw)
+        n = kw["num_images"]
+        recipe = {"sampler": kw["sampler"], "steps": kw["num_steps"], "guidance_scale": kw["guidance_scale"],
+                  "seed": kw["seed"], "size": 16}
+        return D.GenerationResult(np.zeros((n, 16, 16, 3), np.uint8), [kw["seed"] + i for i in range(n)],
+                                  ["a photo of a goldfish"] * n, [np.zeros((n, 16, 16, 3), np.uint8)] * 2, [999, 0],
+                                  recipe)
+
+    monkeypatch.setattr(D, "generate_images", fake_generate)
+    monkeypatch.setattr(cli.time, "strftime", lambda fmt, *a: "20260101-000000")  # all three "in the same second"
+    out = tmp_path / "out"
+    base = ["sample", "--model", "m", "--store", str(root), "--class", "goldfish", "--n", "1", "--out", str(out),
+            "--device", "cpu"]
+    assert cli.main(base) == 0
+    assert (calls[-1]["sampler"], calls[-1]["num_steps"], calls[-1]["guidance_scale"]) == ("ddim", 7, 1.5)
+    assert cli.main([*base, "--sampler", "dpm++", "--guidance", "4"]) == 0  # flags win; ddim's steps do not carry over
+    assert (calls[-1]["sampler"], calls[-1]["num_steps"], calls[-1]["guidance_scale"]) == ("dpm++", None, 4.0)
+    assert cli.main([*base, "--sampler", "ddpm", "--gif"]) == 0
+    assert calls[-1]["frame_every"] == 25  # 1000 ddpm steps -> ~40 GIF frames, not 1000
+    pngs = [p for p in out.glob("*.png") if "_grid" not in p.name]
+    assert len(pngs) == 3 and len(list(out.glob("*_grid.png"))) == 3  # same stem time, distinct names
+    assert sorted(p.name for p in out.glob("*_grid.png")) == [
+        "20260101-000000-1_grid.png", "20260101-000000-2_grid.png", "20260101-000000_grid.png"]
