@@ -388,7 +388,7 @@ def test_auth_protects_every_endpoint(auth_app):
     with pytest.raises(Exception, match="(?i)credentials|login|401|unauthori"):
         Client(auth_app.url, verbose=False, analytics_enabled=False)
     with pytest.raises(Exception):
-        Client(auth_app.url, auth=("tester", "wrong"), verbose=False, analytics_enabled=False)
+        Client(auth_app.url, auth=(AUTH[0], "wrong"), verbose=False, analytics_enabled=False)
     for path in ("gradio_api/info", "config", "gradio_api/call/random_seed"):
         req = urllib.request.Request(auth_app.url + path, data=b'{"data": []}' if "call" in path else None,
                                      headers={"Content-Type": "application/json"})
