@@ -1026,15 +1026,16 @@ class WebApp:
 NO_MODELS_HELP = """\
 No models found in the model store {store}.
 
-Get one of these ways:
-  * train the default model (about an hour on a CPU, see README):
+Get one:
+  1. preprocess the default model's data (10 Tiny ImageNet classes at 32 px):
         python preprocess.py --src ../shared/data/tiny-imagenet-200.zip --size 32 \\
             --classes assets/default_classes.txt --val-fraction 0.04 --out data/default32
-        python diffusion.py train --preset default
-        python diffusion.py export default --name default_model
-  * or a quick smoke model (minutes):  python diffusion.py train --preset smoke
-        then python diffusion.py export smoke --name smoke
-  * or point to another store / folder:  python web.py --store DIR  |  python web.py --model PATH
+  2. train, then put the weights in the store:
+        python diffusion.py train --preset smoke --data_dir data/default32    # minutes on a CPU
+        python diffusion.py export smoke --name smoke
+     (or --preset default and `export default --name default_model` for the real, slow one)
+  3. python web.py
+Or use another store or folder:  python web.py --store DIR   |   python web.py --model PATH/TO/MODEL_OR_CHECKPOINT
 """
 
 
