@@ -131,7 +131,7 @@ def bench(name: str, n_images: int, runs: dict, repeats: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["tiny", "full"], help="run one workload")
-    ap.add_argument("--copies", type=int, default=10, help="copies of the 66 full-size JPEGs (default 10)")
+    ap.add_argument("--copies", type=int, default=20, help="copies of the 66 full-size JPEGs (default 20)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats for the full-size workload (default 3)")
     ap.add_argument("--tiny-repeats", type=int, default=1, help="repeats for the Tiny ImageNet workload (default 1)")
     ap.add_argument("--tiny-limit", type=int, help="use the first N images per class of the zip (default: all 500)")
