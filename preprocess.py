@@ -905,6 +905,10 @@ def preprocess(
                 return Result(out, json.loads((out / "manifest.json").read_text()), skipped_run=True)
             if not overwrite:
                 raise PreprocessError(f"{out} already exists (made with other options?); pass --overwrite to replace it")
+            if not _is_ours(out):
+                raise PreprocessError(
+                    f"refusing to replace {out}: it is not a preprocess.py output folder (choose another --out)"
+                )
 
         # ---- images (resumable)
         splits = {"train": train_items, "val": val_items}
@@ -1060,6 +1064,18 @@ def _tqdm_disabled(disable: bool) -> Iterator[None]:
                 os.environ[n] = v
 
 
+def _is_ours(folder: Path) -> bool:
+    """Whether ``folder`` holds only files this tool writes (so replacing it loses nothing else)."""
+    if not folder.is_dir():
+        return False
+    allowed = set(OUTPUT_FILES) | {"state.json", "train_labels.partial.npy", "val_labels.partial.npy"}
+    for entry in folder.iterdir():
+        name = entry.name
+        if entry.is_dir() or not (name in allowed or name.endswith((".tmp", ".tmp.npy"))):
+            return False
+    return True
+
+
 def _is_complete(out: Path, config_hash: str) -> bool:
     try:
         manifest = json.loads((out / "manifest.json").read_text())
@@ -1096,6 +1112,8 @@ def _load_or_init_partial(
         except (OSError, ValueError, KeyError):
             log.warning("discarding unreadable checkpoint in %s", partial)
     if partial.exists():
+        if not _is_ours(partial):
+            raise PreprocessError(f"refusing to delete {partial}: it holds files preprocess.py did not write")
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     for split, items in splits.items():

@@ -482,9 +482,25 @@ def test_stale_partial_from_other_options_is_discarded(tmp_path, ilsvrc_tree):
     partial = tmp_path / "pre.partial"
     partial.mkdir()
     (partial / "state.json").write_text(json.dumps({"work_key": "something else", "chunks_done": 3}))
-    (partial / "junk").write_text("x")
+    (partial / "train_images.npy").write_text("x")
     res = run(base, tmp_path / "pre")
     assert res.manifest["resumed"] is False and not partial.exists()
+
+
+def test_overwrite_never_deletes_folders_it_did_not_write(tmp_path, ilsvrc_tree):
+    base, _ = ilsvrc_tree
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("do not delete")
+    with pytest.raises(P.PreprocessError, match="refusing to replace"):
+        run(base, precious, overwrite=True)
+    assert (precious / "thesis.tex").read_text() == "do not delete"
+    other = tmp_path / "x.partial"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(P.PreprocessError, match="refusing to delete"):
+        run(base, tmp_path / "x")
+    assert (other / "notes.txt").exists()
 
 
 # --------------------------------------------------------------------------- Dataset
