@@ -893,8 +893,9 @@ def preprocess(
             "train": _hash_json(train_items),
             "val": _hash_json(val_items),
         }
+        text_model = TEXT_MODEL_NAME if embed_fn is None else f"custom:{getattr(embed_fn, '__name__', 'embed_fn')}"
         config_hash = _hash_json(
-            {**work_key, "classes": [[c.wnid, c.names] for c in chosen], "template": template}
+            {**work_key, "classes": [[c.wnid, c.names] for c in chosen], "template": template, "text": text_model}
         )
 
         lock = _lock_output(out)
@@ -988,7 +989,7 @@ def preprocess(
             "skipped": state["skipped"],
             "ignored_files": ignored[:1000],
             "empty_classes": empty,
-            "text_model": TEXT_MODEL_NAME if embed_fn is None else f"custom:{getattr(embed, '__name__', 'embed_fn')}",
+            "text_model": text_model,
             "prompt_templates": list(PROMPT_TEMPLATES),
             "versions": _versions(),
             "seconds": round(elapsed, 3),
