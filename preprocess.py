@@ -976,6 +976,7 @@ def preprocess(
             "layout_base": layout.base,
             "names_from": layout.names_from,
             "image_size": size,
+            "size": size,
             "image_format": "uint8 RGB, (N, H, W, 3), center crop + box/bicubic resize",
             "num_classes": len(chosen),
             "counts": {
@@ -987,6 +988,7 @@ def preprocess(
             },
             "per_class": {c.wnid: {"train": int(n_train[i]), "val": int(n_val[i])} for i, c in enumerate(chosen)},
             "skipped": state["skipped"],
+            "num_skipped": len(state["skipped"]),
             "ignored_files": ignored[:1000],
             "empty_classes": empty,
             "text_model": text_model,
