@@ -1,23 +1,29 @@
 """Network code: the conditional U-Net and its time and text encoders.
 
-The text encoder's heavy dependencies (sentence-transformers) load lazily, so
-importing this package is cheap.
+Names are imported lazily (PEP 562), so ``import models.text_encoder`` does
+not pull in torch, and the text encoder's sentence-transformers loads only
+when a prompt is first encoded.
 """
-from .text_encoder import (
-    DEFAULT_PROMPT_TEMPLATE,
-    PROMPT_TEMPLATES,
-    TEXT_EMBED_DIM,
-    TEXT_MODEL_NAME,
-    TextEncoder,
-    class_prompt,
-    encode_prompts,
-    get_text_encoder,
-)
-from .time_encoder import TimestepEmbedder, timestep_embedding
-from .unet import ConditionalUNet, UNetConfig, count_parameters
+from __future__ import annotations
 
-__all__ = [
-    "ConditionalUNet", "UNetConfig", "count_parameters", "TimestepEmbedder", "timestep_embedding",
-    "TextEncoder", "get_text_encoder", "encode_prompts", "class_prompt", "DEFAULT_PROMPT_TEMPLATE",
-    "PROMPT_TEMPLATES", "TEXT_EMBED_DIM", "TEXT_MODEL_NAME",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ConditionalUNet": "unet", "UNetConfig": "unet", "count_parameters": "unet",
+    "TimestepEmbedder": "time_encoder", "timestep_embedding": "time_encoder",
+    "TextEncoder": "text_encoder", "get_text_encoder": "text_encoder", "encode_prompts": "text_encoder",
+    "class_prompt": "text_encoder", "DEFAULT_PROMPT_TEMPLATE": "text_encoder", "PROMPT_TEMPLATES": "text_encoder",
+    "TEXT_EMBED_DIM": "text_encoder", "TEXT_MODEL_NAME": "text_encoder",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
