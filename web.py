@@ -236,9 +236,14 @@ def exposure_warning(host: str, share: bool, auth: Sequence[Any] | None) -> str 
     return None
 
 
-def check_upload(path: Any, max_bytes: int = DEFAULT_MAX_UPLOAD_MB * 2**20, max_pixels: int = MAX_UPLOAD_PIXELS):
+def check_upload(path: Any, max_bytes: int = DEFAULT_MAX_UPLOAD_MB * 2**20, max_pixels: int = MAX_UPLOAD_PIXELS,
+                 upload_dir: str | Path | None = None):
     """Open an uploaded file as an RGB PIL image, refusing non-images, huge
-    files and decompression bombs (the size is checked before decoding)."""
+    files and decompression bombs (the size is checked before decoding).
+
+    With ``upload_dir``, only files inside it are opened: an API caller can
+    send any ``{"path": ...}`` (gradio checks only payloads that carry its
+    ``meta`` tag), and that must not read the server's own files."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -248,6 +253,13 @@ def check_upload(path: Any, max_bytes: int = DEFAULT_MAX_UPLOAD_MB * 2**20, max_
     if not path:
         raise InputError("Upload an image first (or pick one from the model's data).")
     p = Path(str(path))
+    if upload_dir is not None:
+        try:
+            inside = p.resolve().is_relative_to(Path(upload_dir).resolve())
+        except (OSError, RuntimeError, ValueError):
+            inside = False
+        if not inside:
+            raise InputError("Upload the image to this app; a file path on the server is not accepted.")
     try:
         size = p.stat().st_size
     except OSError:
@@ -451,7 +463,7 @@ class ModelManager:
 
     def dataset(self, choice: str):
         """The model's preprocessed data (val split if present), or None."""
-        lm = self.get(choice)
+        lm = self.get(choice or self.first)  # empty = the first model, as in WebApp._model
         key = str(lm.path)
         with self._lock:
             if key in self._datasets:
@@ -824,7 +836,9 @@ class WebApp:
 
         try:
             _, T, ts, s = self._forward_common(model_choice, schedule, timesteps, seed)
-            img = check_upload(image, max_bytes=int(self.args.max_upload_mb * 2**20))
+            from gradio.utils import get_upload_folder
+
+            img = check_upload(image, max_bytes=int(self.args.max_upload_mb * 2**20), upload_dir=get_upload_folder())
             arr = np.asarray(square_resize(img, FORWARD_SIZE))
             strip = plot_func.forward_diffusion_strip(arr, ts, beta_schedule=schedule, num_train_timesteps=T, seed=s)
             return strip, self.schedule_image(T, ts)

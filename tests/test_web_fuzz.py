@@ -1,0 +1,799 @@
+"""Fuzz the running app: 500+ bad (and odd-but-valid) inputs over every API endpoint.
+
+A seeded generator (deterministic: the same cases on every run) mutates a
+valid request for each endpoint with values from pools of bad inputs (empty,
+whitespace-only, 10,000-character, control-character, mojibake and
+lone-surrogate prompts; steps 0 / -1 / 10^9; guidance NaN / inf / negative;
+image counts over the cap; wrong types: None, bools, lists, dicts, numeric
+strings ...), plus a set of hostile uploads for the forward tab (a 20000x20000
+decompression bomb, corrupt bytes named .png, a text file named .jpg, a zero-byte
+file, a file over the 10 MB limit, server-side paths ...).
+
+Most cases go through ``gradio_client`` like any API user. Values it cannot
+send (JSON NaN / Infinity, lone surrogates, which it refuses locally) and file
+payloads it would upload for us (a server-side ``{"path": ...}``) go through
+the REST API (``/gradio_api/call/<name>``) with the same JSON a client could
+post. Each case has an expected outcome from an oracle: the same pure
+validation functions web.py uses (``web.validate_request``, ``parse_timesteps``
+...), run here on the JSON round-trip of the inputs. Then:
+
+* a valid input must give a valid result (checked: image count, sizes, the
+  PNG's recipe prompt = ``clean_prompt`` of what was sent ...);
+* a bad input must give an error whose message is a clear sentence (no
+  traceback, not gradio's generic "has raised an exception" text), and where
+  the oracle knows the message, exactly that message;
+* gradio's generic refusal is accepted only for payloads gradio itself
+  rejects before web.py runs (a file input that is not a file object, a
+  server-side path carrying gradio's ``meta`` tag, a URL: its SSRF guard);
+* nothing may hang (every call has a timeout) and nothing may crash the server:
+  afterwards the process is alive, a normal request succeeds, and the server
+  log shows no traceback through web.py (an exception that escaped a handler).
+
+Runs on the shared tiny-model app (tests/web_helpers.py), four client threads.
+``pytest tests/test_web_fuzz.py -s`` prints the tally by endpoint and category.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import struct
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import web
+from recipe import read_png_recipe
+
+pytest.register_assert_rewrite("web_helpers")
+from web_helpers import ROOT, TEST_MAX_WORK, TINY_CLASSES, TINY_SIZE  # noqa: E402
+
+pytest_plugins = ["web_helpers"]  # the shared app (one per test session)
+
+SEED = 20240611
+MIN_CASES = 500
+THREADS = 4
+CASE_TIMEOUT_S = 60.0
+MODELS = ("tiny", "tiny_b")  # tiny has its data folder (Forward tab), tiny_b has none
+CLASSES = [c["name"] for c in TINY_CLASSES]
+LABELS = list(web.SAMPLER_CHOICES)
+GENERIC = "has not enabled verbose error reporting"  # gradio_client's text for {"error": null}
+
+# Expected outcomes
+OK = "ok"            # a valid result
+ERROR = "error"      # a clear error (exact text when Case.message is set)
+ANY = "any"          # a valid result or a clear error (types whose handling is gradio's choice)
+SCHEMA = "schema"    # refused by gradio before web.py runs (its generic message is accepted)
+CLIENT = "client"    # refused by gradio_client before sending (e.g. over the upload size limit)
+HTTP_4XX = "http4xx"  # a malformed request: a 4xx status (or gradio's own error event, before web.py)
+
+
+@dataclass
+class Case:
+    endpoint: str                  # "/generate"
+    args: list
+    category: str
+    expect: str
+    message: str | None = None     # the exact error text expected (ERROR)
+    via: str = "client"            # "client" | "raw" (JSON through /gradio_api/call) | "body" | "upload"
+    body: bytes | None = None
+    check: Callable[[Any], None] | None = None  # validates a result
+
+    def short(self) -> str:
+        return f"{self.endpoint} [{self.category}] via {self.via}: {repr(self.args)[:160]}"
+
+
+# =============================================================== pools of inputs
+WRONG_TYPES = [None, True, False, [], ["a"], [1, 2], {}, {"a": 1}, {"path": "x"}, [[None]]]
+NUMBERS = [0, -1, 1, 2, 4, 5, 9, 10, 16, 17, 50, 51, 250, 251, 999, 1000, 1001, 10**9, -10**9, 10**30, -10**30,
+           2**63, 2**32 - 1, 2**32, 0.5, 5.5, 5 + 1e-12, 1e308, -1e308, 5e-324, -0.0, 3.0, 20.0, 20.0001, -0.1]
+NUM_STRINGS = ["", " ", "5", " 7 ", "5.0", "1e3", "1e9", "0x10", "1_0", "\u0663", "\uff11\uff10", "nan", "NaN",
+               "inf", "-inf", "Infinity", "-1", "abc", "5 steps", "\x00", "\u200b"]
+NON_FINITE = [float("nan"), float("inf"), float("-inf")]  # only through the REST API (JSON NaN / Infinity)
+SAMPLERS = LABELS + ["ddim", "dpm++", "ddpm", " DDIM ", "DDIM\x00", "Euler", "euler a", "", " ", None, 5, [], {},
+                     ["DDIM"], "x" * 10_000, "DPM-Solver++\n"]
+MODEL_VALUES = list(MODELS) + [None, "", " ", " tiny ", "TINY", "tiny_c", "../etc", "/etc/passwd", "./tiny",
+                                "tiny\x00", "x" * 10_000, 5, 0, [], {}, ["tiny"], "tiny; rm -rf /"]
+SCHEDULE_VALUES = ["linear", "cosine", "", "Linear", "quadratic", None, 1, [], {}, "cosine\x00", "x" * 10_000]
+TIMESTEP_VALUES = ["0", "0, 999", "0,250,500,999", "0;1;2", "0 1 2", "", " ", ",,,", "-1", "1000", "999.5", "1e2",
+                   "abc", "0," * 13, ", ".join(str(i) for i in range(12)), "0" * 100_000, "\x00", [0, 999],
+                   [], [1.5], None, 500, {"a": 1}, "nan", "inf", "\u0663"]
+
+# Prompts the brief names, and other odd text; the oracle decides valid or not.
+FIXED_PROMPTS = [
+    "", " ", "   \n\t\r  ", "\x00", "\x00\x01\x02\x1b\x7f", "\u200b\u200c\u200d\ufeff", "\u2028\u2029",
+    "x" * 10_000, "y" * 501, "\u00e9" * 501, "\U0001f41f" * 501, "a " * 1000, "a " * 1001, "\x85" * 50,
+    "a\x00b", "goldfish\x1b[31m red", "\u00c3\u00a9\u00c3\u00a8 mojibake goldfish", "\ufffd\ufffd replacement",
+    "\ufeffa photo of a goldfish", "\u202egoldfish RTL override", "e\u0301 combining accent",
+    "\u91d1\u9b5a\u306e\u5199\u771f", "\U0001f41f" * 10, "a photo of a goldfish " * 22, "\ue000 private use",
+    "\uffff\ufffe noncharacters", "a" * 500, "b" * 499 + "\x00", "%s %d {} {0} ${x} <script>", "'; DROP TABLE--",
+    "\\u0000 escaped \\n", "C:\\Windows\\system32", "\t" * 10 + "goldfish",
+]
+SURROGATE_PROMPTS = ["\udcff", "a \udcff b", "\ud800", "\udc80\udc81 goldfish", "\ud83d"]  # REST API only
+CHAR_RANGES = [(0x20, 0x7e), (0x00, 0x1f), (0x7f, 0x9f), (0xa0, 0xff), (0x300, 0x36f), (0x4e00, 0x4e80),
+               (0x1f300, 0x1f5ff), (0x200b, 0x200f), (0x2028, 0x202e), (0xe000, 0xe010), (0xfff0, 0xffff)]
+
+
+def rand_text(rng: random.Random) -> str:
+    n = rng.choice([0, 1, 3, 20, 100, 499, 500, 501, 1999, 2000, 2001, 10_000])
+    if rng.random() < 0.3:  # random bytes read as Latin-1: what a non-UTF-8 file pasted as text looks like
+        return bytes(rng.randrange(256) for _ in range(n)).decode("latin-1")
+    ranges = rng.sample(CHAR_RANGES, rng.randint(1, 4))
+    return "".join(chr(rng.randint(*rng.choice(ranges))) for _ in range(n))
+
+
+def num_pool(rng: random.Random) -> Any:
+    r = rng.random()
+    if r < 0.55:
+        return rng.choice(NUMBERS)
+    if r < 0.85:
+        return rng.choice(NUM_STRINGS)
+    return rng.choice(WRONG_TYPES)
+
+
+def roundtrip(args: list) -> list:
+    """What the server receives (tuples become lists ...); NaN / Infinity survive as Python's json writes them."""
+    return json.loads(json.dumps(args))
+
+
+# =============================================================== the oracle (web.py's own pure checks)
+def model_error(choice: Any) -> str | None:
+    """WebApp._model: ``str(choice or first)``, stripped, must be a store name."""
+    s = str(choice or MODELS[0]).strip()
+    return None if s in MODELS else f"Unknown model {s[:80]!r}; available: {', '.join(MODELS)}."
+
+
+def resolved_model(choice: Any) -> str:
+    return str(choice or MODELS[0]).strip()
+
+
+def expect_generate(args: list) -> tuple[str, str | None, Any]:
+    prompt, model, sampler, steps, guidance, seed, num, _ = roundtrip(args)
+    if (e := model_error(model)) is not None:
+        return ERROR, e, None
+    try:
+        req = web.validate_request(prompt, sampler, steps, guidance, seed, num, image_size=TINY_SIZE,
+                                   num_train_timesteps=1000, max_work=TEST_MAX_WORK)
+    except web.InputError as e:
+        return ERROR, str(e), None
+    return OK, None, req
+
+
+def forward_common_error(model, schedule, timesteps, seed) -> str | None:
+    """WebApp._forward_common, in its order."""
+    if (e := model_error(model)) is not None:
+        return e
+    if schedule not in web.SCHEDULES:
+        return f"Schedule must be one of {', '.join(web.SCHEDULES)}, got {str(schedule)[:40]!r}."
+    try:
+        web.parse_timesteps(timesteps, 1000)
+        web.validate_seed(seed)
+    except web.InputError as e:
+        return str(e)
+    return None
+
+
+# The server's val split for "tiny" (tests/web_helpers.make_tiny_data: 4 images per class).
+FAKE_DS = SimpleNamespace(labels=np.repeat(np.arange(len(CLASSES)), 4), classes=TINY_CLASSES,
+                          images=np.zeros((4 * len(CLASSES), TINY_SIZE, TINY_SIZE, 3), np.uint8))
+
+
+def expect_forward_data(args: list) -> tuple[str, str | None]:
+    model, cls, index, schedule, timesteps, seed = roundtrip(args)
+    if (e := forward_common_error(model, schedule, timesteps, seed)) is not None:
+        return ERROR, e
+    if resolved_model(model) != "tiny":
+        return ERROR, "This model's training data is not on this machine; upload an image instead."
+    try:
+        web.pick_data_image(FAKE_DS, cls, index)
+    except web.InputError as e:
+        return ERROR, str(e)
+    return OK, None
+
+
+def expect_schedule(T: Any) -> tuple[str, str | None]:
+    (T,) = roundtrip([T])
+    try:
+        t = web._whole(T, "num_train_timesteps")
+    except web.InputError as e:
+        return ERROR, str(e)
+    if not 2 <= t <= 100_000:
+        return ERROR, "num_train_timesteps must be between 2 and 100000."
+    return OK, None
+
+
+def choice_expect(values: list, choices_per_arg: list[tuple], none_ok: tuple[bool, ...] = (True, True)) -> str:
+    """Helper endpoints with Dropdown / Radio inputs: gradio checks strings against the choices itself.
+    None passes gradio; web.py takes it as "no class" / "the first model", but not as a sampler."""
+    verdict = OK
+    for v, choices, nok in zip(values, choices_per_arg, none_ok):
+        if v is None and not nok:
+            return ERROR
+        if v is None or v in choices:
+            continue
+        if isinstance(v, str):
+            return ERROR
+        verdict = ANY  # lists, numbers, dicts: whether gradio or web.py refuses them is theirs to choose
+    return verdict
+
+
+# =============================================================== result checks
+def image_size(path: str) -> tuple[int, int]:
+    with Image.open(path) as im:
+        im.load()
+        return im.size
+
+
+def gallery_paths(gallery) -> list[str]:
+    return [item["image"] if isinstance(item, dict) else item[0] for item in gallery]
+
+
+def check_generate(req: web.GenerateRequest) -> Callable[[Any], None]:
+    def check(out) -> None:
+        gallery, status, seed, gif, _strip, files = out
+        paths = gallery_paths(gallery)
+        assert len(paths) == req.num_images, out
+        assert str(status).startswith("Done"), status
+        assert image_size(paths[0]) == (TINY_SIZE, TINY_SIZE)
+        recipe = read_png_recipe(paths[0])
+        assert recipe["prompt"] == req.prompt and recipe["steps"] == req.steps, recipe
+        assert req.seed is None or int(seed) == req.seed, (seed, req.seed)
+        assert 0 <= int(seed) <= web.MAX_SEED
+    return check
+
+
+def check_forward(timesteps: Any) -> Callable[[Any], None]:
+    k = len(web.parse_timesteps(roundtrip([timesteps])[0], 1000))
+
+    def check(out) -> None:
+        strip, plot = out
+        assert image_size(strip) == (k * web.FORWARD_SIZE + (k - 1) * 2, web.FORWARD_SIZE + 16)
+        assert image_size(plot)[0] > 100
+    return check
+
+
+def check_forward_data(out) -> None:
+    image, strip, plot = out
+    assert image_size(image) == (TINY_SIZE, TINY_SIZE)
+    assert image_size(strip)[0] >= 96 and image_size(plot)[0] > 100
+
+
+def check_class_prompt(cls: Any) -> Callable[[Any], None]:
+    def check(out) -> None:
+        if cls in CLASSES:
+            assert out == f"a photo of a {cls}", out
+        else:  # no class: gr.skip() leaves the prompt alone
+            assert out is None or isinstance(out, (str, dict)), out
+    return check
+
+
+def check_sampler_steps(sampler: Any) -> Callable[[Any], None]:
+    def check(out) -> None:
+        assert isinstance(out, dict) and out.get("__type__") == "update", out
+        if sampler in LABELS:
+            lo, hi, _ = web.steps_range(sampler, 1000)
+            assert (out["minimum"], out["maximum"]) == (lo, hi), out
+    return check
+
+
+def check_select_model(model: Any) -> Callable[[Any], None]:
+    def check(out) -> None:
+        assert len(out) == 10, out
+        name = model if model in MODELS else MODELS[0]
+        assert f"**{name}**" in out[0], out[0]
+    return check
+
+
+def check_list_models(out) -> None:
+    assert isinstance(out, dict) and [c[1] for c in out["choices"]] == list(MODELS), out
+
+
+def check_schedule(out) -> None:
+    assert image_size(out)[0] > 100
+
+
+def check_random_seed(out) -> None:
+    assert isinstance(out, int) and 0 <= out <= web.MAX_SEED, out
+
+
+def check_stop(out) -> None:
+    assert out in ("Nothing is running.", "Stopping at the next step..."), out
+
+
+# =============================================================== hostile uploads
+def png_bytes(w: int, h: int, *, depth: int = 1, color: int = 0, idat: bytes | None = None,
+              zero_rows: bool = False) -> bytes:
+    """A PNG by hand: header-only lies about the size, or ``zero_rows`` for a real (huge) all-black image."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    if zero_rows:
+        row = b"\x00" * (1 + (w * depth + 7) // 8)
+        z = zlib.compressobj(9)
+        parts = [z.compress(row * 256) for _ in range(h // 256)] + [z.compress(row * (h % 256)), z.flush()]
+        idat = b"".join(parts)
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, color, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat or b"") + chunk(b"IEND", b"")
+
+
+def image_file(path: Path, mode: str, size: tuple[int, int], fmt: str, **save) -> Path:
+    rng = np.random.default_rng(len(str(path)))
+    arr = rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
+    im = Image.fromarray(arr).convert(mode) if mode != "I;16" else Image.fromarray(arr[..., 0].astype(np.uint16) * 257)
+    im.save(path, fmt, **save)
+    return path
+
+
+def make_uploads(d: Path) -> list[tuple[str, Path, str, str | None]]:
+    """(category, file, declared outcome, message) for the forward tab. The expected
+    message is web.check_upload's on the same bytes (see upload_expectation); the
+    declared outcome (OK / ERROR / ANY / CLIENT) must agree with it."""
+    d.mkdir(parents=True, exist_ok=True)
+    out: list[tuple[str, Path, str, str | None]] = []
+
+    def add(cat, name, data: bytes | None, expect, msg=None, build=None):
+        p = d / name
+        if build is not None:
+            build(p)
+        else:
+            p.write_bytes(data)
+        out.append((cat, p, expect, msg))
+
+    not_image = "That file is not an image this app can read; upload a PNG, JPEG or WebP."
+    add("upload: bomb", "bomb_20000.png", png_bytes(20000, 20000, zero_rows=True), ERROR)
+    add("upload: bomb", "header_65535.png", png_bytes(65535, 65535, idat=zlib.compress(b"\x00" * 100)), ERROR)
+    add("upload: bomb", "tall_strip.png", png_bytes(1, 2**31 - 1, idat=zlib.compress(b"\x00" * 100)), ERROR)
+    jpg = d / "seed.jpg"
+    image_file(jpg, "RGB", (16, 16), "JPEG")
+    raw = bytearray(jpg.read_bytes())
+    i = raw.index(b"\xff\xc0")
+    raw[i + 5:i + 9] = struct.pack(">HH", 65000, 65000)
+    add("upload: bomb", "bomb.jpg", bytes(raw), ERROR)
+    gif = d / "seed.gif"
+    image_file(gif, "P", (16, 16), "GIF")
+    raw = bytearray(gif.read_bytes())
+    raw[6:10] = struct.pack("<HH", 65535, 65535)
+    add("upload: bomb", "bomb.gif", bytes(raw), ANY)  # PIL may take the frame's size, not the screen's
+    add("upload: corrupt", "random.png", bytes(random.Random(1).randrange(256) for _ in range(4096)), ERROR,
+        not_image)
+    add("upload: corrupt", "sig_garbage.png", b"\x89PNG\r\n\x1a\n" + b"definitely not a png" * 50, ERROR, not_image)
+    ok_png = image_file(d / "seed.png", "RGB", (40, 30), "PNG")
+    add("upload: corrupt", "truncated.png", ok_png.read_bytes()[: ok_png.stat().st_size // 2], ERROR, not_image)
+    add("upload: corrupt", "zero_width.png", png_bytes(0, 16, idat=zlib.compress(b"")), ERROR, None)
+    add("upload: corrupt", "bad_crc_idat.png", png_bytes(16, 16, idat=b"\x00" * 64), ERROR, not_image)
+    zbomb = png_bytes(8, 8, depth=8, idat=zlib.compress(b"\x00" * 9 * 8))
+    ztxt = b"Comment\x00\x00" + zlib.compress(b"A" * (50 * 2**20), 9)  # a 50 MB text chunk in ~50 kB
+    zchunk = struct.pack(">I", len(ztxt)) + b"zTXt" + ztxt + struct.pack(">I", zlib.crc32(b"zTXt" + ztxt))
+    add("upload: bomb", "ztxt_bomb.png", zbomb[:33] + zchunk + zbomb[33:], ANY)
+    add("upload: wrong type", "notes.jpg", b"hello, this is text\n" * 20, ERROR, not_image)
+    add("upload: wrong type", "empty.png", b"", ERROR, not_image)
+    add("upload: wrong type", "drawing.svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>',
+        ERROR, not_image)
+    add("upload: wrong type", "script.png", b"#!/bin/sh\nrm -rf /\n", ERROR, not_image)
+    add("upload: wrong type", "icon.ico", None, ERROR, "Unsupported image type ICO; upload a PNG, JPEG, WebP, GIF, "
+        "BMP or TIFF.", build=lambda p: image_file(p, "RGBA", (32, 32), "ICO"))
+    add("upload: wrong type", "image.pdf", None, ERROR, not_image,
+        build=lambda p: image_file(p, "RGB", (16, 16), "PDF"))
+    # valid, if unusual, images
+    add("upload: valid", "ok.png", ok_png.read_bytes(), OK)
+    add("upload: valid", "one_pixel.png", None, OK, build=lambda p: image_file(p, "RGB", (1, 1), "PNG"))
+    add("upload: valid", "strip_1x3000.png", None, OK, build=lambda p: image_file(p, "L", (1, 3000), "PNG"))
+    add("upload: valid", "rgba.png", None, OK, build=lambda p: image_file(p, "RGBA", (33, 17), "PNG"))
+    add("upload: valid", "grey16.png", None, OK, build=lambda p: image_file(p, "I;16", (20, 20), "PNG"))
+    add("upload: valid", "cmyk.jpg", None, OK, build=lambda p: image_file(p, "CMYK", (24, 24), "JPEG"))
+    add("upload: valid", "anim.gif", None, OK,
+        build=lambda p: image_file(p, "P", (16, 16), "GIF", save_all=True,
+                                   append_images=[Image.new("P", (16, 16), 3)] * 3))
+    add("upload: valid", "img.bmp", None, OK, build=lambda p: image_file(p, "RGB", (20, 10), "BMP"))
+    add("upload: valid", "img.tiff", None, OK, build=lambda p: image_file(p, "RGB", (20, 10), "TIFF"))
+    add("upload: valid", "img.webp", None, OK, build=lambda p: image_file(p, "RGB", (20, 10), "WEBP"))
+    add("upload: valid", "png_named.jpg", ok_png.read_bytes(), OK)
+    add("upload: valid", "weird name ;$(x) \u91d1.png", ok_png.read_bytes(), ANY)
+    add("upload: valid", "4096x4096.png", None, OK, build=lambda p: Image.new("1", (4096, 4096)).save(p))
+    add("upload: too big", "big.png", None, CLIENT, "maximum file size",
+        build=lambda p: p.write_bytes(ok_png.read_bytes() + b"\x00" * (web.DEFAULT_MAX_UPLOAD_MB * 2**20 + 1)))
+    return out
+
+
+# =============================================================== building the cases
+def upload_expectation(path: Path, declared: str, message: str | None) -> tuple[str, str | None]:
+    """web.check_upload on this machine decides (the server gets the same bytes);
+    over the size limit, gradio_client refuses before sending."""
+    if declared == CLIENT:
+        return CLIENT, message
+    try:
+        web.check_upload(path)
+    except web.InputError as e:
+        expect, msg = ERROR, str(e)
+    else:
+        expect, msg = OK, None
+    assert declared in (ANY, expect), f"{path.name}: declared {declared}, but check_upload says {expect} {msg}"
+    assert message is None or msg is None or message in msg, (path.name, message, msg)
+    return expect, msg
+
+
+def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: str) -> list[Case]:
+    rng = random.Random(SEED)
+    cases: list[Case] = []
+    valid_generate = 0
+
+    # ---------------------------------------------------------------- /generate (client)
+    base = ["a photo of a goldfish", "tiny", "DPM-Solver++", 5, 3.0, 7, 1, False]
+    fields = {0: ("prompt", None), 1: ("model", MODEL_VALUES), 2: ("sampler", SAMPLERS), 3: ("steps", None),
+              4: ("guidance", None), 5: ("seed", None), 6: ("num_images", None),
+              7: ("show_strip", [True, "yes", "false", 0, None, [], {}, "x" * 10_000])}
+    named = [  # the brief's list, one field at a time
+        (0, ""), (0, "   \t\n "), (0, "x" * 10_000), (0, "\x00\x01\x02"), (0, "\u00c3\u00a9\u00c3\u00a8"),
+        (3, 0), (3, -1), (3, 10**9), (4, -1.0), (4, "nan"), (4, "inf"), (4, "-inf"), (6, 17), (6, 10**9),
+        (6, 0), (0, 123), (0, ["a"]), (0, {"a": 1}), (3, "five"), (3, [5]), (4, None), (5, "seed"), (1, 123),
+    ]
+    for i, v in named:
+        args = list(base)
+        args[i] = v
+        cases.append(_generate_case(args, f"generate: {fields[i][0]} (named)"))
+    tries = 0
+    while sum(c.endpoint == "/generate" for c in cases) < 250 and tries < 10_000:
+        tries += 1
+        args = list(base)
+        k = 1 if rng.random() < 0.8 else rng.randint(2, 3)
+        picked = rng.sample(range(8), k)
+        for i in picked:
+            pool = fields[i][1]
+            if i == 0:
+                args[i] = rng.choice(FIXED_PROMPTS) if rng.random() < 0.5 else (
+                    rand_text(rng) if rng.random() < 0.85 else rng.choice(WRONG_TYPES + [1, 2.5]))
+            elif pool is None:
+                args[i] = num_pool(rng)
+            else:
+                args[i] = rng.choice(pool)
+        case = _generate_case(args, f"generate: {fields[picked[0]][0]}" if k == 1 else "generate: 2-3 fields")
+        if case.expect == OK:
+            req = expect_generate(args)[2]
+            if valid_generate >= 30 or req.num_images > 4 or req.steps * req.num_images > 60:  # cheap runs only
+                continue
+            valid_generate += 1
+        cases.append(case)
+
+    # ---------------------------------------------------------------- /generate (REST: NaN, Infinity, surrogates)
+    for i, name in ((3, "steps"), (4, "guidance"), (5, "seed"), (6, "num_images")):
+        for v in NON_FINITE:
+            args = list(base)
+            args[i] = v
+            cases.append(_generate_case(args, f"generate: {name} non-finite (REST)", via="raw"))
+    for p in SURROGATE_PROMPTS:
+        args = list(base)
+        args[0] = p
+        cases.append(_generate_case(args, "generate: lone surrogate prompt (REST)", via="raw"))
+    for i in (1, 2):
+        args = list(base)
+        args[i] = "\udcff"
+        cases.append(_generate_case(args, "generate: lone surrogate model/sampler (REST)", via="raw"))
+
+    # ---------------------------------------------------------------- /forward: uploads, then parameters
+    from gradio_client import handle_file
+
+    ok_png = next(p for _, p, _, _ in uploads if p.name == "ok.png")
+    big = next(p for _, p, _, _ in uploads if p.name == "big.png")
+    for cat, path, declared, msg in uploads:
+        expect, msg = upload_expectation(path, declared, msg)
+        cases.append(Case("/forward", [handle_file(str(path)), "tiny", "cosine", "0, 500", 0], cat, expect,
+                          message=msg, check=check_forward("0, 500")))
+    cases.append(Case("/forward", [None, "tiny", "cosine", "0", 0], "upload: none", ERROR,
+                      message="Upload an image first (or pick one from the model's data)."))
+    fwd_fields = {1: MODEL_VALUES, 2: SCHEDULE_VALUES, 3: TIMESTEP_VALUES, 4: None}
+    n_forward_ok = 0
+    while sum(c.endpoint == "/forward" and c.category.startswith("forward:") for c in cases) < 45:
+        args = [None, "tiny", "linear", "0, 999", 3]
+        i = rng.choice(list(fwd_fields))
+        args[i] = num_pool(rng) if fwd_fields[i] is None else rng.choice(fwd_fields[i])
+        err = forward_common_error(*args[1:])
+        if err is None:
+            if n_forward_ok >= 12:
+                continue
+            n_forward_ok += 1
+        args[0] = handle_file(str(ok_png))
+        cases.append(Case("/forward", args, f"forward: {('model', 'schedule', 'timesteps', 'seed')[i - 1]}",
+                          OK if err is None else ERROR, message=err, check=check_forward(args[3]) if not err
+                          else None))
+    # payloads gradio_client would never send: server paths, not-a-file values, URLs (REST)
+    outside = "Upload the image to this app; a file path on the server is not accepted."
+    for cat, image, expect, msg in [
+        ("upload: server path (REST)", {"path": "/etc/passwd"}, ERROR, outside),
+        ("upload: server path (REST)", {"path": "/etc/shadow"}, ERROR, outside),
+        ("upload: server path (REST)", {"path": "/nonexistent/x.png"}, ERROR, outside),
+        ("upload: server path (REST)", {"path": str(ok_png)}, ERROR, outside),
+        ("upload: server path (REST)", {"path": str(ROOT / "web.py")}, ERROR, outside),
+        ("upload: server path (REST)", {"path": "/tmp/gradio/../../etc/passwd"}, ERROR, outside),
+        ("upload: server path (REST)", {"path": "../../../../etc/hostname"}, ERROR, outside),
+        ("upload: server path (REST)", {"path": ""}, ERROR, "Upload an image first (or pick one from the model's "
+                                                           "data)."),
+        ("upload: gradio refuses (REST)", {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, SCHEMA,
+         None),
+        ("upload: gradio refuses (REST)", {"path": server_url + "gradio_api/info",
+                                           "meta": {"_type": "gradio.FileData"}}, SCHEMA, None),
+        ("upload: gradio refuses (REST)", "/etc/passwd", SCHEMA, None),
+        ("upload: gradio refuses (REST)", 12345, SCHEMA, None),
+        ("upload: gradio refuses (REST)", [1, 2, 3], SCHEMA, None),
+        ("upload: gradio refuses (REST)", {"path": None}, SCHEMA, None),
+    ]:
+        cases.append(Case("/forward", [image, "tiny", "cosine", "0", 0], cat, expect, message=msg, via="raw"))
+
+    # ---------------------------------------------------------------- /forward_data
+    fd_fields = {0: MODEL_VALUES, 1: CLASSES + ["", None, "Goldfish", "shark", 5, [], {}, ["goldfish"], "x" * 10_000],
+                 2: None, 3: SCHEDULE_VALUES, 4: TIMESTEP_VALUES, 5: None}
+    n_fd_ok = 0
+    while sum(c.endpoint == "/forward_data" for c in cases) < 60:
+        args = ["tiny", "jellyfish", 1, "cosine", "0, 500, 999", 0]
+        for i in rng.sample(list(fd_fields), 1 if rng.random() < 0.8 else 2):
+            args[i] = num_pool(rng) if fd_fields[i] is None else rng.choice(fd_fields[i])
+        expect, msg = expect_forward_data(args)
+        if expect == OK:
+            if n_fd_ok >= 12:
+                continue
+            n_fd_ok += 1
+        cases.append(Case("/forward_data", args, "forward_data", expect, message=msg, check=check_forward_data))
+    for i, v in ((2, float("nan")), (2, float("inf")), (5, float("-inf")), (1, "\udcff"), (4, "\udcff")):
+        args = ["tiny", "jellyfish", 1, "cosine", "0, 500", 0]
+        args[i] = v
+        expect, msg = expect_forward_data(args)
+        cases.append(Case("/forward_data", args, "forward_data (REST)", expect, message=msg, via="raw",
+                          check=check_forward_data))
+
+    # ---------------------------------------------------------------- helper endpoints
+    odd = [None, "", " ", "x" * 10_000, "\x00", 5, 1.5, True, [], {}, {"a": 1}, "goldfish\x00"]
+    for _ in range(35):
+        cls = rng.choice(CLASSES + odd)
+        model = rng.choice(list(MODELS) + [None] + odd) if rng.random() < 0.4 else "tiny"
+        cases.append(Case("/class_prompt", [cls, model], "class_prompt",
+                          choice_expect([cls, model], [tuple(CLASSES), MODELS]), check=check_class_prompt(cls)))
+    for _ in range(35):
+        s = rng.choice(LABELS) if rng.random() < 0.4 else rng.choice(SAMPLERS + odd)
+        model = rng.choice(list(MODELS) + [None] + odd) if rng.random() < 0.4 else "tiny"
+        cases.append(Case("/sampler_steps", [s, model], "sampler_steps",
+                          choice_expect([s, model], [tuple(LABELS), MODELS], (False, True)),
+                          check=check_sampler_steps(s)))
+    for _ in range(25):
+        m = rng.choice(MODEL_VALUES + odd)
+        cases.append(Case("/select_model", [m], "select_model", choice_expect([m], [MODELS]),
+                          check=check_select_model(m)))
+    for _ in range(15):
+        m = rng.choice(MODEL_VALUES + odd)
+        cases.append(Case("/list_models", [m], "list_models", choice_expect([m], [MODELS]), check=check_list_models))
+    n_sched_ok = 0
+    for T in [2, 1000, 100_000] + [None, 1, 0, -5, 100_001, 10**9, 2.5, "1000", "abc", "", [], {}, True, "1e3",
+                                   "\u0663\u0663"]:
+        expect, msg = expect_schedule(T)
+        cases.append(Case("/schedule", [T], "schedule", expect, message=msg, check=check_schedule))
+    while sum(c.endpoint == "/schedule" for c in cases) < 30:
+        T = num_pool(rng)
+        expect, msg = expect_schedule(T)
+        if expect == OK:
+            if n_sched_ok >= 3:
+                continue
+            n_sched_ok += 1
+        cases.append(Case("/schedule", [T], "schedule", expect, message=msg, check=check_schedule))
+    for T in NON_FINITE:
+        expect, msg = expect_schedule(T)
+        cases.append(Case("/schedule", [T], "schedule (REST)", expect, message=msg, via="raw"))
+    for _ in range(10):  # no inputs: extra junk arguments are ignored
+        junk = [rng.choice(WRONG_TYPES + NUM_STRINGS) for _ in range(rng.randint(0, 3))]
+        cases.append(Case("/random_seed", junk, "random_seed", OK, check=check_random_seed))
+        cases.append(Case("/stop", list(junk), "stop", OK, check=check_stop))
+
+    # ---------------------------------------------------------------- malformed HTTP bodies
+    for body in (b"not json", b"{", b"[]", b'{"data": 5}', b"{}", b'{"data": null}', b'{"data": []}',
+                 b'{"data": ["only one"]}', b'{"data": [' + b'"x",' * 20 + b'"x"]}', b"\xff\xfe\x00garbage",
+                 b'{"data": ["' + b"a" * (2 * 2**20) + b'"]}'):
+        cases.append(Case("/generate", [], "protocol: malformed body", HTTP_4XX, via="body", body=body))
+    cases.append(Case("/upload", [], "upload: over the limit (HTTP)", HTTP_4XX, via="upload",
+                      body=big.read_bytes()))
+    return cases
+
+
+def _generate_case(args: list, category: str, via: str = "client") -> Case:
+    expect, msg, req = expect_generate(args)
+    return Case("/generate", args, category, expect, message=msg, via=via,
+                check=check_generate(req) if req is not None else None)
+
+
+# =============================================================== running a case
+@dataclass
+class Result:
+    case: Case
+    outcome: str          # OK / ERROR / SCHEMA / CLIENT / HTTP_4XX / "bad_result" / "unclear" / "hung" / ...
+    message: str
+    seconds: float
+    problem: str | None = None
+
+
+TRACE_MARKERS = ("Traceback", 'File "', "Exception:", "pydantic", "errors.pydantic.dev")
+
+
+def is_clear(msg: str) -> bool:
+    """A sentence for a person: no traceback, not an exception's repr, not gradio's 'no details' text."""
+    msg = (msg or "").strip()
+    return (len(msg) >= 12 and " " in msg and GENERIC not in msg and not any(m in msg for m in TRACE_MARKERS)
+            and not re.match(r"^[A-Za-z_.]*(Error|Exception)\b", msg))
+
+
+def raw_call(url: str, name: str, body: bytes, timeout: float) -> tuple[str, Any]:
+    """POST /gradio_api/call/<name>, then read its event stream: ("complete", data) / ("error", message) /
+    ("http", status)."""
+    req = urllib.request.Request(url + "gradio_api/call/" + name.lstrip("/"), data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            event_id = json.loads(r.read())["event_id"]
+    except urllib.error.HTTPError as e:
+        return "http", e.code
+    with urllib.request.urlopen(f"{url}gradio_api/call/{name.lstrip('/')}/{event_id}", timeout=timeout) as r:
+        stream = r.read().decode("utf-8", errors="replace")
+    event, data = None, None
+    for line in stream.splitlines():
+        if line.startswith("event:"):
+            event = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            data = line.split(":", 1)[1].strip()
+    if event == "complete":
+        return "complete", json.loads(data)
+    if event == "error":
+        try:
+            payload = json.loads(data) if data else None
+        except json.JSONDecodeError:
+            payload = data
+        return "error", (payload or {}).get("error") if isinstance(payload, dict) else payload
+    return "stream", stream[-300:]
+
+
+def run_case(case: Case, client, url: str) -> Result:
+    from gradio_client.exceptions import AppError
+
+    t0 = time.monotonic()
+    outcome, message, value = None, "", None
+    try:
+        if case.via == "client":
+            try:
+                value = client.submit(*case.args, api_name=case.endpoint).result(timeout=CASE_TIMEOUT_S)
+                outcome = OK
+            except AppError as e:
+                outcome, message = ERROR, str(e)
+            except TimeoutError:
+                outcome, message = "hung", f"no answer in {CASE_TIMEOUT_S:.0f} s"
+            except ValueError as e:  # refused by gradio_client before sending
+                if "maximum file size" in str(e):
+                    outcome, message = CLIENT, str(e)
+                else:
+                    raise
+        elif case.via in ("raw", "body"):
+            body = case.body if case.via == "body" else json.dumps({"data": case.args}).encode()
+            kind, payload = raw_call(url, case.endpoint, body, CASE_TIMEOUT_S)
+            if kind == "http":
+                outcome, message = (HTTP_4XX if 400 <= payload < 500 else "http5xx"), f"HTTP {payload}"
+            elif kind == "error":
+                outcome, message = ERROR, payload or ""
+            elif kind == "complete":
+                outcome, value = OK, payload
+            else:
+                outcome, message = "no_result", str(payload)
+        elif case.via == "upload":
+            import httpx
+
+            r = httpx.post(url + "gradio_api/upload", files={"files": ("big.png", case.body, "image/png")},
+                           timeout=CASE_TIMEOUT_S)
+            outcome, message = (HTTP_4XX if 400 <= r.status_code < 500 else f"http{r.status_code}"), \
+                f"HTTP {r.status_code}"
+    except Exception as e:  # noqa: BLE001 - anything else is a finding
+        outcome, message = "exception", f"{type(e).__name__}: {str(e)[:300]}"
+    if outcome == ERROR and (not message or GENERIC in message):
+        outcome = SCHEMA  # {"error": null}: no message for the user
+    seconds = time.monotonic() - t0
+    return Result(case, outcome, message, seconds, judge(case, outcome, message, value))
+
+
+def judge(case: Case, outcome: str, message: str, value: Any) -> str | None:
+    """None if the outcome is acceptable for this case, else what is wrong."""
+    if outcome == SCHEMA:  # gradio's generic refusal, before web.py: only where gradio itself must refuse
+        if case.expect in (SCHEMA, HTTP_4XX):
+            return None
+        return f"gradio's generic error instead of a clear one: {message!r}"
+    if outcome == ERROR and case.expect in (ERROR, ANY, SCHEMA):
+        if not is_clear(message):
+            return f"unclear error message: {message[:200]!r}"
+        if case.message is not None and case.expect == ERROR:
+            if case.message != message and case.message not in message:
+                return f"expected error {case.message[:150]!r}, got {message[:150]!r}"
+        return None
+    if outcome == OK and case.expect in (OK, ANY):
+        if case.check is not None and case.via == "client":
+            try:
+                case.check(value)
+            except Exception as e:  # noqa: BLE001
+                return f"invalid result ({type(e).__name__}: {str(e)[:200]}): {repr(value)[:200]}"
+        return None
+    if outcome == CLIENT and case.expect == CLIENT:
+        return None if (case.message or "") in message else f"client refusal without {case.message!r}: {message}"
+    if outcome == HTTP_4XX and case.expect == HTTP_4XX:
+        return None
+    if outcome == ERROR and case.expect == HTTP_4XX:  # the request was accepted, then refused as an error event
+        return None
+    return f"expected {case.expect}, got {outcome}: {message[:200]!r}"
+
+
+# =============================================================== the test
+def test_fuzz_every_endpoint(tiny_app, tmp_path):
+    from gradio_client import Client
+
+    url = tiny_app.url
+    probe = tiny_app.client()
+    endpoints = set(probe.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    t_build = time.monotonic()
+    uploads = make_uploads(tmp_path / "uploads")
+    cases = build_cases(uploads, url)
+    t_build = time.monotonic() - t_build
+    assert len(cases) >= MIN_CASES
+    assert endpoints <= {c.endpoint for c in cases}, endpoints - {c.endpoint for c in cases}
+    assert [c.short() for c in cases] == [c.short() for c in build_cases(uploads, url)]  # seeded: the same cases
+    rng = random.Random(SEED)
+    order = list(range(len(cases)))
+    rng.shuffle(order)  # valid generate runs spread over the whole batch
+
+    log_offset = tiny_app.server.log_path.stat().st_size
+    local = threading.local()
+
+    def client():
+        if not hasattr(local, "c"):
+            local.c = Client(url, verbose=False, analytics_enabled=False,
+                             download_files=str(tmp_path / "downloads" / threading.current_thread().name))
+        return local.c
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(THREADS, thread_name_prefix="fuzz") as pool:
+        results = list(pool.map(lambda i: run_case(cases[i], client(), url), order))
+    wall = time.monotonic() - t0
+
+    # ------------------------------------------------------------ the tally
+    by_endpoint: dict[str, Counter] = defaultdict(Counter)
+    by_category: dict[str, Counter] = defaultdict(Counter)
+    for r in results:
+        by_endpoint[r.case.endpoint][r.outcome] += 1
+        by_category[r.case.category][r.outcome] += 1
+    lat = sorted(r.seconds for r in results)
+    print(f"\n[fuzz] {len(cases)} cases built in {t_build:.1f} s")
+    print(f"[fuzz] {len(results)} inputs in {wall:.1f} s ({len(results) / wall:.1f}/s, {THREADS} threads); "
+          f"per-call latency p50 {lat[len(lat) // 2]:.2f} s, max {lat[-1]:.2f} s")
+    for title, table in (("endpoint", by_endpoint), ("category", by_category)):
+        for k in sorted(table):
+            print(f"[fuzz]   {title} {k:45s} {sum(table[k].values()):4d}  {dict(table[k])}")
+    total = Counter(r.outcome for r in results)
+    print(f"[fuzz]   total {dict(total)}")
+    for r in sorted(results, key=lambda r: -r.seconds)[:5]:
+        print(f"[fuzz]   slowest {r.seconds:5.2f} s {r.outcome:6s} {r.case.short()[:110]}")
+
+    failures = [r for r in results if r.problem]
+    for r in failures[:25]:
+        print(f"[fuzz] FAIL {r.case.short()}\n         -> {r.problem}")
+    assert not failures, f"{len(failures)} of {len(results)} inputs mishandled; first: " \
+                         f"{failures[0].case.short()} -> {failures[0].problem}"
+
+    # ------------------------------------------------------------ still up, still serving, nothing escaped
+    assert tiny_app.server.proc.poll() is None, "the server died"
+    out = tiny_app.client().predict("a photo of a goldfish", "tiny", "DPM-Solver++", 5, 3.0, 1, 1, False,
+                                    api_name="/generate")
+    assert out[1].startswith("Done") and len(out[0]) == 1
+    with open(tiny_app.server.log_path, errors="replace") as f:
+        f.seek(log_offset)
+        new_log = f.read()
+    escaped = [line for line in new_log.splitlines() if 'web.py"' in line or "ERROR web" in line]
+    assert not escaped, "tracebacks through web.py in the server log during the fuzz run:\n" + "\n".join(escaped[:20])
