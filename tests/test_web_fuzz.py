@@ -797,3 +797,19 @@ def test_fuzz_every_endpoint(tiny_app, tmp_path):
         new_log = f.read()
     escaped = [line for line in new_log.splitlines() if 'web.py"' in line or "ERROR web" in line]
     assert not escaped, "tracebacks through web.py in the server log during the fuzz run:\n" + "\n".join(escaped[:20])
+
+
+def test_check_upload_only_opens_files_in_the_upload_folder(tmp_path):
+    """The guard behind /forward: a path outside gradio's upload folder is refused before it is touched."""
+    uploads = tmp_path / "gradio"
+    uploads.mkdir()
+    inside = image_file(uploads / "ok.png", "RGB", (8, 8), "PNG")
+    outside = image_file(tmp_path / "secret.png", "RGB", (8, 8), "PNG")
+    assert web.check_upload(str(inside), upload_dir=uploads).size == (8, 8)
+    assert web.check_upload({"path": str(inside)}, upload_dir=uploads).mode == "RGB"
+    (uploads / "link.png").symlink_to(outside)
+    for bad in (outside, uploads / ".." / "secret.png", uploads / "link.png", "/etc/passwd", "/nonexistent.png",
+                "relative/x.png"):
+        with pytest.raises(web.InputError, match="file path on the server is not accepted"):
+            web.check_upload({"path": str(bad)}, upload_dir=uploads)
+    assert web.check_upload(str(outside)).size == (8, 8)  # no upload_dir: any path (the CLI / tests)
