@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -252,10 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=3, help="requests per client, one after another")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take")
+    p.add_argument("--download", action="store_true",
+                   help="clients download the result files too (default: no, as in tests/test_web_load.py: the "
+                        "latency is the server's answer, not copying PNGs on a busy machine)")
     p.add_argument("--json", default=None, help="also write the figures here")
     a = p.parse_args(argv)
 
     import tempfile
+
+    from gradio_client import Client
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
@@ -271,9 +277,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[bench] max-queue {q}: server pid {app.server.proc.pid} ready after "
                       f"{app.server.ready_after_s:.1f} s", flush=True)
             for q, app in zip(a.queues, apps):
-                r = run_storm(lambda: app.client(), clients=a.clients, per_client=a.requests, steps=a.steps,
+                dl = str(Path(tmp) / f"downloads-q{q}") if a.download else False
+
+                def make_client(app=app, dl=dl):
+                    return Client(app.url, verbose=False, analytics_enabled=False, download_files=dl)
+
+                load = round(os.getloadavg()[0], 2)
+                r = run_storm(make_client, clients=a.clients, per_client=a.requests, steps=a.steps,
                               timeout_s=a.timeout, server_pid=app.server.proc.pid, max_queue=q)
                 after = app.client().predict(*generate_args(0, 99, a.steps), api_name="/generate")
+                r.extra["loadavg_before"] = load
                 r.extra["after_storm_ok"] = "Done" in str(after[1])
                 r.extra["server_alive"] = app.server.proc.poll() is None
                 results.append(r)
@@ -283,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
                 app.server.stop()
     print()
     print(f"{a.clients} clients x {a.requests} requests, DPM-Solver++ {a.steps} steps, 1-2 images of 16 px, "
-          f"web.py --concurrency 1 --threads 1, loopback")
+          f"web.py --concurrency 1 --threads 1, loopback, result files "
+          f"{'downloaded' if a.download else 'not downloaded'}; {os.cpu_count()} CPUs, load average before each "
+          f"storm: {', '.join(str(r.extra['loadavg_before']) for r in results)}")
     print(format_table(results))
     if a.json:
         Path(a.json).write_text(json.dumps([r.summary() for r in results], indent=2))
