@@ -299,6 +299,15 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = v
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # The saved moments are contiguous. A channels_last parameter needs them in its own layout:
+    # the fused AdamW kernels walk raw memory, so mismatched strides silently pair the wrong
+    # elements (and the resumed run diverges); the other code paths just lose their fast path.
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:

@@ -339,3 +339,33 @@ def test_cli_sample_uses_the_models_sampler_defaults_and_never_overwrites(tiny_m
     assert len(pngs) == 3 and len(list(out.glob("*_grid.png"))) == 3  # same stem time, distinct names
     assert sorted(p.name for p in out.glob("*_grid.png")) == [
         "20260101-000000-1_grid.png", "20260101-000000-2_grid.png", "20260101-000000_grid.png"]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_resumed_optimizer_matches_channels_last_params(fused, tmp_path):
+    """Moments are saved contiguous; restored into a channels_last model (as training runs it)
+    the next optimizer steps must be exactly those of the uninterrupted optimizer. (With fused
+    AdamW and mismatched strides they silently were not.)"""
+    def make():
+        torch.manual_seed(0)
+        m = ConditionalUNet(TINY).to(memory_format=torch.channels_last)
+        return m, torch.optim.AdamW(m.parameters(), lr=1e-2, fused=fused)
+
+    def step(m, opt, seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(2, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
+        out = m(x, torch.tensor([3, 700]), torch.randn(2, 384, generator=g))
+        (out - 1).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+    a, opt_a = make()
+    step(a, opt_a, 0)
+    ckpt = store.save_checkpoint(tmp_path, 1, a, ConditionalUNet(TINY), opt_a, config(), rng={})
+    b, opt_b = make()
+    store.load_checkpoint(ckpt, b, ConditionalUNet(TINY), opt_b)
+    for seed in (1, 2):
+        step(a, opt_a, seed)
+        step(b, opt_b, seed)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
