@@ -127,6 +127,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 _DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm++": 20}  # as diffusion.generate_images
 
 
+def _source_text(data: dict[str, Any]) -> str:
+    """Where the training data came from, as one short string."""
+    src = data.get("source", data.get("dir", "n/a"))
+    if isinstance(src, dict):
+        src = src.get("given_as") or src.get("path") or "n/a"
+    return f"`{Path(str(src)).name}` via `{data.get('dir', '?')}`" if data.get("dir") else f"`{src}`"
+
+
 def model_card(name: str, config: dict[str, Any], evaluation: str | None = None) -> str:
     """A Markdown model card from a checkpoint's config."""
     train = config.get("train", {})
@@ -150,7 +158,7 @@ def model_card(name: str, config: dict[str, Any], evaluation: str | None = None)
         f"{config.get('diffusion', {}).get('num_train_timesteps')} steps, "
         f"{config.get('diffusion', {}).get('prediction_type')} |",
         f"| text encoder | {config.get('text_model')} (prompt template `{config.get('prompt_template')}`) |",
-        f"| data | {data.get('source', data.get('dir', 'n/a'))} ({data.get('num_images', 'n/a')} training images) |",
+        f"| data | {_source_text(data)} ({data.get('num_images', 'n/a')} training images, {len(classes)} classes) |",
         f"| training steps | {config.get('step', 'n/a')} (batch {train.get('batch_size')}, "
         f"lr {train.get('lr')}, EMA {train.get('ema_decay')}) |",
         f"| images seen | {config.get('images_seen', 'n/a')} |",
