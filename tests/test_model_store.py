@@ -297,7 +297,7 @@ def test_model_card_describes_data_steps_and_compute():
                  data={"source": "tiny-imagenet-200.zip", "num_images": 5000},
                  train={"batch_size": 32, "lr": 2e-4, "ema_decay": 0.999})
     card = cli.model_card("default_model", cfg, evaluation="FID 42 (toy)")
-    for text in ("# default_model", "| image size | 16 px |", "1,234,567", "tiny-imagenet-200.zip (5000 training",
+    for text in ("# default_model", "| image size | 16 px |", "1,234,567", "tiny-imagenet-200.zip", "5000 training images",
                  "| training steps | 123 (batch 32", "| hardware | test |", "2.00 h", "goldfish (`n01443537`)",
                  "## Evaluation", "FID 42"):
         assert text in card, text
