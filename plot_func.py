@@ -205,7 +205,8 @@ def denoising_gif(
     durations[-1] = hold_last * 1000.0
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimsave(path, pictures, format="GIF", duration=durations, loop=0)
+    # Pillow's GIF writer wants a plain number, not a list, for a single frame.
+    imageio.mimsave(path, pictures, format="GIF", duration=durations if len(durations) > 1 else durations[0], loop=0)
     return path
 
 

@@ -123,3 +123,13 @@ def test_loss_curve_and_schedule_plot(tmp_path):
     plot = pf.schedule_plot(1000, tmp_path / "sched.png", timesteps=[0, 500])
     assert plot.shape[0] > 100 and plot.shape[1] > 200 and plot.std() > 10
     assert (tmp_path / "sched.png").is_file()
+
+
+def test_denoising_gif_with_a_single_frame(tmp_path):
+    import imageio.v2 as imageio
+
+    import plot_func
+
+    frame = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    path = plot_func.denoising_gif([frame], [0], tmp_path / "one.gif")
+    assert len(imageio.mimread(path)) == 1
