@@ -975,14 +975,17 @@ class WebApp:
                             [model_md, class_dd, sampler, steps, guidance, num, data_class, data_index,
                              f_steps, f_schedule], api_name="select_model", concurrency_limit=1,
                             concurrency_id="models")
+            # The forward endpoints run one at a time: Gradio caches an output image under the hash of its
+            # pixels and checks only that the file exists, so two identical requests at once could hand one
+            # client the other's half-written (even empty) PNG. One at a time, the second finds it complete.
             f_go.click(self.forward, [image_in, model_dd, f_schedule, f_steps, f_seed], [f_strip, f_plot],
-                       api_name="forward", preprocess=False, concurrency_limit=2, concurrency_id="forward")
+                       api_name="forward", preprocess=False, concurrency_limit=1, concurrency_id="forward")
             pick.click(self.forward_data, [model_dd, data_class, data_index, f_schedule, f_steps, f_seed],
                        [image_in, f_strip, f_plot], api_name="forward_data", preprocess=False,
-                       concurrency_limit=2, concurrency_id="forward")
+                       concurrency_limit=1, concurrency_id="forward")
             image_in.upload(self.forward, [image_in, model_dd, f_schedule, f_steps, f_seed], [f_strip, f_plot],
                             api_name="forward_on_upload", api_visibility="private", preprocess=False,
-                            concurrency_limit=2, concurrency_id="forward")
+                            concurrency_limit=1, concurrency_id="forward")
             gr.api(self._schedule_api(), api_name="schedule")
             demo.load(self.refresh_models, [model_dd], [model_dd], api_name="list_models", queue=False)
         return demo
