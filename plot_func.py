@@ -92,6 +92,20 @@ def _upscale(img: Image.Image, min_side: int) -> Image.Image:
     return img.resize((img.width * factor, img.height * factor), Image.NEAREST) if factor > 1 else img
 
 
+def _stack(pictures: Sequence[Image.Image], *, horizontal: bool, gap: int = 2) -> Image.Image:
+    """Pictures side by side (or one above the other) on white, ``gap`` px apart."""
+    if horizontal:
+        size = (sum(p.width for p in pictures) + gap * (len(pictures) - 1), max(p.height for p in pictures))
+    else:
+        size = (max(p.width for p in pictures), sum(p.height for p in pictures) + gap * (len(pictures) - 1))
+    canvas = Image.new("RGB", size, "white")
+    offset = 0
+    for p in pictures:
+        canvas.paste(p, (offset, 0) if horizontal else (0, offset))
+        offset += (p.width if horizontal else p.height) + gap
+    return canvas
+
+
 def _save(array: np.ndarray, path: str | os.PathLike | None) -> None:
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -163,12 +177,7 @@ def forward_diffusion_strip(
     x0s = x0.expand(len(ts), -1, -1, -1)
     xt = D.q_sample(terms, x0s, torch.tensor(ts), noise.expand_as(x0s))
     frames = [_labelled(f, f"t={t}", min_side) for f, t in zip(D.to_uint8(xt), ts)]
-    strip = Image.new("RGB", (sum(f.width for f in frames) + 2 * (len(frames) - 1), frames[0].height), "white")
-    x = 0
-    for f in frames:
-        strip.paste(f, (x, 0))
-        x += f.width + 2
-    out = np.asarray(strip)
+    out = np.asarray(_stack(frames, horizontal=True))
     _save(out, path)
     return out
 
@@ -230,22 +239,11 @@ def denoising_strip(
     k = max(1, min(int(max_frames), n))
     picks = sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [n - 1]
     batches = [as_uint8(frames[i])[:max(1, int(max_images))] for i in picks]
-    rows = batches[0].shape[0]
     columns = []
     for i, batch in zip(picks, batches):
-        cells = [_upscale(Image.fromarray(img), min_side) for img in batch]
-        col = Image.new("RGB", (cells[0].width, sum(c.height for c in cells) + 2 * (rows - 1)), "white")
-        y = 0
-        for c in cells:
-            col.paste(c, (0, y))
-            y += c.height + 2
+        col = _stack([_upscale(Image.fromarray(img), min_side) for img in batch], horizontal=False)
         columns.append(_labelled(np.asarray(col), f"t={int(timesteps[i])}", min_side=min_side))
-    out_img = Image.new("RGB", (sum(c.width for c in columns) + 2 * (len(columns) - 1), columns[0].height), "white")
-    x = 0
-    for c in columns:
-        out_img.paste(c, (x, 0))
-        x += c.width + 2
-    out = np.asarray(out_img)
+    out = np.asarray(_stack(columns, horizontal=True))
     _save(out, path)
     return out
 

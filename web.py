@@ -20,6 +20,7 @@ handlers turn that into a ``gr.Error`` the user sees, never a stack trace.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
 import math
@@ -818,6 +819,21 @@ class WebApp:
             self._schedule_plots[key] = plot_func.schedule_plot(T, timesteps=list(timesteps))
         return self._schedule_plots[key]
 
+    @contextlib.contextmanager
+    def _strip_errors(self, what: str):
+        """Bad input -> its own gr.Error; anything unexpected -> logged, and a short gr.Error."""
+        import gradio as gr
+
+        try:
+            yield
+        except InputError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        except gr.Error:
+            raise
+        except Exception as e:
+            log.exception("%s failed", what)
+            raise gr.Error(f"Could not make the strip ({type(e).__name__}). See the server log.") from None
+
     def _forward_common(self, model_choice, schedule, timesteps, seed):
         lm = self._model(model_choice)
         T = lm.diffusion.num_train_timesteps
@@ -829,12 +845,11 @@ class WebApp:
 
     def forward(self, image, model_choice, schedule, timesteps, seed):
         """Upload -> (strip of q(x_t | x_0) at the timesteps, alpha-bar plot)."""
-        import gradio as gr
         import numpy as np
 
         import plot_func
 
-        try:
+        with self._strip_errors("forward strip"):
             _, T, ts, s = self._forward_common(model_choice, schedule, timesteps, seed)
             from gradio.utils import get_upload_folder
 
@@ -842,21 +857,12 @@ class WebApp:
             arr = np.asarray(square_resize(img, FORWARD_SIZE))
             strip = plot_func.forward_diffusion_strip(arr, ts, beta_schedule=schedule, num_train_timesteps=T, seed=s)
             return strip, self.schedule_image(T, ts)
-        except InputError as e:
-            raise gr.Error(str(e), print_exception=False) from None
-        except gr.Error:
-            raise
-        except Exception as e:
-            log.exception("forward strip failed")
-            raise gr.Error(f"Could not make the strip ({type(e).__name__}). See the server log.") from None
 
     def forward_data(self, model_choice, class_name, index, schedule, timesteps, seed):
         """An image from the model's data -> (that image, strip, alpha-bar plot)."""
-        import gradio as gr
-
         import plot_func
 
-        try:
+        with self._strip_errors("forward strip (data)"):
             _, T, ts, s = self._forward_common(model_choice, schedule, timesteps, seed)
             ds = self.models.dataset(model_choice)
             if ds is None:
@@ -864,13 +870,6 @@ class WebApp:
             arr = pick_data_image(ds, class_name, index)
             strip = plot_func.forward_diffusion_strip(arr, ts, beta_schedule=schedule, num_train_timesteps=T, seed=s)
             return arr, strip, self.schedule_image(T, ts)
-        except InputError as e:
-            raise gr.Error(str(e), print_exception=False) from None
-        except gr.Error:
-            raise
-        except Exception as e:
-            log.exception("forward strip (data) failed")
-            raise gr.Error(f"Could not make the strip ({type(e).__name__}). See the server log.") from None
 
     # ----------------------------------------------------------------- layout
     def build(self):
