@@ -213,6 +213,15 @@ class Row:
     fd: float
     seconds_per_image: float
     fid: float | None = None
+    accuracy_se: float = 0.0  # binomial standard error of the accuracy
+    fd_sd: float = 0.0  # bootstrap standard deviation of the FD over the generated images
+
+
+def fd_bootstrap_sd(feat: np.ndarray, ref_feat: np.ndarray, rounds: int = 50, seed: int = 0) -> float:
+    """How much the FD moves when the generated set is resampled: the noise to judge differences by."""
+    rng = np.random.default_rng(seed)
+    return float(np.std([frechet_distance(feat[rng.integers(0, len(feat), len(feat))], ref_feat)
+                         for _ in range(rounds)]))
 
 
 def parse_settings(text: str) -> list[tuple[str, int]]:
@@ -299,9 +308,10 @@ def evaluate(
         images, labels, secs = generate_per_class(lm, sampler, steps, per_class, guidance, seed, batch_size, device,
                                                   encode_fn)
         pred, feat = classify(clf, images)
-        row = Row(f"{sampler} {steps}", len(images), float((pred == labels).mean()),
-                  frechet_distance(feat, val_feat), secs / len(images),
-                  frechet_distance(inc(images), inc_val) if inc else None)
+        acc = float((pred == labels).mean())
+        row = Row(f"{sampler} {steps}", len(images), acc, frechet_distance(feat, val_feat), secs / len(images),
+                  frechet_distance(inc(images), inc_val) if inc else None,
+                  accuracy_se=math.sqrt(acc * (1 - acc) / len(images)), fd_sd=fd_bootstrap_sd(feat, val_feat, seed=seed))
         result["rows"].append(asdict(row))
         log.info("%s: accuracy %.3f, FD %.2f, %.3f s/image", row.setting, row.accuracy, row.fd, row.seconds_per_image)
     return result
@@ -313,14 +323,16 @@ def format_table(result: dict[str, Any]) -> str:
     head = "| sampler / steps | images | class accuracy | FD (classifier feats) |" + (" FID |" if fid else "") + " s / image (this CPU) |"
     lines = [head, "|" + " --- |" * (5 + fid)]
     for r in result["rows"]:
-        lines.append(f"| {r['setting']} | {r['images']} | {r['accuracy']:.1%} | {r['fd']:.2f} |"
+        lines.append(f"| {r['setting']} | {r['images']} | {r['accuracy']:.1%} ± {r.get('accuracy_se', 0):.1%} |"
+                     f" {r['fd']:.2f} ± {r.get('fd_sd', 0):.2f} |"
                      + (f" {r['fid']:.1f} |" if fid else "") + f" {r['seconds_per_image']:.3f} |")
     lines.append(f"| real held-out images (reference) | {result['real_val_images']} | {result['real_val_accuracy']:.1%} |"
                  f" {result['real_vs_real_fd']:.2f} (real vs real) |" + (f" {result['real_vs_real_fid']:.1f} |" if fid else "")
                  + " - |")
     lines.append("")
     lines.append(f"{result['classes']} classes, {result['per_class']} images per class per setting, guidance "
-                 f"{result['guidance']}, classifier feature dim {result['feature_dim']}.")
+                 f"{result['guidance']}, classifier feature dim {result['feature_dim']}. "
+                 "± is one standard error: binomial for accuracy, bootstrap over the generated images for FD.")
     return "\n".join(lines)
 
 
@@ -336,13 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--classifier-epochs", type=int, default=15)
     parser.add_argument("--retrain-classifier", action="store_true")
+    parser.add_argument("--classifier", default=None,
+                        help="folder of the yardstick classifier (default: beside the model); trained there if missing")
     parser.add_argument("--inception", default=None, help="pytorch-fid Inception weights (.pth) for standard FID")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default=None, help="write the table (Markdown) and JSON here (default output_ImageNet/eval/<model>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
-    from model_store import load_model
+    from model_store import CheckpointError, load_model
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
@@ -352,8 +366,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("the model's config names no data folder: pass --data")
         result = evaluate(lm, data, parse_settings(args.settings), per_class=args.per_class, guidance=args.guidance,
                           seed=args.seed, batch_size=args.batch_size, classifier_epochs=args.classifier_epochs,
-                          retrain_classifier=args.retrain_classifier, inception=args.inception, device=device)
-    except (ValueError, FileNotFoundError) as e:
+                          retrain_classifier=args.retrain_classifier, inception=args.inception, device=device,
+                          classifier_dir=Path(args.classifier) if args.classifier else None)
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     table = format_table(result)

@@ -131,3 +131,11 @@ def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
     assert (lm.path / E.CLASSIFIER_WEIGHTS).exists()  # kept beside the model
     table = E.format_table(result)
     assert "| ddim 3 | 6 |" in table and "real held-out" in table
+
+
+def test_fd_bootstrap_sd_shrinks_with_more_samples():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(400, 8))
+    small = E.fd_bootstrap_sd(rng.normal(size=(40, 8)), ref, rounds=30)
+    large = E.fd_bootstrap_sd(rng.normal(size=(400, 8)), ref, rounds=30)
+    assert small > large > 0

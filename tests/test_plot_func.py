@@ -133,3 +133,56 @@ def test_denoising_gif_with_a_single_frame(tmp_path):
     frame = np.zeros((2, 8, 8, 3), dtype=np.uint8)
     path = plot_func.denoising_gif([frame], [0], tmp_path / "one.gif")
     assert len(imageio.mimread(path)) == 1
+
+
+# ----------------------------------------------------------------- a model's figures
+def _tiny_store_model(tmp_path):
+    import diffusion as D
+    import model_store as ms
+    from models import ConditionalUNet, UNetConfig
+
+    torch.manual_seed(0)
+    net = ConditionalUNet(UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                                     attention_resolutions=(8,), head_channels=8, dropout=0.0))
+    classes = [{"index": i, "wnid": f"n{i}", "name": n, "prompt": f"a photo of a {n}"}
+               for i, n in enumerate(["goldfish", "pizza"])]
+    cfg = ms.model_config(net.config, D.DiffusionConfig(), classes)
+    cfg["sampler_defaults"] = {"sampler": "dpm++", "steps": 3, "guidance_scale": 2.0}
+    ms.save_to_store("tiny", net.state_dict(), cfg, "# tiny\n", store=tmp_path / "store", dtype=torch.float32)
+    return ms.load_model("tiny", store=tmp_path / "store")
+
+
+def test_forward_and_prediction_strip_two_rows_and_clean_t0(tmp_path):
+    lm = _tiny_store_model(tmp_path)
+    img = batch(1, 16)
+    cond = torch.randn(1, 384)
+    out = pf.forward_and_prediction_strip(lm.model, lm.diffusion, img, cond, (0, 500, 999), min_side=32,
+                                          path=tmp_path / "f.png")
+    assert (tmp_path / "f.png").exists()
+    single = pf.forward_diffusion_strip(img, (0, 500, 999), min_side=32)
+    assert out.shape[0] > 2 * single.shape[0] - 8 and out.shape[1] == single.shape[1]
+    with pytest.raises(ValueError):
+        pf.forward_and_prediction_strip(lm.model, lm.diffusion, img, cond, (1000,))
+
+
+def test_model_figures_writes_grid_gif_and_strips(tmp_path):
+    import imageio.v2 as imageio
+
+    lm = _tiny_store_model(tmp_path)
+    paths = pf.model_figures(lm, tmp_path / "fig", per_class=3, real_image=batch(1, 16))
+    assert set(paths) == {"grid", "gif", "strip", "forward"} and all(p.exists() for p in paths.values())
+    grid = np.asarray(Image.open(paths["grid"]))
+    assert grid.shape[1] > grid.shape[0]  # 3 per row, 2 rows of classes
+    assert len(imageio.mimread(paths["gif"])) == 3  # one frame per sampler step (the model's default: 3)
+    with pytest.raises(ValueError, match="not one of the model's classes"):
+        pf.model_figures(lm, tmp_path / "fig", gif_class="zebra")
+
+
+def test_plot_func_cli_model_figures(tmp_path):
+    lm = _tiny_store_model(tmp_path)
+    src = tmp_path / "fish.png"
+    Image.fromarray(batch(1, 40)[0]).save(src)
+    assert pf.main(["--model", "tiny", "--store", str(tmp_path / "store"), "--image", str(src),
+                    "--per-class", "2", "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "goldfish_forward_strip.png").exists()
+    assert pf.main(["--model", "nope", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "o")]) == 2
