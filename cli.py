@@ -135,7 +135,7 @@ def _source_text(data: dict[str, Any]) -> str:
     return f"`{Path(str(src)).name}` via `{data.get('dir', '?')}`" if data.get("dir") else f"`{src}`"
 
 
-def model_card(name: str, config: dict[str, Any], evaluation: str | None = None) -> str:
+def model_card(name: str, config: dict[str, Any], evaluation: str | None = None, notes: str | None = None) -> str:
     """A Markdown model card from a checkpoint's config."""
     train = config.get("train", {})
     data = config.get("data", {})
@@ -171,7 +171,14 @@ def model_card(name: str, config: dict[str, Any], evaluation: str | None = None)
               ", ".join(f"{c.get('name')} (`{c.get('wnid', '')}`)" for c in classes) or "none", ""]
     if evaluation:
         lines += ["## Evaluation", "", evaluation, ""]
+    if notes:
+        lines += [notes.rstrip(), ""]
     return "\n".join(lines)
+
+
+# Files beside a model that survive a re-export: the evaluation's yardstick classifier
+# depends on the training data, not on the weights, and takes minutes to retrain.
+COMPANION_FILES = ("classifier.safetensors", "classifier.json")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -198,9 +205,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.sampler_defaults:
         out_cfg["sampler_defaults"] = json.loads(args.sampler_defaults)
     evaluation = Path(args.evaluation).read_text() if args.evaluation else None
-    folder = store.save_to_store(args.name, ema, out_cfg, model_card(args.name, out_cfg, evaluation),
+    notes = Path(args.notes).read_text() if args.notes else None
+    folder = store.save_to_store(args.name, ema, out_cfg, model_card(args.name, out_cfg, evaluation, notes),
                                  store=args.store, dtype=torch.float32 if args.fp32 else torch.float16,
-                                 overwrite=args.overwrite)
+                                 overwrite=args.overwrite, keep_files=COMPANION_FILES)
     size = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
     print(f"exported {ckpt} (EMA weights, {'fp32' if args.fp32 else 'fp16'}) to {folder} ({size:.1f} MB)")
     return 0
@@ -270,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16, half the size)")
     p.add_argument("--sampler_defaults", default=None, help='JSON, e.g. {"sampler": "dpm++", "steps": 20}')
     p.add_argument("--evaluation", default=None, help="Markdown file with evaluation results for the model card")
+    p.add_argument("--notes", default=None, help="Markdown file appended to the model card (figures, caveats)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
     p.set_defaults(func=cmd_export)
 

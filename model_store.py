@@ -20,7 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -251,8 +251,13 @@ def save_to_store(
     store: str | os.PathLike | None = None,
     dtype: torch.dtype = torch.float16,
     overwrite: bool = False,
+    keep_files: Sequence[str] = (),
 ) -> Path:
-    """Write a named model (weights cast to ``dtype``, config, model card) atomically."""
+    """Write a named model (weights cast to ``dtype``, config, model card) atomically.
+
+    When replacing a model, the files named in ``keep_files`` (companions such as the
+    evaluation's classifier, which depend on the data, not on the weights) are carried over.
+    """
     validate_model_name(name)
     root = store_dir(store)
     root.mkdir(parents=True, exist_ok=True)
@@ -265,6 +270,9 @@ def save_to_store(
     save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}, str(tmp / WEIGHTS_FILE))
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     (tmp / CARD_FILE).write_text(card)
+    for keep in keep_files:
+        if Path(keep).name == keep and (final / keep).is_file() and not (tmp / keep).exists():
+            shutil.copy2(final / keep, tmp / keep)
     if final.exists():
         old = root / f".{name}.old-{os.getpid()}"
         os.replace(final, old)

@@ -100,6 +100,18 @@ def test_overwrite_is_explicit(tiny_model, tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["m"]
 
 
+def test_overwrite_carries_over_only_the_named_companion_files(tiny_model, tmp_path):
+    root = tmp_path / "store"
+    save("m", tiny_model, root)
+    (root / "m" / "classifier.json").write_text("{}")
+    (root / "m" / "stray.txt").write_text("x")
+    store.save_to_store("m", tiny_model.state_dict(), config(step=9), "card", store=root, overwrite=True,
+                        keep_files=("classifier.json", "../escape", "missing.bin"))
+    assert sorted(p.name for p in (root / "m").iterdir()) == sorted(
+        [store.WEIGHTS_FILE, store.CONFIG_FILE, store.CARD_FILE, "classifier.json"])
+    assert (root / "m" / "classifier.json").read_text() == "{}"
+
+
 def test_missing_model_lists_what_is_available(tiny_model, tmp_path):
     root = tmp_path / "store"
     save("present", tiny_model, root)

@@ -422,6 +422,12 @@ def test_cli_export_list_and_sample(trained, tmp_path, capsys):
     assert "# tiny" in card and "goldfish" in card and "| training steps | 60" in card and "hardware" in card
     assert cli.main(["export", "tiny", "--out_dir", str(trained.parent), "--name", "tiny",
                      "--store", str(model_dir)]) == 2  # exists, no --overwrite
+    # A re-export keeps the evaluation's classifier and appends the notes to the card.
+    (folder / "classifier.json").write_text("{}")
+    (tmp_path / "notes.md").write_text("## Figures\n\nsee the grid\n")
+    assert cli.main(["export", str(trained), "--name", "tiny", "--store", str(model_dir), "--overwrite",
+                     "--notes", str(tmp_path / "notes.md")]) == 0
+    assert (folder / "classifier.json").exists() and "## Figures" in (folder / store.CARD_FILE).read_text()
     capsys.readouterr()
     assert cli.main(["list", "--store", str(model_dir)]) == 0
     listed = capsys.readouterr().out
