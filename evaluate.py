@@ -239,11 +239,13 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
 
 def generate_per_class(lm: Any, sampler: str, steps: int, per_class: int, guidance: float, seed: int,
                        batch_size: int, device: torch.device,
-                       encode_fn: Callable[[list[str]], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
-    """``per_class`` images of every class; returns (images, labels, seconds)."""
+                       encode_fn: Callable[[list[str]], np.ndarray] | None = None,
+                       prompts: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """``per_class`` images of every class prompt (or of each of ``prompts``);
+    returns (images, prompt index of each image, seconds)."""
     import diffusion as D
 
-    prompts = [c["prompt"] for c in lm.classes]
+    prompts = list(prompts) if prompts else [c["prompt"] for c in lm.classes]
     labels = np.repeat(np.arange(len(prompts)), per_class)
     images = []
     start = time.perf_counter()
@@ -256,11 +258,45 @@ def generate_per_class(lm: Any, sampler: str, steps: int, per_class: int, guidan
     return np.concatenate(images), labels, time.perf_counter() - start
 
 
+def read_free_text(path: str | Path, class_names: Sequence[str]) -> list[tuple[str, int]]:
+    """``prompt<TAB>class name`` lines (``#`` comments, blank lines ignored) -> (prompt, class index)."""
+    lower = [n.lower() for n in class_names]
+    pairs = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        prompt, sep, name = line.partition("\t")
+        if not sep or not prompt.strip() or name.strip().lower() not in lower:
+            raise ValueError(f"{path}:{n}: expected 'prompt<TAB>class' with a class of the model "
+                             f"({', '.join(class_names)}), got {line!r}")
+        pairs.append((prompt.strip(), lower.index(name.strip().lower())))
+    if not pairs:
+        raise ValueError(f"{path} has no prompts")
+    return pairs
+
+
+def free_text_rows(lm: Any, clf: "SmallResNet", pairs: Sequence[tuple[str, int]], *, per_prompt: int, sampler: str,
+                   steps: int, guidance: float, seed: int, batch_size: int, device: torch.device,
+                   encode_fn: Callable[[list[str]], np.ndarray] | None = None) -> list[dict[str, Any]]:
+    """Do free-text prompts near a class name land on that class? One row per prompt."""
+    images, idx, _ = generate_per_class(lm, sampler, steps, per_prompt, guidance, seed, batch_size, device, encode_fn,
+                                        prompts=[p for p, _ in pairs])
+    pred, _ = classify(clf, images)
+    rows = []
+    for k, (prompt, cls) in enumerate(pairs):
+        got = pred[idx == k]
+        top = np.bincount(got, minlength=len(lm.classes)).argmax()
+        rows.append({"prompt": prompt, "class": lm.classes[cls]["name"], "images": int(len(got)),
+                     "accuracy": float((got == cls).mean()), "most_seen": lm.classes[int(top)]["name"]})
+    return rows
+
+
 def evaluate(
     lm: Any, data_dir: str | Path, settings: Sequence[tuple[str, int]], *, per_class: int = 20,
     guidance: float = 3.0, seed: int = 0, batch_size: int = 50, classifier_epochs: int = 15,
     retrain_classifier: bool = False, inception: str | None = None, device: str | torch.device = "cpu",
     encode_fn: Callable[[list[str]], np.ndarray] | None = None, classifier_dir: Path | None = None,
+    free_text: Sequence[tuple[str, int]] = (), free_text_setting: tuple[str, int] = ("dpm++", 20),
 ) -> dict[str, Any]:
     """Run the whole evaluation; returns a dict with the reference figures and one Row per setting."""
     from data import PreprocessedDataset
@@ -314,6 +350,11 @@ def evaluate(
                   accuracy_se=math.sqrt(acc * (1 - acc) / len(images)), fd_sd=fd_bootstrap_sd(feat, val_feat, seed=seed))
         result["rows"].append(asdict(row))
         log.info("%s: accuracy %.3f, FD %.2f, %.3f s/image", row.setting, row.accuracy, row.fd, row.seconds_per_image)
+    if free_text:
+        result["free_text_setting"] = f"{free_text_setting[0]} {free_text_setting[1]}"
+        result["free_text"] = free_text_rows(lm, clf, free_text, per_prompt=per_class, sampler=free_text_setting[0],
+                                             steps=free_text_setting[1], guidance=guidance, seed=seed,
+                                             batch_size=batch_size, device=device, encode_fn=encode_fn)
     return result
 
 
@@ -333,6 +374,11 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"{result['classes']} classes, {result['per_class']} images per class per setting, guidance "
                  f"{result['guidance']}, classifier feature dim {result['feature_dim']}. "
                  "± is one standard error: binomial for accuracy, bootstrap over the generated images for FD.")
+    if result.get("free_text"):
+        lines += ["", f"Free text ({result['free_text_setting']}, {result['per_class']} images per prompt):", "",
+                  "| prompt | meant class | classified as that class | most often classified as |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {r['prompt'].replace('|', '/')} | {r['class']} | {r['accuracy']:.0%} | {r['most_seen']} |" for r in result["free_text"]]
     return "\n".join(lines)
 
 
@@ -350,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retrain-classifier", action="store_true")
     parser.add_argument("--classifier", default=None,
                         help="folder of the yardstick classifier (default: beside the model); trained there if missing")
+    parser.add_argument("--free-text", default=None,
+                        help="TSV of 'prompt<TAB>class' lines: do free-text prompts land on their class?")
+    parser.add_argument("--free-text-setting", default="dpm++:20", help="sampler:steps for the free-text prompts")
     parser.add_argument("--inception", default=None, help="pytorch-fid Inception weights (.pth) for standard FID")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default=None, help="write the table (Markdown) and JSON here (default output_ImageNet/eval/<model>)")
@@ -364,10 +413,12 @@ def main(argv: list[str] | None = None) -> int:
         data = args.data or lm.config.get("data", {}).get("dir")
         if not data:
             raise ValueError("the model's config names no data folder: pass --data")
+        free_text = read_free_text(args.free_text, lm.class_names) if args.free_text else ()
         result = evaluate(lm, data, parse_settings(args.settings), per_class=args.per_class, guidance=args.guidance,
                           seed=args.seed, batch_size=args.batch_size, classifier_epochs=args.classifier_epochs,
                           retrain_classifier=args.retrain_classifier, inception=args.inception, device=device,
-                          classifier_dir=Path(args.classifier) if args.classifier else None)
+                          classifier_dir=Path(args.classifier) if args.classifier else None,
+                          free_text=free_text, free_text_setting=parse_settings(args.free_text_setting)[0])
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

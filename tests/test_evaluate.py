@@ -122,8 +122,10 @@ def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
     ms.save_to_store("tiny", net.state_dict(), cfg, "# tiny\n", store=tmp_path / "store", dtype=torch.float32)
     lm = ms.load_model("tiny", store=tmp_path / "store")
     by_prompt = {c["prompt"]: emb[i] for i, c in enumerate(classes)}
+    by_prompt["something red"] = emb[0]
     result = E.evaluate(lm, data, [("ddim", 3), ("dpm++", 2)], per_class=2, classifier_epochs=20, batch_size=4,
-                        encode_fn=lambda ps: np.stack([by_prompt[p] for p in ps]))
+                        encode_fn=lambda ps: np.stack([by_prompt[p] for p in ps]),
+                        free_text=[("something red", 0)], free_text_setting=("dpm++", 2))
     assert [r["setting"] for r in result["rows"]] == ["ddim 3", "dpm++ 2"]
     for r in result["rows"]:
         assert r["images"] == 6 and 0 <= r["accuracy"] <= 1 and r["fd"] >= 0 and r["seconds_per_image"] > 0
@@ -131,6 +133,20 @@ def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
     assert (lm.path / E.CLASSIFIER_WEIGHTS).exists()  # kept beside the model
     table = E.format_table(result)
     assert "| ddim 3 | 6 |" in table and "real held-out" in table
+    (ft,) = result["free_text"]
+    assert ft["prompt"] == "something red" and ft["class"] == "red" and ft["images"] == 2
+    assert ft["most_seen"] in names and 0 <= ft["accuracy"] <= 1
+    assert "| something red | red |" in table
+
+
+def test_read_free_text(tmp_path):
+    f = tmp_path / "p.tsv"
+    f.write_text("# comment\n\na small orange fish\tGoldfish\na yellow bus\tschool bus\n")
+    assert E.read_free_text(f, ["goldfish", "school bus"]) == [("a small orange fish", 0), ("a yellow bus", 1)]
+    for bad in ["no tab here\n", "a zebra\tzebra\n", "\tgoldfish\n", "# only comments\n"]:
+        f.write_text(bad)
+        with pytest.raises(ValueError):
+            E.read_free_text(f, ["goldfish", "school bus"])
 
 
 def test_fd_bootstrap_sd_shrinks_with_more_samples():
