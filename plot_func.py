@@ -288,7 +288,7 @@ def forward_and_prediction_strip(
     finally:
         model.train(was_training)
     top = _stack([_labelled(f, f"x_t, t={t}", min_side) for f, t in zip(noisy, ts)], horizontal=True)
-    bottom = _stack([_labelled(f, "model's x_0", min_side) for f in guesses], horizontal=True)
+    bottom = _stack([_labelled(f, "guess of x_0", min_side) for f in guesses], horizontal=True)
     out = np.asarray(_stack([top, bottom], horizontal=False))
     _save(out, path)
     return out
