@@ -364,7 +364,10 @@ def _figure_to_array(fig) -> np.ndarray:
 def loss_curve(
     steps: Sequence[float], losses: Sequence[float], path: str | os.PathLike | None = None, *, smooth: int = 50
 ) -> np.ndarray:
-    """Training loss against step (raw, faint) with a moving average (bold), log scale."""
+    """Training loss against step (raw, faint) with a moving median (bold), log scale.
+
+    A median, not a mean: the first window would otherwise carry the steep initial
+    drop far to the right, and single spikes would bend the line."""
     steps, losses = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
     if steps.shape != losses.shape or steps.ndim != 1:
         raise ValueError(f"steps and losses must be 1-D and the same length, got {steps.shape} and {losses.shape}")
@@ -373,8 +376,8 @@ def loss_curve(
         ax.plot(steps, losses, alpha=0.3, lw=0.8, label="loss")
         if len(losses) >= 2:
             k = max(1, min(smooth, len(losses) // 5 or 1))
-            avg = np.convolve(losses, np.ones(k) / k, mode="valid")
-            ax.plot(steps[k - 1:], avg, lw=2, label=f"mean of {k}")
+            med = np.median(np.lib.stride_tricks.sliding_window_view(losses, k), axis=1)
+            ax.plot(steps[k - 1:], med, lw=2, label=f"median of last {k}")
         finite = losses[np.isfinite(losses)]
         if len(finite) and np.all(finite > 0):
             ax.set_yscale("log")
