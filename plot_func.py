@@ -154,6 +154,19 @@ def _labelled(img: np.ndarray, label: str, min_side: int = 96) -> Image.Image:
     return canvas
 
 
+def _noised_versions(image: ImageBatch, terms: D.DiffusionTerms, num_train_timesteps: int,
+                     timesteps: Sequence[int], seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The first image noised to each timestep by q(x_t | x_0), with the same noise
+    at every t (so only the schedule differs): a (len(timesteps), C, H, W) batch."""
+    ts = [int(t) for t in timesteps]
+    if not ts or any(not 0 <= t < num_train_timesteps for t in ts):
+        raise ValueError(f"timesteps must be in [0, {num_train_timesteps})")
+    x0 = torch.tensor(as_uint8(image)[0]).permute(2, 0, 1).float()[None] / 127.5 - 1
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    x0s = x0.expand(len(ts), -1, -1, -1)
+    return D.q_sample(terms, x0s, torch.tensor(ts), noise.expand_as(x0s)).to(device)
+
+
 def forward_diffusion_strip(
     image: ImageBatch,
     timesteps: Sequence[int] = (0, 100, 250, 500, 750, 999),
@@ -168,15 +181,9 @@ def forward_diffusion_strip(
 
     The same noise is used at every t, so the strip shows only the schedule.
     """
-    img = as_uint8(image)[0]
-    ts = [int(t) for t in timesteps]
-    if not ts or any(not 0 <= t < num_train_timesteps for t in ts):
-        raise ValueError(f"timesteps must be in [0, {num_train_timesteps})")
     terms = D.DiffusionConfig(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule).terms()
-    x0 = torch.tensor(img).permute(2, 0, 1).float()[None] / 127.5 - 1
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    x0s = x0.expand(len(ts), -1, -1, -1)
-    xt = D.q_sample(terms, x0s, torch.tensor(ts), noise.expand_as(x0s))
+    xt = _noised_versions(image, terms, num_train_timesteps, timesteps, seed)
+    ts = [int(t) for t in timesteps]
     frames = [_labelled(f, f"t={t}", min_side) for f, t in zip(D.to_uint8(xt), ts)]
     out = np.asarray(_stack(frames, horizontal=True))
     _save(out, path)
@@ -268,25 +275,18 @@ def forward_and_prediction_strip(
     Shows what the forward process destroys and how much of it the model can
     recover in one step: the picture behind "predict the clean image".
     """
-    img = as_uint8(image)[:1]
-    ts = [int(t) for t in timesteps]
-    if not ts or any(not 0 <= t < diffusion.num_train_timesteps for t in ts):
-        raise ValueError(f"timesteps must be in [0, {diffusion.num_train_timesteps})")
     device = next(model.parameters()).device
     terms = diffusion.terms()
-    x0 = torch.tensor(img).permute(0, 3, 1, 2).float().to(device) / 127.5 - 1
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    xt = _noised_versions(image, terms, diffusion.num_train_timesteps, timesteps, seed, device)
+    ts = [int(t) for t in timesteps]
+    denoise = D.GuidedDenoiser(model, terms, cond.to(device), diffusion.prediction_type, guidance_scale)
     was_training = model.training
     model.eval()
-    try:
-        noisy, guesses = [], []
-        for t in ts:
-            xt = D.q_sample(terms, x0, torch.tensor([t], device=device), noise)
-            guess, _ = D.GuidedDenoiser(model, terms, cond.to(device), diffusion.prediction_type, guidance_scale)(xt, t)
-            noisy.append(D.to_uint8(xt)[0])
-            guesses.append(D.to_uint8(guess)[0])
+    try:  # one t per call: the denoiser takes a single timestep for its whole batch
+        guesses = [D.to_uint8(denoise(xt[i:i + 1], t)[0])[0] for i, t in enumerate(ts)]
     finally:
         model.train(was_training)
+    noisy = D.to_uint8(xt)
     top = _stack([_labelled(f, f"x_t, t={t}", min_side) for f, t in zip(noisy, ts)], horizontal=True)
     bottom = _stack([_labelled(f, "guess of x_0", min_side) for f in guesses], horizontal=True)
     out = np.asarray(_stack([top, bottom], horizontal=False))
@@ -316,10 +316,9 @@ def model_figures(
     sampler = sampler or d.get("sampler", "dpm++")
     num_steps = num_steps or d.get("steps")
     guidance_scale = guidance_scale if guidance_scale is not None else d.get("guidance_scale", 3.0)
-    names = lm.class_names
     matches = [c for c in lm.classes if c["name"].lower() == gif_class.lower()]
     if not matches:
-        raise ValueError(f"{gif_class!r} is not one of the model's classes: {', '.join(names)}")
+        raise ValueError(f"{gif_class!r} is not one of the model's classes: {', '.join(lm.class_names)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     kw = dict(sampler=sampler, num_steps=num_steps, guidance_scale=guidance_scale)
@@ -334,17 +333,17 @@ def model_figures(
     sample_grid(np.concatenate(images), nrow=per_class, labels=labels, path=paths["grid"])
 
     c = matches[0]
+    stem = c["name"].replace(" ", "_")
     res = D.generate_images(lm.model, lm.diffusion, [c["prompt"]], num_images=4, seed=seed, return_frames=True, **kw)
-    paths["gif"] = denoising_gif(res.frames, res.frame_timesteps, out / f"{c['name'].replace(' ', '_')}_denoising.gif",
-                                 nrow=4, fps=6)
-    paths["strip"] = out / f"{c['name'].replace(' ', '_')}_denoising_strip.png"
+    paths["gif"] = denoising_gif(res.frames, res.frame_timesteps, out / f"{stem}_denoising.gif", nrow=4, fps=6)
+    paths["strip"] = out / f"{stem}_denoising_strip.png"
     denoising_strip(res.frames, res.frame_timesteps, path=paths["strip"])
 
     if real_image is not None:
         from models.text_encoder import encode_prompts
 
         cond = torch.as_tensor(np.asarray(encode_prompts([c["prompt"]])), dtype=torch.float32)
-        paths["forward"] = out / f"{c['name'].replace(' ', '_')}_forward_strip.png"
+        paths["forward"] = out / f"{stem}_forward_strip.png"
         forward_and_prediction_strip(lm.model, lm.diffusion, real_image, cond, seed=seed, path=paths["forward"])
     return paths
 

@@ -112,18 +112,18 @@ def adamw(model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
 
 def build_variants(batch: int, size: int) -> list[Variant]:
     variants = []
-    for name, layout_cl, fused in (("ours, as trained", True, True), ("ours, channels_last, loop", True, False),
-                                   ("ours, contiguous, loop", False, False)):
-        m = ours_model(size)
+    for name, build, call, layout_cl, fused in (
+        ("ours, as trained", ours_model, call_ours, True, True),
+        ("ours, channels_last, loop", ours_model, call_ours, True, False),
+        ("ours, contiguous, loop", ours_model, call_ours, False, False),
+        ("diffusers, loop", diffusers_model, call_diffusers, False, False),
+        ("diffusers, fused", diffusers_model, call_diffusers, False, True),
+        ("diffusers, channels_last", diffusers_model, call_diffusers, True, False),
+    ):
+        m = build(size)
         if layout_cl:
             m = m.to(memory_format=torch.channels_last)
-        variants.append(Variant(name, m, call_ours, make_inputs(batch, size, layout_cl), adamw(m, fused)))
-    for name, layout_cl, fused in (("diffusers, loop", False, False), ("diffusers, fused", False, True),
-                                   ("diffusers, channels_last", True, False)):
-        m = diffusers_model(size)
-        if layout_cl:
-            m = m.to(memory_format=torch.channels_last)
-        variants.append(Variant(name, m, call_diffusers, make_inputs(batch, size, layout_cl), adamw(m, fused)))
+        variants.append(Variant(name, m, call, make_inputs(batch, size, layout_cl), adamw(m, fused)))
     return variants
 
 
