@@ -53,7 +53,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training import TrainConfig, make_config, train
+    from training import RunLockedError, TrainConfig, make_config, train
 
     overrides = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
     cfg = make_config(args.preset, **overrides)
@@ -69,7 +69,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    train(cfg)
+    try:
+        train(cfg)
+    except RunLockedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

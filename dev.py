@@ -63,17 +63,26 @@ def ensure_venv(with_tests: bool) -> None:
     stamp.write_text(digest)
 
 
-def ensure_chromium() -> None:
-    """The browser test drives Debian's chromium (never a downloaded browser)."""
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def ensure_chromium() -> bool:
+    """The browser test drives Debian's chromium (never a downloaded browser).
+
+    Returns False when it could not be installed: the browser test then skips
+    on a developer's machine, and the run stops under CI=true, where a skipped
+    browser test would hide a broken app.
+    """
     if Path(CHROMIUM).exists() or shutil.which("chromium"):
-        return
+        return True
     if os.name != "posix" or not shutil.which("apt-get"):
         say("chromium not found and no apt-get: the browser test will be skipped")
-        return
+        return False
     sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
     if sudo is None:
         say("chromium not found and not root: `apt-get install chromium` to run the browser test")
-        return
+        return False
     say("installing Debian's chromium for the browser test")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
@@ -81,6 +90,8 @@ def ensure_chromium() -> None:
         run(sudo + ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], env=env)
     except subprocess.CalledProcessError as e:
         say(f"could not install chromium ({e}); the browser test will be skipped")
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     ensure_venv(with_tests=True)
     if opts.command == "setup":
         return 0
-    ensure_chromium()
+    if not ensure_chromium() and in_ci():
+        say("CI=true and chromium could not be installed: stopping (the browser test must run in CI)")
+        return 1
     return subprocess.call([str(PY), "-m", "pytest", *(opts.args or ["-q"])], cwd=ROOT, env=env)
 
 

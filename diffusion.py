@@ -28,6 +28,7 @@ BETA_SCHEDULES = ("linear", "cosine", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 SAMPLERS = ("ddpm", "ddim", "dpm++")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 
 
 # --------------------------------------------------------------------------- schedules
@@ -189,6 +190,31 @@ def snr(terms: DiffusionTerms, t: torch.Tensor) -> torch.Tensor:
     """Signal-to-noise ratio ``ab / (1 - ab)`` at integer timesteps (float32)."""
     ac = terms.alphas_cumprod.to(t.device)[t.long()]
     return (ac / (1 - ac)).float()
+
+
+def sample_timesteps(
+    num_train_timesteps: int,
+    batch: int,
+    *,
+    method: str = "uniform",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Integer training timesteps in ``[0, T)``.
+
+    ``uniform`` draws every t equally often (DDPM). ``logit_normal`` draws
+    ``t / T = sigmoid(N(logit_mean, logit_std))`` (Esser et al. 2024): fewer
+    draws at the two ends, where x_t is nearly clean or nearly pure noise and
+    the network has least to learn, more in the middle where images form.
+    """
+    if method == "uniform":
+        return torch.randint(0, num_train_timesteps, (batch,), device=device, generator=generator)
+    if method == "logit_normal":
+        z = torch.randn(batch, device=device, generator=generator) * logit_std + logit_mean
+        return (torch.sigmoid(z) * num_train_timesteps).long().clamp_(0, num_train_timesteps - 1)
+    raise ValueError(f"timestep sampling must be one of {TIMESTEP_SAMPLINGS}, got {method!r}")
 
 
 def training_loss(

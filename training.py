@@ -61,6 +61,9 @@ class TrainConfig:
     beta_schedule: str = "cosine"
     prediction_type: str = "v_prediction"
     min_snr_gamma: float = 5.0  # 0 disables Min-SNR weighting
+    timestep_sampling: str = "uniform"  # uniform | logit_normal (see diffusion.sample_timesteps)
+    logit_mean: float = 0.0  # logit_normal: t/T = sigmoid(N(logit_mean, logit_std))
+    logit_std: float = 1.0
     # conditioning
     cond_drop_prob: float = 0.15  # fraction of examples trained with the null condition (for CFG)
     random_templates: bool = True  # pick a random prompt template per example (free text generalises)
@@ -75,6 +78,7 @@ class TrainConfig:
     max_steps: int = 20_000
     max_minutes: float = 0.0  # stop (and save) after this much wall time; 0 = no limit
     stop_at_step: int = 0  # stop (and save) at this step, 0 = max_steps; the LR schedule still follows max_steps
+    stop_at_minutes: float = 0.0  # stop (and save) when the run's total training time reaches this; 0 = no limit
     # systems
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
@@ -90,6 +94,10 @@ class TrainConfig:
     sample_steps: int = 20
     sample_guidance: float = 3.0
     resume: str = "auto"  # auto (latest checkpoint of this run, if any) | never | path to a ckpt folder
+
+    def __post_init__(self) -> None:
+        if self.timestep_sampling not in D.TIMESTEP_SAMPLINGS:
+            raise ValueError(f"timestep_sampling must be one of {D.TIMESTEP_SAMPLINGS}, got {self.timestep_sampling!r}")
 
     def unet_config(self, image_size: int) -> UNetConfig:
         return UNetConfig(
@@ -262,9 +270,60 @@ def write_loss_curve(cfg: TrainConfig) -> None:
                              cfg.run_dir / "loss_curve.png")
 
 
+# --------------------------------------------------------------------------- one writer per run
+class RunLockedError(RuntimeError):
+    """Another training process is already writing this run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Any:
+    """Hold ``<run_dir>/.train.lock`` for the whole run, so a run folder never has two writers.
+
+    Two processes on one run would write the same ``ckpt-NNNNNNN`` folders and
+    replace each other's ``metrics.csv``. The lock is an OS file lock (released
+    by the kernel if the process dies, so a crash never leaves a stale lock);
+    the file keeps the holder's pid for the message.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".train.lock"
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunLockedError(
+                f"another training process (pid {holder}) is already writing {run_dir}: wait for it to finish, "
+                "stop it, or give this run another --run_name") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # closing releases the lock
+
+
 # --------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig) -> Path:
-    """Train until ``max_steps`` (or ``max_minutes``, or Ctrl-C); return the last checkpoint folder."""
+    """Train until ``max_steps`` (or ``max_minutes``, or Ctrl-C); return the last checkpoint folder.
+
+    Only one process may train a run folder at a time (``run_lock``); in a
+    torchrun job that is rank 0, which does all the writing.
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train(cfg)
+    with run_lock(cfg.run_dir):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> Path:
     from data import PreprocessedDataset
 
     # ---- processes and device
@@ -421,9 +480,11 @@ def train(cfg: TrainConfig) -> Path:
             else:
                 cond = class_emb[labels]
             drop = torch.rand(b, device=device, generator=g) < cfg.cond_drop_prob
+            t = D.sample_timesteps(cfg.num_train_timesteps, b, method=cfg.timestep_sampling, logit_mean=cfg.logit_mean,
+                                   logit_std=cfg.logit_std, device=device, generator=g)
             with autocast:
                 loss = D.training_loss(fwd_model, terms, x, cond, prediction_type=cfg.prediction_type, drop_cond=drop,
-                                       min_snr_gamma=cfg.min_snr_gamma or None, generator=g)
+                                       min_snr_gamma=cfg.min_snr_gamma or None, t=t, generator=g)
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -442,6 +503,8 @@ def train(cfg: TrainConfig) -> Path:
             train_seconds += now - started
             started = now
             if cfg.max_minutes and now - loop_start > cfg.max_minutes * 60:
+                stop["flag"] = True
+            if cfg.stop_at_minutes and train_seconds >= cfg.stop_at_minutes * 60:
                 stop["flag"] = True
             if ddp:  # all processes stop at the same step, whichever of them was told to
                 flag = torch.tensor([1.0 if stop["flag"] else 0.0], device=device)

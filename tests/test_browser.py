@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 pytest.register_assert_rewrite("web_helpers")  # it is also loaded as a plugin below
+from conftest import require_environment  # noqa: E402
 from web_helpers import ROOT  # noqa: E402
 
 # One shared server per test session (fixtures registered once, not per module).
@@ -35,7 +36,7 @@ LOADED_IMAGES_JS = """(sel) => [...document.querySelectorAll(sel + ' img')]
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) for this test")
+        require_environment(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) for this test")
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     from playwright.sync_api import sync_playwright
 

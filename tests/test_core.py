@@ -1,6 +1,8 @@
 """Diffusion math, the U-Net and the text encoder: properties that must hold."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -225,3 +227,18 @@ def test_text_encoder_loads_offline_and_is_semantic(monkeypatch):
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
     again = enc.encode(prompts[:1])  # served from the cache, identical
     np.testing.assert_array_equal(again[0], e[0])
+
+
+def test_training_timestep_sampling():
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    # uniform is exactly torch.randint (so runs that predate the option resume bit-identically)
+    assert torch.equal(D.sample_timesteps(1000, 64, generator=g()), torch.randint(0, 1000, (64,), generator=g()))
+    t = D.sample_timesteps(1000, 200_000, method="logit_normal", generator=g())
+    assert t.dtype == torch.long and 0 <= int(t.min()) and int(t.max()) <= 999
+    # t/T = sigmoid(N(0, 1)): median at T/2; P(t/T < 0.1) = Phi(logit(0.1)) = Phi(-2.197) = 0.0140
+    assert abs(float(t.float().median()) - 500) < 5
+    assert abs(float((t < 100).float().mean()) - 0.0140) < 0.002
+    shifted = D.sample_timesteps(1000, 200_000, method="logit_normal", logit_mean=1.0, generator=g())
+    assert abs(float(shifted.float().median()) - 1000 * (1 / (1 + math.exp(-1)))) < 5  # sigmoid(1) = 0.731
+    with pytest.raises(ValueError, match="timestep sampling"):
+        D.sample_timesteps(1000, 4, method="lognormal")

@@ -2,12 +2,12 @@
 fixed fake noise predictor so no training is needed. Tolerance 1e-4."""
 from __future__ import annotations
 
+import diffusers  # a test requirement: conftest stops the run with the fix if it is missing
 import pytest
 import torch
 
 import diffusion as D
 
-diffusers = pytest.importorskip("diffusers")
 T = 1000
 ATOL = 1e-4
 

@@ -458,3 +458,37 @@ def test_cli_export_list_and_sample(trained, tmp_path, capsys):
         assert pixels[-1][0].shape == (16, 16, 3)
     for x, y in zip(*pixels):
         np.testing.assert_array_equal(x, y)
+
+
+def test_a_second_writer_of_a_run_is_refused(tiny_data, tmp_path, capsys):
+    """Two trainings on one run folder would write the same checkpoints: the second is refused, clearly."""
+    opts = options(tiny_data, tmp_path, "busy", **TINY_NET, dropout=0.0, batch_size=8, max_steps=2, sample_every=0)
+    run = tmp_path / "busy"
+    with T.run_lock(run):  # another process's lock: flock conflicts across open() calls, even in one process
+        with pytest.raises(T.RunLockedError, match=r"already writing .*busy"):
+            T.train(T.make_config("smoke", **opts))
+        import cli
+
+        assert cli.main(["train", "--preset", "smoke", *cli_flags(opts)]) == 2
+        assert "another training process" in capsys.readouterr().err
+        assert not (run / "checkpoints").exists() and not (run / "metrics.csv").exists()  # it touched nothing
+    assert T.train(T.make_config("smoke", **opts)).name == "ckpt-0000002"  # free again once released
+
+
+def test_run_lock_is_released_when_its_holder_is_killed(tmp_path):
+    """A crashed trainer never leaves a stale lock (the kernel drops it with the process)."""
+    run = tmp_path / "crashed"
+    code = ("import sys, time, training; cm = training.run_lock(__import__('pathlib').Path(sys.argv[1])); "
+            "cm.__enter__(); print('locked', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run)], cwd=ROOT, env=subprocess_env(),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(T.RunLockedError, match=f"pid {proc.pid}"):
+            with T.run_lock(run):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+    with T.run_lock(run):
+        pass

@@ -1,0 +1,337 @@
+#!/usr/bin/env python3
+"""CPU speedrun: quality per CPU-minute of training recipes, ours against a diffusers peer.
+
+    python benchmarks/bench_speedrun.py --recipes current,fast --budgets 15,30,60
+    python benchmarks/bench_speedrun.py --report          # table + plot from the results so far
+
+Every recipe trains from scratch on the same fixed task (the default model's
+10 Tiny ImageNet classes at 32 px: ``data/default32``, made as the ``default``
+preset's comment says), with a fixed seed and thread count, one run at a time.
+Training stops at each budget of *training* minutes (time in the loop;
+checkpoints and scoring do not count), the EMA weights are scored, and the run
+resumes to the next budget (resume is exact, so a staged run equals an
+unbroken one).
+
+Score: ``--per-class`` images per class (default 20) with DPM-Solver++ 20
+steps at guidance 3, judged by the yardstick classifier shipped with
+default_model (a small ResNet trained on the same training split; 90.5% on
+the held-out split): class accuracy with its binomial standard error, and the
+Frechet distance of the classifier's features to the held-out images with a
+bootstrap standard deviation. Images seen are recorded beside minutes, so runs
+on a noisy machine still compare.
+
+The peer (recipe ``diffusers``) is what a user would write from diffusers'
+examples: a ``UNet2DModel`` of the same layout as ours (6.95M vs 7.11M
+parameters), class-conditional through ``num_class_embeds`` with one extra
+index as the null class (10% label dropout for guidance), ``DDPMScheduler``
+(linear betas, epsilon), AdamW 2e-4 with 500 warm-up steps, batch 64, random
+flips, EMA as diffusers' ``EMAModel`` (warm-up, power 3/4, max decay 0.9999),
+fp32; sampled with ``DPMSolverMultistepScheduler`` 20 steps and guidance 3.
+
+Results append to ``--results`` (JSON lines; a (recipe, budget) already there
+is skipped, so an interrupted benchmark resumes where it stopped).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import evaluate as E  # noqa: E402
+import model_store as store  # noqa: E402
+
+# Recipes: overrides of the `default` training preset. "current" is the preset as
+# it stood before this benchmark (the recipe that trained default_model).
+BEFORE = dict(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(8,), dropout=0.1,
+              batch_size=32, lr=2e-4, warmup_steps=200, max_steps=100_000, ema_decay=0.999, precision="fp32",
+              timestep_sampling="uniform", min_snr_gamma=5.0)
+FAST = dict(BEFORE, lr=1e-3, dropout=0.0, precision="bf16")
+RECIPES: dict[str, dict[str, Any]] = {
+    "current": BEFORE,
+    "bf16": dict(BEFORE, precision="bf16"),
+    "fast": FAST,  # lr 1e-3, no dropout, bf16 autocast
+    "fast-logitnormal": dict(FAST, timestep_sampling="logit_normal"),
+    "fast-lr2e-3": dict(FAST, lr=2e-3),
+    "fast-b64": dict(FAST, batch_size=64, lr=1.4e-3),
+    "fast-narrow": dict(FAST, base_channels=48),
+    "fast-1block": dict(FAST, num_res_blocks=1),
+    "fast-ema9995": dict(FAST, ema_decay=0.9995),
+    "diffusers": {},  # the peer: see train_peer()
+}
+
+
+def load_avg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+# --------------------------------------------------------------------------- scoring
+class Yardstick:
+    """The classifier, the held-out features, and the class embeddings (no text encoder needed)."""
+
+    def __init__(self, data_dir: Path, classifier_dir: Path, per_class: int, seed: int):
+        from data import PreprocessedDataset
+
+        self.train = PreprocessedDataset(data_dir, split="train")
+        val = PreprocessedDataset(data_dir, split="val")
+        self.clf, meta = E.load_classifier(classifier_dir)
+        self.clf_val_accuracy = meta.get("val_accuracy")
+        self.val_pred, self.val_feat = E.classify(self.clf, np.asarray(val.images))
+        self.real_accuracy = float((self.val_pred == np.asarray(val.labels)).mean())
+        self.prompts = [c["prompt"] for c in self.train.classes]
+        self.emb = {p: self.train.class_embeddings[i].numpy() for i, p in enumerate(self.prompts)}
+        self.per_class, self.seed = per_class, seed
+
+    def encode(self, prompts: list[str]) -> np.ndarray:
+        return np.stack([self.emb[p] for p in prompts])
+
+    def score(self, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        pred, feat = E.classify(self.clf, images)
+        acc = float((pred == labels).mean())
+        return {"accuracy": acc, "accuracy_se": math.sqrt(acc * (1 - acc) / len(labels)),
+                "fd": E.frechet_distance(feat, self.val_feat), "fd_sd": E.fd_bootstrap_sd(feat, self.val_feat, seed=self.seed)}
+
+
+def sample_ours(ckpt: Path, ys: Yardstick) -> tuple[np.ndarray, np.ndarray, float]:
+    lm = store.load_model(ckpt)  # a checkpoint folder: its EMA weights
+    return E.generate_per_class(lm, "dpm++", 20, ys.per_class, 3.0, ys.seed, 50, torch.device("cpu"), ys.encode)
+
+
+# --------------------------------------------------------------------------- ours
+def train_ours(name: str, budget_min: float, args: argparse.Namespace) -> dict[str, Any]:
+    import training as T
+
+    cfg = T.make_config("default", **RECIPES[name], run_name=name, data_dir=str(args.data), out_dir=str(args.runs),
+                        seed=args.seed, stop_at_minutes=budget_min, sample_every=0, ckpt_every=500,
+                        keep_checkpoints=2, log_every=25)
+    ckpt = T.train(cfg)
+    meta = json.loads((ckpt / store.CONFIG_FILE).read_text())
+    return {"ckpt": ckpt, "steps": int(meta["step"]), "images_seen": int(meta["images_seen"]),
+            "train_minutes": float(meta["train_seconds"]) / 60, "parameters": int(meta["parameters"])}
+
+
+# --------------------------------------------------------------------------- the diffusers peer
+PEER = dict(batch_size=64, lr=2e-4, warmup_steps=500, label_dropout=0.1, ema_max_decay=0.9999, ema_power=0.75)
+
+
+def peer_unet(num_classes: int) -> torch.nn.Module:
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(64, 128, 128), layers_per_block=2,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), attention_head_dim=32, norm_num_groups=32,
+        resnet_time_scale_shift="scale_shift", num_class_embeds=num_classes + 1, dropout=0.1,
+    )
+
+
+def peer_ema_decay(step: int) -> float:
+    """diffusers' EMAModel.get_decay with use_ema_warmup=True, inv_gamma=1, power=3/4."""
+    return min(PEER["ema_max_decay"], max(0.0, 1 - (1 + step) ** -PEER["ema_power"]))
+
+
+def train_peer(budget_min: float, args: argparse.Namespace) -> dict[str, Any]:
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+
+    from data import PreprocessedDataset
+
+    torch.manual_seed(args.seed)
+    data = PreprocessedDataset(args.data, split="train")
+    images, labels = np.asarray(data.images), np.asarray(data.labels)
+    null = data.num_classes
+    model = peer_unet(data.num_classes).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=PEER["lr"], weight_decay=1e-2)  # AdamW's own default decay
+    sched = get_scheduler("cosine", optimizer=opt, num_warmup_steps=PEER["warmup_steps"], num_training_steps=100_000)
+    noise_sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
+    ckpt_root = args.runs / "diffusers" / "checkpoints"
+    step, train_s = 0, 0.0
+    last = store.latest_checkpoint(ckpt_root)
+    if last is not None:
+        st = store.load_checkpoint(last, model, ema, opt)
+        step, train_s = st.step, float(st.config["train_seconds"])
+        torch.set_rng_state(st.rng["torch"])
+    b = PEER["batch_size"]
+    g = np.random.default_rng([args.seed, step])
+    bar = tqdm(desc=f"diffusers to {budget_min:g} min", initial=step, dynamic_ncols=True)
+    while train_s < budget_min * 60:
+        t0 = time.perf_counter()
+        idx = np.sort(g.choice(len(labels), b, replace=False))
+        x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        flip = torch.rand(b) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        y = torch.from_numpy(labels[idx].astype(np.int64))
+        y = torch.where(torch.rand(b) < PEER["label_dropout"], torch.full_like(y, null), y)
+        noise = torch.randn_like(x)
+        t = torch.randint(0, 1000, (b,))
+        loss = F.mse_loss(model(noise_sched.add_noise(x, noise, t), t, class_labels=y).sample, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for group in opt.param_groups:  # the example's get_scheduler("cosine") LR, at this step
+            group["lr"] = PEER["lr"] * sched.lr_lambdas[0](step)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            d = peer_ema_decay(step)
+            for e, p in zip(ema.parameters(), model.parameters()):
+                e.lerp_(p, 1 - d)
+        step += 1
+        train_s += time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 500 == 0 or train_s >= budget_min * 60:
+            meta = {"train_seconds": train_s, "images_seen": step * b, "parameters": sum(p.numel() for p in model.parameters())}
+            last = store.save_checkpoint(ckpt_root, step, model, ema, opt, meta, rng={"torch": torch.get_rng_state()},
+                                         keep=2)
+    bar.close()
+    meta = json.loads((last / store.CONFIG_FILE).read_text())
+    return {"ckpt": last, "steps": step, "images_seen": step * b, "train_minutes": train_s / 60,
+            "parameters": int(meta["parameters"])}
+
+
+@torch.no_grad()
+def sample_peer(ckpt: Path, ys: Yardstick) -> tuple[np.ndarray, np.ndarray, float]:
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
+    model = peer_unet(len(ys.prompts))
+    w = store.load_tensors(ckpt / store.WEIGHTS_FILE)
+    model.load_state_dict({k[4:]: v for k, v in w.items() if k.startswith("ema.")})
+    model.eval()
+    base = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
+    labels = np.repeat(np.arange(len(ys.prompts)), ys.per_class)
+    out, start = [], time.perf_counter()
+    for i in tqdm(range(0, len(labels), 50), desc="diffusers dpm++ 20", dynamic_ncols=True):
+        y = torch.from_numpy(labels[i:i + 50])
+        n = len(y)
+        x = torch.cat([torch.randn((1, 3, 32, 32), generator=torch.Generator().manual_seed(ys.seed + i + k))
+                       for k in range(n)])
+        sch = DPMSolverMultistepScheduler.from_config(base.config)
+        sch.set_timesteps(20)
+        for t in sch.timesteps:
+            eps = model(torch.cat([x, x]), t, class_labels=torch.cat([y, torch.full_like(y, len(ys.prompts))])).sample
+            cond, uncond = eps.chunk(2)
+            x = sch.step(uncond + 3.0 * (cond - uncond), t, x).prev_sample
+        out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out), labels, time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- results
+def read_results(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def report(results: list[dict[str, Any]], plot: Path | None) -> str:
+    rows = sorted(results, key=lambda r: (r["recipe"], r["budget_min"]))
+    lines = ["| recipe | budget (train min) | steps | images seen | class accuracy | FD | load avg |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['recipe']} | {r['budget_min']:g} ({r['train_minutes']:.1f}) | {r['steps']:,} | "
+                     f"{r['images_seen']:,} | {r['accuracy']:.1%} ± {r['accuracy_se']:.1%} | "
+                     f"{r['fd']:.1f} ± {r['fd_sd']:.1f} | {r.get('load_avg', float('nan')):.1f} |")
+    if plot is not None and rows:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+        for name in sorted({r["recipe"] for r in rows}):
+            rr = [r for r in rows if r["recipe"] == name]
+            for col, xkey, xlabel in ((0, "train_minutes", "training minutes (2 CPU cores)"),
+                                      (1, "images_seen", "images seen")):
+                xs = [r[xkey] for r in rr]
+                axes[0, col].errorbar(xs, [100 * r["accuracy"] for r in rr], yerr=[100 * r["accuracy_se"] for r in rr],
+                                      marker="o", capsize=3, label=name)
+                axes[1, col].errorbar(xs, [r["fd"] for r in rr], yerr=[r["fd_sd"] for r in rr], marker="o", capsize=3,
+                                      label=name)
+                axes[1, col].set_xlabel(xlabel)
+        axes[0, 0].set_ylabel("yardstick class accuracy (%)")
+        axes[1, 0].set_ylabel("FD to held-out (classifier features)")
+        for ax in axes.flat:
+            ax.grid(alpha=0.3)
+        axes[1, 0].set_yscale("log")
+        axes[1, 1].set_yscale("log")
+        axes[0, 0].legend(fontsize=8)
+        fig.suptitle("CPU speedrun: 10 classes, 32 px, DPM-Solver++ 20, guidance 3")
+        fig.tight_layout()
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot, dpi=100)
+        plt.close(fig)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", default="current,diffusers,fast", help=f"comma-separated, from {sorted(RECIPES)}")
+    p.add_argument("--budgets", default="15", help="cumulative training minutes to score at, e.g. 15,30,60")
+    p.add_argument("--data", type=Path, default=ROOT / "data/default32")
+    p.add_argument("--classifier", type=Path, default=ROOT / "model_store/default_model",
+                   help="folder with the yardstick classifier.safetensors/json")
+    p.add_argument("--runs", type=Path, default=ROOT / "output_ImageNet/speedrun", help="run folders")
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks/results/speedrun.jsonl")
+    p.add_argument("--plot", type=Path, default=ROOT / "benchmarks/results/speedrun.png")
+    p.add_argument("--per-class", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", action="store_true", help="only print the table and draw the plot")
+    args = p.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.report:
+        print(report(read_results(args.results), args.plot))
+        return 0
+    torch.set_num_threads(args.threads)
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        p.error(f"unknown recipes {unknown}; choose from {sorted(RECIPES)}")
+    budgets = sorted(float(b) for b in args.budgets.split(","))
+    if not (args.data / "train_images.npy").exists():
+        p.error(f"{args.data} is missing: python preprocess.py --src ../shared/data/tiny-imagenet-200.zip --size 32 "
+                f"--classes assets/default_classes.txt --val-fraction 0.04 --out {args.data}")
+    ys = Yardstick(args.data, args.classifier, args.per_class, args.seed)
+    print(f"yardstick: {ys.real_accuracy:.1%} on {len(ys.val_pred)} held-out real images", flush=True)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        for budget in budgets:
+            if any(r["recipe"] == name and r["budget_min"] == budget for r in read_results(args.results)):
+                continue
+            wall0, load0 = time.time(), load_avg()
+            run = train_peer(budget, args) if name == "diffusers" else train_ours(name, budget, args)
+            images, labels, secs = (sample_peer if name == "diffusers" else sample_ours)(run["ckpt"], ys)
+            row = {"recipe": name, "budget_min": budget, **{k: v for k, v in run.items() if k != "ckpt"},
+                   **ys.score(images, labels), "sample_s_per_image": secs / len(images),
+                   "images": int(len(images)), "load_avg": max(load0, load_avg()), "threads": args.threads,
+                   "recipe_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in RECIPES[name].items()},
+                   "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "wall_minutes": (time.time() - wall0) / 60}
+            with args.results.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{name} @ {budget:g} min: {row['steps']} steps, {row['images_seen']} images, accuracy "
+                  f"{row['accuracy']:.1%} ± {row['accuracy_se']:.1%}, FD {row['fd']:.1f} ± {row['fd_sd']:.1f}", flush=True)
+    print(report(read_results(args.results), args.plot))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
