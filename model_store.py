@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from diffusion import DiffusionConfig
@@ -76,10 +77,7 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(
-                f"{path} is not a valid safetensors file ({e}); it may be corrupt, truncated, or a pickle in disguise. "
-                "Pickled checkpoints are never loaded."
-            ) from e
+            raise _not_safetensors(path, e) from e
     if path.suffix in {".pt", ".pth", ".bin", ".ckpt"}:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -92,6 +90,31 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path} is not a flat state dict of tensors")
         return obj
     raise CheckpointError(f"unsupported weights file {path.name}: expected .safetensors")
+
+
+def _not_safetensors(path: Path, e: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a valid safetensors file ({e}); it may be corrupt, truncated, or a pickle in disguise. "
+        "Pickled checkpoints are never loaded."
+    )
+
+
+def weight_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a ``.safetensors`` file, from its JSON header alone.
+
+    No tensor is read or allocated, so a file (or the config beside it) can be
+    checked before anything of its size is built.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"unsupported weights file {path.name}: expected .safetensors")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _not_safetensors(path, e) from e
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -162,13 +185,87 @@ def model_config(
     }
 
 
-def build_model(config: dict[str, Any]) -> tuple[ConditionalUNet, DiffusionConfig]:
+def _unet_config(config: dict[str, Any]) -> UNetConfig:
     try:
-        unet = ConditionalUNet(UNetConfig.from_dict(config["unet"]))
+        return UNetConfig.from_dict(config["unet"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"invalid model config: {e}") from e
+
+
+def build_model(config: dict[str, Any]) -> tuple[ConditionalUNet, DiffusionConfig]:
+    """The network a config describes, with fresh weights.
+
+    This allocates the network for real: with a config from a file, call
+    ``check_config_against_weights`` first (``load_model`` does), or a config
+    asking for 200000 channels allocates hundreds of gigabytes.
+    """
+    unet_config = _unet_config(config)
+    try:
         diffusion = DiffusionConfig.from_dict(config["diffusion"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"invalid model config: {e}") from e
-    return unet, diffusion
+    return ConditionalUNet(unet_config), diffusion
+
+
+def _weights_prefix(names: Sequence[str] | Any, use_ema: bool) -> str:
+    """The key prefix of the network to load: ``ema.``/``model.`` in a training checkpoint, none in the store."""
+    prefix = "ema." if use_ema and any(k.startswith("ema.") for k in names) else "model."
+    return prefix if any(k.startswith(prefix) for k in names) else ""
+
+
+def _shape_str(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape) if shape else "scalar"
+
+
+def _listed(items: list[str], limit: int = 5) -> str:
+    more = f", and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def check_config_against_weights(
+    config: dict[str, Any], shapes: dict[str, tuple[int, ...]], *, where: str | os.PathLike = "the weights"
+) -> None:
+    """Raise ``CheckpointError`` unless the network ``config`` describes has exactly these tensor shapes.
+
+    ``shapes`` is the network's own state dict (keys without ``model.``/``ema.``),
+    from ``weight_shapes``. The network is built on the ``meta`` device, which
+    records shapes and allocates nothing; a config asking for far more
+    parameters than the file holds is refused here, before any real allocation.
+    """
+    unet_config = _unet_config(config)
+    # Even on the meta device, each module is a Python object: millions of residual
+    # blocks would take minutes to build. Every residual block has at least its two
+    # convolution weights, so a file with fewer tensors cannot be for this config.
+    min_blocks = len(unet_config.channel_mult) * (2 * unet_config.num_res_blocks + 1) + 2
+    if 2 * min_blocks > len(shapes):
+        raise CheckpointError(
+            f"weights in {where} do not match its config: the config asks for {min_blocks:,} residual blocks "
+            f"(num_res_blocks {unet_config.num_res_blocks}, {len(unet_config.channel_mult)} levels), "
+            f"but the weights hold only {len(shapes):,} tensors"
+        )
+    try:
+        with torch.device("meta"):
+            meta = ConditionalUNet(unet_config)
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, AssertionError, OverflowError) as e:
+        raise CheckpointError(f"invalid model config: cannot build the network it describes ({e})") from e
+    expected = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
+    problems = []
+    n_config = sum(math.prod(s) for s in expected.values())
+    n_weights = sum(math.prod(s) for s in shapes.values())
+    if n_config > n_weights:
+        problems.append(f"the config describes {n_config:,} parameters, the weights hold {n_weights:,}")
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    wrong = [f"{k} [weights {_shape_str(shapes[k])}, config {_shape_str(expected[k])}]"
+             for k in expected if k in shapes and shapes[k] != expected[k]]
+    if missing:
+        problems.append(f"{len(missing)} tensors missing from the weights: {_listed(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors in the weights: {_listed(unexpected)}")
+    if wrong:
+        problems.append(f"{len(wrong)} tensors of another shape: {_listed(wrong, 3)}")
+    if problems:
+        raise CheckpointError(f"weights in {where} do not match its config: " + "; ".join(problems))
 
 
 def resolve_model_path(
@@ -216,11 +313,15 @@ def load_model(
     """
     folder = resolve_model_path(name_or_path, store, allow_path=allow_path)
     config = _read_json(folder / CONFIG_FILE)
+    # Config and weights are checked against each other from the file's header and a
+    # network on the meta device, so a broken or hostile folder costs nothing to refuse.
+    shapes = weight_shapes(folder / WEIGHTS_FILE)
+    prefix = _weights_prefix(shapes, use_ema)
+    check_config_against_weights(
+        config, {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}, where=folder)
     model, diffusion = build_model(config)
     tensors = load_tensors(folder / WEIGHTS_FILE)
-    prefix = "ema." if use_ema and any(k.startswith("ema.") for k in tensors) else "model."
-    if any(k.startswith(prefix) for k in tensors):
-        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     try:
         model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
     except RuntimeError as e:

@@ -25,8 +25,10 @@ Output folder (``--out``)::
     val_labels.npy
     classes.json       index, wnid, names, prompt, count per class
     class_embeddings.npy     float32 (C, 384): each class prompt
-    template_embeddings.npy  float32 (C, len(PROMPT_TEMPLATES), 384)
-    manifest.json      source, layout, counts, skipped files, versions, options
+    template_embeddings.npy  float32 (C, K, 384): K training prompts per class (--text-variants)
+    manifest.json      source, layout, counts, skipped files, duplicates and broken
+                       links (symlinks are followed; each real file is read once),
+                       versions, options
 
 The work goes to ``<out>.partial`` and is renamed to ``<out>`` only when
 complete. An interrupted run (Ctrl-C, SIGTERM, a crash, a kill) leaves a
@@ -48,6 +50,7 @@ import random
 import re
 import shutil
 import signal
+import stat
 import sys
 import time
 import urllib.error
@@ -74,6 +77,7 @@ BUILTIN_SYNSETS = REPO_ROOT / "assets" / "LOC_synset_mapping.txt"
 DEFAULT_OUT = "data/preprocessed"
 DEFAULT_DOWNLOAD_DIR = "data/downloads"
 DEFAULT_SIZE = 64
+DEFAULT_DESCRIPTIONS = REPO_ROOT / "assets" / "class_descriptions.tsv"
 # 2% of each class is held out by default (10 of Tiny ImageNet's 500 per class;
 # a class with a single image keeps it for training).
 DEFAULT_VAL_FRACTION = 0.02
@@ -108,6 +112,45 @@ class PreprocessError(RuntimeError):
 # --------------------------------------------------------------------------- sources
 
 
+class NotRegularFileError(OSError):
+    """A path that is a FIFO, socket or device, not a file: reading it could block forever or have side effects."""
+
+
+def _file_kind(mode: int) -> str:
+    """A short name for what an ``st_mode`` describes (for reasons in the manifest)."""
+    for test, name in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "fifo"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISLNK, "symlink")):
+        if test(mode):
+            return name
+    return "unknown type"
+
+
+# Entries of each list kept in the manifest (the counts are always complete).
+MAX_LISTED = 1000
+
+
+@dataclass
+class ScanReport:
+    """What a folder scan met besides plain files: the same file or folder reached again, dangling links,
+    and special files. Zip sources have none of these."""
+
+    # {"path", "same_as"}: one real file under a second name (symlink or hard link)
+    duplicates: list[dict[str, str]] = field(default_factory=list)
+    # {"path", "same_as"}: a link to a folder already read (``loop -> ../..``), not walked again
+    repeated_folders: list[dict[str, str]] = field(default_factory=list)
+    broken_links: list[dict[str, str]] = field(default_factory=list)  # {"path", "target"}
+    not_regular: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}: FIFOs, sockets, devices
+
+    def any(self) -> bool:
+        return bool(self.duplicates or self.repeated_folders or self.broken_links or self.not_regular)
+
+    def summary(self) -> str:
+        return (f"{len(self.duplicates)} duplicate files (one real file reached under several names), "
+                f"{len(self.repeated_folders)} links to folders already read, {len(self.broken_links)} broken links, "
+                f"{len(self.not_regular)} special files (FIFOs, sockets, devices) skipped")
+
+
 class Source:
     """A zip archive or a folder, seen as a list of relative POSIX paths."""
 
@@ -115,6 +158,7 @@ class Source:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.scan_report = ScanReport()  # filled in by ``files()`` where it applies
 
     def files(self) -> list[str]:
         raise NotImplementedError
@@ -133,17 +177,117 @@ class FolderSource(Source):
     kind = "folder"
 
     def files(self) -> list[str]:
+        """Every non-hidden regular file below the folder, following symlinks.
+
+        Each real folder is read once and each real file listed once, keyed by
+        ``(st_dev, st_ino)``: a link back up the tree (``loop -> ../..``) would
+        otherwise be walked until the path got too long, and a file reached under
+        two names would be trained on twice. Real entries win over links: a
+        folder's own files and subfolders are read first and links are followed
+        afterwards, so a link never takes the name of a folder that is really in
+        the tree. What was left out is in ``self.scan_report``.
+        """
+        report = self.scan_report = ScanReport()
+        seen_dirs: dict[tuple[int, int], str] = {}
+        seen_files: dict[tuple[int, int], str] = {}
         out: list[str] = []
-        root = str(self.path)
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel_dir = os.path.relpath(dirpath, root)
-            prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-            out.extend(prefix + f for f in filenames if not f.startswith("."))
+        links: list[str] = []  # relative paths of symlinks, followed after all real entries
+
+        def rel_of(rel_dir: str, name: str) -> str:
+            return f"{rel_dir}/{name}" if rel_dir else name
+
+        def add_special(rel: str, mode: int) -> None:
+            report.not_regular.append({"path": rel, "reason": f"not a regular file ({_file_kind(mode)})"})
+
+        def add_file(rel: str, key: tuple[int, int]) -> None:
+            if key in seen_files:
+                report.duplicates.append({"path": rel, "same_as": seen_files[key]})
+                return
+            seen_files[key] = rel
+            out.append(rel)
+
+        def walk(rel_dir: str, st: os.stat_result) -> None:
+            """Read the real folder ``rel_dir`` and the real folders below it; queue the links met."""
+            pending = [(rel_dir, st)]
+            while pending:
+                d, dst = pending.pop()
+                if (dst.st_dev, dst.st_ino) in seen_dirs:  # a bind mount of a folder already read
+                    report.repeated_folders.append({"path": d, "same_as": seen_dirs[(dst.st_dev, dst.st_ino)]})
+                    continue
+                seen_dirs[(dst.st_dev, dst.st_ino)] = d
+                try:
+                    with os.scandir(self.path / d if d else self.path) as it:
+                        entries = sorted(it, key=lambda e: e.name)
+                except OSError as e:
+                    log.warning("cannot read folder %s: %s", self.path / d, e)
+                    continue
+                subdirs = []
+                for e in entries:
+                    if e.name.startswith("."):
+                        continue
+                    rel = rel_of(d, e.name)
+                    try:
+                        if e.is_symlink():
+                            links.append(rel)
+                        elif e.is_dir(follow_symlinks=False):
+                            subdirs.append((rel, e.stat(follow_symlinks=False)))
+                        else:
+                            # stat, not the listing's inode number: on overlay filesystems only
+                            # stat's (st_dev, st_ino) is sure to name one file (about 1 us a file).
+                            fst = e.stat(follow_symlinks=False)
+                            if stat.S_ISREG(fst.st_mode):
+                                add_file(rel, (fst.st_dev, fst.st_ino))
+                            else:
+                                add_special(rel, fst.st_mode)
+                    except OSError as err:  # vanished while scanning, or no permission
+                        log.warning("cannot stat %s: %s", self.path / rel, err)
+                pending.extend(reversed(subdirs))
+
+        try:
+            root_st = os.stat(self.path)
+        except OSError as e:
+            raise PreprocessError(f"cannot read --src {self.path}: {e}") from e
+        walk("", root_st)
+        # Links are followed only once the real tree is known, in the order met (so
+        # the result does not depend on where a link sits relative to its target).
+        i = 0
+        while i < len(links):
+            rel = links[i]
+            i += 1
+            path = self.path / rel
+            try:
+                st = os.stat(path)  # follows the link (and any chain of links); opens nothing
+            except OSError:
+                try:
+                    target = os.readlink(path)
+                except OSError:
+                    target = "?"
+                report.broken_links.append({"path": rel, "target": target})
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in seen_dirs:
+                    report.repeated_folders.append({"path": rel, "same_as": seen_dirs[key]})
+                else:
+                    walk(rel, st)
+            elif stat.S_ISREG(st.st_mode):
+                add_file(rel, (st.st_dev, st.st_ino))
+            else:
+                add_special(rel, st.st_mode)
         return sorted(out)
 
     def read_bytes(self, rel: str) -> bytes:
-        with open(self.path / rel, "rb") as f:
+        path = self.path / rel
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(f"not a regular file ({_file_kind(st.st_mode)})")
+        # O_NONBLOCK: should the path have become a FIFO since the check, opening
+        # returns at once instead of waiting for a writer; it changes nothing for files.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise NotRegularFileError(f"not a regular file ({_file_kind(mode)})")
             return f.read()
 
 
@@ -188,7 +332,7 @@ class ZipSource(Source):
         self._zf = None
 
     def __getstate__(self):
-        return {"path": self.path, "_zf": None, "_pid": -1}
+        return {"path": self.path, "scan_report": ScanReport(), "_zf": None, "_pid": -1}
 
 
 def open_source(src: str | os.PathLike) -> Source:
@@ -453,7 +597,7 @@ def _read_meta(source: Source, rel: str | None, filename: str) -> str | None:
     if rel is not None:
         try:
             return source.read_bytes(rel).decode("utf-8", errors="replace")
-        except (KeyError, FileNotFoundError):
+        except (KeyError, FileNotFoundError, NotRegularFileError):
             pass
     if isinstance(source, FolderSource) and rel is None:
         p = source.path.resolve().parent / filename
@@ -623,6 +767,8 @@ class strict_pil:
 
 
 def _reason(e: BaseException) -> str:
+    if isinstance(e, NotRegularFileError):
+        return str(e)  # already a reason ("not a regular file (fifo)"), not an error to decode
     msg = str(e).strip().replace("\n", " ")
     msg = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", msg)  # keep manifests reproducible
     return f"{type(e).__name__}: {msg}"[:300] if msg else type(e).__name__
@@ -759,28 +905,34 @@ def default_embed_fn(prompts: list[str]) -> np.ndarray:
 
 
 def compute_embeddings(
-    names: Sequence[str], template: str, embed_fn: EmbedFn
+    names: Sequence[str], template: str, embed_fn: EmbedFn, training_prompts: Sequence[Sequence[str]] | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Class-prompt embeddings ``(C, D)``, every-template embeddings ``(C, T, D)`` and the prompts."""
+    """Class-prompt embeddings ``(C, D)``, training-prompt embeddings ``(C, K, D)`` and the class prompts.
+
+    ``training_prompts``: K prompts per class (``prompting.prompt_table``); by
+    default each class name in the six ``PROMPT_TEMPLATES``.
+    """
     from models.text_encoder import PROMPT_TEMPLATES, TEXT_EMBED_DIM, class_prompt
 
     prompts = [class_prompt(n, template) for n in names]
-    all_prompts = [class_prompt(n, t) for n in names for t in PROMPT_TEMPLATES]
+    if training_prompts is None:
+        training_prompts = [[class_prompt(n, t) for t in PROMPT_TEMPLATES] for n in names]
+    if len(training_prompts) != len(names) or len({len(r) for r in training_prompts}) > 1:
+        raise PreprocessError("training prompts must be one equally long list per class")
+    width = len(training_prompts[0]) if names else len(PROMPT_TEMPLATES)
     if not names:
-        return (
-            np.zeros((0, TEXT_EMBED_DIM), np.float32),
-            np.zeros((0, len(PROMPT_TEMPLATES), TEXT_EMBED_DIM), np.float32),
-            prompts,
-        )
-    everything = prompts + all_prompts
+        return np.zeros((0, TEXT_EMBED_DIM), np.float32), np.zeros((0, width, TEXT_EMBED_DIM), np.float32), prompts
+    # Each distinct text is encoded once (a padded table repeats some).
+    unique = list(dict.fromkeys(prompts + [p for row in training_prompts for p in row]))
     # Modest calls: the text encoder shows a progress bar of its own for big ones.
     vecs = np.concatenate(
-        [np.asarray(embed_fn(everything[i: i + 256]), dtype=np.float32) for i in range(0, len(everything), 256)]
+        [np.asarray(embed_fn(unique[i: i + 256]), dtype=np.float32) for i in range(0, len(unique), 256)]
     )
-    if vecs.ndim != 2 or vecs.shape[0] != len(prompts) + len(all_prompts):
+    if vecs.ndim != 2 or vecs.shape[0] != len(unique):
         raise PreprocessError(f"embedding function returned shape {vecs.shape}")
-    cls = np.ascontiguousarray(vecs[: len(prompts)])
-    tmpl = np.ascontiguousarray(vecs[len(prompts):].reshape(len(names), len(PROMPT_TEMPLATES), vecs.shape[1]))
+    row_of = {p: i for i, p in enumerate(unique)}
+    cls = np.ascontiguousarray(vecs[[row_of[p] for p in prompts]])
+    tmpl = np.ascontiguousarray(vecs[[[row_of[p] for p in row] for row in training_prompts]])
     return cls, tmpl, prompts
 
 
@@ -830,13 +982,18 @@ def preprocess(
     chunk_size: int | None = None,
     progress: bool = True,
     checkpoint_seconds: float = 10.0,
+    text_variants: str = "rich",
+    descriptions: str | os.PathLike | None = None,
 ) -> Result:
     """Preprocess ``src`` into ``out``; see the module docstring. Returns the manifest.
 
     ``embed_fn(list_of_prompts) -> (N, 384) float32`` defaults to the project's
-    text encoder; tests pass a cheap stand-in.
+    text encoder; tests pass a cheap stand-in. ``text_variants`` and
+    ``descriptions`` choose the texts each class is trained under
+    (``prompting.class_training_prompts``).
     """
-    from models.text_encoder import DEFAULT_PROMPT_TEMPLATE, PROMPT_TEMPLATES, TEXT_MODEL_NAME
+    from models.text_encoder import DEFAULT_PROMPT_TEMPLATE, TEXT_MODEL_NAME
+    from prompting import TEXT_VARIANTS, class_training_prompts, prompt_table, read_descriptions
 
     t0 = time.time()
     template = prompt_template or DEFAULT_PROMPT_TEMPLATE
@@ -848,6 +1005,14 @@ def preprocess(
         raise PreprocessError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if max_per_class is not None and max_per_class < 1:
         raise PreprocessError(f"--max-per-class must be >= 1, got {max_per_class}")
+    if text_variants not in TEXT_VARIANTS:
+        raise PreprocessError(f"--text-variants must be one of {TEXT_VARIANTS}, got {text_variants!r}")
+    if descriptions is not None and text_variants == "basic":
+        raise PreprocessError("--descriptions needs --text-variants rich")
+    try:
+        described = read_descriptions(descriptions) if descriptions is not None else {}
+    except (OSError, ValueError) as e:
+        raise PreprocessError(f"--descriptions: {e}") from e
     workers = default_workers() if not workers or workers < 1 else workers
     out = Path(out).expanduser()
     partial = out.with_name(out.name + ".partial")
@@ -857,6 +1022,13 @@ def preprocess(
     try:
         log.info("scanning %s", source.path)
         files = source.files()
+        scan = source.scan_report
+        if scan.any():
+            log.warning("scan of %s: %s (listed in manifest.json)", source.path, scan.summary())
+        # Special files never become candidates (so they take no place in the splits); they are
+        # reported among the skipped files, next to the ones that failed to decode.
+        scan_skipped = [{"path": e["path"], "split": None, "label": None, "reason": e["reason"]}
+                        for e in scan.not_regular]
         layout = detect_layout(source, files, synsets)
         selection = parse_class_selection(classes)
         chosen = select_classes(layout.classes, selection)
@@ -894,9 +1066,17 @@ def preprocess(
             "val": _hash_json(val_items),
         }
         text_model = TEXT_MODEL_NAME if embed_fn is None else f"custom:{getattr(embed_fn, '__name__', 'embed_fn')}"
-        config_hash = _hash_json(
-            {**work_key, "classes": [[c.wnid, c.names] for c in chosen], "template": template, "text": text_model}
-        )
+        try:
+            training_texts = [class_training_prompts([c.name] + [n for n in c.names if n != c.name],
+                                                     described.get(c.wnid, ()), text_variants) for c in chosen]
+        except ValueError as e:
+            raise PreprocessError(str(e)) from e
+        identity = {**work_key, "classes": [[c.wnid, c.names] for c in chosen], "template": template, "text": text_model}
+        if text_variants != "basic":  # (basic keeps the identity folders made before the option existed have)
+            identity["training_texts"] = _hash_json(training_texts)
+        config_hash = _hash_json(identity)
+        options["text_variants"] = text_variants
+        options["descriptions"] = str(descriptions) if descriptions is not None else None
 
         lock = _lock_output(out)
         stack.callback(_unlock_output, lock)
@@ -941,9 +1121,11 @@ def preprocess(
         n_train = np.bincount(train_labels, minlength=len(chosen)) if len(train_labels) else np.zeros(len(chosen), int)
         n_val = np.bincount(val_labels, minlength=len(chosen)) if len(val_labels) else np.zeros(len(chosen), int)
         embed = embed_fn or default_embed_fn
-        log.info("encoding %d class prompts x %d templates", len(chosen), 1 + len(PROMPT_TEMPLATES))
+        table = prompt_table(training_texts)
+        log.info("encoding %d class prompts and %d training prompts per class (%s text)", len(chosen),
+                 len(table[0]), text_variants)
         with _tqdm_disabled(not progress):  # the encoder's own loading bars
-            cls_emb, tmpl_emb, prompts = compute_embeddings([c.name for c in chosen], template, embed)
+            cls_emb, tmpl_emb, prompts = compute_embeddings([c.name for c in chosen], template, embed, table)
         _atomic_save_npy(partial / "class_embeddings.npy", cls_emb)
         _atomic_save_npy(partial / "template_embeddings.npy", tmpl_emb)
         classes_doc = {
@@ -956,6 +1138,7 @@ def preprocess(
                     "names": c.names,
                     "prompt": prompts[i],
                     "count": int(n_train[i]),
+                    "training_prompts": training_texts[i],
                 }
                 for i, c in enumerate(chosen)
             ],
@@ -967,6 +1150,7 @@ def preprocess(
                 log.warning("class %s (%s) has no training images after skipping bad files", c.wnid, c.name)
         elapsed = time.time() - t0
         decoded = len(train_items) + len(val_items)
+        skipped = scan_skipped + state["skipped"]
         manifest = {
             "tool": "preprocess.py",
             "format_version": FORMAT_VERSION,
@@ -983,16 +1167,28 @@ def preprocess(
                 "train": counts["train"],
                 "val": counts["val"],
                 "candidates": decoded,
-                "skipped": len(state["skipped"]),
+                "skipped": len(skipped),
                 "ignored_non_image_files": len(ignored),
+                "duplicates": len(scan.duplicates),
+                "repeated_folders": len(scan.repeated_folders),
+                "broken_links": len(scan.broken_links),
             },
             "per_class": {c.wnid: {"train": int(n_train[i]), "val": int(n_val[i])} for i, c in enumerate(chosen)},
-            "skipped": state["skipped"],
-            "num_skipped": len(state["skipped"]),
-            "ignored_files": ignored[:1000],
+            "skipped": skipped,
+            "num_skipped": len(skipped),
+            "ignored_files": ignored[:MAX_LISTED],
+            # Symlinks are followed, but each real file and folder is read once; these were not.
+            "duplicates": scan.duplicates[:MAX_LISTED],
+            "num_duplicates": len(scan.duplicates),
+            "repeated_folders": scan.repeated_folders[:MAX_LISTED],
+            "broken_links": scan.broken_links[:MAX_LISTED],
+            "num_broken_links": len(scan.broken_links),
             "empty_classes": empty,
             "text_model": text_model,
-            "prompt_templates": list(PROMPT_TEMPLATES),
+            "text_variants": text_variants,
+            "training_prompts_per_class": len(table[0]),
+            "descriptions": ({"path": str(descriptions), "classes_described": sum(1 for c in chosen if c.wnid in described)}
+                             if descriptions is not None else None),
             "versions": _versions(),
             "seconds": round(elapsed, 3),
             "images_per_second": round(decoded / elapsed, 1) if elapsed > 0 else None,
@@ -1007,7 +1203,7 @@ def preprocess(
         _publish(partial, out)
         log.info(
             "wrote %s: %d train + %d val images of %dx%d, %d classes, %d skipped, in %.1fs (%.0f images/s)",
-            out, counts["train"], counts["val"], size, size, len(chosen), len(state["skipped"]), elapsed,
+            out, counts["train"], counts["val"], size, size, len(chosen), len(skipped), elapsed,
             decoded / max(elapsed, 1e-9),
         )
         return Result(out, manifest)
@@ -1450,6 +1646,12 @@ examples:
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE,
                    help=f"text prompt per class, '{{}}' is the name (default {DEFAULT_PROMPT_TEMPLATE!r})")
+    p.add_argument("--text-variants", choices=("basic", "rich"), default="rich",
+                   help="texts each class is trained under: basic = its name in 6 templates; rich (default) = its "
+                        "name in 14 templates, every WordNet synonym, and --descriptions")
+    p.add_argument("--descriptions", default=str(DEFAULT_DESCRIPTIONS),
+                   help="wnid<TAB>description file of extra training prompts, or 'none' "
+                        "(default: the project's assets/class_descriptions.tsv, all Tiny ImageNet classes)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-class subset/val selection (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
@@ -1505,6 +1707,8 @@ def main(argv: Sequence[str] | None = None, *, embed_fn: EmbedFn | None = None) 
             synsets=args.synsets,
             workers=args.workers,
             prompt_template=args.prompt_template,
+            text_variants=args.text_variants,
+            descriptions=(None if args.text_variants == "basic" or args.descriptions == "none" else args.descriptions),
             seed=args.seed,
             overwrite=args.overwrite,
             embed_fn=embed_fn,

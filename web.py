@@ -438,6 +438,12 @@ class ModelManager:
             return folder
         raise InputError(f"Unknown model {s[:80]!r}; available: {', '.join(self.choices_values()) or 'none'}.")
 
+    def public_message(self, e: BaseException) -> str:
+        """An error for the page: the server's store path left out (the model's name says which folder)."""
+        text = str(e)
+        root = str(self.ms.store_dir(self.store).resolve())
+        return text.replace(root + os.sep, "").replace(root, "the model store")
+
     def choices_values(self) -> list[str]:
         return [*self.ms.list_models(self.store), *self.extra]
 
@@ -603,13 +609,23 @@ class WebApp:
 
         from model_store import CheckpointError
 
+        name = str(choice or self.models.first)
         try:
-            return self.models.get(str(choice or self.models.first))
+            return self.models.get(name)
         except InputError as e:
             raise gr.Error(str(e), print_exception=False) from None
-        except (CheckpointError, ValueError, OSError) as e:
-            log.exception("loading model %r failed", choice)
-            raise gr.Error(f"Could not load model {str(choice)[:80]!r}: {e}") from None
+        except CheckpointError as e:
+            # A broken or mismatched model folder: its reason is the whole story, no traceback needed.
+            # Nothing is cached, so a folder fixed on disk loads on the next pick.
+            log.warning("model %r cannot be loaded: %s", name, e)
+            raise gr.Error(f"Could not load model {name[:80]!r}: {self.models.public_message(e)}",
+                           print_exception=False) from None
+        except (ValueError, OSError) as e:
+            log.exception("loading model %r failed", name)
+            raise gr.Error(f"Could not load model {name[:80]!r}: {self.models.public_message(e)}") from None
+        except Exception as e:  # out of memory, a device error...: the app stays up for the other models
+            log.exception("loading model %r failed", name)
+            raise gr.Error(f"Could not load model {name[:80]!r} ({type(e).__name__}). See the server log.") from None
 
     def model_info(self, lm) -> str:
         d = lm.diffusion
@@ -1074,6 +1090,29 @@ def _pick_model(args, ms) -> str:
     return names[0]
 
 
+def open_models(args: argparse.Namespace, ms: Any, first: str) -> tuple[ModelManager, Any]:
+    """The model manager and the model shown first (loaded).
+
+    A model named with ``--model`` must load. Otherwise ``first`` (from
+    ``_pick_model``) is tried, then the rest of the store in order: one broken
+    folder in the store is logged and passed over instead of keeping the app,
+    and every good model, down. It stays in the picker, where choosing it shows
+    its error. Raises ``CheckpointError`` when nothing loads.
+    """
+    models = ModelManager(args.store, args.device, first, args.max_models, args.data)
+    if args.model:
+        return models, models.get(models.first)
+    failures = []
+    for name in [first, *(n for n in ms.list_models(args.store) if n != first)]:
+        try:
+            models.first = models.resolve_choice(name)
+            return models, models.get(models.first)
+        except (ms.CheckpointError, InputError, ValueError) as e:
+            log.warning("model %s cannot be loaded (%s); trying the next one in the store", name, e)
+            failures.append(f"{name}: {e}")
+    raise ms.CheckpointError("no model in the store could be loaded:\n  " + "\n  ".join(failures))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1106,8 +1145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("torch uses %d CPU thread(s) (--threads)", threads)
     t0 = time.monotonic()
     try:
-        models = ModelManager(args.store, args.device, first, args.max_models, args.data)
-        lm = models.get(models.first)
+        models, lm = open_models(args, ms, first)
     except (ms.CheckpointError, InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

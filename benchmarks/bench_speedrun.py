@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
 """CPU speedrun: quality per CPU-minute of training recipes, ours against a diffusers peer.
 
+    python benchmarks/bench_speedrun.py --throughput --recipes current,diffusers,fast   # once, on an idle machine
     python benchmarks/bench_speedrun.py --recipes current,fast --budgets 15,30,60
     python benchmarks/bench_speedrun.py --report          # table + plot from the results so far
 
 Every recipe trains from scratch on the same fixed task (the default model's
 10 Tiny ImageNet classes at 32 px: ``data/default32``, made as the ``default``
 preset's comment says), with a fixed seed and thread count, one run at a time.
-Training stops at each budget of *training* minutes (time in the loop;
-checkpoints and scoring do not count), the EMA weights are scored, and the run
-resumes to the next budget (resume is exact, so a staged run equals an
-unbroken one).
+A budget of B CPU-minutes is the number of steps the recipe trains in B
+minutes at its clean throughput: each recipe's training images/s are
+measured first (``--throughput``: all recipes round-robin in one process, so
+background load hits them alike), and the run stops at
+``B * 60 * images_per_s / batch`` steps. On this shared machine that keeps
+the comparison fair when other work slows a run down (a wall-clock budget
+would hand the quiet runs more images). Wall minutes and load are recorded
+too. At each budget the EMA weights are scored and the run resumes to the
+next (resume is exact, so a staged run equals an unbroken one).
 
 Score: ``--per-class`` images per class (default 20) with DPM-Solver++ 20
 steps at guidance 3, judged by the yardstick classifier shipped with
@@ -70,6 +76,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast-narrow": dict(FAST, base_channels=48),
     "fast-1block": dict(FAST, num_res_blocks=1),
     "fast-ema9995": dict(FAST, ema_decay=0.9995),
+    "fast-b16": dict(FAST, batch_size=16, lr=7e-4),
+    "fast-slim": dict(FAST, base_channels=32, channel_mult=(1, 2, 4)),  # 32/64/128 channels: ~1/3 of the FLOPs
     "diffusers": {},  # the peer: see train_peer()
 }
 
@@ -114,11 +122,11 @@ def sample_ours(ckpt: Path, ys: Yardstick) -> tuple[np.ndarray, np.ndarray, floa
 
 
 # --------------------------------------------------------------------------- ours
-def train_ours(name: str, budget_min: float, args: argparse.Namespace) -> dict[str, Any]:
+def train_ours(name: str, budget_steps: int, args: argparse.Namespace) -> dict[str, Any]:
     import training as T
 
     cfg = T.make_config("default", **RECIPES[name], run_name=name, data_dir=str(args.data), out_dir=str(args.runs),
-                        seed=args.seed, stop_at_minutes=budget_min, sample_every=0, ckpt_every=500,
+                        seed=args.seed, stop_at_step=budget_steps, sample_every=0, ckpt_every=500,
                         keep_checkpoints=2, log_every=25)
     ckpt = T.train(cfg)
     meta = json.loads((ckpt / store.CONFIG_FILE).read_text())
@@ -146,7 +154,7 @@ def peer_ema_decay(step: int) -> float:
     return min(PEER["ema_max_decay"], max(0.0, 1 - (1 + step) ** -PEER["ema_power"]))
 
 
-def train_peer(budget_min: float, args: argparse.Namespace) -> dict[str, Any]:
+def train_peer(budget_steps: int, args: argparse.Namespace) -> dict[str, Any]:
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
@@ -170,8 +178,8 @@ def train_peer(budget_min: float, args: argparse.Namespace) -> dict[str, Any]:
         torch.set_rng_state(st.rng["torch"])
     b = PEER["batch_size"]
     g = np.random.default_rng([args.seed, step])
-    bar = tqdm(desc=f"diffusers to {budget_min:g} min", initial=step, dynamic_ncols=True)
-    while train_s < budget_min * 60:
+    bar = tqdm(desc="diffusers", total=budget_steps, initial=step, dynamic_ncols=True)
+    while step < budget_steps:
         t0 = time.perf_counter()
         idx = np.sort(g.choice(len(labels), b, replace=False))
         x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -196,7 +204,7 @@ def train_peer(budget_min: float, args: argparse.Namespace) -> dict[str, Any]:
         train_s += time.perf_counter() - t0
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % 500 == 0 or train_s >= budget_min * 60:
+        if step % 500 == 0 or step == budget_steps:
             meta = {"train_seconds": train_s, "images_seen": step * b, "parameters": sum(p.numel() for p in model.parameters())}
             last = store.save_checkpoint(ckpt_root, step, model, ema, opt, meta, rng={"torch": torch.get_rng_state()},
                                          keep=2)
@@ -232,6 +240,71 @@ def sample_peer(ckpt: Path, ys: Yardstick) -> tuple[np.ndarray, np.ndarray, floa
     return np.concatenate(out), labels, time.perf_counter() - start
 
 
+# --------------------------------------------------------------------------- throughput, interleaved
+def step_fns(names: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """One training step per recipe (forward, loss, backward, clip, AdamW), on real batches."""
+    import diffusion as D
+    import training as T
+    from data import PreprocessedDataset
+    from models import ConditionalUNet
+
+    data = PreprocessedDataset(args.data, split="train")
+    images = torch.from_numpy(np.asarray(data.images[:256])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    emb = data.class_embeddings[torch.from_numpy(np.asarray(data.labels[:256]))]
+    fns = {}
+    for name in names:
+        if name == "diffusers":
+            from diffusers import DDPMScheduler
+
+            model, b = peer_unet(data.num_classes).train(), PEER["batch_size"]
+            opt = torch.optim.AdamW(model.parameters(), lr=PEER["lr"])
+            ns = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
+
+            def fn(model=model, opt=opt, b=b, ns=ns):
+                x, y, noise = images[:b], torch.randint(0, 10, (b,)), torch.randn(b, 3, 32, 32)
+                t = torch.randint(0, 1000, (b,))
+                F.mse_loss(model(ns.add_noise(x, noise, t), t, class_labels=y).sample, noise).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        else:
+            cfg = T.make_config("default", **RECIPES[name])
+            model = ConditionalUNet(cfg.unet_config(32)).train().to(memory_format=torch.channels_last)
+            opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=True)
+            terms, b = cfg.diffusion_config().terms(), cfg.batch_size
+            bf16 = cfg.precision == "bf16"
+
+            def fn(model=model, opt=opt, b=b, cfg=cfg, terms=terms, bf16=bf16):
+                x = images[:b].contiguous(memory_format=torch.channels_last)
+                t = D.sample_timesteps(1000, b, method=cfg.timestep_sampling)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = D.training_loss(model, terms, x, emb[:b], prediction_type=cfg.prediction_type,
+                                           drop_cond=torch.rand(b) < 0.15, min_snr_gamma=cfg.min_snr_gamma or None, t=t)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        fns[name] = (fn, b)
+    return fns
+
+
+def throughput(names: list[str], args: argparse.Namespace, rounds: int = 8, steps: int = 3) -> dict[str, dict[str, float]]:
+    """Training images/s of each recipe, round-robin in one process (load hits all alike): min/median/max."""
+    fns = step_fns(names, args)
+    for fn, _ in fns.values():
+        fn()  # warm-up
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            fn, b = fns[name]
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            rates[name].append(steps * b / (time.perf_counter() - t0))
+    # "best" (the fastest round) estimates the clean rate: background load only ever slows a round down.
+    return {n: {"min": min(v), "median": float(np.median(v)), "max": max(v), "best": max(v)} for n, v in rates.items()}
+
+
 # --------------------------------------------------------------------------- results
 def read_results(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
@@ -241,12 +314,12 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 
 def report(results: list[dict[str, Any]], plot: Path | None) -> str:
     rows = sorted(results, key=lambda r: (r["recipe"], r["budget_min"]))
-    lines = ["| recipe | budget (train min) | steps | images seen | class accuracy | FD | load avg |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| recipe | CPU-minutes | train img/s (clean) | steps | images seen | class accuracy | FD | "
+             "wall minutes (load avg) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['recipe']} | {r['budget_min']:g} ({r['train_minutes']:.1f}) | {r['steps']:,} | "
+        lines.append(f"| {r['recipe']} | {r['budget_min']:g} | {r['clean_images_per_s']:.1f} | {r['steps']:,} | "
                      f"{r['images_seen']:,} | {r['accuracy']:.1%} ± {r['accuracy_se']:.1%} | "
-                     f"{r['fd']:.1f} ± {r['fd_sd']:.1f} | {r.get('load_avg', float('nan')):.1f} |")
+                     f"{r['fd']:.1f} ± {r['fd_sd']:.1f} | {r['train_minutes']:.1f} ({r.get('load_avg', float('nan')):.1f}) |")
     if plot is not None and rows:
         import matplotlib
 
@@ -256,7 +329,7 @@ def report(results: list[dict[str, Any]], plot: Path | None) -> str:
         fig, axes = plt.subplots(2, 2, figsize=(11, 8))
         for name in sorted({r["recipe"] for r in rows}):
             rr = [r for r in rows if r["recipe"] == name]
-            for col, xkey, xlabel in ((0, "train_minutes", "training minutes (2 CPU cores)"),
+            for col, xkey, xlabel in ((0, "clean_minutes", "training minutes (2 CPU cores, clean throughput)"),
                                       (1, "images_seen", "images seen")):
                 xs = [r[xkey] for r in rr]
                 axes[0, col].errorbar(xs, [100 * r["accuracy"] for r in rr], yerr=[100 * r["accuracy_se"] for r in rr],
@@ -293,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", action="store_true", help="only print the table and draw the plot")
+    p.add_argument("--throughput", action="store_true",
+                   help="only measure each recipe's training images/s, interleaved in one process")
     args = p.parse_args(argv)
     import logging
 
@@ -301,6 +376,18 @@ def main(argv: list[str] | None = None) -> int:
         print(report(read_results(args.results), args.plot))
         return 0
     torch.set_num_threads(args.threads)
+    if args.throughput:
+        names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+        res = throughput(names, args)
+        base = res[names[0]]["best"]
+        print(f"training images/s, {args.threads} threads, interleaved, load {load_avg():.1f}:")
+        for n, r in res.items():
+            print(f"  {n:20s} best {r['best']:6.1f}  (median {r['median']:.1f}, min {r['min']:.1f})  "
+                  f"{r['best'] / base:.2f}x {names[0]}")
+        path = args.results.with_name("speedrun_throughput.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"threads": args.threads, "load_avg": load_avg(), "images_per_s": res}, indent=2))
+        return 0
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
@@ -309,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / "train_images.npy").exists():
         p.error(f"{args.data} is missing: python preprocess.py --src ../shared/data/tiny-imagenet-200.zip --size 32 "
                 f"--classes assets/default_classes.txt --val-fraction 0.04 --out {args.data}")
+    tp_path = args.results.with_name("speedrun_throughput.json")
+    rates = json.loads(tp_path.read_text())["images_per_s"] if tp_path.exists() else {}
+    if any(n not in rates for n in names):
+        p.error(f"no clean throughput for {[n for n in names if n not in rates]} in {tp_path}: measure it first, "
+                f"on an otherwise idle machine: python benchmarks/bench_speedrun.py --throughput --recipes {','.join(names)}")
     ys = Yardstick(args.data, args.classifier, args.per_class, args.seed)
     print(f"yardstick: {ys.real_accuracy:.1%} on {len(ys.val_pred)} held-out real images", flush=True)
     args.results.parent.mkdir(parents=True, exist_ok=True)
@@ -317,9 +409,15 @@ def main(argv: list[str] | None = None) -> int:
             if any(r["recipe"] == name and r["budget_min"] == budget for r in read_results(args.results)):
                 continue
             wall0, load0 = time.time(), load_avg()
-            run = train_peer(budget, args) if name == "diffusers" else train_ours(name, budget, args)
+            # The budget in steps: what this recipe trains in `budget` minutes at its clean, interleaved
+            # throughput. A busy machine then slows a run down without changing what it learns.
+            img_s = rates[name]["best"]
+            batch = PEER["batch_size"] if name == "diffusers" else RECIPES[name]["batch_size"]
+            steps = max(1, round(budget * 60 * img_s / batch))
+            run = train_peer(steps, args) if name == "diffusers" else train_ours(name, steps, args)
             images, labels, secs = (sample_peer if name == "diffusers" else sample_ours)(run["ckpt"], ys)
             row = {"recipe": name, "budget_min": budget, **{k: v for k, v in run.items() if k != "ckpt"},
+                   "clean_images_per_s": img_s, "clean_minutes": run["images_seen"] / img_s / 60,
                    **ys.score(images, labels), "sample_s_per_image": secs / len(images),
                    "images": int(len(images)), "load_avg": max(load0, load_avg()), "threads": args.threads,
                    "recipe_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in RECIPES[name].items()},

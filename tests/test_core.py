@@ -138,19 +138,48 @@ def test_conditioning_and_timestep_change_the_output():
 
 
 # ----------------------------------------------------------------- sampling
+def cosine_alphas_cumprod(T: int = 1000) -> np.ndarray:
+    """alpha-bar of Nichol & Dhariwal's cosine schedule (betas capped at 0.999), written from the paper."""
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    betas = np.array([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)])
+    return np.cumprod(1.0 - betas)
+
+
 def test_guidance_one_equals_plain_conditional_sampling():
+    """generate_images at guidance 1 is plain conditional DDIM: one conditional call per
+    step, no null branch. The reference is DDIM (Song et al., eq. 12, eta = 0) written out
+    here with the bare network: no GuidedDenoiser, no diffusion.py sampler or schedule."""
     model = tiny_unet(16)
     cfg = D.DiffusionConfig()
-    cond = torch.as_tensor(fake_encode(["a photo of a goldfish"] * 2))
+    assert (cfg.beta_schedule, cfg.prediction_type, cfg.num_train_timesteps) == ("cosine", "v_prediction", 1000)
+    calls = []
+    forward = model.forward
+
+    def spy(x, t, c, drop=None):
+        calls.append((x.shape[0], drop))
+        return forward(x, t, c, drop)
+
+    model.forward = spy
     guided = D.generate_images(model, cfg, "a photo of a goldfish", num_images=2, sampler="ddim", num_steps=5,
                                guidance_scale=1.0, seed=3, encode_fn=fake_encode)
-    # Plain conditional sampling, written out: no null branch at all.
-    terms = cfg.terms()
-    plain_model = lambda x, t, c, d: model(x, t, cond)  # noqa: E731
-    gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
-    x = D.randn_like_batch((2, 3, 16, 16), gens, "cpu")
-    plain = D.ddim_sample(D.GuidedDenoiser(plain_model, terms, cond, cfg.prediction_type), x, num_steps=5)
-    np.testing.assert_array_equal(guided.images, D.to_uint8(plain))
+    assert calls == [(2, None)] * 5  # one plain conditional forward per step: no null branch at all
+    model.forward = forward
+
+    cond = torch.as_tensor(fake_encode(["a photo of a goldfish"] * 2))
+    ab = cosine_alphas_cumprod()
+    timesteps = [999, 799, 599, 399, 199]  # "trailing", 5 of 1000: round(arange(1000, 0, -200)) - 1
+    x = torch.cat([torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(s)) for s in (3, 4)])
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            v = model(x, torch.full((2,), t), cond)
+            a, s = math.sqrt(ab[t]), math.sqrt(1 - ab[t])
+            x0 = (a * x - s * v).clamp(-1, 1)  # v-prediction -> x_0, clipped to the data range
+            eps = (x - a * x0) / s  # the noise consistent with the clipped x_0
+            ab_prev = ab[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0
+            x = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps
+    plain = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    diff = np.abs(guided.images.astype(int) - plain.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())  # float rounding only
 
 
 def test_guidance_mixes_conditional_and_null_predictions():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -227,6 +229,70 @@ def test_weights_that_do_not_match_the_config_are_refused(tiny_model, tmp_path):
     (folder / store.CONFIG_FILE).write_text(json.dumps(cfg))
     with pytest.raises(store.CheckpointError, match="invalid model config"):
         store.load_model(folder)
+
+
+def _edit_config(folder: Path, **unet) -> None:
+    cfg = json.loads((folder / store.CONFIG_FILE).read_text())
+    cfg["unet"].update(unet)
+    (folder / store.CONFIG_FILE).write_text(json.dumps(cfg))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="caps address space via Linux /proc")
+def test_absurd_config_is_refused_before_anything_is_allocated(tiny_model, tmp_path):
+    # base_channels 200000 asks for ~640 GB. The check must come from the weights file's header and
+    # a network on the meta device: run it under an address-space cap of 1 GB above what the imports
+    # took, so a regression fails with a memory error here instead of exhausting the machine.
+    huge = save("huge", tiny_model, tmp_path / "store")
+    _edit_config(huge, base_channels=200_000)
+    model, ema = ConditionalUNet(TINY), ConditionalUNet(TINY)
+    ckpt = store.save_checkpoint(tmp_path / "ckpts", 5, model, ema, _optimizer(model), config(), rng={})
+    assert store.load_model(ckpt).model.config == TINY  # a training checkpoint (model./ema. keys) still loads
+    _edit_config(ckpt, base_channels=200_000)
+    many = save("many", tiny_model, tmp_path / "store")
+    _edit_config(many, num_res_blocks=10_000_000)  # millions of modules: refused before even the meta build
+    script = """
+import json, resource, sys, time
+import model_store as store
+vm_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:"))
+limit = (vm_kb + 1024 * 1024) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+out = []
+for folder in sys.argv[1:]:
+    t0 = time.monotonic()
+    try:
+        store.load_model(folder)
+        out.append({"error": None})
+    except store.CheckpointError as e:
+        out.append({"error": str(e), "seconds": time.monotonic() - t0})
+print(json.dumps(out))
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(store.__file__).parent)}
+    proc = subprocess.run([sys.executable, "-c", script, str(huge), str(ckpt), str(many)], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for r in results:
+        assert r["error"] and "do not match its config" in r["error"], results
+        assert r["seconds"] < 10, results
+    for r in results[:2]:
+        assert "parameters" in r["error"] and "time_embed" in r["error"], r["error"]
+    assert "10000000" in results[2]["error"] or "residual blocks" in results[2]["error"], results[2]["error"]
+
+
+def test_config_and_weights_mismatch_names_the_tensors(tiny_model, tmp_path):
+    folder = save("mismatch", tiny_model, tmp_path)
+    _edit_config(folder, base_channels=32)
+    with pytest.raises(store.CheckpointError, match=r"do not match its config.*shape.*time_embed\.") as info:
+        store.load_model(folder)
+    assert "more" in str(info.value)  # the first few, not hundreds of lines
+    _edit_config(folder, base_channels=16, num_res_blocks=2)  # keys the weights lack
+    with pytest.raises(store.CheckpointError, match=r"missing.*down\.") as info:
+        store.load_model(folder)
+    _edit_config(folder, num_res_blocks=1, attention_resolutions=[])  # weights the network lacks
+    with pytest.raises(store.CheckpointError, match=r"unexpected.*\.qkv"):
+        store.load_model(folder)
+    shapes = store.weight_shapes(folder / store.WEIGHTS_FILE)
+    assert shapes["input_conv.weight"] == (16, 3, 3, 3)
 
 
 # --------------------------------------------------------------------------- training checkpoints

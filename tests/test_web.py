@@ -177,6 +177,48 @@ def test_empty_store_explains_and_exits(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_a_broken_model_in_the_store_is_an_error_and_the_others_still_work(tmp_path):
+    """A folder whose config asks for a 640 GB network sits in the store (and sorts first)."""
+    import gradio as gr
+
+    import model_store as ms
+    from web_helpers import make_tiny_store
+
+    store = tmp_path / "store"
+    make_tiny_store(store, "tiny")
+    broken = make_tiny_store(store, "a_broken")
+    cfg = json.loads((broken / ms.CONFIG_FILE).read_text())
+    cfg["unet"]["base_channels"] = 200_000
+    (broken / ms.CONFIG_FILE).write_text(json.dumps(cfg))
+
+    args = web.build_parser().parse_args(["--store", str(store), "--out", str(tmp_path / "out")])
+    args.device = "cpu"
+    first = web._pick_model(args, ms)
+    assert first == "a_broken"  # no default_model: the first in the store, which cannot be loaded
+    t0 = time.monotonic()
+    models, lm = web.open_models(args, ms, first)  # start-up passes over it to one that loads
+    assert lm.name == "tiny" and models.first == "tiny"
+    assert time.monotonic() - t0 < 30
+
+    app = web.WebApp(args, models)
+    assert [v for _, v in models.choices()] == ["a_broken", "tiny"]  # still listed: it can be picked
+    assert app.refresh_models("a_broken")["value"] == "a_broken"
+    with pytest.raises(gr.Error) as info:
+        app.model_changed("a_broken")
+    message = str(info.value.message)
+    assert "a_broken" in message and "do not match its config" in message and "time_embed" in message
+    assert str(store.resolve()) not in message  # no server paths for the user
+    with pytest.raises(gr.Error, match="do not match its config"):
+        list(app.generate("a photo of a goldfish", "a_broken", "DDIM", 5, 3.0, 1, 1, False))
+    info_md, classes, *_ = app.model_changed("tiny")  # the others still work
+    assert "**tiny**" in info_md and classes["choices"]
+
+    # Named explicitly with --model, a broken model stops the start-up with its reason, not a trace.
+    args.model = "a_broken"
+    with pytest.raises(ms.CheckpointError, match="do not match its config"):
+        web.open_models(args, ms, web._pick_model(args, ms))
+
+
 # =============================================================== the running app
 @pytest.fixture(scope="module")
 def client(tiny_app):

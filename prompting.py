@@ -1,0 +1,129 @@
+"""From text to the conditioning vector: training prompts per class, and what
+the app and the CLI do with a user's prompt before it reaches the network.
+
+* ``class_training_prompts``: the texts a class is trained under: its name in
+  varied sentence templates, its WordNet synonyms, and hand-written
+  descriptions (``assets/class_descriptions.tsv``), so that free text
+  ("a small orange fish in a glass bowl") lands near the class it describes.
+* ``nearest_classes``: the model's training classes closest to a prompt, by
+  cosine similarity of the text embeddings (how well the model covers it).
+* ``snap_to_classes``: optionally pull a prompt's embedding toward the class
+  embeddings it is nearest to (a model trained on 200 class texts has only
+  seen that corner of the embedding space).
+
+Embeddings are the text encoder's unit-norm 384-d vectors; every function
+here takes them as arrays, so none needs the encoder itself.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from models.text_encoder import PROMPT_TEMPLATES, class_prompt
+
+# Varied sentence templates for training (CLIP's ImageNet prompts in spirit). The first
+# six are the original PROMPT_TEMPLATES, so "basic" training text is a prefix of "rich".
+RICH_TEMPLATES = PROMPT_TEMPLATES + (
+    "a blurry photo of a {}",
+    "a bright photo of a {}",
+    "a cropped photo of a {}",
+    "a low resolution photo of a {}",
+    "a photo of a small {}",
+    "a photo of a large {}",
+    "a good photo of a {}",
+    "a snapshot of a {}",
+)
+SYNONYM_TEMPLATES = ("a photo of a {}", "a picture of a {}", "a {}")
+TEXT_VARIANTS = ("basic", "rich")
+
+
+def read_descriptions(path: str | Path) -> dict[str, list[str]]:
+    """``wnid<TAB>description`` lines (``#`` comments and blank lines skipped) -> {wnid: [descriptions]}."""
+    out: dict[str, list[str]] = {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        wnid, sep, text = line.partition("\t")
+        if not sep or not wnid.strip() or not text.strip() or "\t" in text:
+            raise ValueError(f"{path}:{n}: expected 'wnid<TAB>description', got {line!r}")
+        out.setdefault(wnid.strip(), []).append(text.strip())
+    return out
+
+
+def class_training_prompts(names: Sequence[str], descriptions: Sequence[str] = (), variants: str = "rich") -> list[str]:
+    """The distinct prompts a class is trained under, the class-name prompts first.
+
+    ``names``: the class's WordNet names, common name first (``["goldfish",
+    "Carassius auratus"]``). ``basic``: the common name in the six original
+    templates. ``rich``: the common name in every ``RICH_TEMPLATES`` entry, each
+    synonym in three templates, then the descriptions.
+    """
+    if variants not in TEXT_VARIANTS:
+        raise ValueError(f"text variants must be one of {TEXT_VARIANTS}, got {variants!r}")
+    names = [n.strip() for n in names if n and n.strip()]
+    if not names:
+        raise ValueError("a class needs at least one name")
+    if variants == "basic":
+        return list(dict.fromkeys(class_prompt(names[0], t) for t in PROMPT_TEMPLATES))
+    prompts = [class_prompt(names[0], t) for t in RICH_TEMPLATES]
+    prompts += [class_prompt(syn, t) for syn in names[1:] for t in SYNONYM_TEMPLATES]
+    prompts += [d.strip() for d in descriptions if d.strip()]
+    return list(dict.fromkeys(prompts))
+
+
+def prompt_table(per_class: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Pad every class's prompt list to the same length by cycling it (the training
+    loop draws a column uniformly, so a class's early prompts, its name in
+    templates, weigh a little more where its list is short)."""
+    width = max(len(p) for p in per_class)
+    return [[p[i % len(p)] for i in range(width)] for p in per_class]
+
+
+def nearest_classes(prompt_emb: np.ndarray, class_embs: np.ndarray, k: int = 3) -> list[tuple[int, float]]:
+    """The ``k`` classes whose embedding is closest to the prompt's: ``[(index, cosine similarity)]``, best first."""
+    sims = np.asarray(class_embs, np.float64) @ np.asarray(prompt_emb, np.float64)
+    order = np.argsort(-sims)[:k]
+    return [(int(i), float(sims[i])) for i in order]
+
+
+def snap_to_classes(prompt_embs: np.ndarray, class_embs: np.ndarray, strength: float,
+                    temperature: float = 0.05) -> np.ndarray:
+    """Move each prompt embedding toward the classes it is nearest to.
+
+    The target is the softmax(similarity / ``temperature``)-weighted mean of the
+    class embeddings (mostly the nearest class, a blend when two are equally
+    near); the result is ``(1 - strength) * prompt + strength * target``,
+    renormalised. ``strength`` 0 leaves the prompt as it is; 1 replaces it with
+    the target.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"snap strength must be in [0, 1], got {strength}")
+    p = np.atleast_2d(np.asarray(prompt_embs, np.float64))
+    c = np.asarray(class_embs, np.float64)
+    if strength == 0.0:
+        return p.astype(np.float32)
+    logits = p @ c.T / temperature
+    w = np.exp(logits - logits.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    target = w @ c
+    out = (1 - strength) * p + strength * target
+    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def coverage_message(matches: Sequence[tuple[str, float]], low: float = 0.5) -> str:
+    """A plain sentence about how well the model's classes cover a prompt."""
+    if not matches:
+        return "This model has no classes to compare with."
+    best_name, best = matches[0]
+    near = ", ".join(f"{n} ({s:.2f})" for n, s in matches)
+    if best < low:
+        return (f"The model has not seen anything like this prompt: its nearest class is {best_name} "
+                f"(similarity {best:.2f}). Expect an image of its training classes, not of the prompt. Nearest: {near}")
+    return f"Nearest training classes: {near}"
+
+
+def descriptions_for(classes: Sequence[Mapping[str, object]], descriptions: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """The descriptions of each class (by wnid; none for a class without an entry)."""
+    return [list(descriptions.get(str(c.get("wnid", "")), ())) for c in classes]

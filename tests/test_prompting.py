@@ -1,0 +1,69 @@
+"""Training prompts per class, nearest classes, and snapping a prompt toward the classes (no text encoder)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import prompting as P
+from conftest import ROOT
+from models.text_encoder import PROMPT_TEMPLATES
+
+
+def test_read_descriptions(tmp_path):
+    f = tmp_path / "d.tsv"
+    f.write_text("# comment\n\nn01\ta small orange fish\nn01\tgoldfish in a pond\nn02\tsnowy peaks\n")
+    assert P.read_descriptions(f) == {"n01": ["a small orange fish", "goldfish in a pond"], "n02": ["snowy peaks"]}
+    f.write_text("n01\tok\nn02 no tab here\n")
+    with pytest.raises(ValueError, match=r"d.tsv:2: expected 'wnid<TAB>description'"):
+        P.read_descriptions(f)
+
+
+def test_shipped_descriptions_cover_every_tiny_imagenet_class():
+    d = P.read_descriptions(ROOT / "assets/class_descriptions.tsv")
+    wnids = [line.split("\t")[0] for line in (ROOT / "assets/tiny200_classes.tsv").read_text().splitlines()]
+    assert len(wnids) == 200 and set(d) == set(wnids) and all(len(v) >= 2 for v in d.values())
+
+
+def test_class_training_prompts():
+    basic = P.class_training_prompts(["orange"], variants="basic")
+    assert basic[0] == "a photo of an orange" and len(basic) == len(PROMPT_TEMPLATES)
+    rich = P.class_training_prompts(["goldfish", "Carassius auratus"], ["a small orange fish in a bowl"])
+    assert rich[: len(basic)] == P.class_training_prompts(["goldfish"], variants="basic")  # basic is a prefix
+    assert "a blurry photo of a goldfish" in rich and "a picture of a Carassius auratus" in rich
+    assert rich[-1] == "a small orange fish in a bowl" and len(rich) == len(set(rich))
+    assert len(rich) == len(P.RICH_TEMPLATES) + len(P.SYNONYM_TEMPLATES) + 1
+    with pytest.raises(ValueError, match="at least one name"):
+        P.class_training_prompts(["  "])
+    with pytest.raises(ValueError, match="text variants"):
+        P.class_training_prompts(["goldfish"], variants="fancy")
+
+
+def test_prompt_table_cycles_short_lists():
+    assert P.prompt_table([["a", "b", "c"], ["x"]]) == [["a", "b", "c"], ["x", "x", "x"]]
+
+
+def unit(v):
+    v = np.asarray(v, np.float64)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def test_nearest_classes_and_snapping():
+    rng = np.random.default_rng(0)
+    classes = unit(rng.normal(size=(5, 16)))
+    prompt = unit(classes[3] + 0.4 * unit(rng.normal(size=16)))
+    near = P.nearest_classes(prompt, classes, k=2)
+    sims = classes @ prompt
+    assert near[0] == (3, pytest.approx(sims.max())) and near[1][1] == pytest.approx(np.sort(sims)[-2])
+    np.testing.assert_allclose(P.snap_to_classes(prompt, classes, 0.0)[0], prompt, atol=1e-6)
+    full = P.snap_to_classes(prompt, classes, 1.0, temperature=0.01)[0]
+    np.testing.assert_allclose(full, classes[3], atol=1e-3)  # a clear nearest class: its embedding
+    half = P.snap_to_classes(prompt, classes, 0.5)[0]
+    assert abs(np.linalg.norm(half) - 1) < 1e-5
+    assert classes[3] @ prompt < classes[3] @ half < 1  # closer to the class than the prompt was
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        P.snap_to_classes(prompt, classes, 1.5)
+
+
+def test_coverage_message():
+    assert "not seen anything like" in P.coverage_message([("goldfish", 0.21), ("orange", 0.18)])
+    assert P.coverage_message([("goldfish", 0.8)]).startswith("Nearest training classes: goldfish (0.80)")
