@@ -77,16 +77,63 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    import numpy as np
+def apply_png_recipe(args: argparse.Namespace, explicit: set[str]) -> None:
+    """``--from-png``: the PNG's recipe fills every setting the command line did not give."""
+    from recipe import load_recipe
 
+    r = load_recipe(args.from_png)
+    if r.get("negative_prompt"):
+        log.warning("the PNG's negative prompt is ignored (this model has no negative prompts)")
+    fill = {"model": r.get("model"), "sampler": r.get("sampler"), "steps": r.get("steps"),
+            "guidance": r.get("guidance_scale"), "seed": r.get("seed"), "eta": r.get("eta"),
+            "spacing": r.get("timestep_spacing"), "variation_seed": r.get("variation_seed"),
+            "variation_strength": r.get("variation_strength"), "strength": r.get("strength")}
+    for key, value in fill.items():
+        if value is not None and key not in explicit:
+            setattr(args, key, value)
+    if "prompt" not in explicit and "class_name" not in explicit:
+        args.prompt = [r["prompt"]]
+    if "n" not in explicit:
+        args.n = 1
+    if r.get("strength") is not None and not args.init_image:
+        raise ValueError(f"{args.from_png} was made from an init image (denoising strength {r['strength']}): "
+                         "pass the same image with --init-image FILE")
+
+
+def load_init_image(path: str, size: int) -> "Any":
+    """An image file as uint8 (size, size, 3): centre crop and resize, as preprocess.py prepares training data."""
+    from preprocess import decode_image, strict_pil
+
+    try:
+        with strict_pil(), open(path, "rb") as f:
+            return decode_image(f, size)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--init-image {path}: no such file") from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds; the user needs the one line
+        raise ValueError(f"--init-image {path} is not a readable image ({type(e).__name__}: {e})") from None
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
     import diffusion as D
     import plot_func
     from model_store import load_model
     from recipe import save_png
 
+    explicit = {k for k, v in vars(args).items() if v is not None and k not in ("func", "command", "out", "store",
+                                                                                 "gif", "device", "from_png")}
+    if args.from_png:
+        apply_png_recipe(args, explicit)
+    args.model = args.model or "default_model"
+    args.seed = 0 if args.seed is None else args.seed
+    args.n = 8 if args.n is None else args.n
     if bool(args.prompt) == bool(args.class_name):
-        print("error: give --prompt TEXT or --class NAME (one of them)", file=sys.stderr)
+        print("error: give --prompt TEXT or --class NAME (one of them), or --from-png FILE", file=sys.stderr)
+        return 2
+    if (args.variation_strength is not None) != (args.variation_seed is not None):
+        print("error: --variation-seed and --variation-strength go together", file=sys.stderr)
+        return 2
+    if args.strength is not None and not args.init_image:
+        print("error: --strength needs --init-image FILE", file=sys.stderr)
         return 2
     device = args.device or ("cuda" if _cuda() else "cpu")
     lm = load_model(args.model, store=args.store, device=device)
@@ -104,11 +151,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
         unknown = [c for c in args.class_name if c.lower() not in known]
         if unknown and lm.class_names:
             log.warning("classes %s are not among this model's classes; using them as free text", unknown)
+    init = None
+    if args.init_image:
+        init = load_init_image(args.init_image, lm.image_size)
     res = D.generate_images(
         lm.model, lm.diffusion, args.prompt, class_names=args.class_name, num_images=args.n,
-        sampler=sampler, num_steps=steps, guidance_scale=guidance, seed=args.seed, eta=args.eta,
+        sampler=sampler, num_steps=steps, guidance_scale=guidance, seed=args.seed, eta=args.eta or 0.0,
         timestep_spacing=args.spacing, prompt_template=lm.prompt_template, return_frames=args.gif,
         frame_every=max(1, (steps or _DEFAULT_STEPS[sampler]) // 40), device=device,  # <= ~40 GIF frames
+        variation_seed=args.variation_seed, variation_strength=args.variation_strength or 0.0,
+        init_images=init, strength=1.0 if args.strength is None else args.strength,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,6 +169,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         stem += "-" + next(str(i) for i in range(1, 10_000) if not list(out.glob(f"{stem}-{i}_*")))
     for i, (img, prompt, seed) in enumerate(zip(res.images, res.prompts, res.seeds)):
         recipe = dict(res.recipe, seed=seed, model=lm.name)
+        if "variation_seed" in recipe:
+            recipe["variation_seed"] += i  # image i's variation noise came from variation_seed + i
+        if args.init_image:
+            recipe["init_image"] = Path(args.init_image).name
         path = save_png(out / f"{stem}_{i:02d}_seed{seed}.png", img, prompt, recipe)
         print(path)
     grid = plot_func.sample_grid(res.images, nrow=min(8, len(res.images)), path=out / f"{stem}_grid.png")
@@ -241,6 +297,7 @@ def _cuda() -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     from diffusion import SAMPLERS, TIMESTEP_SPACINGS
+    from prompting import PROMPT_BLEND_HELP
 
     parser = argparse.ArgumentParser(
         prog="diffusion.py", description="Train and sample class/text-conditional diffusion models.",
@@ -253,20 +310,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help="generate images with a stored model")
-    p.add_argument("--model", default="default_model", help="store name or model/checkpoint folder")
+    p = sub.add_parser("sample", help="generate images with a stored model",
+                       description="Generate images. Prompts may blend texts with weights: " + PROMPT_BLEND_HELP)
+    p.add_argument("--model", default=None, help="store name or model/checkpoint folder (default: default_model)")
     p.add_argument("--store", default=None, help="model store directory (default: model_store/ or $DIFFUSION_MODEL_STORE)")
     p.add_argument("--prompt", action="append", help="free-text prompt (repeat for several)")
     p.add_argument("--class", dest="class_name", action="append", help="class name, e.g. goldfish (repeatable)")
-    p.add_argument("--n", type=int, default=8, help="number of images")
+    p.add_argument("--n", type=int, default=None, help="number of images (default 8; 1 with --from-png)")
     p.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="default: the model's sampler_defaults, else dpm++")
     p.add_argument("--steps", type=int, default=None,
                    help="sampling steps (default: the model's sampler_defaults, else ddpm 1000, ddim 50, dpm++ 20)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale, 1 = none (default: the model's sampler_defaults, else 3.0)")
-    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
+    p.add_argument("--seed", type=int, default=None, help="image i uses seed + i (default 0)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta (0 deterministic, the default; 1 DDPM-like)")
+    p.add_argument("--from-png", default=None, metavar="FILE",
+                   help="regenerate a PNG written by this CLI or the app (or AUTOMATIC1111): its recipe fills "
+                        "every setting not given on the command line")
+    p.add_argument("--variation-seed", type=int, default=None, metavar="N",
+                   help="variations: slerp each image's starting noise toward that of seed N + i")
+    p.add_argument("--variation-strength", type=float, default=None, metavar="S",
+                   help="0 = the seed's own image, 1 = the variation seed's own image")
+    p.add_argument("--init-image", default=None, metavar="FILE",
+                   help="start from this image (SDEdit): it is noised to t = strength x T and denoised from there")
+    p.add_argument("--strength", type=float, default=None, metavar="S",
+                   help="with --init-image: 0 keeps the image, 1 ignores it (default 1)")
     p.add_argument("--spacing", choices=TIMESTEP_SPACINGS, default=None, help="timestep spacing")
     p.add_argument("--out", default="output_ImageNet/samples", help="output folder")
     p.add_argument("--gif", action="store_true", help="also write the denoising GIF")

@@ -365,16 +365,19 @@ def ddpm_sample(
     timestep_spacing: str = "leading",
     generator: Generators = None,
     callback: StepCallback | None = None,
+    timesteps: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Ancestral sampling: x_{s} ~ q(x_s | x_t, x_0 = model's x_0).
 
     With ``num_steps=None`` it visits all T timesteps (the DDPM paper's
     sampler, with the posterior variance, diffusers' "fixed_small"); fewer
-    steps use the same posterior between the visited timesteps.
+    steps use the same posterior between the visited timesteps. An explicit
+    decreasing ``timesteps`` list (e.g. the tail of one, to start from a
+    partly noised image) replaces ``num_steps`` and ``timestep_spacing``.
     """
     terms = denoise.terms
     T = terms.num_train_timesteps
-    timesteps = make_timesteps(T, num_steps or T, timestep_spacing)
+    timesteps = list(timesteps) if timesteps is not None else make_timesteps(T, num_steps or T, timestep_spacing)
     ac = terms.alphas_cumprod
     for i, t in enumerate(timesteps):
         prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
@@ -404,14 +407,16 @@ def ddim_sample(
     timestep_spacing: str = "trailing",
     generator: Generators = None,
     callback: StepCallback | None = None,
+    timesteps: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """DDIM (Song et al.): deterministic at ``eta=0``, DDPM-like at ``eta=1``.
 
     The step after the last visited timestep goes to alpha-bar = 1 (the clean
-    image), as diffusers' ``set_alpha_to_one=True``.
+    image), as diffusers' ``set_alpha_to_one=True``. ``timesteps``: as in ``ddpm_sample``.
     """
     terms = denoise.terms
-    timesteps = make_timesteps(terms.num_train_timesteps, num_steps, timestep_spacing)
+    timesteps = (list(timesteps) if timesteps is not None
+                 else make_timesteps(terms.num_train_timesteps, num_steps, timestep_spacing))
     ac = terms.alphas_cumprod
     for i, t in enumerate(timesteps):
         prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
@@ -435,14 +440,17 @@ def dpm_solver_pp_sample(
     timestep_spacing: str = "trailing",
     generator: Generators = None,  # unused: the solver is deterministic; kept for a uniform signature
     callback: StepCallback | None = None,
+    timesteps: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep in log-SNR,
     on the model's x_0 prediction; first order at the first step and at the
     last (which lands on sigma = 0, the clean image), as diffusers'
     ``DPMSolverMultistepScheduler`` with ``solver_type="midpoint"``.
+    ``timesteps``: as in ``ddpm_sample``.
     """
     terms = denoise.terms
-    timesteps = make_timesteps(terms.num_train_timesteps, num_steps, timestep_spacing)
+    timesteps = (list(timesteps) if timesteps is not None
+                 else make_timesteps(terms.num_train_timesteps, num_steps, timestep_spacing))
     ac = terms.alphas_cumprod
     alpha = lambda t: math.sqrt(ac[t].item())  # noqa: E731 - tiny local helpers
     sigma = lambda t: math.sqrt(1 - ac[t].item())  # noqa: E731
@@ -464,6 +472,68 @@ def dpm_solver_pp_sample(
         x0_prev, t_prev, x = x0, t, x_next
         _report(callback, i, len(timesteps), t, x, x0)
     return x
+
+
+# --------------------------------------------------------------------------- where sampling starts
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation between noise batches, per image: ``t=0`` is ``a``, ``t=1`` is ``b``.
+
+    Gaussian noise lives near a sphere; a straight line between two draws
+    passes inside it (too little noise, washed-out images), the arc does not.
+    """
+    if t == 0.0:
+        return a.clone()
+    if t == 1.0:
+        return b.clone()
+    fa, fb = a.flatten(1).double(), b.flatten(1).double()
+    cos = (fa * fb).sum(1) / (fa.norm(dim=1) * fb.norm(dim=1))
+    omega = torch.arccos(cos.clamp(-1, 1))[:, None]
+    so = torch.sin(omega)
+    nearly_parallel = so.abs() < 1e-6  # the arc is a line there: lerp avoids 0/0
+    wa = torch.where(nearly_parallel, torch.full_like(so, 1 - t), torch.sin((1 - t) * omega) / so)
+    wb = torch.where(nearly_parallel, torch.full_like(so, t), torch.sin(t * omega) / so)
+    return (wa * fa + wb * fb).reshape(a.shape).to(a.dtype)
+
+
+def starting_noise(
+    shape: Sequence[int], seeds: Sequence[int], device: torch.device | str = "cpu",
+    variation_seed: int | None = None, variation_strength: float = 0.0,
+) -> torch.Tensor:
+    """x_T for each image: noise from its seed, or (AUTOMATIC1111's variation seeds)
+    the slerp from it toward the noise of ``variation_seed + i`` by ``variation_strength``
+    (0: the seed's own image, 1: the variation seed's own image)."""
+    if not 0.0 <= variation_strength <= 1.0:
+        raise ValueError(f"variation strength must be in [0, 1], got {variation_strength}")
+    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    x = randn_like_batch(shape, gens, device)
+    if variation_seed is not None and variation_strength > 0:
+        var_gens = [torch.Generator(device=device).manual_seed(int(variation_seed) + i) for i in range(len(seeds))]
+        x = slerp(x, randn_like_batch(shape, var_gens, device), variation_strength)
+    return x
+
+
+def img2img_timesteps(timesteps: Sequence[int], strength: float, num_train_timesteps: int) -> list[int]:
+    """The tail of a sampler's timesteps that starts at or below ``t = strength * T`` (SDEdit).
+
+    ``strength`` 1 keeps them all (pure noise: plain generation); 0 keeps none
+    (the image comes back unchanged).
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    t_start = round(strength * num_train_timesteps) - 1
+    return [int(t) for t in timesteps if t <= t_start]
+
+
+def images_to_tensor(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (N, H, W, 3) images -> float (N, 3, H, W) in [-1, 1] (a tensor passes through)."""
+    if isinstance(images, torch.Tensor):
+        return images.to(device=device, dtype=torch.float32)
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images (N, H, W, 3), got {arr.dtype} {arr.shape}")
+    return torch.from_numpy(np.ascontiguousarray(arr)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 # --------------------------------------------------------------------------- the one generation entry point
@@ -530,12 +600,29 @@ def generate_images(
     frame_every: int = 1,
     callback: StepCallback | None = None,
     device: torch.device | str | None = None,
+    variation_seed: int | None = None,
+    variation_strength: float = 0.0,
+    init_images: np.ndarray | torch.Tensor | None = None,
+    strength: float = 1.0,
+    cond: np.ndarray | torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
 ) -> GenerationResult:
     """Prompts or class names in, uint8 images (and optional denoising frames) out.
 
     Image ``i`` starts from noise seeded with ``seed + i``, so a seed reproduces
     an image exactly, whatever else is in the batch. ``encode_fn`` maps
-    prompts to (N, cond_dim) embeddings (default: the MiniLM text encoder).
+    prompts to (N, cond_dim) embeddings (default: the MiniLM text encoder);
+    prompts may blend texts with weights (``"goldfish:0.7 | coral reef:0.3"``,
+    see ``prompting.parse_weighted_prompt``).
+
+    * ``variation_seed`` / ``variation_strength``: slerp each image's noise
+      toward that of ``variation_seed + i`` (``starting_noise``).
+    * ``init_images`` (uint8 (N, H, W, 3) or a [-1, 1] tensor) with
+      ``strength`` s < 1: SDEdit. The images are noised with q(x_t | x_0) to the
+      first of the sampler's timesteps at or below t = s T, using the seeds'
+      noise, and sampled from there.
+    * ``cond`` (N, cond_dim) and ``noise`` (N, C, H, W): explicit conditioning
+      and x_T (interpolation uses them); they replace the encoder and the seeds.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -551,11 +638,41 @@ def generate_images(
     if not math.isfinite(guidance_scale):
         raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
 
-    cond = torch.as_tensor(np.asarray(encode_fn(texts)), dtype=torch.float32, device=device)
+    if cond is None:
+        from prompting import encode_weighted
+
+        cond = encode_weighted(texts, encode_fn)
+    cond = torch.as_tensor(np.asarray(cond) if not isinstance(cond, torch.Tensor) else cond,
+                           dtype=torch.float32, device=device)
+    if cond.shape[0] != num_images:
+        raise ValueError(f"cond has {cond.shape[0]} rows for {num_images} images")
     seeds = [int(seed) + i for i in range(num_images)]
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    x = randn_like_batch((num_images, model.config.in_channels, size, size), generators, device)
+    shape = (num_images, model.config.in_channels, size, size)
+    if noise is not None:
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
+        x = noise.to(device=device, dtype=torch.float32)
+    else:
+        x = starting_noise(shape, seeds, device, variation_seed, variation_strength)
     terms = diffusion.terms()
+    timesteps = make_timesteps(diffusion.num_train_timesteps, num_steps, spacing)
+    if init_images is not None:
+        x0 = images_to_tensor(init_images, device)
+        if x0.shape[0] == 1 and num_images > 1:
+            x0 = x0.expand(num_images, -1, -1, -1)
+        if tuple(x0.shape) != shape:
+            raise ValueError(f"init images have shape {tuple(x0.shape)}, expected {shape}: resize them to {size} px")
+        timesteps = img2img_timesteps(timesteps, strength, diffusion.num_train_timesteps)
+        if strength == 1.0:
+            pass  # t = T-1 keeps a trace of x_0 (alpha-bar ~ 1e-9 > 0): strength 1 means "ignore the image", exactly
+        elif timesteps:
+            t0 = torch.full((num_images,), timesteps[0], device=device, dtype=torch.long)
+            x = q_sample(terms, x0, t0, x)
+        else:  # strength too low to reach any step: the image comes back unchanged
+            x = x0.clone()
+    elif strength != 1.0:
+        raise ValueError("strength applies to init images only (img2img)")
     denoise = GuidedDenoiser(model, terms, cond, diffusion.prediction_type, guidance_scale)
 
     frames: list[np.ndarray] = []
@@ -572,18 +689,24 @@ def generate_images(
     was_training = model.training
     model.eval()
     try:
-        if sampler == "ddpm":
-            out = ddpm_sample(denoise, x, num_steps=num_steps, timestep_spacing=spacing, generator=generators, callback=on_step)
+        if not timesteps:
+            out = x
+        elif sampler == "ddpm":
+            out = ddpm_sample(denoise, x, timesteps=timesteps, generator=generators, callback=on_step)
         elif sampler == "ddim":
-            out = ddim_sample(denoise, x, num_steps=num_steps, eta=eta, timestep_spacing=spacing, generator=generators, callback=on_step)
+            out = ddim_sample(denoise, x, eta=eta, timesteps=timesteps, generator=generators, callback=on_step)
         else:
-            out = dpm_solver_pp_sample(denoise, x, num_steps=num_steps, timestep_spacing=spacing, callback=on_step)
+            out = dpm_solver_pp_sample(denoise, x, timesteps=timesteps, callback=on_step)
     finally:
         model.train(was_training)
     recipe = {
         "sampler": sampler, "steps": num_steps, "guidance_scale": guidance_scale, "seed": int(seed),
         "eta": eta, "timestep_spacing": spacing, "size": size,
     }
+    if variation_seed is not None and variation_strength > 0:
+        recipe.update(variation_seed=int(variation_seed), variation_strength=float(variation_strength))
+    if init_images is not None:
+        recipe["strength"] = float(strength)
     return GenerationResult(to_uint8(out), seeds, texts, frames, frame_ts, recipe)
 
 

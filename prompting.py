@@ -10,14 +10,18 @@ the app and the CLI do with a user's prompt before it reaches the network.
 * ``snap_to_classes``: optionally pull a prompt's embedding toward the class
   embeddings it is nearest to (a model trained on 200 class texts has only
   seen that corner of the embedding space).
+* ``parse_weighted_prompt`` / ``encode_weighted``: blended prompts,
+  ``goldfish:0.7 | coral reef:0.3``, mix the parts' embeddings with those weights.
 
 Embeddings are the text encoder's unit-norm 384-d vectors; every function
 here takes them as arrays, so none needs the encoder itself.
 """
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -127,3 +131,62 @@ def coverage_message(matches: Sequence[tuple[str, float]], low: float = 0.5) -> 
 def descriptions_for(classes: Sequence[Mapping[str, object]], descriptions: Mapping[str, Sequence[str]]) -> list[list[str]]:
     """The descriptions of each class (by wnid; none for a class without an entry)."""
     return [list(descriptions.get(str(c.get("wnid", "")), ())) for c in classes]
+
+
+# --------------------------------------------------------------------------- blended prompts
+PROMPT_BLEND_HELP = (
+    "Blend prompts with | and give each part a weight after a colon: "
+    "'goldfish:0.7 | coral reef:0.3'. Weights are numbers >= 0 (a part without one weighs 1) and are "
+    "normalised to sum to 1; the parts' text embeddings are mixed with those weights."
+)
+_WEIGHT = re.compile(r"^(?P<text>.*):(?P<weight>[^\s:]+)\s*$", re.S)
+
+
+def parse_weighted_prompt(prompt: str) -> list[tuple[str, float]]:
+    """``"goldfish:0.7 | coral reef:0.3"`` -> ``[("goldfish", 0.7), ("coral reef", 0.3)]`` (weights sum to 1).
+
+    A part's weight is a single token after its last colon; a colon followed
+    by words ("note: a fish") is just text. An empty part, a weight that is not
+    a finite number >= 0, or weights that are all 0 raise ``ValueError``.
+    """
+    parts = prompt.split("|")
+    out = []
+    for part in parts:
+        m = _WEIGHT.match(part.strip())
+        text, weight = part.strip(), 1.0
+        if m:
+            text, token = m.group("text").strip(), m.group("weight")
+            try:
+                weight = float(token)
+            except ValueError:
+                raise ValueError(f"bad weight {token!r} in {part.strip()!r}: write text:weight, "
+                                 "the weight a number >= 0") from None
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"bad weight {token!r} in {part.strip()!r}: weights are finite numbers >= 0")
+        if not text:
+            raise ValueError(f"empty part in the blended prompt {prompt!r}: every part between | needs text")
+        out.append((text, weight))
+    total = sum(w for _, w in out)
+    if total <= 0:
+        raise ValueError(f"the weights in {prompt!r} are all 0")
+    return [(t, w / total) for t, w in out]
+
+
+def encode_weighted(prompts: Sequence[str], encode_fn: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """Embeddings ``(N, D)`` of prompts that may be blends: each part encoded once,
+    mixed with its weight, the mix renormalised to unit length (where the
+    encoder's own embeddings live). A plain prompt is exactly its embedding."""
+    parsed = [parse_weighted_prompt(p) for p in prompts]
+    if all(len(parts) == 1 for parts in parsed):  # the common case: one call, nothing to mix
+        return np.asarray(encode_fn([parts[0][0] for parts in parsed]), dtype=np.float32)
+    unique = list(dict.fromkeys(t for parts in parsed for t, _ in parts))
+    table = dict(zip(unique, np.asarray(encode_fn(unique), dtype=np.float64)))
+    out = []
+    for parts in parsed:
+        if len(parts) == 1:
+            out.append(table[parts[0][0]])
+            continue
+        mix = sum(w * table[t] for t, w in parts)
+        norm = np.linalg.norm(mix)
+        out.append(mix / norm if norm > 1e-8 else mix)
+    return np.stack(out).astype(np.float32)

@@ -606,3 +606,55 @@ def test_run_lock_is_released_when_its_holder_is_killed(tmp_path):
         proc.wait()
     with T.run_lock(run):
         pass
+
+
+def test_cli_variations_img2img_and_from_png_regenerate_exactly(trained, tmp_path, capsys):
+    import cli
+    from PIL import Image
+
+    from recipe import read_png_recipe
+
+    store_dir = tmp_path / "store"
+    assert cli.main(["export", str(trained), "--name", "tiny", "--store", str(store_dir)]) == 0
+    base = ["--model", "tiny", "--store", str(store_dir), "--steps", "5"]
+
+    def pngs(out: Path) -> list[Path]:
+        return sorted(p for p in out.glob("*.png") if not p.name.endswith("_grid.png"))
+
+    def pixels(p: Path) -> np.ndarray:
+        return np.asarray(Image.open(p).convert("RGB"))
+
+    assert cli.main(["sample", *base, "--class", "goldfish", "--n", "2", "--seed", "3", "--variation-seed", "40",
+                     "--variation-strength", "0.4", "--out", str(tmp_path / "var")]) == 0
+    var = pngs(tmp_path / "var")
+    recipes = [read_png_recipe(p) for p in var]
+    assert [(r["seed"], r["variation_seed"], r["variation_strength"]) for r in recipes] == [(3, 40, 0.4), (4, 41, 0.4)]
+    # the second image, regenerated from its PNG alone (a batch of one, every setting from the recipe)
+    assert cli.main(["sample", "--from-png", str(var[1]), "--store", str(store_dir), "--out", str(tmp_path / "re")]) == 0
+    again = pngs(tmp_path / "re")
+    assert len(again) == 1
+    np.testing.assert_array_equal(pixels(again[0]), pixels(var[1]))
+    assert read_png_recipe(again[0]) == recipes[1]
+
+    # img2img from the first image; its PNG regenerates only with the same init image
+    assert cli.main(["sample", *base, "--prompt", "a photo of a lemon", "--n", "1", "--seed", "9", "--init-image",
+                     str(var[0]), "--strength", "0.5", "--out", str(tmp_path / "i2i")]) == 0
+    i2i = pngs(tmp_path / "i2i")[0]
+    r = read_png_recipe(i2i)
+    assert r["strength"] == 0.5 and r["init_image"] == var[0].name and r["prompt"] == "a photo of a lemon"
+    capsys.readouterr()
+    assert cli.main(["sample", "--from-png", str(i2i), "--store", str(store_dir), "--out", str(tmp_path / "x")]) == 2
+    assert "pass the same image with --init-image" in capsys.readouterr().err
+    assert cli.main(["sample", "--from-png", str(i2i), "--init-image", str(var[0]), "--store", str(store_dir),
+                     "--out", str(tmp_path / "i2i_again")]) == 0
+    np.testing.assert_array_equal(pixels(pngs(tmp_path / "i2i_again")[0]), pixels(i2i))
+
+    # clear errors: a PNG with no recipe, a missing file, half a variation, strength without an image
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "plain.png")
+    for argv, msg in ((["--from-png", str(tmp_path / "plain.png")], "has no generation recipe"),
+                      (["--from-png", str(tmp_path / "nope.png")], "no such file"),
+                      ([*base, "--class", "goldfish", "--variation-seed", "4"], "go together"),
+                      ([*base, "--class", "goldfish", "--strength", "0.5"], "needs --init-image"),
+                      ([*base, "--class", "goldfish", "--init-image", str(tmp_path / "nope.png")], "no such file")):
+        assert cli.main(["sample", *argv, "--store", str(store_dir), "--out", str(tmp_path / "err")]) == 2, argv
+        assert msg in capsys.readouterr().err, argv
