@@ -4,10 +4,11 @@
     python3 dev.py web [web.py options]     # set up, then launch the app
     python3 dev.py test [pytest options]    # set up (with test tools), then run the tests
 
-Setup creates ``.venv`` next to this file and installs the pinned
-requirements with uv (fast, and it ignores local "+cpu" torch wheels that
-break torchvision). It is idempotent: a stamp of the requirements' hash makes
-the second run skip straight to the command. Needs only python3 (3.10+).
+Setup creates ``.venv`` next to this file and installs the locked
+requirements (``requirements*.lock``: every package pinned with its hashes,
+resolved from ``requirements*.txt`` by ``python3 dev.py lock``) with uv (fast,
+and it ignores local "+cpu" torch wheels that break torchvision). It is idempotent: a stamp of the requirements' hash makes
+the second run skip straight to the command. Needs only python3 (3.11+).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 UV_VERSION = "0.13.9"
+MIN_PYTHON = (3, 11)  # the pinned packages (imageio 2.38, numpy 2.4) need 3.11
+MIN_PYTHON_TEXT = ".".join(map(str, MIN_PYTHON))
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -43,9 +46,25 @@ def requirements_hash(files: list[Path]) -> str:
     return h.hexdigest()
 
 
+LOCKS = {False: "requirements.lock", True: "requirements-test.lock"}  # with_tests -> lock file
+
+
+def lock() -> int:
+    """Re-resolve the pinned requirements into the hash-checked lock files (needs the index)."""
+    ensure_venv(with_tests=False)
+    uv = VENV / "bin" / "uv"
+    for with_tests, out in LOCKS.items():
+        src = "requirements-test.txt" if with_tests else "requirements.txt"
+        say(f"resolving {src} -> {out}")
+        run([str(uv), "pip", "compile", src, "--universal", "--generate-hashes", "--python-version",
+             MIN_PYTHON_TEXT, "-o", out, "-q"], cwd=ROOT)
+    return 0
+
+
 def ensure_venv(with_tests: bool) -> None:
-    req = ROOT / ("requirements-test.txt" if with_tests else "requirements.txt")
-    files = [ROOT / "requirements.txt"] + ([ROOT / "requirements-test.txt"] if with_tests else [])
+    req = ROOT / LOCKS[with_tests]
+    files = [ROOT / "requirements.txt", ROOT / LOCKS[False]] + (
+        [ROOT / "requirements-test.txt", ROOT / LOCKS[True]] if with_tests else [])
     stamp = VENV / (".stamp-test" if with_tests else ".stamp-runtime")
     digest = requirements_hash(files)
     if PY.exists() and stamp.exists() and stamp.read_text() == digest:
@@ -58,7 +77,8 @@ def ensure_venv(with_tests: bool) -> None:
         say(f"installing uv {UV_VERSION}")
         run([str(PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"uv=={UV_VERSION}"])
     say(f"installing {req.name} (first time: a few minutes; torch with its CUDA libraries is ~5 GB)")
-    run([str(uv), "pip", "install", "--python", str(PY), "-r", str(req)])
+    # The lock pins every package (not only ours) with its hashes: the same environment on every machine.
+    run([str(uv), "pip", "install", "--python", str(PY), "--require-hashes", "-r", str(req)])
     run([str(PY), "-c", "import torch, torchvision; torchvision.ops.nms"])  # the "+cpu wheel" trap fails here
     stamp.write_text(digest)
 
@@ -96,9 +116,16 @@ def ensure_chromium() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["web", "test", "setup"], help="what to do after setting up")
+    parser.add_argument("command", choices=["web", "test", "setup", "lock"],
+                        help="what to do after setting up (lock: refresh requirements*.lock from requirements*.txt)")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="passed on to web.py / pytest")
     opts = parser.parse_args(argv)
+    if sys.version_info < MIN_PYTHON:
+        say(f"Python {MIN_PYTHON_TEXT} or newer is needed (this is {sys.version.split()[0]}): "
+            f"run this file with a newer python3")
+        return 2
+    if opts.command == "lock":
+        return lock()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     if opts.command == "web":
         ensure_venv(with_tests=False)
