@@ -87,7 +87,9 @@ def apply_png_recipe(args: argparse.Namespace, explicit: set[str]) -> None:
     fill = {"model": r.get("model"), "sampler": r.get("sampler"), "steps": r.get("steps"),
             "guidance": r.get("guidance_scale"), "seed": r.get("seed"), "eta": r.get("eta"),
             "spacing": r.get("timestep_spacing"), "variation_seed": r.get("variation_seed"),
-            "variation_strength": r.get("variation_strength"), "strength": r.get("strength")}
+            "variation_strength": r.get("variation_strength"), "strength": r.get("strength"),
+            # a recipe from before --precision existed was made in fp32
+            "precision": r.get("precision") or "fp32"}
     for key, value in fill.items():
         if value is not None and key not in explicit:
             setattr(args, key, value)
@@ -161,6 +163,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         frame_every=max(1, (steps or _DEFAULT_STEPS[sampler]) // 40), device=device,  # <= ~40 GIF frames
         variation_seed=args.variation_seed, variation_strength=args.variation_strength or 0.0,
         init_images=init, strength=1.0 if args.strength is None else args.strength,
+        precision=args.precision or "auto",
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -296,7 +299,7 @@ def _cuda() -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from diffusion import SAMPLERS, TIMESTEP_SPACINGS
+    from diffusion import PRECISIONS, SAMPLERS, TIMESTEP_SPACINGS
     from prompting import PROMPT_BLEND_HELP
 
     parser = argparse.ArgumentParser(
@@ -336,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this image (SDEdit): it is noised to t = strength x T and denoised from there")
     p.add_argument("--strength", type=float, default=None, metavar="S",
                    help="with --init-image: 0 keeps the image, 1 ignores it (default 1)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="auto (default): bf16 autocast where the hardware has fast bf16 (AVX512-BF16/AMX CPUs, "
+                        "recent GPUs), else fp32")
     p.add_argument("--spacing", choices=TIMESTEP_SPACINGS, default=None, help="timestep spacing")
     p.add_argument("--out", default="output_ImageNet/samples", help="output folder")
     p.add_argument("--gif", action="store_true", help="also write the denoising GIF")

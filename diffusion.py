@@ -29,6 +29,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 # --------------------------------------------------------------------------- schedules
@@ -474,6 +475,28 @@ def dpm_solver_pp_sample(
     return x
 
 
+# --------------------------------------------------------------------------- precision
+def fast_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` runs bfloat16 matrix math natively (so bf16 autocast pays):
+    a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(f is not None and f() for f in checks)
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``auto`` -> ``bf16`` where the hardware has fast bf16 (``fast_bf16``), else ``fp32``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if fast_bf16(device) else "fp32"
+    return precision
+
+
 # --------------------------------------------------------------------------- where sampling starts
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     """Spherical interpolation between noise batches, per image: ``t=0`` is ``a``, ``t=1`` is ``b``.
@@ -606,6 +629,7 @@ def generate_images(
     strength: float = 1.0,
     cond: np.ndarray | torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    precision: str = "fp32",
 ) -> GenerationResult:
     """Prompts or class names in, uint8 images (and optional denoising frames) out.
 
@@ -623,6 +647,8 @@ def generate_images(
       noise, and sampled from there.
     * ``cond`` (N, cond_dim) and ``noise`` (N, C, H, W): explicit conditioning
       and x_T (interpolation uses them); they replace the encoder and the seeds.
+    * ``precision``: ``fp32``, ``bf16`` (the network under bf16 autocast; the
+      sampler's own arithmetic stays fp32) or ``auto`` (``resolve_precision``).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -637,6 +663,7 @@ def generate_images(
     make_timesteps(diffusion.num_train_timesteps, num_steps, spacing)  # validates before any work
     if not math.isfinite(guidance_scale):
         raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
+    precision = resolve_precision(precision, device)
 
     if cond is None:
         from prompting import encode_weighted
@@ -688,26 +715,32 @@ def generate_images(
 
     was_training = model.training
     model.eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     try:
-        if not timesteps:
-            out = x
-        elif sampler == "ddpm":
-            out = ddpm_sample(denoise, x, timesteps=timesteps, generator=generators, callback=on_step)
-        elif sampler == "ddim":
-            out = ddim_sample(denoise, x, eta=eta, timesteps=timesteps, generator=generators, callback=on_step)
-        else:
-            out = dpm_solver_pp_sample(denoise, x, timesteps=timesteps, callback=on_step)
+        with autocast:
+            out = _run_sampler(sampler, denoise, x, timesteps, eta, generators, on_step)
     finally:
         model.train(was_training)
     recipe = {
         "sampler": sampler, "steps": num_steps, "guidance_scale": guidance_scale, "seed": int(seed),
-        "eta": eta, "timestep_spacing": spacing, "size": size,
+        "eta": eta, "timestep_spacing": spacing, "size": size, "precision": precision,
     }
     if variation_seed is not None and variation_strength > 0:
         recipe.update(variation_seed=int(variation_seed), variation_strength=float(variation_strength))
     if init_images is not None:
         recipe["strength"] = float(strength)
     return GenerationResult(to_uint8(out), seeds, texts, frames, frame_ts, recipe)
+
+
+def _run_sampler(sampler: str, denoise: GuidedDenoiser, x: torch.Tensor, timesteps: list[int], eta: float,
+                 generators: Generators, on_step: StepCallback) -> torch.Tensor:
+    if not timesteps:  # img2img at a strength too low to reach any step
+        return x
+    if sampler == "ddpm":
+        return ddpm_sample(denoise, x, timesteps=timesteps, generator=generators, callback=on_step)
+    if sampler == "ddim":
+        return ddim_sample(denoise, x, eta=eta, timesteps=timesteps, generator=generators, callback=on_step)
+    return dpm_solver_pp_sample(denoise, x, timesteps=timesteps, callback=on_step)
 
 
 if __name__ == "__main__":

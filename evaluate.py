@@ -240,7 +240,7 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
 def generate_per_class(lm: Any, sampler: str, steps: int, per_class: int, guidance: float, seed: int,
                        batch_size: int, device: torch.device,
                        encode_fn: Callable[[list[str]], np.ndarray] | None = None,
-                       prompts: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+                       prompts: Sequence[str] | None = None, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray, float]:
     """``per_class`` images of every class prompt (or of each of ``prompts``);
     returns (images, prompt index of each image, seconds)."""
     import diffusion as D
@@ -253,7 +253,7 @@ def generate_per_class(lm: Any, sampler: str, steps: int, per_class: int, guidan
         chunk = labels[i:i + batch_size]
         res = D.generate_images(lm.model, lm.diffusion, [prompts[j] for j in chunk], num_images=len(chunk),
                                 sampler=sampler, num_steps=steps, guidance_scale=guidance, seed=seed + i,
-                                encode_fn=encode_fn, device=device)
+                                encode_fn=encode_fn, device=device, precision=precision)
         images.append(res.images)
     return np.concatenate(images), labels, time.perf_counter() - start
 
@@ -297,6 +297,7 @@ def evaluate(
     retrain_classifier: bool = False, inception: str | None = None, device: str | torch.device = "cpu",
     encode_fn: Callable[[list[str]], np.ndarray] | None = None, classifier_dir: Path | None = None,
     free_text: Sequence[tuple[str, int]] = (), free_text_setting: tuple[str, int] = ("dpm++", 20),
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Run the whole evaluation; returns a dict with the reference figures and one Row per setting."""
     from data import PreprocessedDataset
@@ -331,7 +332,7 @@ def evaluate(
     inc = InceptionFeatures(inception, device) if inception else None
     inc_val = inc(val_images) if inc else None
     result: dict[str, Any] = {
-        "model": lm.name, "data": str(data_dir), "per_class": per_class, "guidance": guidance,
+        "model": lm.name, "data": str(data_dir), "per_class": per_class, "guidance": guidance, "precision": precision,
         "classes": len(lm.classes), "real_val_images": int(len(val_labels)),
         "real_val_accuracy": float((val_pred == val_labels).mean()),
         "real_vs_real_fd": frechet_distance(ref_feat, val_feat),
@@ -342,7 +343,7 @@ def evaluate(
         result["real_vs_real_fid"] = frechet_distance(inc(np.asarray(train.images)[ref_idx]), inc_val)
     for sampler, steps in settings:
         images, labels, secs = generate_per_class(lm, sampler, steps, per_class, guidance, seed, batch_size, device,
-                                                  encode_fn)
+                                                  encode_fn, precision=precision)
         pred, feat = classify(clf, images)
         acc = float((pred == labels).mean())
         row = Row(f"{sampler} {steps}", len(images), acc, frechet_distance(feat, val_feat), secs / len(images),
@@ -400,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="TSV of 'prompt<TAB>class' lines: do free-text prompts land on their class?")
     parser.add_argument("--free-text-setting", default="dpm++:20", help="sampler:steps for the free-text prompts")
     parser.add_argument("--inception", default=None, help="pytorch-fid Inception weights (.pth) for standard FID")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                        help="sampling precision (default fp32; compare with bf16 for parity)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default=None, help="write the table (Markdown) and JSON here (default output_ImageNet/eval/<model>)")
     args = parser.parse_args(argv)
@@ -418,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
                           seed=args.seed, batch_size=args.batch_size, classifier_epochs=args.classifier_epochs,
                           retrain_classifier=args.retrain_classifier, inception=args.inception, device=device,
                           classifier_dir=Path(args.classifier) if args.classifier else None,
-                          free_text=free_text, free_text_setting=parse_settings(args.free_text_setting)[0])
+                          free_text=free_text, free_text_setting=parse_settings(args.free_text_setting)[0],
+                          precision=args.precision)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

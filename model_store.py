@@ -326,7 +326,8 @@ def load_model(
         model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"weights in {folder} do not match its config: {e}") from e
-    model.to(device).eval()
+    # channels_last: the layout CPU (oneDNN) and CUDA convolutions are fastest in, for fp32 and bf16 alike
+    model.to(device=device, memory_format=torch.channels_last).eval()
     return LoadedModel(model, diffusion, config, folder, name=folder.name, classes=config.get("classes", []))
 
 

@@ -127,3 +127,17 @@ def test_img2img_strength_ends():
         gen(model, num_steps=5, init_images=init, strength=1.2)
     with pytest.raises(ValueError, match="init images only"):
         gen(model, num_steps=5, strength=0.5)
+
+
+# --------------------------------------------------------------------------- precision
+def test_bf16_sampling_is_close_to_fp32_and_recorded():
+    model = tiny_unet().to(memory_format=torch.channels_last)
+    kw = dict(num_images=4, num_steps=8, seed=0, guidance_scale=3.0)
+    fp32 = gen(model, precision="fp32", **kw)
+    bf16 = gen(model, precision="bf16", **kw)
+    assert fp32.recipe["precision"] == "fp32" and bf16.recipe["precision"] == "bf16"
+    diff = np.abs(fp32.images.astype(int) - bf16.images.astype(int))
+    assert 0 < diff.mean() < 3.0, diff.mean()  # bf16 really ran, and stayed close (uint8 levels)
+    assert D.resolve_precision("auto", "cpu") == ("bf16" if D.fast_bf16("cpu") else "fp32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        gen(model, precision="fp16", **kw)
