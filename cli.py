@@ -89,7 +89,7 @@ def apply_png_recipe(args: argparse.Namespace, explicit: set[str]) -> None:
             "spacing": r.get("timestep_spacing"), "variation_seed": r.get("variation_seed"),
             "variation_strength": r.get("variation_strength"), "strength": r.get("strength"),
             # a recipe from before --precision existed was made in fp32
-            "precision": r.get("precision") or "fp32"}
+            "precision": r.get("precision") or "fp32", "guidance_interval": r.get("guidance_interval")}
     for key, value in fill.items():
         if value is not None and key not in explicit:
             setattr(args, key, value)
@@ -163,7 +163,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         frame_every=max(1, (steps or _DEFAULT_STEPS[sampler]) // 40), device=device,  # <= ~40 GIF frames
         variation_seed=args.variation_seed, variation_strength=args.variation_strength or 0.0,
         init_images=init, strength=1.0 if args.strength is None else args.strength,
-        precision=args.precision or "auto",
+        precision=args.precision or "auto", guidance_interval=args.guidance_interval,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this image (SDEdit): it is noised to t = strength x T and denoised from there")
     p.add_argument("--strength", type=float, default=None, metavar="S",
                    help="with --init-image: 0 keeps the image, 1 ignores it (default 1)")
+    p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                   help="apply guidance only where the noise level sigma is in (LO, HI] (Kynkaanniemi et al. "
+                        "2024), e.g. 0.28,2.9; cheaper steps outside it (default: guidance at every step)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="auto (default): bf16 autocast where the hardware has fast bf16 (AVX512-BF16/AMX CPUs, "
                         "recent GPUs), else fp32")

@@ -141,3 +141,34 @@ def test_bf16_sampling_is_close_to_fp32_and_recorded():
     assert D.resolve_precision("auto", "cpu") == ("bf16" if D.fast_bf16("cpu") else "fp32")
     with pytest.raises(ValueError, match="precision must be one of"):
         gen(model, precision="fp16", **kw)
+
+
+# --------------------------------------------------------------------------- guidance interval
+def test_guidance_interval_guides_only_inside_the_band():
+    model = tiny_unet()
+    terms = CFG.terms()
+    calls = []
+    orig = model.forward
+
+    def spy(x, t, cond, drop=None):
+        calls.append((int(t[0]), x.shape[0]))
+        return orig(x, t, cond, drop)
+
+    model.forward = spy
+    kw = dict(num_images=1, num_steps=10, seed=4, sampler="ddim")
+    full = gen(model, guidance_scale=4.0, **kw)
+    nothing = gen(model, guidance_scale=4.0, guidance_interval=(1e6, 2e6), **kw)  # no step has sigma that high
+    plain = gen(model, guidance_scale=1.0, **kw)
+    calls.clear()
+    band = gen(model, guidance_scale=4.0, guidance_interval="0.28,2.9", **kw)
+    np.testing.assert_array_equal(nothing.images, plain.images)
+    assert not np.array_equal(band.images, full.images) and not np.array_equal(band.images, plain.images)
+    # the doubled batch (both branches) runs exactly at the steps whose sigma is in (0.28, 2.9]
+    ab = terms.alphas_cumprod
+    inside = {t for t, _ in calls if 0.28 < math.sqrt((1 - float(ab[t])) / float(ab[t])) <= 2.9}
+    assert inside and len(inside) < len(calls)
+    assert all((b == 2) == (t in inside) for t, b in calls)
+    assert band.recipe["guidance_interval"] == "0.28-2.9"
+    for bad in ("3,1", "x,y", "1"):
+        with pytest.raises(ValueError, match="guidance interval"):
+            gen(model, guidance_scale=4.0, guidance_interval=bad, **kw)
