@@ -278,13 +278,19 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def randn_like_batch(shape: Sequence[int], generator: Generators, device: torch.device | str) -> torch.Tensor:
-    """Standard normal noise; with one generator per image each image's noise
-    depends only on its own seed, so image i is the same whatever the batch."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(tuple(shape), generator=generator, device=device)
+    """Standard normal noise on ``device``, drawn on each generator's own device.
+
+    With one generator per image, each image's noise depends only on its own
+    seed, so image i is the same whatever the batch; with CPU generators (what
+    ``generate_images`` uses) it is also the same on a CPU and on a GPU.
+    """
+    if generator is None:
+        return torch.randn(tuple(shape), device=device)
+    if isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, device=generator.device).to(device)
     if len(generator) != shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
-    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device) for g in generator])
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=g.device) for g in generator]).to(device)
 
 
 def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "trailing") -> list[int]:
@@ -567,10 +573,10 @@ def starting_noise(
     (0: the seed's own image, 1: the variation seed's own image)."""
     if not 0.0 <= variation_strength <= 1.0:
         raise ValueError(f"variation strength must be in [0, 1], got {variation_strength}")
-    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]  # CPU: the same noise on every device
     x = randn_like_batch(shape, gens, device)
     if variation_seed is not None and variation_strength > 0:
-        var_gens = [torch.Generator(device=device).manual_seed(int(variation_seed) + i) for i in range(len(seeds))]
+        var_gens = [torch.Generator().manual_seed(int(variation_seed) + i) for i in range(len(seeds))]
         x = slerp(x, randn_like_batch(shape, var_gens, device), variation_strength)
     return x
 
@@ -716,7 +722,7 @@ def generate_images(
     if cond.shape[0] != num_images:
         raise ValueError(f"cond has {cond.shape[0]} rows for {num_images} images")
     seeds = [int(seed) + i for i in range(num_images)]
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    generators = [torch.Generator().manual_seed(s) for s in seeds]  # CPU generators: seeds mean the same on a GPU
     shape = (num_images, model.config.in_channels, size, size)
     if noise is not None:
         if tuple(noise.shape) != shape:

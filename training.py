@@ -81,7 +81,7 @@ class TrainConfig:
     stop_at_minutes: float = 0.0  # stop (and save) when the run's total training time reaches this; 0 = no limit
     # systems
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    precision: str = "auto"  # auto (bf16 autocast where the device has fast bf16: CUDA, AVX512-BF16/AMX CPUs) | bf16 | fp32
     channels_last: bool = True
     compile: bool = False
     seed: int = 0
@@ -342,7 +342,7 @@ def _train(cfg: TrainConfig) -> Path:
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world})")
     per_rank = cfg.batch_size // world
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and D.fast_bf16(device))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -6,8 +6,11 @@
     python benchmarks/bench_speedrun.py --report          # table + plot from the results so far
 
 Every recipe trains from scratch on the same fixed task (the default model's
-10 Tiny ImageNet classes at 32 px: ``data/default32``, made as the ``default``
-preset's comment says), with a fixed seed and thread count, one run at a time.
+10 Tiny ImageNet classes at 32 px: ``data/default32``, made with ``python
+preprocess.py --src ../shared/data/tiny-imagenet-200.zip --size 32 --classes
+assets/default_classes.txt --val-fraction 0.04 --text-variants basic --out
+data/default32``, the data default_model was trained on), with a fixed seed
+and thread count, one run at a time.
 A budget of B CPU-minutes is the number of steps the recipe trains in B
 minutes at its clean throughput: each recipe's training images/s are
 measured first (``--throughput``: all recipes round-robin in one process, so
@@ -312,7 +315,7 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def report(results: list[dict[str, Any]], plot: Path | None) -> str:
+def report(results: list[dict[str, Any]], plot: Path | None, reference: dict[str, Any] | None = None) -> str:
     rows = sorted(results, key=lambda r: (r["recipe"], r["budget_min"]))
     lines = ["| recipe | CPU-minutes | train img/s (clean) | steps | images seen | class accuracy | FD | "
              "wall minutes (load avg) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -320,6 +323,10 @@ def report(results: list[dict[str, Any]], plot: Path | None) -> str:
         lines.append(f"| {r['recipe']} | {r['budget_min']:g} | {r['clean_images_per_s']:.1f} | {r['steps']:,} | "
                      f"{r['images_seen']:,} | {r['accuracy']:.1%} ± {r['accuracy_se']:.1%} | "
                      f"{r['fd']:.1f} ± {r['fd_sd']:.1f} | {r['train_minutes']:.1f} ({r.get('load_avg', float('nan')):.1f}) |")
+    if reference:
+        lines.append(f"| *{reference['reference']} (shipped; the target)* | {reference['train_minutes']:.0f} (wall) | - | "
+                     f"{reference['steps']:,} | {reference['images_seen']:,} | {reference['accuracy']:.1%} ± "
+                     f"{reference['accuracy_se']:.1%} | {reference['fd']:.1f} ± {reference['fd_sd']:.1f} | - |")
     if plot is not None and rows:
         import matplotlib
 
@@ -337,6 +344,12 @@ def report(results: list[dict[str, Any]], plot: Path | None) -> str:
                 axes[1, col].errorbar(xs, [r["fd"] for r in rr], yerr=[r["fd_sd"] for r in rr], marker="o", capsize=3,
                                       label=name)
                 axes[1, col].set_xlabel(xlabel)
+        if reference:
+            for col in (0, 1):
+                axes[0, col].axhline(100 * reference["accuracy"], color="k", ls="--", lw=1,
+                                     label=f"{reference['reference']} ({reference['train_minutes']:.0f} min)")
+                axes[1, col].axhline(reference["fd"], color="k", ls="--", lw=1)
+                axes[1, col].axhline(1.5 * reference["fd"], color="grey", ls=":", lw=1, label="1.5x its FD")
         axes[0, 0].set_ylabel("yardstick class accuracy (%)")
         axes[1, 0].set_ylabel("FD to held-out (classifier features)")
         for ax in axes.flat:
@@ -344,6 +357,7 @@ def report(results: list[dict[str, Any]], plot: Path | None) -> str:
         axes[1, 0].set_yscale("log")
         axes[1, 1].set_yscale("log")
         axes[0, 0].legend(fontsize=8)
+        axes[1, 0].legend(fontsize=8)
         fig.suptitle("CPU speedrun: 10 classes, 32 px, DPM-Solver++ 20, guidance 3")
         fig.tight_layout()
         plot.parent.mkdir(parents=True, exist_ok=True)
@@ -366,16 +380,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", action="store_true", help="only print the table and draw the plot")
+    p.add_argument("--reference", default=None, metavar="MODEL",
+                   help="only score a store model (e.g. default_model) with the same yardstick, as the target line")
     p.add_argument("--throughput", action="store_true",
                    help="only measure each recipe's training images/s, interleaved in one process")
     args = p.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    ref_path = args.results.with_name("speedrun_reference.json")
+    reference = json.loads(ref_path.read_text()) if ref_path.exists() else None
     if args.report:
-        print(report(read_results(args.results), args.plot))
+        print(report(read_results(args.results), args.plot, reference))
         return 0
     torch.set_num_threads(args.threads)
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
     if args.throughput:
         names = [n.strip() for n in args.recipes.split(",") if n.strip()]
         res = throughput(names, args)
@@ -395,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     budgets = sorted(float(b) for b in args.budgets.split(","))
     if not (args.data / "train_images.npy").exists():
         p.error(f"{args.data} is missing: python preprocess.py --src ../shared/data/tiny-imagenet-200.zip --size 32 "
-                f"--classes assets/default_classes.txt --val-fraction 0.04 --out {args.data}")
+                f"--classes assets/default_classes.txt --val-fraction 0.04 --text-variants basic --out {args.data}")
     tp_path = args.results.with_name("speedrun_throughput.json")
     rates = json.loads(tp_path.read_text())["images_per_s"] if tp_path.exists() else {}
     if any(n not in rates for n in names):
@@ -403,6 +422,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"on an otherwise idle machine: python benchmarks/bench_speedrun.py --throughput --recipes {','.join(names)}")
     ys = Yardstick(args.data, args.classifier, args.per_class, args.seed)
     print(f"yardstick: {ys.real_accuracy:.1%} on {len(ys.val_pred)} held-out real images", flush=True)
+    if args.reference:
+        lm = store.load_model(args.reference)
+        images, labels, secs = E.generate_per_class(lm, "dpm++", 20, ys.per_class, 3.0, ys.seed, 50,
+                                                    torch.device("cpu"), ys.encode)
+        cfg = lm.config
+        row = {"reference": args.reference, "steps": cfg.get("step"), "images_seen": cfg.get("images_seen"),
+               "train_minutes": (cfg.get("train_seconds") or 0) / 60, **ys.score(images, labels),
+               "images": int(len(images)), "real_accuracy": ys.real_accuracy,
+               "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        path = args.results.with_name("speedrun_reference.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(row, indent=2))
+        print(json.dumps(row, indent=2))
+        return 0
     args.results.parent.mkdir(parents=True, exist_ok=True)
     for name in names:
         for budget in budgets:
@@ -427,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(json.dumps(row) + "\n")
             print(f"{name} @ {budget:g} min: {row['steps']} steps, {row['images_seen']} images, accuracy "
                   f"{row['accuracy']:.1%} ± {row['accuracy_se']:.1%}, FD {row['fd']:.1f} ± {row['fd_sd']:.1f}", flush=True)
-    print(report(read_results(args.results), args.plot))
+    print(report(read_results(args.results), args.plot, reference))
     return 0
 
 

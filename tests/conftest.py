@@ -42,6 +42,7 @@ def missing_test_requirements() -> list[str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (tests/test_gpu.py; skipped without one)")
     missing = missing_test_requirements()
     if missing:
         raise pytest.UsageError(

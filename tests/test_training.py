@@ -92,6 +92,9 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def options(data: Path, out: Path, run: str, **kw: Any) -> dict[str, Any]:
+    # fp32 unless a test asks otherwise: "auto" means bf16 on CPUs with AVX512-BF16, so the same
+    # test would take different numeric paths on different machines.
+    kw.setdefault("precision", "fp32")
     return dict(data_dir=str(data), out_dir=str(out), run_name=run, device="cpu", **kw)
 
 
