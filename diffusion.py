@@ -602,7 +602,7 @@ def images_to_tensor(images: np.ndarray | torch.Tensor, device: torch.device | s
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"expected uint8 images (N, H, W, 3), got {arr.dtype} {arr.shape}")
-    return torch.from_numpy(np.ascontiguousarray(arr)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return torch.from_numpy(np.array(arr, copy=True)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 # --------------------------------------------------------------------------- the one generation entry point

@@ -245,7 +245,7 @@ def test_generate_returns_pngs_with_recipe(client, tiny_app):
         r = read_png_recipe(p)  # the chunk survives the trip through gradio to the client
         assert r == {"prompt": "a photo of a goldfish", "steps": 8, "sampler": "dpm++", "guidance_scale": 3.0,
                      "seed": 7 + i, "size": f"{TINY_SIZE}x{TINY_SIZE}", "model": "tiny",
-                     "timestep_spacing": "trailing", "eta": 0.0}
+                     "timestep_spacing": "trailing", "eta": 0.0, "precision": "fp32"}
     assert len({pixels(p).tobytes() for p in paths}) == 3  # different seeds, different images
     with Image.open(gif) as g:
         assert g.format == "GIF" and g.n_frames == 8  # one frame per step at 8 steps
