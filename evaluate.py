@@ -130,15 +130,36 @@ def train_classifier(
 
 
 @torch.no_grad()
-def classify(model: SmallResNet, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted labels, penultimate features) for uint8 NHWC images."""
+def predict(model: SmallResNet, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(class logits, penultimate features) for uint8 NHWC images."""
     device = next(model.parameters()).device
-    preds, feats = [], []
+    logits, feats = [], []
     for i in range(0, len(images), batch_size):
         f = model.features(_to_input(images[i:i + batch_size], device))
-        preds.append(model.head(f).argmax(1).cpu().numpy())
+        logits.append(model.head(f).float().cpu().numpy())
         feats.append(f.double().cpu().numpy())
-    return np.concatenate(preds), np.concatenate(feats)
+    return np.concatenate(logits), np.concatenate(feats)
+
+
+def classify(model: SmallResNet, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted labels, penultimate features) for uint8 NHWC images."""
+    logits, feats = predict(model, images, batch_size)
+    return logits.argmax(1), feats
+
+
+def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows whose label is among the ``k`` highest logits (ties broken by index)."""
+    k = min(k, logits.shape[1])
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return float((top == np.asarray(labels)[:, None]).any(1).mean())
+
+
+def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Top-1 accuracy of each class (NaN for a class with no images)."""
+    hits = np.bincount(labels, weights=(pred == labels).astype(float), minlength=num_classes)
+    counts = np.bincount(labels, minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return hits / counts
 
 
 def save_classifier(model: SmallResNet, folder: Path, meta: dict[str, Any]) -> None:
@@ -215,6 +236,8 @@ class Row:
     fid: float | None = None
     accuracy_se: float = 0.0  # binomial standard error of the accuracy
     fd_sd: float = 0.0  # bootstrap standard deviation of the FD over the generated images
+    top5: float | None = None  # the requested class among the classifier's 5 best guesses
+    class_accuracy: dict[str, float] | None = None  # top-1 accuracy of each class, by name
 
 
 def fd_bootstrap_sd(feat: np.ndarray, ref_feat: np.ndarray, rounds: int = 50, seed: int = 0) -> float:
@@ -291,6 +314,25 @@ def free_text_rows(lm: Any, clf: "SmallResNet", pairs: Sequence[tuple[str, int]]
     return rows
 
 
+def fit_yardstick(train: Any, val: Any, folder: Path, *, epochs: int, seed: int = 0,
+                  device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Train the yardstick classifier on a preprocessed train split, score it on the held-out
+    split, and save it (with those scores) in ``folder``; returns its metadata."""
+    log.info("training the yardstick classifier on %d images (%d epochs)", len(train), epochs)
+    t0 = time.perf_counter()
+    clf = train_classifier(np.asarray(train.images), np.asarray(train.labels), train.num_classes,
+                           epochs=epochs, device=device, seed=seed)
+    train_s = time.perf_counter() - t0
+    logits, _ = predict(clf, np.asarray(val.images))
+    labels = np.asarray(val.labels)
+    meta = {"data_dir": str(train.root), "epochs": epochs,
+            "val_accuracy": float((logits.argmax(1) == labels).mean()),
+            "val_top5": top_k_accuracy(logits, labels, 5), "train_seconds": round(train_s, 1),
+            "image_size": train.image_size, "classes": [c["name"] for c in train.classes]}
+    save_classifier(clf, folder, meta)
+    return {**clf.config, **meta}
+
+
 def evaluate(
     lm: Any, data_dir: str | Path, settings: Sequence[tuple[str, int]], *, per_class: int = 20,
     guidance: float = 3.0, seed: int = 0, batch_size: int = 50, classifier_epochs: int = 15,
@@ -311,18 +353,12 @@ def evaluate(
         raise ValueError(f"{data_dir} has no held-out split: preprocess it with --val-fraction > 0")
     folder = classifier_dir or lm.path
     if retrain_classifier or not (folder / CLASSIFIER_WEIGHTS).exists():
-        log.info("training the yardstick classifier on %d images (%d epochs)", len(train), classifier_epochs)
-        t0 = time.perf_counter()
-        clf = train_classifier(np.asarray(train.images), np.asarray(train.labels), train.num_classes,
-                               epochs=classifier_epochs, device=device, seed=seed)
-        train_s = time.perf_counter() - t0
-        acc = float((classify(clf, np.asarray(val.images))[0] == np.asarray(val.labels)).mean())
-        save_classifier(clf, folder, {"data_dir": str(data_dir), "epochs": classifier_epochs, "val_accuracy": acc,
-                                      "train_seconds": round(train_s, 1), "image_size": train.image_size})
+        fit_yardstick(train, val, folder, epochs=classifier_epochs, seed=seed, device=device)
     clf, meta = load_classifier(folder, device)
 
     val_images, val_labels = np.asarray(val.images), np.asarray(val.labels)
-    val_pred, val_feat = classify(clf, val_images)
+    val_logits, val_feat = predict(clf, val_images)
+    val_pred = val_logits.argmax(1)
     # Noise floor: FD between the held-out set and an equally sized, class-balanced real training subset.
     rng = np.random.default_rng(seed)
     ref_idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(np.asarray(train.labels) == c),
@@ -335,6 +371,7 @@ def evaluate(
         "model": lm.name, "data": str(data_dir), "per_class": per_class, "guidance": guidance, "precision": precision,
         "classes": len(lm.classes), "real_val_images": int(len(val_labels)),
         "real_val_accuracy": float((val_pred == val_labels).mean()),
+        "real_val_top5": top_k_accuracy(val_logits, val_labels, 5),
         "real_vs_real_fd": frechet_distance(ref_feat, val_feat),
         "feature_dim": clf.feature_dim, "classifier": {k: meta[k] for k in ("epochs", "val_accuracy", "width") if k in meta},
         "rows": [],
@@ -344,11 +381,15 @@ def evaluate(
     for sampler, steps in settings:
         images, labels, secs = generate_per_class(lm, sampler, steps, per_class, guidance, seed, batch_size, device,
                                                   encode_fn, precision=precision)
-        pred, feat = classify(clf, images)
+        logits, feat = predict(clf, images)
+        pred = logits.argmax(1)
         acc = float((pred == labels).mean())
+        per_cls = per_class_accuracy(pred, labels, len(lm.classes))
         row = Row(f"{sampler} {steps}", len(images), acc, frechet_distance(feat, val_feat), secs / len(images),
                   frechet_distance(inc(images), inc_val) if inc else None,
-                  accuracy_se=math.sqrt(acc * (1 - acc) / len(images)), fd_sd=fd_bootstrap_sd(feat, val_feat, seed=seed))
+                  accuracy_se=math.sqrt(acc * (1 - acc) / len(images)), fd_sd=fd_bootstrap_sd(feat, val_feat, seed=seed),
+                  top5=top_k_accuracy(logits, labels, 5),
+                  class_accuracy={c["name"]: float(a) for c, a in zip(lm.classes, per_cls)})
         result["rows"].append(asdict(row))
         log.info("%s: accuracy %.3f, FD %.2f, %.3f s/image", row.setting, row.accuracy, row.fd, row.seconds_per_image)
     if free_text:
@@ -362,19 +403,34 @@ def evaluate(
 def format_table(result: dict[str, Any]) -> str:
     """Markdown: one row per sampler setting, with the real-data references."""
     fid = "real_vs_real_fid" in result
-    head = "| sampler / steps | images | class accuracy | FD (classifier feats) |" + (" FID |" if fid else "") + " s / image (this CPU) |"
-    lines = [head, "|" + " --- |" * (5 + fid)]
+    head = ("| sampler / steps | images | class accuracy (top-1) | top-5 | FD (classifier feats) |" + (" FID |" if fid else "")
+            + " s / image (this CPU) |")
+    lines = [head, "|" + " --- |" * (6 + fid)]
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
     for r in result["rows"]:
         lines.append(f"| {r['setting']} | {r['images']} | {r['accuracy']:.1%} ± {r.get('accuracy_se', 0):.1%} |"
-                     f" {r['fd']:.2f} ± {r.get('fd_sd', 0):.2f} |"
+                     f" {pct(r.get('top5'))} | {r['fd']:.2f} ± {r.get('fd_sd', 0):.2f} |"
                      + (f" {r['fid']:.1f} |" if fid else "") + f" {r['seconds_per_image']:.3f} |")
     lines.append(f"| real held-out images (reference) | {result['real_val_images']} | {result['real_val_accuracy']:.1%} |"
-                 f" {result['real_vs_real_fd']:.2f} (real vs real) |" + (f" {result['real_vs_real_fid']:.1f} |" if fid else "")
-                 + " - |")
+                 f" {pct(result.get('real_val_top5'))} | {result['real_vs_real_fd']:.2f} (real vs real) |"
+                 + (f" {result['real_vs_real_fid']:.1f} |" if fid else "") + " - |")
     lines.append("")
     lines.append(f"{result['classes']} classes, {result['per_class']} images per class per setting, guidance "
                  f"{result['guidance']}, classifier feature dim {result['feature_dim']}. "
                  "± is one standard error: binomial for accuracy, bootstrap over the generated images for FD.")
+    ranked = [r for r in result["rows"] if r.get("class_accuracy")]
+    if ranked and len(ranked[0]["class_accuracy"]) > 10:
+        r = ranked[0]
+        order = sorted(r["class_accuracy"].items(), key=lambda kv: (-kv[1], kv[0]))
+        show = lambda part: ", ".join(f"{name} {acc:.0%}" for name, acc in part)  # noqa: E731
+        lines += ["", f"Best 10 classes ({r['setting']}): {show(order[:10])}.",
+                  f"Worst 10 classes ({r['setting']}): {show(order[-10:][::-1])}."]
+    if result.get("free_text"):
+        acc = np.mean([f["accuracy"] for f in result["free_text"]])
+        lines += ["", f"Free text: {len(result['free_text'])} prompts land on their class {acc:.1%} of the time."]
     if result.get("free_text"):
         lines += ["", f"Free text ({result['free_text_setting']}, {result['per_class']} images per prompt):", "",
                   "| prompt | meant class | classified as that class | most often classified as |",
@@ -400,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--free-text", default=None,
                         help="TSV of 'prompt<TAB>class' lines: do free-text prompts land on their class?")
     parser.add_argument("--free-text-setting", default="dpm++:20", help="sampler:steps for the free-text prompts")
+    parser.add_argument("--classifier-only", action="store_true",
+                        help="only train the yardstick on --data into --classifier and print its held-out accuracy")
     parser.add_argument("--inception", default=None, help="pytorch-fid Inception weights (.pth) for standard FID")
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                         help="sampling precision (default fp32; compare with bf16 for parity)")
@@ -411,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     from model_store import CheckpointError, load_model
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.classifier_only:
+        return _classifier_only(args, device)
     try:
         lm = load_model(args.model, store=args.store, device=device)
         data = args.data or lm.config.get("data", {}).get("dir")
@@ -433,6 +493,28 @@ def main(argv: list[str] | None = None) -> int:
     (out / "evaluation.md").write_text(table + "\n")
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out / 'evaluation.md'} and {out / 'evaluation.json'}")
+    return 0
+
+
+def _classifier_only(args: argparse.Namespace, device: torch.device) -> int:
+    from data import PreprocessedDataset
+
+    if not args.data or not args.classifier:
+        print("error: --classifier-only needs --data (a preprocessed folder) and --classifier (where to save it)",
+              file=sys.stderr)
+        return 2
+    try:
+        train = PreprocessedDataset(args.data, split="train")
+        val = PreprocessedDataset(args.data, split="val")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if len(val) < 2:
+        print(f"error: {args.data} has no held-out split: preprocess it with --val-fraction > 0", file=sys.stderr)
+        return 2
+    meta = fit_yardstick(train, val, Path(args.classifier), epochs=args.classifier_epochs, seed=args.seed, device=device)
+    print(f"yardstick on {len(val)} held-out images of {train.num_classes} classes: top-1 {meta['val_accuracy']:.1%}, "
+          f"top-5 {meta['val_top5']:.1%} ({meta['epochs']} epochs, {meta['train_seconds']:.0f} s); saved in {args.classifier}")
     return 0
 
 
