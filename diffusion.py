@@ -795,6 +795,266 @@ def _run_sampler(sampler: str, denoise: GuidedDenoiser, x: torch.Tensor, timeste
     return dpm_solver_pp_sample(denoise, x, timesteps=timesteps, callback=on_step)
 
 
+
+# --------------------------------------------------------------------------- super-resolution (a cascade's second stage)
+SR_DEFAULT_STEPS = 10
+SR_DEFAULT_AUG_LEVEL = 0.05  # sampling-time conditioning augmentation: a small level (Ho et al. 2021)
+
+
+def downsample_box(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """Shrink [-1, 1] images (N, C, H, W) by ``factor`` with a box filter, as preprocess.py halves
+    images, then round to uint8 levels: the low-resolution images an SR model is trained on look
+    like what a low-resolution model was trained on (and samples)."""
+    if x.shape[-1] % factor or x.shape[-2] % factor:
+        raise ValueError(f"image size {tuple(x.shape[-2:])} is not divisible by {factor}")
+    low = F.avg_pool2d(x.float(), factor)
+    return ((low.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+
+
+def upsample_bicubic(x: torch.Tensor, size: int) -> torch.Tensor:
+    """[-1, 1] images (N, C, h, w) -> (N, C, size, size), bicubic (a = -0.75, as torch), clamped to [-1, 1].
+
+    The SR model's conditioning and the baseline it is measured against."""
+    return F.interpolate(x.float(), size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def aug_timestep(level: float, num_train_timesteps: int) -> int:
+    """A conditioning-augmentation level in [0, 1] -> the timestep of the diffusion's own schedule
+    whose q(z | x) noise is applied to the low-resolution input (and given to the SR model)."""
+    level = float(level)
+    if not 0.0 <= level <= 1.0:
+        raise ValueError(f"conditioning augmentation level must be in [0, 1], got {level}")
+    return int(round(level * (num_train_timesteps - 1)))
+
+
+def augment_low_res(terms: DiffusionTerms, low_res_up: torch.Tensor, aug_t: torch.Tensor,
+                    noise: torch.Tensor) -> torch.Tensor:
+    """Conditioning augmentation (Ho et al. 2021, Gaussian): ``q(z_s | x_low)``, the forward process of
+    the model's own schedule at timestep ``s = aug_t`` applied to the upsampled low-resolution images."""
+    return q_sample(terms, low_res_up, aug_t, noise)
+
+
+class LowResConditioned:
+    """An SR network seen through the ``(x_t, t, cond, drop_cond)`` call that ``training_loss`` and
+    the samplers make: the (augmented, upsampled) low-resolution images are concatenated to ``x_t``
+    as extra channels and the augmentation timestep goes in as ``aug_level``."""
+
+    def __init__(self, model: Callable[..., torch.Tensor], low_res_up: torch.Tensor, aug_t: torch.Tensor):
+        self.model, self.low_res_up, self.aug_t = model, low_res_up, aug_t
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
+                 drop_cond: torch.Tensor | None = None) -> torch.Tensor:
+        low = self.low_res_up
+        if low.shape[0] != x.shape[0]:  # a guided step runs the batch twice (conditional, null)
+            low = low.repeat(x.shape[0] // low.shape[0], 1, 1, 1)
+        aug = self.aug_t if self.aug_t.ndim == 0 or self.aug_t.shape[0] == x.shape[0] else self.aug_t.repeat(
+            x.shape[0] // self.aug_t.shape[0])
+        return self.model(torch.cat([x, low.to(x.dtype)], dim=1), t, cond, drop_cond, aug_level=aug)
+
+
+@dataclass
+class UpscaleResult:
+    images: np.ndarray  # (N, H, W, 3) uint8 at the higher resolution
+    seeds: list[int]  # the seed of each image (image i used seed + i)
+    frames: list[np.ndarray]  # x_0 estimates over the run, each (N, H, W, 3) uint8
+    frame_timesteps: list[int]
+    recipe: dict[str, Any]  # upscale_steps, upscale_aug (the caller adds the upscaler's name)
+
+
+@torch.no_grad()
+def upscale(
+    sr_model: torch.nn.Module,
+    diffusion: DiffusionConfig,
+    low_res_images: np.ndarray | torch.Tensor,
+    *,
+    steps: int = SR_DEFAULT_STEPS,
+    aug_level: float = SR_DEFAULT_AUG_LEVEL,
+    seed: int = 0,
+    cond: np.ndarray | torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    scale: int = 2,
+    timestep_spacing: str = "trailing",
+    return_frames: bool = False,
+    frame_every: int = 1,
+    callback: StepCallback | None = None,
+    device: torch.device | str | None = None,
+    precision: str = "fp32",
+) -> UpscaleResult:
+    """Super-resolve low-resolution images ``scale`` times with an SR diffusion model (DPM-Solver++).
+
+    ``low_res_images``: uint8 (N, h, w, 3) (e.g. ``generate_images(...).images``) or a [-1, 1]
+    tensor (N, 3, h, w). They are upsampled bicubically to ``scale * h``, noised to the
+    conditioning-augmentation level ``aug_level`` (``aug_timestep``), and the SR model denoises
+    a ``scale * h`` image conditioned on them. Image ``i`` uses the seed ``seed + i`` for both its
+    starting noise and its augmentation noise (drawn in that order from one CPU generator), so
+    a seed reproduces an image exactly whatever the batch and the device. ``cond`` (N, cond_dim):
+    the text embeddings, for an SR model trained with them (``guidance_scale`` applies then).
+    """
+    config = sr_model.config
+    if not getattr(config, "aug_embed", False) or config.in_channels != 2 * config.out_channels:
+        raise ValueError("upscale needs a super-resolution network (in_channels = 2 x out_channels, aug_embed)")
+    device = torch.device(device) if device is not None else next(sr_model.parameters()).device
+    low = images_to_tensor(low_res_images, device)
+    n, c, h, w = low.shape
+    if c != config.out_channels or h != w:
+        raise ValueError(f"low-resolution images must be square with {config.out_channels} channels, got {tuple(low.shape)}")
+    size = scale * h
+    factor = 2 ** (len(config.channel_mult) - 1)
+    if size % factor:
+        raise ValueError(f"the upscaled size {size} must be divisible by {factor} for this network")
+    timesteps = make_timesteps(diffusion.num_train_timesteps, int(steps), timestep_spacing)
+    aug_t = aug_timestep(aug_level, diffusion.num_train_timesteps)
+    precision = resolve_precision(precision, device)
+    if config.cond_dim > 0:
+        if cond is None:
+            raise ValueError("this SR model is text-conditioned: pass cond (the prompts' embeddings)")
+        cond = torch.as_tensor(np.asarray(cond) if not isinstance(cond, torch.Tensor) else cond,
+                               dtype=torch.float32, device=device)
+        if cond.shape[0] != n:
+            raise ValueError(f"cond has {cond.shape[0]} rows for {n} images")
+    else:
+        cond = None
+
+    seeds = [int(seed) + i for i in range(n)]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]  # CPU generators: the same on every device
+    x = randn_like_batch((n, config.out_channels, size, size), gens, device)
+    aug_noise = randn_like_batch((n, config.out_channels, size, size), gens, device)
+    terms = diffusion.terms()
+    low_up = augment_low_res(terms, upsample_bicubic(low, size), torch.full((n,), aug_t, device=device), aug_noise)
+    net = LowResConditioned(sr_model, low_up, torch.tensor(aug_t, device=device))
+    denoise = GuidedDenoiser(net, terms, cond, diffusion.prediction_type, guidance_scale if cond is not None else 1.0)
+
+    frames: list[np.ndarray] = []
+    frame_ts: list[int] = []
+
+    def on_step(info: StepInfo) -> None:
+        last = info.step + 1 == info.num_steps
+        if return_frames and (info.step % max(1, frame_every) == 0 or last):
+            frames.append(to_uint8(info.x0_pred if not last else info.x))
+            frame_ts.append(info.timestep)
+        if callback is not None:
+            callback(info)
+
+    was_training = sr_model.training
+    sr_model.eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    try:
+        with autocast:
+            out = dpm_solver_pp_sample(denoise, x, timesteps=timesteps, callback=on_step)
+    finally:
+        sr_model.train(was_training)
+    recipe = {"upscale_steps": int(steps), "upscale_aug": float(aug_level)}
+    return UpscaleResult(to_uint8(out), seeds, frames, frame_ts, recipe)
+
+# --------------------------------------------------------------------------- studio helpers (the app's Learn,
+# img2img preview and interpolation tabs; each is what generate_images does, exposed on its own)
+SAMPLER_DEFAULTS = {"ddpm": (None, "leading"), "ddim": (50, "trailing"), "dpm++": (20, "trailing")}  # as generate_images
+
+
+def sampler_timesteps(diffusion: DiffusionConfig, sampler: str, num_steps: int | None = None,
+                      timestep_spacing: str | None = None, strength: float = 1.0) -> list[int]:
+    """The model timesteps ``generate_images`` visits for these settings (the SDEdit tail when ``strength`` < 1)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    steps, spacing = SAMPLER_DEFAULTS[sampler]
+    steps = diffusion.num_train_timesteps if steps is None else steps
+    ts = make_timesteps(diffusion.num_train_timesteps, steps if num_steps is None else int(num_steps),
+                        timestep_spacing or spacing)
+    return ts if strength == 1.0 else img2img_timesteps(ts, strength, diffusion.num_train_timesteps)
+
+
+def log_snr(diffusion: DiffusionConfig) -> np.ndarray:
+    """log(alpha-bar / (1 - alpha-bar)) at every timestep t = 0..T-1 (float64)."""
+    ab = diffusion.terms().alphas_cumprod.double().numpy()
+    return np.log(ab) - np.log1p(-ab)
+
+
+def sdedit_start(
+    diffusion: DiffusionConfig, init_images: np.ndarray | torch.Tensor, seeds: Sequence[int], strength: float,
+    sampler: str, num_steps: int | None = None, timestep_spacing: str | None = None,
+    variation_seed: int | None = None, variation_strength: float = 0.0,
+) -> tuple[torch.Tensor, int | None]:
+    """The x_t that ``generate_images(init_images=..., strength=...)`` starts sampling from, and its t
+    (None when the strength is too low to reach a step: the image itself). Same noise, same t."""
+    x0 = images_to_tensor(init_images)
+    if x0.shape[0] == 1 and len(seeds) > 1:
+        x0 = x0.expand(len(seeds), -1, -1, -1)
+    noise = starting_noise(tuple(x0.shape), seeds, "cpu", variation_seed, variation_strength)
+    ts = sampler_timesteps(diffusion, sampler, num_steps, timestep_spacing, strength)
+    if strength == 1.0:
+        return noise, ts[0]
+    if not ts:
+        return x0.clone(), None
+    t0 = torch.full((x0.shape[0],), ts[0], dtype=torch.long)
+    return q_sample(diffusion.terms(), x0, t0, noise), ts[0]
+
+
+def interpolation_inputs(
+    cond_a: np.ndarray | torch.Tensor, cond_b: np.ndarray | torch.Tensor, noise_a: torch.Tensor,
+    noise_b: torch.Tensor, num_frames: int,
+) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """(conds (N, D), noises (N, C, H, W), fractions) for ``num_frames`` frames from a to b.
+
+    Both the starting noise and the text embedding move along the great
+    circle (slerp): the noise stays as noisy as a fresh draw, and the unit-norm
+    embedding stays where the encoder's embeddings live. Frame 0 is exactly a,
+    the last exactly b. Pass them to ``generate_images(cond=..., noise=...)``.
+    """
+    if num_frames < 2:
+        raise ValueError(f"interpolation needs at least 2 frames, got {num_frames}")
+    ca = torch.as_tensor(np.asarray(cond_a) if not isinstance(cond_a, torch.Tensor) else cond_a,
+                         dtype=torch.float32).reshape(1, -1)
+    cb = torch.as_tensor(np.asarray(cond_b) if not isinstance(cond_b, torch.Tensor) else cond_b,
+                         dtype=torch.float32).reshape(1, -1)
+    na, nb = noise_a.reshape(1, *noise_a.shape[-3:]), noise_b.reshape(1, *noise_b.shape[-3:])
+    fractions = [i / (num_frames - 1) for i in range(num_frames)]
+    conds = torch.cat([slerp(ca, cb, f) for f in fractions])
+    noises = torch.cat([slerp(na, nb, f) for f in fractions])
+    return conds, noises, fractions
+
+
+@dataclass
+class StepTrace:
+    """One image's denoising, step by step: what the network saw and what it predicted."""
+
+    timesteps: list[int]
+    x_t: list[np.ndarray]  # uint8 (H, W, 3): the sample the network was given at each step
+    x0: list[np.ndarray]  # uint8: its estimate of the clean image
+    eps: list[np.ndarray]  # uint8: its predicted noise (scaled from about [-3, 3] to [0, 255])
+    result: GenerationResult
+
+
+def trace_denoising(model: torch.nn.Module, diffusion: DiffusionConfig, prompt: str, *,
+                    callback: StepCallback | None = None, **kw: Any) -> StepTrace:
+    """``generate_images`` for one image, recording x_t, the x_0 estimate and the noise the
+    network implies (``eps_from_x0``) at every step."""
+    terms = diffusion.terms()
+    seed = int(kw.get("seed", 0))
+    device = torch.device(kw.get("device") or next(model.parameters()).device)
+    size = kw.get("image_size") or model.config.image_size
+    shape = (1, model.config.in_channels, size, size)
+    start = kw.pop("noise", None)
+    if start is None:
+        start = starting_noise(shape, [seed], device, kw.get("variation_seed"), kw.get("variation_strength", 0.0))
+    current = [start.to(device)]
+    xs, x0s, epss, ts = [], [], [], []
+
+    def on_step(info: StepInfo) -> None:
+        x_t = current[0]
+        t = torch.full((1,), info.timestep, dtype=torch.long, device=x_t.device)
+        eps = eps_from_x0(terms, x_t.float(), t, info.x0_pred.float())
+        xs.append(to_uint8(x_t)[0])
+        x0s.append(to_uint8(info.x0_pred)[0])
+        epss.append(to_uint8(eps / 3.0)[0])
+        ts.append(info.timestep)
+        current[0] = info.x
+        if callback is not None:
+            callback(info)
+
+    res = generate_images(model, diffusion, prompt, num_images=1, noise=start, callback=on_step, **kw)
+    return StepTrace(ts, xs, x0s, epss, res)
+
+
 if __name__ == "__main__":
     from cli import main
 

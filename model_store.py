@@ -9,6 +9,12 @@ The model store is one directory of named models (default ``model_store/``
 in the repo, or ``$DIFFUSION_MODEL_STORE``), each a folder with
 ``model.safetensors`` (EMA weights), ``config.json`` and ``README.md`` (the
 model card). The shipped model is ``default_model``.
+
+Every model has a type, ``model_type`` in its config: ``base`` (absent in
+older configs) generates images from text; ``sr`` is a super-resolution stage
+(``superres.py``) that upscales a base model's images (``sample --upscale``).
+``list_models`` and ``load_model`` deal in base models unless asked for
+another type, so an SR model never shows up as a base model in the app.
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ STATE_FILE = "training_state.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 FORMAT_VERSION = 1
+MODEL_TYPES = ("base", "sr")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _CKPT_RE = re.compile(r"^ckpt-(\d{7,})$")
 
@@ -185,6 +192,31 @@ def model_config(
     }
 
 
+def model_type_of(config: dict[str, Any]) -> str:
+    """``base`` or ``sr``: a config's ``model_type`` (configs from before SR models have none: base)."""
+    kind = config.get("model_type", "base") if isinstance(config, dict) else "base"
+    if kind not in MODEL_TYPES:
+        raise CheckpointError(f"unknown model_type {kind!r} (known: {', '.join(MODEL_TYPES)})")
+    return kind
+
+
+def check_model_type(config: dict[str, Any], expected: str | None, where: str | os.PathLike) -> None:
+    """Refuse a model of another type than ``expected`` (None accepts any), and an ``sr`` config
+    whose network is not one (the noisy image and the low-resolution image in, an augmentation level)."""
+    kind = model_type_of(config)
+    if expected is not None and kind != expected:
+        what = {"base": "a base (text-to-image) model", "sr": "a super-resolution model"}
+        hint = " (use it with --upscale)" if kind == "sr" else " (an upscaler must be an SR model such as sr64)"
+        raise CheckpointError(f"{where} is {what[kind]}, not {what[expected]}{hint}")
+    if kind == "sr":
+        unet = _unet_config(config)
+        if unet.in_channels != 2 * unet.out_channels or not unet.aug_embed:
+            raise CheckpointError(
+                f"invalid SR model config in {where}: an SR network takes the noisy image and the upsampled "
+                f"low-resolution image (in_channels = 2 x out_channels) and an augmentation level (aug_embed); "
+                f"got in_channels {unet.in_channels}, out_channels {unet.out_channels}, aug_embed {unet.aug_embed}")
+
+
 def _unet_config(config: dict[str, Any]) -> UNetConfig:
     try:
         return UNetConfig.from_dict(config["unet"])
@@ -292,7 +324,7 @@ def resolve_model_path(
     if folder.parent != root:
         raise ValueError(f"model name {s!r} escapes the model store")
     if not folder.is_dir():
-        available = ", ".join(list_models(store)) or "none"
+        available = ", ".join(list_models(store, model_type=None)) or "none"
         raise CheckpointError(f"no model named {s!r} in {root} (available: {available})")
     return folder
 
@@ -304,15 +336,19 @@ def load_model(
     device: str | torch.device = "cpu",
     use_ema: bool = True,
     allow_path: bool = True,
+    model_type: str | None = "base",
 ) -> LoadedModel:
     """Load a store model by name, or a store/checkpoint folder by path.
 
     For a training checkpoint folder the EMA weights are used (``use_ema``).
     Weights are cast to float32 (the store may hold fp16). ``allow_path=False``
-    accepts store names only (see ``resolve_model_path``).
+    accepts store names only (see ``resolve_model_path``). ``model_type``: the
+    type asked for (``base``, ``sr``, or None for any); another is refused
+    before anything is built (``load_sr_model`` asks for ``sr``).
     """
     folder = resolve_model_path(name_or_path, store, allow_path=allow_path)
     config = _read_json(folder / CONFIG_FILE)
+    check_model_type(config, model_type, folder)
     # Config and weights are checked against each other from the file's header and a
     # network on the meta device, so a broken or hostile folder costs nothing to refuse.
     shapes = weight_shapes(folder / WEIGHTS_FILE)
@@ -331,8 +367,21 @@ def load_model(
     return LoadedModel(model, diffusion, config, folder, name=folder.name, classes=config.get("classes", []))
 
 
-def list_models(store: str | os.PathLike | None = None) -> list[str]:
-    """Names of the complete models in the store, sorted."""
+def load_sr_model(name_or_path: str | os.PathLike = "sr64", **kwargs: Any) -> LoadedModel:
+    """Load a super-resolution model (``model_type`` ``sr``), with ``load_model``'s checks."""
+    return load_model(name_or_path, model_type="sr", **kwargs)
+
+
+def _stored_type(folder: Path) -> str:
+    """The type of a stored model; an unreadable config counts as base (``load_model`` reports it)."""
+    try:
+        return model_type_of(json.loads((folder / CONFIG_FILE).read_text()))
+    except (OSError, ValueError, CheckpointError):
+        return "base"
+
+
+def list_models(store: str | os.PathLike | None = None, model_type: str | None = "base") -> list[str]:
+    """Names of the complete models of ``model_type`` (``base``, ``sr``; None: all) in the store, sorted."""
     root = store_dir(store)
     if not root.is_dir():
         return []
@@ -341,6 +390,7 @@ def list_models(store: str | os.PathLike | None = None) -> list[str]:
         p.name for p in root.iterdir()
         if p.is_dir() and _NAME_RE.match(p.name) and p.resolve().parent == real_root  # no links out of the store
         and (p / WEIGHTS_FILE).is_file() and (p / CONFIG_FILE).is_file()
+        and (model_type is None or _stored_type(p) == model_type)
     )
 
 

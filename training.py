@@ -36,6 +36,7 @@ from tqdm import tqdm
 import diffusion as D
 import model_store as store
 from models import ConditionalUNet, UNetConfig, count_parameters
+from models.text_encoder import TEXT_EMBED_DIM
 
 log = logging.getLogger("train")
 
@@ -94,16 +95,32 @@ class TrainConfig:
     sample_steps: int = 20
     sample_guidance: float = 3.0
     resume: str = "auto"  # auto (latest checkpoint of this run, if any) | never | path to a ckpt folder
+    # A store model or checkpoint folder to start a *new* run from (its EMA weights into the model and
+    # its EMA; a fresh optimizer). Continues a shipped model across machines where the run folder is
+    # gone. Ignored when the run already has a checkpoint to resume.
+    init_from: str = ""
+    # super-resolution stage (superres.py): task sr trains a 2x upscaler on the data's images
+    task: str = "base"  # base (text-to-image) | sr (super-resolution: data at the high resolution)
+    middle_attention: bool = True  # self-attention in the U-Net's middle block (sr64: off, fully convolutional)
+    sr_crop: int = 0  # sr: train on random crops of this size (0 = whole images); samples whole images
+    sr_aug_max: float = 0.3  # sr: conditioning-augmentation levels drawn uniformly from [0, sr_aug_max]
+    sr_text: bool = False  # sr: condition on the text embedding too
 
     def __post_init__(self) -> None:
         if self.timestep_sampling not in D.TIMESTEP_SAMPLINGS:
             raise ValueError(f"timestep_sampling must be one of {D.TIMESTEP_SAMPLINGS}, got {self.timestep_sampling!r}")
+        if self.task not in ("base", "sr"):
+            raise ValueError(f"task must be base or sr, got {self.task!r}")
+        if self.task == "sr" and (self.sr_crop % 2 ** (len(self.channel_mult) - 1) or not 0 <= self.sr_aug_max <= 1):
+            raise ValueError(f"sr_crop ({self.sr_crop}) must be divisible by 2^(levels-1) and sr_aug_max in [0, 1]")
 
     def unet_config(self, image_size: int) -> UNetConfig:
+        sr = dict(in_channels=6, aug_embed=True, cond_dim=TEXT_EMBED_DIM if self.sr_text else 0)
         return UNetConfig(
             image_size=image_size, base_channels=self.base_channels, channel_mult=self.channel_mult,
             num_res_blocks=self.num_res_blocks, attention_resolutions=self.attention_resolutions,
-            head_channels=self.head_channels, dropout=self.dropout,
+            head_channels=self.head_channels, dropout=self.dropout, middle_attention=self.middle_attention,
+            **(sr if self.task == "sr" else {}),
         )
 
     def diffusion_config(self) -> D.DiffusionConfig:
@@ -135,6 +152,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                        attention_resolutions=(32, 16, 8), head_channels=64, dropout=0.1, batch_size=2048,
                        lr=3e-4, warmup_steps=2000, max_steps=400_000, ema_decay=0.9999, weight_decay=0.0,
                        sample_every=5000, ckpt_every=2500, compile=True),
+    # The 64 px super-resolution stage for the 32 px models (superres.py): a fully convolutional
+    # slim U-Net (no attention, no text) trained on 32 px crops of 64 px images, with conditioning
+    # augmentation. Data: `python preprocess.py --src ../shared/data/tiny-imagenet-200.zip --size 64
+    #        --val-fraction 0.02 --out data/tiny200_64`; then `export sr64 --name sr64`.
+    "sr64": dict(run_name="sr64", task="sr", data_dir="data/tiny200_64", base_channels=32, channel_mult=(1, 2, 2),
+                 num_res_blocks=1, attention_resolutions=(), middle_attention=False, dropout=0.0, sr_crop=32,
+                 sr_aug_max=0.3, cond_drop_prob=0.0, batch_size=32, lr=1e-3, warmup_steps=200, max_steps=20_000,
+                 ema_decay=0.999, sample_every=1000, ckpt_every=250),
 }
 
 
@@ -249,6 +274,12 @@ def write_samples(cfg: TrainConfig, ema: ConditionalUNet, diffusion: D.Diffusion
     """A grid (fixed seeds, a few classes, EMA weights) and a denoising GIF."""
     import plot_func
 
+    if cfg.task == "sr":  # held-out images: low res, bicubic, upscaled, truth
+        import superres
+
+        superres.write_sr_samples(cfg.run_dir, ema, diffusion, cfg.data_dir, step, device, n=cfg.sample_classes)
+        return
+
     by_prompt = {c["prompt"]: class_emb[i].cpu().numpy() for i, c in enumerate(classes)}
     encode = lambda prompts: np.stack([by_prompt[p] for p in prompts])  # noqa: E731 - no text encoder in training
     chosen = classes[: cfg.sample_classes]
@@ -311,6 +342,25 @@ def run_lock(run_dir: Path) -> Any:
         yield
     finally:
         f.close()  # closing releases the lock
+
+
+def init_weights_from(source: str, model: torch.nn.Module, ema: torch.nn.Module,
+                      config_json: dict[str, Any]) -> tuple[int, float]:
+    """Load the EMA weights of a store model or checkpoint folder into ``model`` and ``ema``.
+
+    The source must have this run's network and classes (checked before anything is
+    loaded); returns its (images seen, training seconds) so the new run's totals go on
+    from there."""
+    lm = store.load_model(source, model_type=None)
+    if lm.config.get("unet") != config_json.get("unet"):
+        raise ValueError(f"--init_from {source}: its network {lm.config.get('unet')} is not this run's "
+                         f"{config_json.get('unet')}")
+    if [c.get("prompt") for c in lm.classes] != [c.get("prompt") for c in config_json.get("classes", [])]:
+        raise ValueError(f"--init_from {source}: its classes are not this run's data's classes")
+    state = lm.model.state_dict()
+    model.load_state_dict(state)
+    ema.load_state_dict(state)
+    return int(lm.config.get("images_seen", 0)), float(lm.config.get("train_seconds", 0.0))
 
 
 # --------------------------------------------------------------------------- the loop
@@ -380,6 +430,8 @@ def _train(cfg: TrainConfig) -> Path:
     config_json = store.model_config(
         unet_cfg, diffusion, classes, prompt_template=classes_template(cfg.data_dir),
         train=asdict(cfg), data=data_summary(cfg.data_dir, data),
+        **({"model_type": "sr", "sr": {"scale": 2, "low_res_size": data.image_size // 2, "crop": cfg.sr_crop,
+                                       "aug_max": cfg.sr_aug_max}} if cfg.task == "sr" else {}),
     )
 
     # ---- resume
@@ -395,6 +447,11 @@ def _train(cfg: TrainConfig) -> Path:
             set_aside_unusable(ckpt_root, resume_from)
     else:
         resume_from = None if cfg.resume in ("never", "") else Path(cfg.resume)
+    if resume_from is None and cfg.init_from:
+        images_seen, train_seconds = init_weights_from(cfg.init_from, model, ema, config_json)
+        if master:
+            log.info("starting from the weights of %s (%d images seen, %.0f min of training before)",
+                     cfg.init_from, images_seen, train_seconds / 60)
     if resume_from is not None:
         state = store.load_checkpoint(resume_from, model, ema, optimizer)
         step = state.step
@@ -486,8 +543,16 @@ def _train(cfg: TrainConfig) -> Path:
             t = D.sample_timesteps(cfg.num_train_timesteps, b, method=cfg.timestep_sampling, logit_mean=cfg.logit_mean,
                                    logit_std=cfg.logit_std, device=device, generator=g)
             with autocast:
-                loss = D.training_loss(fwd_model, terms, x, cond, prediction_type=cfg.prediction_type, drop_cond=drop,
-                                       min_snr_gamma=cfg.min_snr_gamma or None, t=t, generator=g)
+                if cfg.task == "sr":  # crops of x paired with their low-resolution counterparts (superres.py)
+                    import superres
+
+                    loss = superres.sr_training_loss(
+                        fwd_model, terms, x, cond if cfg.sr_text else None, crop=cfg.sr_crop, aug_max=cfg.sr_aug_max,
+                        prediction_type=cfg.prediction_type, drop_cond=drop if cfg.sr_text else None,
+                        min_snr_gamma=cfg.min_snr_gamma or None, t=t, generator=g, channels_last=cfg.channels_last)
+                else:
+                    loss = D.training_loss(fwd_model, terms, x, cond, prediction_type=cfg.prediction_type,
+                                           drop_cond=drop, min_snr_gamma=cfg.min_snr_gamma or None, t=t, generator=g)
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -19,6 +19,13 @@ class UNetConfig:
 
     ``attention_resolutions`` are feature-map sizes in pixels (for the
     ``image_size`` the network is built for) at which self-attention runs.
+
+    Super-resolution networks (``superres.py``) use three more options:
+    ``in_channels`` 6 (the noisy image and the upsampled low-resolution image,
+    concatenated), ``aug_embed`` (the conditioning-augmentation level is an
+    input, embedded like the timestep), ``middle_attention`` False with no
+    ``attention_resolutions`` (fully convolutional: trains on crops, samples
+    whole images) and ``cond_dim`` 0 (no text conditioning at all).
     """
 
     image_size: int = 64
@@ -30,7 +37,9 @@ class UNetConfig:
     attention_resolutions: tuple[int, ...] = (16, 8)
     head_channels: int = 32
     dropout: float = 0.1
-    cond_dim: int = TEXT_EMBED_DIM
+    cond_dim: int = TEXT_EMBED_DIM  # 0: no text conditioning (no text embedding, no null condition)
+    middle_attention: bool = True  # self-attention in the middle block
+    aug_embed: bool = False  # a second timestep-like input: the conditioning-augmentation level (SR models)
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -43,6 +52,8 @@ class UNetConfig:
             )
         if self.base_channels <= 0 or self.num_res_blocks <= 0 or not self.channel_mult:
             raise ValueError("base_channels, num_res_blocks and channel_mult must be positive / non-empty")
+        if self.cond_dim < 0 or self.in_channels <= 0 or self.out_channels <= 0:
+            raise ValueError("cond_dim must be >= 0 and in_channels, out_channels positive")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -75,8 +86,11 @@ class ConditionalUNet(nn.Module):
         ch = config.base_channels
         emb_dim = 4 * ch
         self.time_embed = TimestepEmbedder(ch, emb_dim)
-        self.cond_embed = nn.Sequential(nn.Linear(config.cond_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.null_cond = nn.Parameter(torch.zeros(config.cond_dim))
+        if config.cond_dim > 0:
+            self.cond_embed = nn.Sequential(nn.Linear(config.cond_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            self.null_cond = nn.Parameter(torch.zeros(config.cond_dim))
+        if config.aug_embed:
+            self.aug_embed = TimestepEmbedder(ch, emb_dim)
 
         self.input_conv = nn.Conv2d(config.in_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()
@@ -93,7 +107,8 @@ class ConditionalUNet(nn.Module):
                 resolution //= 2
 
         self.middle = nn.ModuleList(
-            [ResBlock(ch, ch, emb_dim, config.dropout), SelfAttention(ch, config.head_channels),
+            [ResBlock(ch, ch, emb_dim, config.dropout),
+             SelfAttention(ch, config.head_channels) if config.middle_attention else nn.Identity(),
              ResBlock(ch, ch, emb_dim, config.dropout)]
         )
 
@@ -129,21 +144,35 @@ class ConditionalUNet(nn.Module):
         self,
         x: torch.Tensor,
         timesteps: torch.Tensor,
-        cond: torch.Tensor,
+        cond: torch.Tensor | None,
         drop_cond: torch.Tensor | None = None,
+        aug_level: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x``: (B, C, H, W); ``timesteps``: (B,) or scalar; ``cond``: (B, cond_dim);
-        ``drop_cond``: optional (B,) bool, True where the null condition is used."""
+        """``x``: (B, C, H, W); ``timesteps``: (B,) or scalar; ``cond``: (B, cond_dim), or None
+        for a network without text (``cond_dim`` 0); ``drop_cond``: optional (B,) bool, True
+        where the null condition is used; ``aug_level``: (B,) or scalar, the conditioning-augmentation
+        timestep of a network with ``aug_embed`` (required there, refused elsewhere)."""
         factor = 2 ** (len(self.config.channel_mult) - 1)
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise ValueError(f"image size {tuple(x.shape[-2:])} must be divisible by {factor}")
         b = x.shape[0]
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(b)
-        cond = cond.to(self.null_cond.dtype)
-        if drop_cond is not None:
-            cond = torch.where(drop_cond[:, None], self.null_cond.expand_as(cond), cond)
-        emb = self.time_embed(timesteps) + self.cond_embed(cond)
+        emb = self.time_embed(timesteps)
+        if self.config.cond_dim > 0:
+            if cond is None:
+                raise ValueError("this network is text-conditioned: cond is required")
+            cond = cond.to(self.null_cond.dtype)
+            if drop_cond is not None:
+                cond = torch.where(drop_cond[:, None], self.null_cond.expand_as(cond), cond)
+            emb = emb + self.cond_embed(cond)
+        if self.config.aug_embed:
+            if aug_level is None:
+                raise ValueError("this network takes the conditioning-augmentation level: aug_level is required")
+            aug_level = torch.as_tensor(aug_level, device=x.device)
+            emb = emb + self.aug_embed(aug_level.expand(b) if aug_level.ndim == 0 else aug_level)
+        elif aug_level is not None:
+            raise ValueError("aug_level given to a network without an augmentation-level input (aug_embed)")
 
         h = self.input_conv(x)
         skips = [h]
@@ -151,7 +180,7 @@ class ConditionalUNet(nn.Module):
             h = self._run_block(block, h, emb)
             skips.append(h)
         h = self.middle[0](h, emb)
-        h = self.middle[1](h)
+        h = self.middle[1](h)  # self-attention, or the identity (middle_attention False)
         h = self.middle[2](h, emb)
         for block in self.up:
             if isinstance(block, Upsample):
