@@ -661,3 +661,29 @@ def test_cli_variations_img2img_and_from_png_regenerate_exactly(trained, tmp_pat
                       ([*base, "--class", "goldfish", "--init-image", str(tmp_path / "nope.png")], "no such file")):
         assert cli.main(["sample", *argv, "--store", str(store_dir), "--out", str(tmp_path / "err")]) == 2, argv
         assert msg in capsys.readouterr().err, argv
+
+
+def test_init_from_a_store_model_continues_its_weights_and_totals(trained, tiny_data, tmp_path):
+    """A new run started --init_from a shipped model begins at that model's EMA weights
+    (fp16 in the store), counts its images and minutes on, and refuses another network."""
+    import cli
+
+    assert cli.main(["export", str(trained), "--name", "tiny", "--store", str(tmp_path / "store")]) == 0
+    source = tmp_path / "store" / "tiny"
+    shipped = {k: v for k, v in store.load_tensors(source / store.WEIGHTS_FILE).items()}
+    prior = json.loads((source / store.CONFIG_FILE).read_text())
+    # Zero steps of training: the saved checkpoint is exactly the starting point.
+    opts = options(tiny_data, tmp_path, "continued", **TINY_NET, dropout=0.0, batch_size=16, max_steps=1,
+                   stop_at_step=1, lr=0.0, warmup_steps=0, sample_every=0, init_from=str(source))
+    last = T.train(T.make_config("smoke", **opts))
+    got = store.load_tensors(last / store.WEIGHTS_FILE)
+    for prefix in ("model.", "ema."):  # one step at lr 0 moves neither the network nor its EMA
+        for k, v in shipped.items():
+            torch.testing.assert_close(got[prefix + k].float(), v.float(), rtol=0, atol=1e-6)
+    meta = json.loads((last / store.CONFIG_FILE).read_text())
+    assert meta["images_seen"] == prior["images_seen"] + 16
+    assert meta["train_seconds"] >= prior["train_seconds"]
+
+    wider = dict(opts, run_name="wider", base_channels=24)
+    with pytest.raises(ValueError, match="network"):
+        T.train(T.make_config("smoke", **wider))
