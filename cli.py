@@ -89,7 +89,8 @@ def apply_png_recipe(args: argparse.Namespace, explicit: set[str]) -> None:
             "spacing": r.get("timestep_spacing"), "variation_seed": r.get("variation_seed"),
             "variation_strength": r.get("variation_strength"), "strength": r.get("strength"),
             # a recipe from before --precision existed was made in fp32
-            "precision": r.get("precision") or "fp32", "guidance_interval": r.get("guidance_interval")}
+            "precision": r.get("precision") or "fp32", "guidance_interval": r.get("guidance_interval"),
+            "upscale": r.get("upscaler"), "upscale_steps": r.get("upscale_steps"), "upscale_aug": r.get("upscale_aug")}
     for key, value in fill.items():
         if value is not None and key not in explicit:
             setattr(args, key, value)
@@ -165,13 +166,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
         init_images=init, strength=1.0 if args.strength is None else args.strength,
         precision=args.precision or "auto", guidance_interval=args.guidance_interval,
     )
+    stage2 = None
+    if args.upscale:  # the cascade's second stage (superres.py): same seeds, recorded in each recipe
+        from superres import upscale_generation
+
+        stage2 = upscale_generation(res, args.upscale, store=args.store, steps=args.upscale_steps,
+                                    aug_level=args.upscale_aug, device=device, precision=res.recipe["precision"],
+                                    return_frames=args.gif)
+        res.images, res.frames, res.frame_timesteps = stage2.images, stage2.frames, stage2.frame_timesteps
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = time.strftime("%Y%m%d-%H%M%S")
     if list(out.glob(f"{stem}_*")):  # a run in the same second: do not overwrite its files
         stem += "-" + next(str(i) for i in range(1, 10_000) if not list(out.glob(f"{stem}-{i}_*")))
     for i, (img, prompt, seed) in enumerate(zip(res.images, res.prompts, res.seeds)):
-        recipe = dict(res.recipe, seed=seed, model=lm.name)
+        recipe = dict(res.recipe, seed=seed, model=lm.name, **(stage2.recipe if stage2 else {}))
         if "variation_seed" in recipe:
             recipe["variation_seed"] += i  # image i's variation noise came from variation_seed + i
         if args.init_image:
@@ -209,7 +218,10 @@ def model_card(name: str, config: dict[str, Any], evaluation: str | None = None,
     lines = [
         f"# {name}",
         "",
-        "A class- and text-conditional diffusion U-Net trained with this project's `diffusion.py`.",
+        "A class- and text-conditional diffusion U-Net trained with this project's `diffusion.py`."
+        if config.get("model_type") != "sr" else
+        "A super-resolution diffusion U-Net (a cascade's second stage, `superres.py`): it upscales "
+        f"{config.get('sr', {}).get('low_res_size', '?')} px images 2x (`python diffusion.py sample ... --upscale {name}`).",
         "",
         "| | |", "| --- | --- |",
         f"| image size | {config.get('image_size')} px |",
@@ -262,7 +274,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     tensors = store.load_tensors(ckpt / store.WEIGHTS_FILE)
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
     keep = ("format_version", "unet", "diffusion", "image_size", "text_model", "prompt_template", "classes",
-            "data", "step", "images_seen", "train_seconds", "hardware", "parameters", "train")
+            "data", "step", "images_seen", "train_seconds", "hardware", "parameters", "train", "model_type", "sr")
     out_cfg = {k: config[k] for k in keep if k in config}
     out_cfg["source_checkpoint"] = str(ckpt)
     if args.sampler_defaults:
@@ -280,15 +292,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     import model_store as store
 
-    names = store.list_models(args.store)
+    names = store.list_models(args.store, model_type=None)
     root = store.store_dir(args.store)
     if not names:
         print(f"no models in {root}")
         return 0
     for name in names:
         cfg = json.loads((root / name / store.CONFIG_FILE).read_text())
+        kind = "  (super-resolution)" if cfg.get("model_type") == "sr" else ""
         print(f"{name:24s} {cfg.get('image_size')}px  {len(cfg.get('classes', []))} classes  "
-              f"step {cfg.get('step', '?')}  {root / name}")
+              f"step {cfg.get('step', '?')}  {root / name}{kind}")
     return 0
 
 
@@ -346,6 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): bf16 autocast where the hardware has fast bf16 (AVX512-BF16/AMX CPUs, "
                         "recent GPUs), else fp32")
     p.add_argument("--spacing", choices=TIMESTEP_SPACINGS, default=None, help="timestep spacing")
+    p.add_argument("--upscale", default=None, metavar="SR_MODEL",
+                   help="upscale with a super-resolution model, e.g. sr64 (32 px -> 64 px; a cascade's second stage)")
+    p.add_argument("--upscale-steps", type=int, default=None, metavar="N",
+                   help="DPM-Solver++ steps of the upscaler (default: its sampler_defaults, else 10)")
+    p.add_argument("--upscale-aug", type=float, default=None, metavar="LEVEL",
+                   help="conditioning-augmentation noise level in [0, 1] for the upscaler (default: its "
+                        "sampler_defaults, else 0.05)")
     p.add_argument("--out", default="output_ImageNet/samples", help="output folder")
     p.add_argument("--gif", action="store_true", help="also write the denoising GIF")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")

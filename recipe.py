@@ -37,6 +37,10 @@ _FIELDS = {
     "Init image": ("init_image", str),
     "Guidance interval": ("guidance_interval", str),
     "Precision": ("precision", str),
+    # the cascade's second stage (sample --upscale): Size stays the first stage's size, as A1111's hires fix
+    "Upscaler": ("upscaler", str),
+    "Upscale steps": ("upscale_steps", int),
+    "Upscale noise": ("upscale_aug", float),
 }
 # AUTOMATIC1111 sampler names -> ours (the same solver; others have no counterpart here)
 A1111_SAMPLERS = {"dpm++ 2m": "dpm++", "dpm++ 2m karras": "dpm++", "dpm++ 2m sde": "dpm++", "ddim": "ddim",

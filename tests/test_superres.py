@@ -1,0 +1,342 @@
+"""The super-resolution stage (superres.py, diffusion.upscale): a cascade's 2x upscaler.
+
+* the SR U-Net: six input channels, an augmentation-level input, no text; trains on crops
+  and samples whole images (fully convolutional); base networks are unchanged;
+* training batches: crops of the high-resolution images paired with the same window of
+  their low-resolution counterparts (box-downsampled, bicubic-upsampled); conditioning
+  augmentation at a random level, with the level as an input;
+* sampling: ``upscale`` against an oracle written from the definitions (torch's bicubic,
+  the forward process from diffusers' alpha-bar, diffusers' DPM-Solver++ scheduler) with a
+  fake network, so no training is needed;
+* the store: SR models are typed ``sr``, kept out of the base-model list, refused where a
+  base model is expected (and the reverse), and refused when config and weights disagree;
+* training end to end (resume is exact), export, ``sample --upscale`` and ``--from-png``.
+
+Everything runs with one torch thread and tiny networks: seconds, not minutes.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import diffusers  # a test requirement (the oracle's scheduler)
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import diffusion as D
+import model_store as store
+import superres
+import training as T
+from models import ConditionalUNet, UNetConfig
+from test_training import TINY_NET, assert_bit_identical, ckpt_tensors, make_tiny_dataset, options
+
+SR_NET = dict(in_channels=6, aug_embed=True, cond_dim=0, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+              attention_resolutions=(), middle_attention=False, head_channels=8, dropout=0.0)
+SR_TRAIN = dict(task="sr", base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(),
+                middle_attention=False, head_channels=8, dropout=0.0, sr_crop=16, sr_aug_max=0.3, batch_size=8,
+                lr=1e-3, warmup_steps=2, ema_decay=0.9, seed=3, log_every=1, sample_every=0, ckpt_every=100)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def sr_unet(size: int = 32, seed: int = 0) -> ConditionalUNet:
+    torch.manual_seed(seed)
+    model = ConditionalUNet(UNetConfig(image_size=size, **SR_NET))
+    for p in model.parameters():  # zero-initialised output layers would make the net ignore its inputs
+        if not p.detach().any():
+            torch.nn.init.normal_(p, std=0.05)
+    return model.eval()
+
+
+def cosine_alpha_bar(t: int, T_: int = 1000, s: float = 0.008) -> float:
+    """alpha-bar of the cosine schedule, from its betas (capped at 0.999), written out independently."""
+    f = lambda u: math.cos((u + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    return math.prod(1 - min(1 - f((i + 1) / T_) / f(i / T_), 0.999) for i in range(t + 1))
+
+
+# --------------------------------------------------------------------------- the network
+def test_sr_unet_trains_on_crops_and_samples_whole_images():
+    model = sr_unet(32)
+    x6 = torch.randn(2, 6, 32, 32)
+    for size in (16, 32, 48):  # a crop, the whole image, and a size it was never configured for
+        out = model(torch.randn(2, 6, size, size), torch.tensor([5, 700]), None, aug_level=torch.tensor([0, 40]))
+        assert out.shape == (2, 3, size, size)
+    with pytest.raises(ValueError, match="aug_level is required"):
+        model(x6, torch.tensor([5, 7]), None)
+    with pytest.raises(ValueError, match="divisible by 2"):
+        model(torch.randn(1, 6, 17, 17), torch.tensor([5]), None, aug_level=torch.tensor(3))
+    # the augmentation level is an input: a different level gives a different output
+    a = model(x6, torch.tensor([5, 5]), None, aug_level=torch.tensor([0, 0]))
+    b = model(x6, torch.tensor([5, 5]), None, aug_level=torch.tensor([300, 300]))
+    assert (a - b).abs().max() > 1e-4
+    # no attention anywhere and no text: only convolutions, norms and embeddings
+    names = [type(m).__name__ for m in model.modules()]
+    assert "SelfAttention" not in names and not hasattr(model, "cond_embed") and not hasattr(model, "null_cond")
+
+
+def test_base_unet_is_unchanged_by_the_sr_options():
+    """Default options build the same tensors as before (so stored models still load), and refuse aug_level."""
+    base = ConditionalUNet(UNetConfig(image_size=16, **TINY_NET))
+    keys = set(base.state_dict())
+    assert {"middle.1.qkv.weight", "null_cond", "cond_embed.0.weight", "input_conv.weight"} <= keys
+    assert not any(k.startswith("aug_embed") for k in keys)
+    assert base.input_conv.weight.shape[1] == 3
+    with pytest.raises(ValueError, match="without an augmentation-level input"):
+        base(torch.randn(1, 3, 16, 16), torch.tensor([3]), torch.randn(1, 384), aug_level=torch.tensor([1]))
+    cfg = UNetConfig.from_dict({k: v for k, v in UNetConfig(image_size=16).to_dict().items()
+                                if k not in ("middle_attention", "aug_embed")})  # an older config.json
+    assert cfg.middle_attention and not cfg.aug_embed
+
+
+# --------------------------------------------------------------------------- training batches
+def test_training_crops_pair_each_window_with_its_low_resolution_counterpart():
+    terms = D.DiffusionConfig().terms()
+    g = torch.Generator().manual_seed(0)
+    hi = torch.rand(6, 3, 32, 32, generator=g) * 2 - 1
+    batch = superres.sr_training_batch(hi, terms, crop=16, aug_max=0.0, generator=torch.Generator().manual_seed(1))
+    assert batch.x0.shape == batch.low_res_up.shape == (6, 3, 16, 16)
+    assert batch.aug_t.tolist() == [0] * 6
+    # the oracle: box-average 2x2 blocks, round to uint8 levels, bicubic back up (torch), for the whole image
+    low = (((hi.reshape(6, 3, 16, 2, 16, 2).mean(dim=(3, 5)) + 1) * 127.5).round() / 127.5) - 1
+    up = F.interpolate(low, size=(32, 32), mode="bicubic", align_corners=False).clamp(-1, 1)
+    ab0 = cosine_alpha_bar(0)
+    offsets = set()
+    for i in range(6):
+        found = [(y, x) for y in range(17) for x in range(17) if torch.equal(hi[i, :, y:y + 16, x:x + 16], batch.x0[i])]
+        assert len(found) == 1
+        y, x = found[0]
+        offsets.add((y, x))
+        # aug level 0 still adds the schedule's t=0 noise: sqrt(1 - ab_0) ~ 6e-3 per unit of noise
+        err = batch.low_res_up[i] - math.sqrt(ab0) * up[i, :, y:y + 16, x:x + 16]
+        assert err.abs().max() < 6 * math.sqrt(1 - ab0)
+    assert len(offsets) > 1  # one random window per example, not one per batch
+    whole = superres.sr_training_batch(hi, terms, crop=0, aug_max=0.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(whole.x0, hi) and whole.low_res_up.shape == hi.shape
+
+
+def test_conditioning_augmentation_noises_the_low_resolution_input_at_its_level():
+    terms = D.DiffusionConfig().terms()
+    hi = torch.rand(256, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    batch = superres.sr_training_batch(hi, terms, crop=0, aug_max=0.3, generator=torch.Generator().manual_seed(2))
+    ts = batch.aug_t
+    assert ts.min() >= 0 and ts.max() <= round(0.3 * 999) and ts.float().std() > 50  # spread over [0, 300]
+    clean = D.upsample_bicubic(D.downsample_box(hi), 16)
+    for i in range(0, 256, 32):
+        ab = cosine_alpha_bar(int(ts[i]))
+        noise = (batch.low_res_up[i] - math.sqrt(ab) * clean[i]) / math.sqrt(1 - ab)
+        assert abs(noise.std().item() - 1) < 0.12 and abs(noise.mean().item()) < 0.12
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        D.aug_timestep(1.5, 1000)
+
+
+def test_training_loss_feeds_the_network_both_images_and_the_level():
+    seen = {}
+
+    def net(x, t, cond, drop, aug_level=None):
+        seen.update(x=x, cond=cond, aug=aug_level)
+        return torch.zeros_like(x[:, :3])
+
+    terms = D.DiffusionConfig().terms()
+    hi = torch.rand(4, 3, 32, 32) * 2 - 1
+    loss = superres.sr_training_loss(net, terms, hi, None, crop=16, aug_max=0.2, prediction_type="v_prediction",
+                                     generator=torch.Generator().manual_seed(0))
+    assert seen["x"].shape == (4, 6, 16, 16) and seen["cond"] is None and seen["aug"].shape == (4,)
+    assert loss.item() > 0
+
+
+# --------------------------------------------------------------------------- sampling against an oracle
+class FakeSR(torch.nn.Module):
+    """A fixed function of [x_t, low], t and the augmentation level (a v-prediction); records the levels."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = UNetConfig(image_size=16, channel_mult=(1, 2), attention_resolutions=(), **{
+            k: SR_NET[k] for k in ("in_channels", "aug_embed", "cond_dim")})
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+        self.levels: list[int] = []
+
+    def forward(self, x, t, cond, drop=None, aug_level=None):
+        self.levels.append(int(aug_level))
+        return fake_v(x, t.float().reshape(-1, 1, 1, 1), float(aug_level))
+
+
+def fake_v(x6: torch.Tensor, t: torch.Tensor, level: float) -> torch.Tensor:
+    xt, low = x6[:, :3], x6[:, 3:]
+    return 0.7 * xt * torch.cos(t / 800.0) - 0.5 * low * torch.sin(t / 700.0) + 0.1 * torch.tanh(low) + level / 5000
+
+
+@pytest.mark.parametrize("steps,aug_level", [(10, 0.05), (6, 0.0), (4, 0.3)])
+def test_upscale_matches_an_oracle_built_from_diffusers(steps, aug_level):
+    """upscale = bicubic up + q(z_s|x) with seed i's second draw + diffusers' DPM-Solver++(2M) on [x, z]."""
+    rng = np.random.default_rng(0)
+    low_u8 = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    ours = D.upscale(FakeSR(), D.DiffusionConfig(), low_u8, steps=steps, aug_level=aug_level, seed=11)
+    assert ours.images.shape == (3, 16, 16, 3) and ours.seeds == [11, 12, 13]
+    assert ours.recipe == {"upscale_steps": steps, "upscale_aug": aug_level}
+
+    sched = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+        algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint", timestep_spacing="trailing",
+        final_sigmas_type="zero", thresholding=True, sample_max_value=1.0)
+    sched.set_timesteps(steps)
+    s = round(aug_level * 999)
+    ab = sched.alphas_cumprod[s].double()
+    low = torch.from_numpy(low_u8).permute(0, 3, 1, 2).double() / 127.5 - 1
+    up = F.interpolate(low.float(), size=(16, 16), mode="bicubic", align_corners=False).clamp(-1, 1).double()
+    xs, zs = [], []
+    for i in range(3):
+        g = torch.Generator().manual_seed(11 + i)
+        xs.append(torch.randn(1, 3, 16, 16, generator=g))
+        zs.append(torch.randn(1, 3, 16, 16, generator=g))
+    x, z = torch.cat(xs), (ab.sqrt() * up + (1 - ab).sqrt() * torch.cat(zs).double()).float()
+    for t in sched.timesteps:
+        x = sched.step(fake_v(torch.cat([x, z], 1), torch.full((3, 1, 1, 1), float(t)), float(s)), t, x).prev_sample
+    theirs = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert np.abs(ours.images.astype(int) - theirs.astype(int)).max() <= 1
+    assert np.mean(ours.images == theirs) > 0.97
+
+
+def test_upscale_uses_its_aug_level_at_every_step_and_a_seed_is_batch_independent():
+    fake = FakeSR()
+    low = np.random.default_rng(1).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    batch = D.upscale(fake, D.DiffusionConfig(), low, steps=5, aug_level=0.1, seed=4, return_frames=True)
+    assert fake.levels == [round(0.1 * 999)] * 5
+    assert len(batch.frames) == 5 and batch.frame_timesteps == D.make_timesteps(1000, 5, "trailing")
+    one = D.upscale(FakeSR(), D.DiffusionConfig(), low[2:], steps=5, aug_level=0.1, seed=6)
+    np.testing.assert_array_equal(one.images[0], batch.images[2])
+    with pytest.raises(ValueError, match="super-resolution network"):
+        D.upscale(ConditionalUNet(UNetConfig(image_size=16, **TINY_NET)), D.DiffusionConfig(), low)
+
+
+def test_upscale_takes_uint8_or_tensor_images_and_repeats_with_a_seed():
+    """A real (untrained) SR net: uint8 and [-1, 1] tensor inputs give the same images of the right size."""
+    model = sr_unet(16)
+    low = np.random.default_rng(2).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    a = D.upscale(model, D.DiffusionConfig(), low, steps=3, seed=1)
+    b = D.upscale(model, D.DiffusionConfig(), torch.from_numpy(low).permute(0, 3, 1, 2).float() / 127.5 - 1,
+                  steps=3, seed=1)
+    assert a.images.shape == (2, 16, 16, 3) and a.images.dtype == np.uint8
+    np.testing.assert_array_equal(a.images, b.images)
+
+
+# --------------------------------------------------------------------------- training, the store and the CLI
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny base model (16 px) and a tiny SR model (16 -> 32 px, trained on 16 px crops), exported."""
+    root = tmp_path_factory.mktemp("sr")
+    base_data = make_tiny_dataset(root / "data16", size=16)
+    sr_data = make_tiny_dataset(root / "data32", size=32)
+    base_ckpt = T.train(T.make_config("smoke", **options(base_data, root / "runs", "base", **TINY_NET, dropout=0.0,
+                                                         batch_size=8, max_steps=4, sample_every=0)))
+    sr_ckpt = T.train(T.make_config("sr64", **options(sr_data, root / "runs", "sr", **dict(SR_TRAIN, max_steps=4,
+                                                      sample_every=4, sample_classes=2))))
+    import cli
+
+    st = root / "store"
+    assert cli.main(["export", str(base_ckpt.parents[1]), "--name", "tiny", "--store", str(st)]) == 0
+    assert cli.main(["export", str(sr_ckpt.parents[1]), "--name", "sr32", "--store", str(st)]) == 0
+    return dict(root=root, store=st, sr_data=sr_data, sr_ckpt=sr_ckpt)
+
+
+def test_sr_training_writes_a_typed_checkpoint_and_sample_grid(trained):
+    cfg = json.loads((trained["sr_ckpt"] / store.CONFIG_FILE).read_text())
+    assert cfg["model_type"] == "sr" and cfg["sr"] == {"scale": 2, "low_res_size": 16, "crop": 16, "aug_max": 0.3}
+    assert cfg["unet"]["in_channels"] == 6 and cfg["unet"]["aug_embed"] and cfg["unet"]["cond_dim"] == 0
+    grid = Image.open(trained["sr_ckpt"].parents[1] / "samples" / "grid_0000004.png")
+    assert grid.size[0] > 2 * 32 and grid.size[1] > 4 * 32  # 2 images x 4 rows (low, bicubic, SR, truth)
+
+
+def test_sr_training_resumes_exactly(trained, tmp_path):
+    """4 steps + resume for 4 = 8 steps, bit for bit: crops and augmentation draws are per-step seeded."""
+    opts = options(trained["sr_data"], tmp_path, "r", **SR_TRAIN, max_steps=8)
+    straight = T.train(T.make_config("sr64", **dict(opts, run_name="straight")))
+    T.train(T.make_config("sr64", **dict(opts, stop_at_step=4)))
+    resumed = T.train(T.make_config("sr64", **opts))
+    assert resumed.name == straight.name == "ckpt-0000008"
+    assert_bit_identical(ckpt_tensors(straight), ckpt_tensors(resumed))
+
+
+def test_store_keeps_sr_models_apart_from_base_models(trained):
+    st = trained["store"]
+    assert store.list_models(st) == ["tiny"]
+    assert store.list_models(st, model_type="sr") == ["sr32"]
+    assert store.list_models(st, model_type=None) == ["sr32", "tiny"]
+    sr = store.load_sr_model("sr32", store=st)
+    assert sr.model.config.in_channels == 6 and store.model_type_of(sr.config) == "sr"
+    with pytest.raises(store.CheckpointError, match="is a super-resolution model, not a base"):
+        store.load_model("sr32", store=st)
+    with pytest.raises(store.CheckpointError, match="is a base .* not a super-resolution model"):
+        store.load_sr_model("tiny", store=st)
+    folder = st / "sr32"
+    assert all(v.dtype == torch.float16 for v in store.load_tensors(folder / store.WEIGHTS_FILE).values())
+    card = (folder / store.CARD_FILE).read_text()
+    assert "super-resolution" in card and "--upscale sr32" in card
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c["unet"].update(in_channels=3), "in_channels = 2 x out_channels"),
+    (lambda c: c["unet"].update(aug_embed=False), "aug_embed"),
+    (lambda c: c["unet"].update(base_channels=32), "do not match its config"),
+    (lambda c: c["unet"].update(middle_attention=True), "do not match its config"),
+    (lambda c: c.update(model_type="upscaler"), "unknown model_type"),
+])
+def test_store_refuses_an_sr_config_that_does_not_match(trained, tmp_path, change, message):
+    import shutil
+
+    folder = tmp_path / "sr_bad"
+    shutil.copytree(trained["store"] / "sr32", folder)
+    cfg = json.loads((folder / store.CONFIG_FILE).read_text())
+    change(cfg)
+    (folder / store.CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(store.CheckpointError, match=message):
+        store.load_sr_model(str(folder))
+
+
+def test_cli_upscale_round_trip_with_from_png(trained, tmp_path, capsys):
+    import cli
+
+    from recipe import read_png_recipe
+
+    st = str(trained["store"])
+    out = tmp_path / "up"
+    assert cli.main(["sample", "--model", "tiny", "--store", st, "--class", "goldfish", "--n", "2", "--seed", "5",
+                     "--steps", "4", "--upscale", "sr32", "--upscale-steps", "3", "--upscale-aug", "0.1",
+                     "--precision", "fp32", "--gif", "--out", str(out)]) == 0
+    pngs = sorted(p for p in out.glob("*.png") if not p.name.endswith("_grid.png"))
+    assert len(pngs) == 2 and len(list(out.glob("*_denoise.gif"))) == 1
+    recipes = [read_png_recipe(p) for p in pngs]
+    assert [(r["seed"], r["model"], r["upscaler"], r["upscale_steps"], r["upscale_aug"], r["size"]) for r in recipes] \
+        == [(5, "tiny", "sr32", 3, 0.1, "16x16"), (6, "tiny", "sr32", 3, 0.1, "16x16")]
+    pixels = lambda p: np.asarray(Image.open(p).convert("RGB"))  # noqa: E731
+    assert pixels(pngs[1]).shape == (32, 32, 3)
+    # the second image from its PNG alone: both stages regenerate bit for bit
+    assert cli.main(["sample", "--from-png", str(pngs[1]), "--store", st, "--out", str(tmp_path / "re")]) == 0
+    again = sorted(p for p in (tmp_path / "re").glob("*.png") if not p.name.endswith("_grid.png"))
+    assert len(again) == 1
+    np.testing.assert_array_equal(pixels(again[0]), pixels(pngs[1]))
+    assert read_png_recipe(again[0]) == recipes[1]
+    # the same image without the second stage is the 16 px base image
+    assert cli.main(["sample", "--model", "tiny", "--store", st, "--class", "goldfish", "--n", "1", "--seed", "6",
+                     "--steps", "4", "--precision", "fp32", "--out", str(tmp_path / "base")]) == 0
+    base = next(p for p in (tmp_path / "base").glob("*.png") if not p.name.endswith("_grid.png"))
+    assert pixels(base).shape == (16, 16, 3) and "upscaler" not in read_png_recipe(base)
+    # clear errors: an SR model as the base model, a base model as the upscaler
+    capsys.readouterr()
+    assert cli.main(["sample", "--model", "sr32", "--store", st, "--class", "goldfish", "--out", str(tmp_path)]) == 2
+    assert "super-resolution model, not a base" in capsys.readouterr().err
+    assert cli.main(["sample", "--model", "tiny", "--store", st, "--class", "goldfish", "--n", "1", "--steps", "2",
+                     "--upscale", "tiny", "--out", str(tmp_path / "e")]) == 2
+    assert "not a super-resolution model" in capsys.readouterr().err
+    assert cli.main(["list", "--store", st]) == 0
+    listing = capsys.readouterr().out
+    assert "sr32" in listing and "(super-resolution)" in listing and "tiny" in listing
