@@ -260,6 +260,17 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
     return out
 
 
+def parse_snaps(text: str) -> list[float]:
+    """``"0,0.5"`` -> ``[0.0, 0.5]``: snap strengths in [0, 1]."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"bad --snap {text!r}: use strengths in [0, 1], e.g. 0,0.5") from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise ValueError(f"bad --snap {text!r}: use strengths in [0, 1], e.g. 0,0.5")
+    return values
+
+
 def generate_per_class(lm: Any, sampler: str, steps: int, per_class: int, guidance: float, seed: int,
                        batch_size: int, device: torch.device,
                        encode_fn: Callable[[list[str]], np.ndarray] | None = None,
@@ -339,7 +350,7 @@ def evaluate(
     retrain_classifier: bool = False, inception: str | None = None, device: str | torch.device = "cpu",
     encode_fn: Callable[[list[str]], np.ndarray] | None = None, classifier_dir: Path | None = None,
     free_text: Sequence[tuple[str, int]] = (), free_text_setting: tuple[str, int] = ("dpm++", 20),
-    precision: str = "fp32",
+    precision: str = "fp32", snaps: Sequence[float] = (0.0,),
 ) -> dict[str, Any]:
     """Run the whole evaluation; returns a dict with the reference figures and one Row per setting."""
     from data import PreprocessedDataset
@@ -394,9 +405,18 @@ def evaluate(
         log.info("%s: accuracy %.3f, FD %.2f, %.3f s/image", row.setting, row.accuracy, row.fd, row.seconds_per_image)
     if free_text:
         result["free_text_setting"] = f"{free_text_setting[0]} {free_text_setting[1]}"
-        result["free_text"] = free_text_rows(lm, clf, free_text, per_prompt=per_class, sampler=free_text_setting[0],
-                                             steps=free_text_setting[1], guidance=guidance, seed=seed,
-                                             batch_size=batch_size, device=device, encode_fn=encode_fn)
+        result["free_text"] = []
+        for snap in snaps:  # the same prompts and seeds, with and without pulling them toward the classes
+            enc = encode_fn
+            if snap > 0:
+                from models.text_encoder import encode_prompts
+                from prompting import snapping_encoder
+
+                enc = snapping_encoder(encode_fn or encode_prompts, [c["prompt"] for c in lm.classes], snap)
+            rows = free_text_rows(lm, clf, free_text, per_prompt=per_class, sampler=free_text_setting[0],
+                                  steps=free_text_setting[1], guidance=guidance, seed=seed,
+                                  batch_size=batch_size, device=device, encode_fn=enc)
+            result["free_text"] += [dict(r, snap=snap) for r in rows]
     return result
 
 
@@ -429,13 +449,20 @@ def format_table(result: dict[str, Any]) -> str:
         lines += ["", f"Best 10 classes ({r['setting']}): {show(order[:10])}.",
                   f"Worst 10 classes ({r['setting']}): {show(order[-10:][::-1])}."]
     if result.get("free_text"):
-        acc = np.mean([f["accuracy"] for f in result["free_text"]])
-        lines += ["", f"Free text: {len(result['free_text'])} prompts land on their class {acc:.1%} of the time."]
+        lines.append("")
+        names = [r for r in result["rows"] if r["setting"] == result.get("free_text_setting")]
+        for snap in sorted({f.get("snap", 0.0) for f in result["free_text"]}):
+            rows = [f for f in result["free_text"] if f.get("snap", 0.0) == snap]
+            acc = float(np.mean([f["accuracy"] for f in rows]))
+            vs = (f" ({acc / names[0]['accuracy']:.0%} of the class-name prompts' {names[0]['accuracy']:.1%})"
+                  if names and names[0]["accuracy"] > 0 else "")
+            lines.append(f"Free text, snap {snap:g}: {len(rows)} prompts land on their class {acc:.1%} of the time{vs}.")
     if result.get("free_text"):
         lines += ["", f"Free text ({result['free_text_setting']}, {result['per_class']} images per prompt):", "",
                   "| prompt | meant class | classified as that class | most often classified as |",
                   "| --- | --- | --- | --- |"]
-        lines += [f"| {r['prompt'].replace('|', '/')} | {r['class']} | {r['accuracy']:.0%} | {r['most_seen']} |" for r in result["free_text"]]
+        lines += [f"| {r['prompt'].replace('|', '/')}{' (snap %g)' % r['snap'] if r.get('snap') else ''} | {r['class']} |"
+                  f" {r['accuracy']:.0%} | {r['most_seen']} |" for r in result["free_text"]]
     return "\n".join(lines)
 
 
@@ -455,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of the yardstick classifier (default: beside the model); trained there if missing")
     parser.add_argument("--free-text", default=None,
                         help="TSV of 'prompt<TAB>class' lines: do free-text prompts land on their class?")
+    parser.add_argument("--snap", default="0", metavar="S[,S..]",
+                        help="free text also with its embedding pulled toward the model's classes by each strength "
+                             "in [0, 1] (e.g. 0,0.5: with and without)")
     parser.add_argument("--free-text-setting", default="dpm++:20", help="sampler:steps for the free-text prompts")
     parser.add_argument("--classifier-only", action="store_true",
                         help="only train the yardstick on --data into --classifier and print its held-out accuracy")
@@ -482,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
                           retrain_classifier=args.retrain_classifier, inception=args.inception, device=device,
                           classifier_dir=Path(args.classifier) if args.classifier else None,
                           free_text=free_text, free_text_setting=parse_settings(args.free_text_setting)[0],
-                          precision=args.precision)
+                          precision=args.precision, snaps=parse_snaps(args.snap))
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

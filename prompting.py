@@ -190,3 +190,18 @@ def encode_weighted(prompts: Sequence[str], encode_fn: Callable[[list[str]], np.
         norm = np.linalg.norm(mix)
         out.append(mix / norm if norm > 1e-8 else mix)
     return np.stack(out).astype(np.float32)
+
+
+def snapping_encoder(encode_fn: Callable[[list[str]], np.ndarray], class_prompts: Sequence[str],
+                     strength: float) -> Callable[[list[str]], np.ndarray]:
+    """``encode_fn`` with every result pulled toward the model's classes (``snap_to_classes``):
+    the inference option that lets free text the model never saw land on the class it means."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"snap strength must be in [0, 1], got {strength}")
+    class_embs = np.asarray(encode_fn(list(class_prompts))) if strength > 0 else None
+
+    def encode(prompts: list[str]) -> np.ndarray:
+        embs = np.asarray(encode_fn(list(prompts)))
+        return embs if class_embs is None else snap_to_classes(embs, class_embs, strength)
+
+    return encode

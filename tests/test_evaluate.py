@@ -125,7 +125,7 @@ def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
     by_prompt["something red"] = emb[0]
     result = E.evaluate(lm, data, [("ddim", 3), ("dpm++", 2)], per_class=2, classifier_epochs=20, batch_size=4,
                         encode_fn=lambda ps: np.stack([by_prompt[p] for p in ps]),
-                        free_text=[("something red", 0)], free_text_setting=("dpm++", 2))
+                        free_text=[("something red", 0)], free_text_setting=("dpm++", 2), snaps=(0.0, 1.0))
     assert [r["setting"] for r in result["rows"]] == ["ddim 3", "dpm++ 2"]
     for r in result["rows"]:
         assert r["images"] == 6 and 0 <= r["accuracy"] <= 1 and r["fd"] >= 0 and r["seconds_per_image"] > 0
@@ -133,8 +133,13 @@ def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
     assert (lm.path / E.CLASSIFIER_WEIGHTS).exists()  # kept beside the model
     table = E.format_table(result)
     assert "| ddim 3 | 6 |" in table and "real held-out" in table
-    (ft,) = result["free_text"]
+    ft, snapped = result["free_text"]
+    assert (ft["snap"], snapped["snap"]) == (0.0, 1.0) and snapped["prompt"] == "something red"
     assert ft["prompt"] == "something red" and ft["class"] == "red" and ft["images"] == 2
+    assert "Free text, snap 0: 1 prompts" in table and "Free text, snap 1: 1 prompts" in table
+    for r in result["rows"]:  # 3 classes: the top 5 hold every class
+        assert r["top5"] == 1.0 and set(r["class_accuracy"]) == set(names)
+        assert np.isclose(np.mean(list(r["class_accuracy"].values())), r["accuracy"])  # 2 images per class
     assert ft["most_seen"] in names and 0 <= ft["accuracy"] <= 1
     assert "| something red | red |" in table
 
@@ -155,3 +160,36 @@ def test_fd_bootstrap_sd_shrinks_with_more_samples():
     small = E.fd_bootstrap_sd(rng.normal(size=(40, 8)), ref, rounds=30)
     large = E.fd_bootstrap_sd(rng.normal(size=(400, 8)), ref, rounds=30)
     assert small > large > 0
+
+
+def test_top_k_and_per_class_accuracy_against_hand_counts():
+    logits = np.array([[0.9, 0.5, 0.1, 0.0],   # label 1: second best -> top-1 miss, top-2 hit
+                       [0.0, 0.2, 0.3, 0.8],   # label 3: hit
+                       [0.4, 0.3, 0.2, 0.1],   # label 3: worst -> miss even in the top 3
+                       [0.1, 0.7, 0.1, 0.1]])  # label 0: top-1 miss; tie at 0.1 broken by index -> in the top 2
+    labels = np.array([1, 3, 3, 0])
+    assert E.top_k_accuracy(logits, labels, 1) == 0.25
+    assert E.top_k_accuracy(logits, labels, 2) == 0.75
+    assert E.top_k_accuracy(logits, labels, 3) == 0.75
+    assert E.top_k_accuracy(logits, labels, 9) == 1.0  # k beyond the classes: every label is in
+    per = E.per_class_accuracy(logits.argmax(1), labels, 5)
+    assert per[3] == 0.5 and per[0] == 0.0 and per[1] == 0.0 and np.isnan(per[2]) and np.isnan(per[4])
+
+
+def test_snap_strengths_parse_and_snapping_moves_free_text_to_its_nearest_class():
+    from prompting import snapping_encoder
+
+    assert E.parse_snaps("0,0.5") == [0.0, 0.5]
+    for bad in ("", "x", "1.5", "-0.1"):
+        with pytest.raises(ValueError, match="snap"):
+            E.parse_snaps(bad)
+    table = {"cat": np.array([1.0, 0, 0]), "dog": np.array([0, 1.0, 0]),
+             "kitten": np.array([0.8, 0.0, 0.6])}  # nearest class: cat
+    enc = lambda ps: np.stack([table[p] for p in ps])  # noqa: E731
+    np.testing.assert_allclose(snapping_encoder(enc, ["cat", "dog"], 0.0)(["kitten"]), [table["kitten"]])
+    full = snapping_encoder(enc, ["cat", "dog"], 1.0)(["kitten"])[0]
+    # softmax over similarities 0.8 and 0 at temperature 0.05: all but e^-16 of the weight on "cat"
+    np.testing.assert_allclose(full, [1, 0, 0], atol=1e-6)
+    half = snapping_encoder(enc, ["cat", "dog"], 0.5)(["kitten"])[0]
+    expect = 0.5 * table["kitten"] + 0.5 * np.array([1.0, 0, 0])
+    np.testing.assert_allclose(half, expect / np.linalg.norm(expect), atol=1e-6)
