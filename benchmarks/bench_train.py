@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
-"""Training throughput on CPU: our ConditionalUNet (the default preset's network)
-against diffusers' UNet2DModel with about the same parameter count.
+"""Training throughput on CPU: our ConditionalUNet at the layout of diffusers'
+UNet2DModel peer (64/128/128 channels, the net default_model has), the peer, and
+the current default preset's slim net.
 
     python benchmarks/bench_train.py [--batch 32] [--size 32] [--rounds 4] [--steps 2] [--threads N]
-                                     [--profile] [--json results.json]
+                                     [--profile] [--json results.json] [--log output.txt]
+
+Ratios are reported with their spread: the per-round speed-up (both variants ran
+back to back in every round), its median, min and max, and in how many rounds
+ours was faster. AdamW's step alone (loop / foreach / fused) is timed the same way.
 
 One training step = forward + MSE loss + backward + AdamW step (+ zero_grad),
 fp32, same batch, resolution, thread count and optimizer settings for every
@@ -52,6 +57,23 @@ from models import ConditionalUNet, count_parameters  # noqa: E402
 from training import make_config  # noqa: E402
 
 
+class Tee:
+    """stdout to the terminal and a file (the raw output committed beside the table)."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for st in self.streams:
+            st.write(text)
+            st.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        for st in self.streams:
+            st.flush()
+
+
 @dataclass
 class Variant:
     name: str
@@ -71,7 +93,17 @@ class Variant:
         return time.perf_counter() - start
 
 
+# The diffusers peer's layout (64/128/128 channels, 2 blocks, attention at 8 px, dropout 0.1): the
+# like-for-like comparison. The current default preset's slim net is timed as its own variant.
+SAME_LAYOUT = dict(base_channels=64, channel_mult=(1, 2, 2), attention_resolutions=(8,), dropout=0.1)
+
+
 def ours_model(size: int) -> ConditionalUNet:
+    torch.manual_seed(0)
+    return ConditionalUNet(make_config("default", **SAME_LAYOUT).unet_config(size)).train()
+
+
+def ours_preset_model(size: int) -> ConditionalUNet:
     torch.manual_seed(0)
     return ConditionalUNet(make_config("default").unet_config(size)).train()
 
@@ -119,12 +151,45 @@ def build_variants(batch: int, size: int) -> list[Variant]:
         ("diffusers, loop", diffusers_model, call_diffusers, False, False),
         ("diffusers, fused", diffusers_model, call_diffusers, False, True),
         ("diffusers, channels_last", diffusers_model, call_diffusers, True, False),
+        ("ours, slim default preset", ours_preset_model, call_ours, True, True),
     ):
         m = build(size)
         if layout_cl:
             m = m.to(memory_format=torch.channels_last)
         variants.append(Variant(name, m, call, make_inputs(batch, size, layout_cl), adamw(m, fused)))
     return variants
+
+
+def flop_key(variant: str) -> str:
+    return "slim" if "slim" in variant else variant.split(",")[0]
+
+
+def print_optimizer_times(model: torch.nn.Module, rounds: int, reps: int = 5) -> dict[str, list[float]]:
+    """AdamW's step alone on ``model``'s parameters (random gradients): the single-tensor loop,
+    foreach and fused implementations, interleaved; milliseconds per step."""
+    params = [p for p in model.parameters()]
+    grads = [torch.randn_like(p) for p in params]
+    impls = {"loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+    opts = {}
+    for name, kw in impls.items():
+        copies = [p.detach().clone().requires_grad_(True) for p in params]
+        for c, g in zip(copies, grads):
+            c.grad = g.clone()
+        opts[name] = torch.optim.AdamW(copies, lr=2e-4, **kw)
+        opts[name].step()  # allocate the state outside the timing
+    times: dict[str, list[float]] = {n: [] for n in impls}
+    for r in range(rounds):
+        for name in (list(impls) if r % 2 == 0 else list(impls)[::-1]):
+            start = time.perf_counter()
+            for _ in range(reps):
+                opts[name].step()
+            times[name].append((time.perf_counter() - start) / reps * 1e3)
+    base = statistics.median(times["loop"])
+    print(f"\nAdamW step alone ({sum(p.numel() for p in params):,} parameters), ms, median (min-max) over {rounds} rounds:")
+    for name, ts in times.items():
+        print(f"  {name:8s} {statistics.median(ts):7.1f} ({min(ts):.1f}-{max(ts):.1f})  "
+              f"loop / this {base / statistics.median(ts):.2f}x")
+    return times
 
 
 def flops_per_step(v: Variant, target: torch.Tensor) -> float:
@@ -155,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler top operators")
     parser.add_argument("--json", default=None, help="write the results here as JSON")
+    parser.add_argument("--log", default=None, help="also write everything printed to this file")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.log:
+        sys.stdout = Tee(sys.stdout, open(args.log, "w"))
     if args.threads:
         torch.set_num_threads(args.threads)
     import diffusers
@@ -170,10 +238,10 @@ def main(argv: list[str] | None = None) -> int:
           f"(ratio {params['ours, as trained'] / params['diffusers, loop']:.3f})")
     gflops = {}
     for v in variants:
-        if v.name in ("ours, channels_last, loop", "diffusers, loop"):
-            gflops[v.name.split(",")[0]] = flops_per_step(v, target) / 1e9
+        if v.name in ("ours, channels_last, loop", "diffusers, loop", "ours, slim default preset"):
+            gflops[flop_key(v.name)] = flops_per_step(v, target) / 1e9
     print(f"GFLOP per training step (fwd+bwd, batch {args.batch}): ours {gflops['ours']:.2f}, "
-          f"diffusers {gflops['diffusers']:.2f}")
+          f"diffusers {gflops['diffusers']:.2f}, slim preset {gflops['slim']:.2f}")
 
     for v in variants:  # warm-up: allocator, oneDNN primitives, optimizer state
         for _ in range(2):
@@ -193,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     base_med, base_min = statistics.median(base.times), min(base.times)
     for v in variants:
         med = statistics.median(v.times)
-        fl = gflops["ours" if v.name.startswith("ours") else "diffusers"]
+        fl = gflops[flop_key(v.name)]
         results[v.name] = {"median_s_per_step": med, "images_per_s": args.batch / med, "gflop_per_s": fl / med,
                            "min_s_per_step": min(v.times), "max_s_per_step": max(v.times),
                            "speed_vs_diffusers": base_med / med, "speed_vs_diffusers_by_min": base_min / min(v.times),
@@ -201,10 +269,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{v.name:28s} {med:13.3f} {min(v.times):10.3f} {args.batch / med:9.1f} {fl / med:8.1f} "
               f"{base_med / med:9.2f}x (min {base_min / min(v.times):.2f}x)")
 
+    def round_ratios(a: str, b: str) -> list[float]:
+        """b's time / a's time in each round (both ran in it, back to back): the spread of the speed-up."""
+        ta, tb = results[a]["times"], results[b]["times"]
+        k = args.steps
+        return [statistics.mean(tb[i:i + k]) / statistics.mean(ta[i:i + k]) for i in range(0, len(ta), k)]
+
     def ratio(a: str, b: str) -> str:
         ra, rb = results[a], results[b]
-        return (f"{ra['images_per_s'] / rb['images_per_s']:.2f}x "
-                f"(by fastest step {rb['min_s_per_step'] / ra['min_s_per_step']:.2f}x)")
+        rr = round_ratios(a, b)
+        results.setdefault("ratios", {})[f"{a} / {b}"] = rr
+        return (f"{ra['images_per_s'] / rb['images_per_s']:.2f}x; per round median {statistics.median(rr):.2f}x, "
+                f"min {min(rr):.2f}x, max {max(rr):.2f}x, faster in {sum(r > 1 for r in rr)}/{len(rr)} rounds")
 
     print(f"\nsame optimizer, network + layout only: ours channels_last / diffusers     "
           f"{ratio('ours, channels_last, loop', 'diffusers, loop')}")
@@ -214,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{ratio('ours, as trained', 'diffusers, fused')}")
     print(f"ours: channels_last / contiguous                                         "
           f"{ratio('ours, channels_last, loop', 'ours, contiguous, loop')}")
+    print(f"the slim default preset / ours at the peer's layout, both as trained     "
+          f"{ratio('ours, slim default preset', 'ours, as trained')}")
+    print_optimizer_times(variants[0].model, args.rounds)
 
     if args.profile:
         for v in variants:
