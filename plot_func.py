@@ -190,14 +190,16 @@ def forward_diffusion_strip(
     return out
 
 
-def denoising_frames(frames: Sequence[ImageBatch], timesteps: Sequence[int], nrow: int | None = None) -> list[np.ndarray]:
-    """Each step's batch as one labelled grid (``t=...``, the real model timestep)."""
+def denoising_frames(frames: Sequence[ImageBatch], timesteps: Sequence[int], nrow: int | None = None,
+                     min_side: int = 0) -> list[np.ndarray]:
+    """Each step's batch as one labelled grid (``t=...``, the real model timestep),
+    scaled up (nearest neighbour, whole factors) until its short side is at least ``min_side``."""
     if len(frames) != len(timesteps):
         raise ValueError(f"{len(frames)} frames but {len(timesteps)} timesteps")
     out = []
     for batch, t in zip(frames, timesteps):
         grid = sample_grid(batch, nrow, padding=1)
-        out.append(np.asarray(_labelled(grid, f"t={int(t)}", min_side=grid.shape[0])))
+        out.append(np.asarray(_labelled(grid, f"t={int(t)}", min_side=max(min_side, grid.shape[0]))))
     return out
 
 
@@ -209,13 +211,14 @@ def denoising_gif(
     nrow: int | None = None,
     fps: float = 8.0,
     hold_last: float = 1.5,
+    min_side: int = 0,
 ) -> Path:
     """Write the denoising process as a looping GIF (the final image held ``hold_last`` s)."""
     import imageio.v2 as imageio
 
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    pictures = denoising_frames(frames, timesteps, nrow)
+    pictures = denoising_frames(frames, timesteps, nrow, min_side)
     if not pictures:
         raise ValueError("no frames to write")
     durations = [1000.0 / fps] * len(pictures)
@@ -415,6 +418,100 @@ def schedule_plot(
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend()
+    except BaseException:
+        plt.close(fig)
+        raise
+    out = _figure_to_array(fig)
+    _save(out, path)
+    return out
+
+
+# --------------------------------------------------------------------------- the app's studio pictures
+def upscale_nearest(image: ImageBatch, min_side: int) -> np.ndarray:
+    """One image scaled up by a whole factor (nearest neighbour: pixels stay crisp) to at least ``min_side``."""
+    return np.asarray(_upscale(Image.fromarray(as_uint8(image)[0]), min_side))
+
+
+def labelled_grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    *,
+    col_labels: Sequence[str] = (),
+    row_labels: Sequence[str] = (),
+    title: str | None = None,
+    min_side: int = 96,
+    path: str | os.PathLike | None = None,
+) -> np.ndarray:
+    """A table of images (rows of uint8 (H, W, 3)), each scaled up crisply to ``min_side``,
+    with a label over each column and left of each row (a parameter grid, a per-step table)."""
+    if not rows or not rows[0]:
+        raise ValueError("no images")
+    ncol = max(len(r) for r in rows)
+    cells = [[_upscale(Image.fromarray(as_uint8(im)[0]), min_side) for im in r] for r in rows]
+    cw = max(c.width for r in cells for c in r)
+    ch = max(c.height for r in cells for c in r)
+    font = _font(12)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left = max([int(probe.textlength(str(t), font=font)) + 8 for t in row_labels] + [0])
+    top = 18 if col_labels else 0
+    head = 20 if title else 0
+    gap = 2
+    canvas = Image.new("RGB", (left + ncol * (cw + gap), head + top + len(rows) * (ch + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((4, 3), title, fill="black", font=font)
+    for j, label in enumerate(col_labels):
+        draw.text((left + j * (cw + gap) + 3, head + 2), str(label)[: max(6, cw // 7)], fill="black", font=font)
+    for i, r in enumerate(cells):
+        y = head + top + i * (ch + gap)
+        if i < len(row_labels):
+            draw.text((3, y + ch // 2 - 7), str(row_labels[i]), fill="black", font=font)
+        for j, c in enumerate(r):
+            canvas.paste(c, (left + j * (cw + gap), y))
+    out = np.asarray(canvas)
+    _save(out, path)
+    return out
+
+
+def frames_gif(images: ImageBatch, path: str | os.PathLike, *, labels: Sequence[str] = (), fps: float = 6.0,
+               min_side: int = 256, bounce: bool = True) -> Path:
+    """Images as a looping GIF, each scaled up crisply and captioned (an interpolation);
+    ``bounce`` plays it forward and back so the loop has no jump."""
+    import imageio.v2 as imageio
+
+    imgs = as_uint8(images)
+    pictures = [np.asarray(_labelled(im, labels[i] if i < len(labels) else "", min_side))
+                for i, im in enumerate(imgs)]
+    if bounce and len(pictures) > 2:
+        pictures = pictures + pictures[-2:0:-1]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(path, pictures, format="GIF", duration=1000.0 / fps, loop=0)
+    return path
+
+
+def log_snr_plot(
+    log_snr: Sequence[float],
+    marked: Sequence[int] = (),
+    *,
+    label: str = "",
+    title: str = "log-SNR of the schedule, and the timesteps the sampler visits",
+    path: str | os.PathLike | None = None,
+) -> np.ndarray:
+    """log(alpha-bar / (1 - alpha-bar)) over t (given), with ``marked`` timesteps as dots on the curve."""
+    y = np.asarray(log_snr, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    try:
+        ax.plot(np.arange(len(y)), y, lw=2, label="log-SNR(t)")
+        ts = [int(t) for t in marked if 0 <= int(t) < len(y)]
+        if ts:
+            ax.scatter(ts, y[ts], color="crimson", zorder=3, s=18, label=label or f"{len(ts)} sampler steps")
+        ax.axhline(0, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("timestep t")
+        ax.set_ylabel("log SNR")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlim(0, len(y) - 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     except BaseException:
         plt.close(fig)
         raise

@@ -41,6 +41,7 @@ _FIELDS = {
     "Upscaler": ("upscaler", str),
     "Upscale steps": ("upscale_steps", int),
     "Upscale noise": ("upscale_aug", float),
+    "Class snap": ("snap", float),  # the app's "snap to known classes" (prompting.snap_to_classes)
 }
 # AUTOMATIC1111 sampler names -> ours (the same solver; others have no counterpart here)
 A1111_SAMPLERS = {"dpm++ 2m": "dpm++", "dpm++ 2m karras": "dpm++", "dpm++ 2m sde": "dpm++", "ddim": "ddim",
@@ -101,10 +102,14 @@ def parse_parameters(text: str) -> dict[str, Any]:
     return out
 
 
-def save_png(path: str | os.PathLike, image: np.ndarray, prompt: str, recipe: dict[str, Any]) -> Path:
-    """Write a uint8 (H, W, 3) image as PNG with its recipe in a ``parameters`` chunk."""
+def save_png(path: str | os.PathLike, image: np.ndarray, prompt: str, recipe: dict[str, Any],
+             extra: dict[str, str] | None = None) -> Path:
+    """Write a uint8 (H, W, 3) image as PNG with its recipe in a ``parameters`` chunk
+    (and ``extra`` text chunks: an interpolation's or a grid's own settings)."""
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", format_parameters(prompt, recipe))
+    for key, text in (extra or {}).items():
+        info.add_text(key, text)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(image, dtype=np.uint8)).save(path, format="PNG", pnginfo=info)

@@ -134,3 +134,94 @@ def test_stop_in_chromium(tiny_app, page):
     status = page.locator("#status").inner_text()
     assert "DPM-Solver++, 20 steps" in status and "8 image(s)" in status
     assert time.monotonic() - t0 < 20, "the stopped job kept the device busy"
+
+
+# =============================================================== the studio flows
+def open_accordion(page, label: str) -> None:
+    page.get_by_role("button", name=label).first.click()
+
+
+def status_has(page, elem_id: str, text: str, timeout: int = 120_000) -> None:
+    page.wait_for_function(
+        f"() => (document.querySelector('#{elem_id}')?.innerText || '').includes({text!r})", timeout=timeout)
+
+
+def test_restore_from_png_in_chromium(tiny_app, page, tmp_path):
+    """Drop a PNG with a recipe: every setting comes back into the form; a PNG without one says so."""
+    from recipe import save_png
+
+    png = save_png(tmp_path / "made.png", np.zeros((16, 16, 3), np.uint8), "a photo of a jellyfish",
+                   {"sampler": "ddim", "steps": 12, "guidance_scale": 4.5, "seed": 4242, "model": "tiny",
+                    "variation_seed": 9, "variation_strength": 0.2})
+    page.goto(tiny_app.url)
+    page.wait_for_selector("#generate")
+    page.locator("#restore-file input[type=file]").set_input_files(str(png))
+    status_has(page, "restore-status", "Restored")
+    assert page.locator("#prompt textarea").input_value() == "a photo of a jellyfish"
+    assert page.locator("#seed input[type=number]").input_value() == "4242"
+    assert page.locator("#steps input[type=number]").input_value() == "12"
+    assert page.locator("#sampler").get_by_label("DDIM").is_checked()
+    assert page.locator("#variation-seed input[type=number]").input_value() == "9"
+    bare = tmp_path / "bare.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(bare)
+    page.locator("#restore-file input[type=file]").set_input_files(str(bare))
+    page.wait_for_function("() => /no generation recipe/.test(document.body.innerText)")
+    shot = tmp_path / "web_restore.png"
+    page.screenshot(path=str(shot), full_page=True)
+    keep(shot, "web_restore.png")
+
+
+def test_variation_and_reuse_seed_in_chromium(tiny_app, page, tmp_path):
+    page.goto(tiny_app.url)
+    page.wait_for_selector("#generate")
+    page.locator("#prompt textarea").fill("a photo of a goldfish")
+    set_number(page, "seed", 77)
+    set_number(page, "num-images", 2)
+    open_accordion(page, "Variations")
+    set_number(page, "variation-seed", 50)
+    set_number(page, "variation-strength", 0.3)
+    page.locator("#generate").click()
+    status_has(page, "status", "variation seed 50 at 0.3")
+    page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gallery') >= 2")
+    # select the second image, reuse its seed (78)
+    set_number(page, "seed", 1)
+    page.locator("#gallery .thumbnail-item").nth(1).click()
+    page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#selected') >= 1")
+    page.locator("#reuse-seed").click()
+    page.wait_for_function("() => document.querySelector('#seed input[type=number]')?.value === '78'")
+
+
+def test_img2img_in_chromium(tiny_app, page, tmp_path):
+    src = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(src)
+    page.goto(tiny_app.url)
+    page.wait_for_selector("#generate")
+    page.locator("#prompt textarea").fill("a photo of a ladybug")
+    open_accordion(page, "Start from an image (img2img)")
+    page.locator("#init-image input[type=file]").set_input_files(str(src))
+    page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#init-image') >= 1")
+    page.locator("#show-start").click()
+    page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#start-image') >= 1")
+    page.wait_for_function("() => /sampling starts here/.test(document.body.innerText)")
+    page.locator("#generate").click()
+    status_has(page, "status", "from an image at strength 0.6")
+    page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gallery') >= 4")
+    shot = tmp_path / "web_img2img.png"
+    page.screenshot(path=str(shot), full_page=True)
+    keep(shot, "web_img2img.png")
+
+
+def test_interpolation_in_chromium(tiny_app, page, tmp_path):
+    page.goto(tiny_app.url)
+    page.get_by_role("tab", name="Interpolate").click()
+    page.locator("#interp-prompt-a textarea").fill("a photo of a goldfish")
+    page.locator("#interp-prompt-b textarea").fill("a photo of a ladybug")
+    page.locator("#interpolate").click()
+    status_has(page, "interp-status", "Done: 8 frames")
+    page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#interp-gif') >= 1")
+    page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#interp-strip') >= 1")
+    width = page.evaluate("() => document.querySelector('#interp-strip img').naturalWidth")
+    assert width >= 8 * 128  # eight frames, each scaled up crisply to 128 px
+    shot = tmp_path / "web_interpolate.png"
+    page.screenshot(path=str(shot), full_page=True)
+    keep(shot, "web_interpolate.png")

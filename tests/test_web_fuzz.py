@@ -60,10 +60,12 @@ from recipe import read_png_recipe
 pytest.register_assert_rewrite("web_helpers")
 from web_helpers import ROOT, TEST_MAX_WORK, TINY_CLASSES, TINY_SIZE  # noqa: E402
 
+import fuzz_studio_cases  # noqa: E402
+
 pytest_plugins = ["web_helpers"]  # the shared app (one per test session)
 
 SEED = 20240611
-MIN_CASES = 500
+MIN_CASES = 1000
 THREADS = 4
 CASE_TIMEOUT_S = 60.0
 MODELS = ("tiny", "tiny_b")  # tiny has its data folder (Forward tab), tiny_b has none
@@ -90,6 +92,7 @@ class Case:
     via: str = "client"            # "client" | "raw" (JSON through /gradio_api/call) | "body" | "upload"
     body: bytes | None = None
     check: Callable[[Any], None] | None = None  # validates a result
+    words: list[str] | None = None  # studio endpoints: the hand-written oracle's words (tests/fuzz_studio_cases.py)
 
     def short(self) -> str:
         return f"{self.endpoint} [{self.category}] via {self.via}: {repr(self.args)[:160]}"
@@ -290,7 +293,7 @@ def check_sampler_steps(sampler: Any) -> Callable[[Any], None]:
 
 def check_select_model(model: Any) -> Callable[[Any], None]:
     def check(out) -> None:
-        assert len(out) == 10, out
+        assert len(out) == 11, out  # the last: the examples, which follow the model
         name = model if model in MODELS else MODELS[0]
         assert f"**{name}**" in out[0], out[0]
     return check
@@ -424,7 +427,8 @@ def upload_expectation(path: Path, declared: str, message: str | None) -> tuple[
     return expect, msg
 
 
-def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: str) -> list[Case]:
+def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: str,
+                studio_dir: Path | None = None) -> list[Case]:
     rng = random.Random(SEED)
     cases: list[Case] = []
     valid_generate = 0
@@ -599,6 +603,13 @@ def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: st
         cases.append(Case("/generate", [], "protocol: malformed body", HTTP_4XX, via="body", body=body))
     cases.append(Case("/upload", [], "upload: over the limit (HTTP)", HTTP_4XX, via="upload",
                       body=big.read_bytes()))
+
+    # ---------------------------------------------------------------- the studio endpoints (their own oracle)
+    if studio_dir is not None:
+        for sc in fuzz_studio_cases.build(fuzz_studio_cases.files(studio_dir), handle_file, random.Random(SEED + 1)):
+            cases.append(Case(sc.endpoint, sc.args, sc.category, OK if sc.expect == "ok" else ERROR, words=sc.words))
+        for _ in range(5):
+            cases.append(Case("/history", [], "history", OK, words=[]))
     return cases
 
 
@@ -704,6 +715,10 @@ def run_case(case: Case, client, url: str) -> Result:
 
 def judge(case: Case, outcome: str, message: str, value: Any) -> str | None:
     """None if the outcome is acceptable for this case, else what is wrong."""
+    if case.words is not None:  # a studio case: the table's verdict, and a clear sentence
+        if outcome == ERROR and not is_clear(message):
+            return f"unclear error message: {message[:200]!r}"
+        return fuzz_studio_cases.judge(SimpleNamespace(expect=case.expect, words=case.words), outcome, message)
     if outcome == SCHEMA:  # gradio's generic refusal, before web.py: only where gradio itself must refuse
         if case.expect in (SCHEMA, HTTP_4XX):
             return None
@@ -740,11 +755,13 @@ def test_fuzz_every_endpoint(tiny_app, tmp_path):
     endpoints = set(probe.view_api(return_format="dict", print_info=False)["named_endpoints"])
     t_build = time.monotonic()
     uploads = make_uploads(tmp_path / "uploads")
-    cases = build_cases(uploads, url)
+    cases = build_cases(uploads, url, tmp_path / "studio")
     t_build = time.monotonic() - t_build
     assert len(cases) >= MIN_CASES
     assert endpoints <= {c.endpoint for c in cases}, endpoints - {c.endpoint for c in cases}
-    assert [c.short() for c in cases] == [c.short() for c in build_cases(uploads, url)]  # seeded: the same cases
+    assert [c.short() for c in cases] == [c.short() for c in build_cases(uploads, url, tmp_path / "studio")]  # seeded
+    n_studio = sum(c.words is not None for c in cases)
+    print(f"\n[fuzz] {n_studio} studio cases (hand-written oracle), {len(cases) - n_studio} others")
     rng = random.Random(SEED)
     order = list(range(len(cases)))
     rng.shuffle(order)  # valid generate runs spread over the whole batch
@@ -795,7 +812,7 @@ def test_fuzz_every_endpoint(tiny_app, tmp_path):
     with open(tiny_app.server.log_path, errors="replace") as f:
         f.seek(log_offset)
         new_log = f.read()
-    escaped = [line for line in new_log.splitlines() if 'web.py"' in line or "ERROR web" in line]
+    escaped = [line for line in new_log.splitlines() if 'web.py"' in line or "webui/" in line or "ERROR web" in line]
     assert not escaped, "tracebacks through web.py in the server log during the fuzz run:\n" + "\n".join(escaped[:20])
 
 

@@ -1,0 +1,265 @@
+"""Fuzz cases for the studio endpoints, with an independent oracle.
+
+The verdict of every input is written here by hand, per field: a table of
+``(value, verdict, words)`` rows, where ``words`` must appear in the error
+(the user's sentence). Nothing here calls the app's validation functions.
+A case changes one field of a valid request (its row decides), or two or
+three fields (then an error must name one of the failing rows' words, and
+the request is valid only when every changed row is valid).
+
+Used by tests/test_web_fuzz.py, which runs them with the rest.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+OK, ERR = "ok", "error"
+SEED_RANGE = "between 0 and 4294967295"
+
+# ---------------------------------------------------------------- field tables: (value, verdict, words)
+PROMPT = [
+    ("a photo of a goldfish", OK, None), ("goldfish:0.7 | ladybug:0.3", OK, None), ("a\x00 photo\u200b", OK, None),
+    ("note: a fish", OK, None), ("x" * 500, OK, None), ("", ERR, "prompt is empty"), ("  \n\t ", ERR, "prompt is empty"),
+    (None, ERR, "prompt is empty"), ("\x00\x01", ERR, "prompt is empty"), ("x" * 501, ERR, "too long"),
+    ("y" * 10_000, ERR, "too long"), (123, ERR, "must be text"), (["a"], ERR, "must be text"),
+    ({"a": 1}, ERR, "must be text"), ("goldfish |", ERR, "Blended prompt"), ("| goldfish", ERR, "Blended prompt"),
+    ("goldfish:x", ERR, "Blended prompt"), ("a:0 | b:0", ERR, "Blended prompt"), ("a:-1 | b", ERR, "Blended prompt"),
+    ("a:inf", ERR, "Blended prompt"), ("a:nan", ERR, "Blended prompt"), ("C:\\Windows\\system32", ERR, "Blended prompt"),
+    ("a || b", ERR, "Blended prompt"),
+]
+MODEL = [
+    ("tiny", OK, None), (None, OK, None), ("", OK, None), (" tiny ", OK, None), ("nope", ERR, "Unknown model"),
+    ("TINY", ERR, "Unknown model"), ("../etc", ERR, "Unknown model"), ("/etc/passwd", ERR, "Unknown model"),
+    (5, ERR, "Unknown model"), ("x" * 10_000, ERR, "Unknown model"), ("tiny\x00", ERR, "Unknown model"),
+]
+SAMPLER = [  # DDPM is left out: its steps range (10-1000) differs, and the tables keep fields independent
+    ("DDIM", OK, None), ("ddim", OK, None), ("DPM-Solver++", OK, None), ("dpm++", OK, None), (" DDIM ", OK, None),
+    ("DDPM\x00", ERR, "Unknown sampler"), ("Euler", ERR, "Unknown sampler"), ("", ERR, "Unknown sampler"),
+    (None, ERR, "Unknown sampler"), (5, ERR, "Unknown sampler"), (["DDIM"], ERR, "Unknown sampler"),
+    ("DDIM\x00", ERR, "Unknown sampler"),
+]
+RANGE = "Steps must be between 5 and"  # 250 for DDIM, 50 for DPM-Solver++
+STEPS = [  # valid for DDIM and DPM-Solver++ alike
+    (5, OK, None), (10, OK, None), ("8", OK, None), (6.0, OK, None), (4, ERR, RANGE),
+    (251, ERR, RANGE), (0, ERR, RANGE), (-1, ERR, RANGE), (10**9, ERR, RANGE), (5.5, ERR, "whole number"), ("abc", ERR, "must be a number"),
+    (None, ERR, "required"), (True, ERR, "required"), ("", ERR, "required"), ([5], ERR, "must be a number"),
+    ("nan", ERR, "finite"), ("inf", ERR, "finite"),
+]
+GUIDANCE = [
+    (0, OK, None), (20, OK, None), (3.5, OK, None), ("7", OK, None), (-0.1, ERR, "between 0 and 20"),
+    (20.01, ERR, "between 0 and 20"), (1e9, ERR, "between 0 and 20"), ("nan", ERR, "finite"),
+    ("-inf", ERR, "finite"), (None, ERR, "required"), (False, ERR, "required"), ("x", ERR, "must be a number"),
+    ({}, ERR, "must be a number"),
+]
+SEED = [
+    (0, OK, None), (7, OK, None), (-1, OK, None), (None, OK, None), ("", OK, None), (2**32 - 1, OK, None),
+    ("12", OK, None), (2**32, ERR, SEED_RANGE), (-2, ERR, SEED_RANGE), (10**30, ERR, SEED_RANGE),
+    (1.5, ERR, "whole number"), ("abc", ERR, "must be a number"), (True, ERR, "required"),
+    ([1], ERR, "must be a number"), ("nan", ERR, "finite"),
+]
+FRACTION = [  # strengths; None -> 0 where a default applies (see FRACTION_NONE_OK)
+    (0, OK, None), (1, OK, None), (0.5, OK, None), ("0.25", OK, None), (1.01, ERR, "between 0 and 1"),
+    (-0.01, ERR, "between 0 and 1"), (100, ERR, "between 0 and 1"), ("nan", ERR, "finite"), ("x", ERR, "must be a number"),
+    (True, ERR, "required"), ([0.5], ERR, "must be a number"),
+]
+FRAMES = [  # 16 px images: the cap is 16
+    (2, OK, None), (3, OK, None), ("4", OK, None), (1, ERR, "between 2 and 16"), (17, ERR, "between 2 and 16"),
+    (0, ERR, "between 2 and 16"), (-3, ERR, "between 2 and 16"), (10**9, ERR, "between 2 and 16"),
+    (2.5, ERR, "whole number"), (None, ERR, "required"), ("many", ERR, "must be a number"), ("inf", ERR, "finite"),
+]
+AXIS = [
+    ("guidance", OK, None), ("steps", OK, None), ("seed", OK, None), ("size", ERR, "Grid axis must be one of"),
+    ("", ERR, "Grid axis must be one of"), (None, ERR, "Grid axis must be one of"), (5, ERR, "Grid axis must be one of"),
+    ("Guidance", ERR, "Grid axis must be one of"), (["guidance"], ERR, "Grid axis must be one of"),
+]
+GUIDANCE_VALUES = [  # x values when the x axis is guidance
+    ("1, 3", OK, None), ("2", OK, None), ([1, 2], OK, None), ("0,20", OK, None), ("", ERR, "at least one"),
+    (" , ,", ERR, "at least one"), ("1,2,3,4,5,6,7,8,9", ERR, "At most 8 values"), ("1, x", ERR, "must be a number"),
+    ("1, 30", ERR, "between 0 and 20"), ("nan", ERR, "finite"), (None, ERR, "must be text"), ({}, ERR, "must be text"),
+    ("1,2,3,4,5", ERR, "limit is 16"),  # x 4 steps values below: 20 cells
+]
+SCALES = [  # the Learn tab's guidance list
+    ("1, 3, 7", OK, None), ("2", OK, None), ("", ERR, "at least one"), ("1, x", ERR, "must be a number"),
+    ("1, 21", ERR, "between 0 and 20"), ("1,2,3,4,5,6,7,8,9", ERR, "At most 8 values"), (None, ERR, "must be text"),
+    ("-1", ERR, "between 0 and 20"),
+]
+
+
+@dataclass
+class StudioCase:
+    endpoint: str
+    args: list
+    category: str
+    expect: str  # "ok" / "error"
+    words: list[str]  # one of these must be in the error
+
+
+@dataclass
+class Endpoint:
+    name: str
+    base: list  # a valid request
+    fields: dict[int, tuple[str, list]]  # index -> (name, table)
+    kwargs_tail: int = 0  # unused
+
+
+def files(d: Path) -> dict[str, Path]:
+    """Files for the upload fields: a result with a recipe, a PNG without, a malformed chunk, not an image."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def png(name: str, text: str | None) -> Path:
+        info = PngImagePlugin.PngInfo()
+        if text is not None:
+            info.add_text("parameters", text)
+        p = d / name
+        Image.fromarray(np.full((16, 16, 3), 120, np.uint8)).save(p, pnginfo=info)
+        return p
+
+    out = {
+        "recipe": png("recipe.png", "a photo of a goldfish\nSteps: 6, Sampler: ddim, CFG scale: 3.0, Seed: 5, "
+                                    "Size: 16x16, Model: tiny"),
+        "a1111": png("a1111.png", "a fish\nNegative prompt: ugly\nSteps: 20, Sampler: Euler a, CFG scale: 7, "
+                                  "Seed: 1, Model: sd15"),
+        "bare": png("bare.png", None),
+        "nosettings": png("nosettings.png", "only a prompt"),
+        "badseed": png("badseed.png", "a fish\nSteps: 6, Sampler: ddim, Seed: x"),
+        "noprompt": png("noprompt.png", "\nSteps: 6, Sampler: ddim, Seed: 3"),
+    }
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(d / "photo.jpg")
+    out["jpeg"] = d / "photo.jpg"
+    (d / "text.png").write_text("not an image")
+    out["text"] = d / "text.png"
+    (d / "empty.png").write_bytes(b"")
+    out["empty"] = d / "empty.png"
+    return out
+
+
+def recipe_file_table(f: dict[str, Path], handle) -> list:
+    """/restore and /reuse_seed: the file field."""
+    return [
+        (handle(str(f["recipe"])), OK, None), (handle(str(f["a1111"])), OK, None),
+        (handle(str(f["bare"])), ERR, "no generation recipe"), (handle(str(f["jpeg"])), ERR, "no generation recipe"),
+        (handle(str(f["nosettings"])), ERR, "no settings line"), (handle(str(f["badseed"])), ERR, "bad 'Seed'"),
+        (handle(str(f["noprompt"])), ERR, "lacks a prompt"), (handle(str(f["text"])), ERR, "not an image"),
+        (handle(str(f["empty"])), ERR, "not an image"), (None, ERR, "No file"), ("", ERR, "No file"),
+    ]
+
+
+def image_file_table(f: dict[str, Path], handle, none_words: str) -> list:
+    """An image input (init image, use-as-init): any readable image is fine."""
+    return [
+        (handle(str(f["recipe"])), OK, None), (handle(str(f["jpeg"])), OK, None), (handle(str(f["bare"])), OK, None),
+        (handle(str(f["text"])), ERR, "not an image"), (handle(str(f["empty"])), ERR, "not an image"),
+        (None, ERR, none_words),
+    ]
+
+
+def endpoints(f: dict[str, Path], handle) -> list[Endpoint]:
+    fr_none0 = FRACTION + [(None, OK, None)]  # None = the default 0 (variation strength, snap)
+    init_table = image_file_table(f, handle, "unused")[:-1] + [(None, OK, None)]  # no init image: plain generation
+    # with an init image, so that the strength field is checked (without one it is ignored)
+    gen_base = ["a photo of a goldfish", "tiny", "DDIM", 5, 3.0, 7, 1, False, -1, 0.0, handle(str(f["jpeg"])), 0.6, 0.0]
+    return [
+        Endpoint("/generate_studio", gen_base, {8: ("variation seed", SEED), 9: ("variation strength", fr_none0),
+                                         10: ("init image", init_table), 11: ("strength", FRACTION),
+                                         12: ("snap", fr_none0)}),
+        Endpoint("/restore", [handle(str(f["a1111"])), "tiny"],  # its model (sd15) is not here: the picker's is used
+                 {0: ("file", recipe_file_table(f, handle)), 1: ("model", MODEL)}),
+        Endpoint("/reuse_seed", [handle(str(f["recipe"]))], {0: ("file", recipe_file_table(f, handle))}),
+        Endpoint("/use_as_init", [handle(str(f["recipe"]))],
+                 {0: ("image", image_file_table(f, handle, "Select an image in the gallery"))}),
+        Endpoint("/img2img_start", [handle(str(f["jpeg"])), "tiny", "DDIM", 10, 3, 0.5, 9, 0.0],
+                 {0: ("init image", image_file_table(f, handle, "Upload an image under")), 1: ("model", MODEL),
+                  2: ("sampler", SAMPLER), 3: ("steps", STEPS), 4: ("seed", SEED),
+                  5: ("strength", FRACTION + [(None, ERR, "required")]), 7: ("variation strength", fr_none0)}),
+        Endpoint("/prompt_coverage", ["a photo of a goldfish", "tiny"],
+                 {0: ("prompt", [(v, OK if (w is None or "Blended" in w or "empty" in w) and not
+                                      (isinstance(v, str) and len(v) > 500) else ERR, w) for v, _, w in PROMPT]),
+                  1: ("model", MODEL)}),
+        Endpoint("/interpolate", ["a photo of a goldfish", "a photo of a ladybug", 1, 2, 2, "tiny", "DDIM", 5, 3.0],
+                 {0: ("prompt A", PROMPT), 1: ("prompt B", [r for r in PROMPT if r[0] not in (  # empty B = A: fine
+                     None, "", "  \n\t ", "a photo of a goldfish")]),
+                  2: ("seed A", SEED), 3: ("seed B", SEED), 4: ("frames", FRAMES), 5: ("model", MODEL),
+                  6: ("sampler", SAMPLER), 7: ("steps", STEPS), 8: ("guidance", GUIDANCE)}),
+        Endpoint("/grid", ["a photo of a goldfish", "tiny", "DDIM", 5, 3.0, 7, "guidance", "1, 3", "steps", "5, 6, 7, 8"],
+                 {0: ("prompt", PROMPT), 1: ("model", MODEL), 2: ("sampler", SAMPLER),
+                  4: ("seed", SEED), 7: ("x values", GUIDANCE_VALUES)}),
+        Endpoint("/learn_schedule", ["tiny", "DDIM", 10], {0: ("model", MODEL), 1: ("sampler", SAMPLER),
+                                                           2: ("steps", STEPS)}),
+        Endpoint("/learn_steps", ["a photo of a goldfish", "tiny", "DDIM", 5, 3.0, 1],
+                 {0: ("prompt", PROMPT), 1: ("model", MODEL), 2: ("sampler", SAMPLER),
+                  3: ("steps", STEPS), 4: ("guidance", GUIDANCE), 5: ("seed", SEED)}),
+        Endpoint("/learn_guidance", ["a photo of a goldfish", "tiny", "DDIM", 5, 1, "1, 3"],
+                 {0: ("prompt", PROMPT), 1: ("model", MODEL), 2: ("sampler", SAMPLER),
+                  3: ("steps", STEPS), 4: ("seed", SEED), 5: ("scales", SCALES)}),
+    ]
+
+
+# Grid axis fields need their values to match: (x axis, x values, y axis, y values) rows, by hand.
+GRID_AXES_ROWS = [
+    (("guidance", "1, 3", "steps", "5, 6"), OK, None), (("seed", "0, 1", "none", ""), OK, None),
+    (("sampler", "DDIM, dpm++", "guidance", "1"), OK, None), (("prompt", "a fish; a bug", "none", ""), OK, None),
+    (("steps", ",".join(["1000"] * 8), "sampler", "DDPM, ddpm"), ERR, "too large"), (("seed", "0, -1", "none", ""), ERR, "no -1"),
+    (("guidance", "1", "guidance", "2"), ERR, "must differ"), (("sampler", "DDIM, Euler", "none", ""), ERR,
+                                                               "Unknown sampler"),
+    (("steps", "3", "none", ""), ERR, "between 5 and 250"), (("prompt", "a; b |", "none", ""), ERR, "Blended prompt"),
+    (("colour", "red", "none", ""), ERR, "Grid axis must be one of"), (("guidance", "1", "size", "2"), ERR,
+                                                                       "Grid axis must be one of"),
+    (("guidance", "1,2,3,4", "seed", "1,2,3,4,5"), ERR, "limit is 16"), ((None, None, None, None), ERR,
+                                                                          "Grid axis must be one of"),
+    (("steps", "5, x", "none", ""), ERR, "must be a number"), (("seed", "1, 2.5", "none", ""), ERR, "whole number"),
+]
+
+
+def build(f: dict[str, Path], handle, rng: random.Random, max_ok: int = 4) -> list[StudioCase]:
+    """Single-field cases for every table row, then 2-3-field mixes, then the grid's axis rows."""
+    cases: list[StudioCase] = []
+    ok_count: dict[str, int] = {}
+
+    def add(ep: Endpoint, args: list, cat: str, rows: list) -> None:
+        bad = [w for _, v, w in rows if v == ERR]
+        expect = ERR if bad else OK
+        if expect == OK:  # valid requests sample: a few per endpoint
+            if ok_count.get(ep.name, 0) >= max_ok:
+                return
+            ok_count[ep.name] = ok_count.get(ep.name, 0) + 1
+        cases.append(StudioCase(ep.name, args, cat, expect, bad))
+
+    eps = endpoints(f, handle)
+    for ep in eps:
+        for i, (name, table) in ep.fields.items():
+            for value, verdict, words in table:
+                args = list(ep.base)
+                args[i] = value
+                add(ep, args, f"{ep.name[1:]}: {name}", [(value, verdict, words)])
+    for ep in eps:
+        for _ in range(25 if len(ep.fields) > 1 else 0):
+            picked = rng.sample(list(ep.fields), min(len(ep.fields), rng.randint(2, 3)))
+            args, rows = list(ep.base), []
+            for i in picked:
+                value, verdict, words = rng.choice(ep.fields[i][1])
+                args[i] = value
+                rows.append((value, verdict, words))
+            add(ep, args, f"{ep.name[1:]}: 2-3 fields", rows)
+    grid = next(e for e in eps if e.name == "/grid")
+    for axes, verdict, words in GRID_AXES_ROWS:
+        args = list(grid.base)
+        args[6:10] = list(axes)
+        add(grid, args, "grid: axes", [(axes, verdict, words)])
+    return cases
+
+
+def judge(case: StudioCase, outcome: str, message: str) -> str | None:
+    """None when the outcome is the table's verdict (an error naming one of its rows' words)."""
+    if case.expect == OK:
+        return None if outcome == "ok" else f"expected a result, got {outcome}: {message[:200]!r}"
+    if outcome != "error":
+        return f"expected an error ({case.words}), got {outcome}: {message[:120]!r}"
+    if not any(w and w in message for w in case.words):
+        return f"expected an error naming one of {case.words}, got {message[:200]!r}"
+    return None

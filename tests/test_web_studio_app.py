@@ -1,0 +1,328 @@
+"""The studio endpoints end to end, through gradio_client, on the shared
+tiny-model app (tests/web_helpers.py): restore from PNG, reuse a seed,
+variations, img2img, interpolation, the parameter grid, prompt coverage,
+snap to classes, the Learn tab, the session history, --mcp.
+
+Expected values are independent of the handlers: pixels of a plain
+/generate of the same settings, recipes written here by hand, counts of
+frames and cells.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+
+from recipe import read_png_recipe
+
+pytest.register_assert_rewrite("web_helpers")
+from web_helpers import ROOT, TINY_SIZE, server_env  # noqa: E402
+
+pytest_plugins = ["web_helpers"]
+
+BASE = dict(prompt="a photo of a goldfish", model="tiny", sampler="DDIM", steps=6, guidance=3.0, seed=7,
+            num_images=1, show_strip=False)
+
+
+def generate(client, **kw):
+    d = dict(BASE, **kw)
+    extra = {k: d[k] for k in ("variation_seed", "variation_strength", "init_image", "strength", "snap") if k in d}
+    args = [d[k] for k in ("prompt", "model", "sampler", "steps", "guidance", "seed", "num_images", "show_strip")]
+    return client.predict(*args, **extra, api_name="/generate_studio")
+
+
+def paths(gallery) -> list[str]:
+    return [item["image"] if isinstance(item, dict) else item[0] for item in gallery]
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def png_with(path: Path, text: str | None, size: int = TINY_SIZE) -> Path:
+    info = PngImagePlugin.PngInfo()
+    if text is not None:
+        info.add_text("parameters", text)
+    Image.fromarray(np.full((size, size, 3), 90, np.uint8)).save(path, pnginfo=info)
+    return path
+
+
+@pytest.fixture(scope="module")
+def client(tiny_app):
+    return tiny_app.client()
+
+
+def test_new_endpoints_are_named(client):
+    names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert {"/generate_studio", "/restore", "/reuse_seed", "/use_as_init", "/img2img_start", "/prompt_coverage", "/interpolate", "/grid",
+            "/learn_schedule", "/learn_steps", "/learn_guidance", "/history"} <= names
+
+
+# =============================================================== restore from PNG, reuse a seed
+def test_restore_brings_every_setting_back_and_regenerates_the_same_pixels(client):
+    from gradio_client import handle_file
+
+    out = generate(client, sampler="DPM-Solver++", steps=9, guidance=4.5, seed=21, num_images=2,
+                   variation_seed=300, variation_strength=0.25)
+    second = paths(out[0])[1]
+    restored = client.predict(handle_file(second), "tiny_b", api_name="/restore")
+    model, prompt, sampler, steps, guidance, seed, num, vseed, vstrength, strength, snap, message = restored
+    assert model["value"] == "tiny" and prompt == "a photo of a goldfish" and sampler == "DPM-Solver++"
+    assert steps["value"] == 9 and (steps["minimum"], steps["maximum"]) == (5, 50)
+    assert (guidance, seed, num, vseed, vstrength) == (4.5, 22, 1, 301, 0.25)  # image 1: seed + 1, variation + 1
+    assert snap == 0.0 and "Restored" in message
+    again = generate(client, sampler=sampler, steps=steps["value"], guidance=guidance, seed=seed, num_images=num,
+                     variation_seed=vseed, variation_strength=vstrength)
+    np.testing.assert_array_equal(pixels(paths(again[0])[0]), pixels(second))
+    assert client.predict(handle_file(second), api_name="/reuse_seed") == 22
+
+
+def test_restore_reads_an_automatic1111_chunk(client, tmp_path):
+    from gradio_client import handle_file
+
+    text = ("a goldfish in a bowl\nNegative prompt: blurry\nSteps: 12, Sampler: DPM++ 2M Karras, CFG scale: 7, "
+            "Seed: 42, Size: 512x512, Model: sd15")
+    out = client.predict(handle_file(str(png_with(tmp_path / "a1111.png", text))), "tiny", api_name="/restore")
+    model, prompt, sampler, steps, guidance, seed, *_, message = out
+    assert (prompt, sampler, steps["value"], guidance, seed) == ("a goldfish in a bowl", "DPM-Solver++", 12, 7.0, 42)
+    assert model["value"] == "tiny"  # sd15 is not in this store: the current model stays
+    assert "'sd15' is not in this store" in message and "negative prompt" in message
+
+
+@pytest.mark.parametrize("name,text,words", [
+    ("none.png", None, "no generation recipe"),
+    ("nosettings.png", "just a prompt, no settings line", "no settings line"),
+    ("badseed.png", "a fish\nSteps: 10, Sampler: ddim, Seed: many", "bad 'Seed'"),
+    ("noseed.png", "a fish\nSteps: 10, CFG scale: 3", "lacks seed, sampler"),
+])
+def test_restore_explains_a_missing_or_malformed_chunk(client, tmp_path, name, text, words):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as e:
+        client.predict(handle_file(str(png_with(tmp_path / name, text))), "tiny", api_name="/restore")
+    msg = str(e.value)
+    assert "No recipe could be read" in msg and words in msg and "Traceback" not in msg
+    assert str(tmp_path) not in msg  # the server's paths stay on the server
+    with pytest.raises(AppError, match="No recipe could be read"):
+        client.predict(handle_file(str(png_with(tmp_path / name, text))), api_name="/reuse_seed")
+
+
+def test_restore_refuses_non_images_and_server_paths(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    with pytest.raises(AppError, match="not an image"):
+        client.predict(handle_file(str(notes)), "tiny", api_name="/restore")
+    with pytest.raises(AppError, match="No file"):
+        client.predict(None, "tiny", api_name="/restore")
+
+
+# =============================================================== variations
+def test_variation_strength_zero_is_the_seed_one_is_the_variation_seed(client):
+    plain = pixels(paths(generate(client, seed=7)[0])[0])
+    other = pixels(paths(generate(client, seed=50)[0])[0])
+    zero = generate(client, seed=7, variation_seed=50, variation_strength=0.0)
+    one = generate(client, seed=7, variation_seed=50, variation_strength=1.0)
+    mid = generate(client, seed=7, variation_seed=50, variation_strength=0.3)
+    np.testing.assert_array_equal(pixels(paths(zero[0])[0]), plain)
+    np.testing.assert_array_equal(pixels(paths(one[0])[0]), other)
+    m = pixels(paths(mid[0])[0])
+    assert not np.array_equal(m, plain) and not np.array_equal(m, other)
+    r = read_png_recipe(paths(mid[0])[0])
+    assert (r["variation_seed"], r["variation_strength"]) == (50, 0.3)
+    assert "variation seed 50 at 0.3" in mid[1]
+    assert "variation_seed" not in read_png_recipe(paths(zero[0])[0])  # strength 0: no variation recorded
+    rnd = generate(client, seed=7, variation_seed=-1, variation_strength=0.2)  # a random variation seed, reported
+    assert 0 <= read_png_recipe(paths(rnd[0])[0])["variation_seed"] <= 2**32 - 1
+
+
+def test_blended_prompt_is_recorded_and_bad_weights_are_clear(client):
+    from gradio_client.exceptions import AppError
+
+    out = generate(client, prompt="goldfish:0.7 | ladybug:0.3")
+    assert read_png_recipe(paths(out[0])[0])["prompt"] == "goldfish:0.7 | ladybug:0.3"
+    for bad, words in (("goldfish:x | ladybug", "bad weight"), ("goldfish | ", "empty part")):
+        with pytest.raises(AppError, match=f"Blended prompt: .*{words}"):
+            generate(client, prompt=bad)
+
+
+# =============================================================== img2img
+def test_img2img_records_strength_saves_the_init_image_and_is_repeatable(client, tmp_path):
+    from gradio_client import handle_file
+
+    rng = np.random.default_rng(3)
+    src = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(src)
+    out = generate(client, init_image=handle_file(str(src)), strength=0.5, num_images=2)
+    r = read_png_recipe(paths(out[0])[0])
+    assert r["strength"] == 0.5 and r["init_image"] == "init.png" and "strength 0.5" in out[1]
+    init = [f for f in out[5] if Path(f).name == "init.png"]
+    assert init and pixels(init[0]).shape == (TINY_SIZE, TINY_SIZE, 3)
+    again = generate(client, init_image=handle_file(str(src)), strength=0.5, num_images=2)
+    np.testing.assert_array_equal(pixels(paths(again[0])[0]), pixels(paths(out[0])[0]))
+    # strength too low to reach a step: the (resized) image itself comes back
+    low = generate(client, init_image=handle_file(init[0]), strength=0.0005)
+    np.testing.assert_array_equal(pixels(paths(low[0])[0]), pixels(init[0]))
+    # the x_t sampling starts from, with its t: 6 trailing DDIM steps 999, 832, 666, 499, ... -> 499 at 0.5
+    start, caption = client.predict(handle_file(str(src)), "tiny", "DDIM", 6, 7, 0.5, -1, 0,
+                                    api_name="/img2img_start")
+    assert "t=499" in caption and pixels(start).shape[0] >= 256
+
+
+def test_img2img_bad_inputs(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    src = png_with(tmp_path / "ok.png", None)
+    with pytest.raises(AppError, match="Denoising strength must be between 0 and 1"):
+        generate(client, init_image=handle_file(str(src)), strength=1.5)
+    notes = tmp_path / "notes.png"
+    notes.write_text("hello")
+    with pytest.raises(AppError, match="not an image"):
+        generate(client, init_image=handle_file(str(notes)), strength=0.5)
+    with pytest.raises(AppError, match="Upload an image under 'Start from an image'"):
+        client.predict(None, "tiny", "DDIM", 6, 7, 0.5, -1, 0, api_name="/img2img_start")
+
+
+def test_use_as_init_takes_a_result(client):
+    from gradio_client import handle_file
+
+    png = paths(generate(client)[0])[0]
+    back = client.predict(handle_file(png), api_name="/use_as_init")
+    np.testing.assert_array_equal(pixels(back), pixels(png))
+
+
+# =============================================================== interpolation and grid
+def test_interpolation_gif_strip_and_recipe(client):
+    gif, strip, files, status = client.predict("a photo of a goldfish", "a photo of a ladybug", 3, 4, 5, "tiny",
+                                               "DDIM", 6, 3.0, api_name="/interpolate")
+    assert status.startswith("Done: 5 frames")
+    with Image.open(gif) as g:
+        assert g.n_frames == 8 and min(g.size) >= 256  # forward and back (0..4, 3..1), crisp and large
+    with Image.open(strip) as s:
+        recipe = json.loads(s.text["interpolation"])
+    assert recipe == {"prompt_a": "a photo of a goldfish", "prompt_b": "a photo of a ladybug", "seed_a": 3,
+                      "seed_b": 4, "frames": 5, "sampler": "ddim", "steps": 6, "guidance_scale": 3.0,
+                      "model": "tiny", "size": TINY_SIZE}
+    assert sorted(Path(f).name for f in files) == ["interpolation.gif", "interpolation.json",
+                                                   "interpolation_strip.png"]
+
+
+@pytest.mark.parametrize("change,words", [
+    (dict(frames=17), "between 2 and 16"), (dict(frames=1), "between 2 and 16"),
+    (dict(prompt_b="", seed_b=-1), "two different prompts or two different seeds"),
+    (dict(sampler="DDPM", steps=1000, frames=16), "too large"), (dict(prompt_a=""), "prompt is empty"),
+])
+def test_interpolation_bad_inputs(client, change, words):
+    from gradio_client.exceptions import AppError
+
+    d = dict(prompt_a="a photo of a goldfish", prompt_b="a photo of a ladybug", seed_a=3, seed_b=4, frames=4,
+             model="tiny", sampler="DDIM", steps=6, guidance=3.0)
+    d.update(change)
+    with pytest.raises(AppError, match=words):
+        client.predict(*d.values(), api_name="/interpolate")
+
+
+def test_grid_cells_share_the_noise_and_match_plain_generations(client):
+    image, files, status = client.predict("a photo of a goldfish", "tiny", "DDIM", 5, 3.0, 11, "guidance", "1, 4",
+                                          "steps", "5, 7", api_name="/grid")
+    assert status.startswith("Done: 4 cells")
+    with Image.open(image) as g:
+        settings = json.loads(g.text["grid"])
+        assert g.size[0] > 2 * 96
+    assert settings["x_values"] == [1.0, 4.0] and settings["y_values"] == [5, 7]
+    assert [c["seed"] for c in settings["cells"]] == [11] * 4
+    cells = sorted((f for f in files if Path(f).name.startswith("cell_")), key=lambda f: Path(f).name)
+    assert [Path(f).name for f in cells] == ["cell_0_0.png", "cell_0_1.png", "cell_1_0.png", "cell_1_1.png"], files
+    # cell (1, 1) = steps 7, guidance 4: the same pixels as /generate with those settings and the grid's seed
+    plain = generate(client, steps=7, guidance=4.0, seed=11)
+    np.testing.assert_array_equal(pixels(cells[3]), pixels(paths(plain[0])[0]))
+    assert read_png_recipe(cells[3])["guidance_scale"] == 4.0
+
+
+@pytest.mark.parametrize("axes,words", [
+    (("guidance", "1,2,3,4,5", "steps", "5,6,7,8"), "limit is 16"),
+    (("guidance", "1", "guidance", "2"), "must differ"),
+    (("colour", "red", "none", ""), "Grid axis must be one of"),
+    (("steps", ",".join(["1000"] * 8), "sampler", "DDPM, ddpm"), "too large"),  # 16 x 1000 steps at 16 px
+])
+def test_grid_bad_inputs(client, axes, words):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=words):
+        client.predict("a photo of a goldfish", "tiny", "DDIM", 5, 3.0, 11, *axes, api_name="/grid")
+
+
+# =============================================================== coverage, snap, learn, history, models
+def test_prompt_coverage(client):
+    near = client.predict("a photo of a goldfish", "tiny", api_name="/prompt_coverage")
+    assert near.startswith("Nearest training classes: goldfish (1.00)")
+    far = client.predict("quarterly tax report spreadsheet", "tiny", api_name="/prompt_coverage")
+    assert far.startswith("⚠ The model has not seen anything like this prompt")
+    assert client.predict("goldfish | ", "tiny", api_name="/prompt_coverage").startswith("⚠ Blended prompt")
+    assert client.predict("", "tiny", api_name="/prompt_coverage") == ""
+
+
+def test_snap_to_classes_is_recorded_and_changes_free_text(client):
+    free = "a small orange fish in a glass bowl"
+    off = generate(client, prompt=free, snap=0)
+    on = generate(client, prompt=free, snap=1)
+    assert read_png_recipe(paths(on[0])[0])["snap"] == 1.0 and "snap" not in read_png_recipe(paths(off[0])[0])
+    assert not np.array_equal(pixels(paths(on[0])[0]), pixels(paths(off[0])[0]))
+
+
+def test_learn_endpoints(client):
+    from gradio_client.exceptions import AppError
+
+    plot = client.predict("tiny", "DDIM", 10, api_name="/learn_schedule")
+    assert pixels(plot).shape[1] > 300
+    table, caption = client.predict("a photo of a goldfish", "tiny", "DDIM", 6, 3.0, 1, api_name="/learn_steps")
+    t = pixels(table)
+    assert t.shape[0] > 3 * 96 and t.shape[1] > 6 * 96 and "6 of 6 steps" in caption
+    strip, _ = client.predict("a photo of a goldfish", "tiny", "DDIM", 6, 1, "1, 3, 7", api_name="/learn_guidance")
+    assert pixels(strip).shape[1] > 3 * 128
+    with pytest.raises(AppError, match="between 0 and 20"):
+        client.predict("a photo of a goldfish", "tiny", "DDIM", 6, 1, "1, 30", api_name="/learn_guidance")
+    with pytest.raises(AppError, match="Unknown sampler"):
+        client.predict("tiny", "Euler", 10, api_name="/learn_schedule")
+
+
+def test_history_keeps_this_sessions_results(tiny_app):
+    c, other = tiny_app.client(), tiny_app.client()
+    out = generate(c, seed=123, num_images=2)
+    grid = c.predict("a photo of a goldfish", "tiny", "DDIM", 5, 3.0, 1, "guidance", "1, 2", "none", "",
+                     api_name="/grid")
+    items = c.predict(api_name="/history")
+    captions = [i["caption"] for i in items]
+    assert captions[:3] == ["grid guidance x -", "seed 123", "seed 124"]  # newest first
+    assert read_png_recipe(items[1]["image"])["seed"] == 123
+    np.testing.assert_array_equal(pixels(items[1]["image"]), pixels(paths(out[0])[0]))
+    assert grid[0]
+    assert other.predict(api_name="/history") == []  # another session sees none of it
+
+
+def test_examples_and_classes_follow_the_model(client):
+    out = client.predict("tiny_b", api_name="/select_model")
+    assert len(out) == 11
+    classes, examples = out[1], out[10]
+    assert classes["choices"] == [["goldfish", "goldfish"], ["jellyfish", "jellyfish"], ["ladybug", "ladybug"]]
+    assert examples["samples"] == [["a photo of a goldfish"], ["a photo of a jellyfish"], ["a photo of a ladybug"]]
+
+
+def test_mcp_flag_without_the_extra_is_a_clear_error(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("mcp") is not None:
+        pytest.skip("gradio[mcp] is installed: --mcp works (see the README)")
+    out = subprocess.run([sys.executable, str(ROOT / "web.py"), "--mcp", "--store", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60, env=server_env())
+    assert out.returncode == 2 and "gradio[mcp]" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,12 @@
+"""The Gradio app, one job per module.
+
+* ``validation``: pure input checks (``InputError``), limits and defaults
+* ``models``: the loaded-model cache (``ModelManager``) and the data picker
+* ``jobs``: the sampling job runner (worker thread, live previews, Stop)
+* ``export``: run folders, PNGs with their recipe, GIFs and strips
+* ``app``: ``WebApp``, the handlers shared by every tab and the page layout
+* ``tab_*``: one module per tab (generate, forward, restore, interpolate, grid, learn, history)
+* ``server``: the command line and start-up (``python web.py``)
+
+No diffusion math lives here: it calls ``diffusion``, ``prompting``, ``recipe`` and ``plot_func``.
+"""

@@ -1,0 +1,502 @@
+"""The Generate tab: prompt (class picker, blended prompts, coverage), sampler,
+seed, variations, start from an image (SDEdit), and the results with their
+recipes; Restore from PNG and "reuse this seed" for a result.
+
+Endpoints: ``/generate`` (the original eight inputs), ``/generate_studio`` (those, then variation
+seed and strength, init image, denoising strength, snap), ``/restore``, ``/reuse_seed``, ``/use_as_init``,
+``/img2img_start``, ``/prompt_coverage``, ``/class_prompt``, ``/sampler_steps``,
+``/random_seed``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+from webui.jobs import Cancelled, Done, Tick
+from webui.validation import (GUIDANCE_RANGE, MAX_PROMPT_CHARS, MAX_SEED, SAMPLER_CHOICES, GenerateRequest, InputError,
+                              check_upload, clean_prompt, max_images_for, model_defaults, parse_sampler, steps_range,
+                              validate_fraction, validate_request, validate_seed, validate_steps)
+
+log = logging.getLogger("web")
+
+DEFAULT_STRENGTH = 0.6
+COVERAGE_LOW = 0.5  # below this cosine similarity the prompt is far from every training class
+RESTORE_MISSING = ("Drop a PNG written by this app, its CLI or AUTOMATIC1111 (it carries the settings in a "
+                   "'parameters' text chunk).")
+
+
+def file_path(value: Any) -> str | None:
+    """The path in a gradio FileData payload (a dict), a plain path string, or None."""
+    if isinstance(value, dict):
+        value = value.get("path")
+    return str(value) if isinstance(value, str) and value else None
+
+
+def upload_folder() -> str:
+    from gradio.utils import get_upload_folder
+
+    return get_upload_folder()
+
+
+def recipe_of(value: Any, max_bytes: int) -> dict[str, Any]:
+    """The recipe of an uploaded PNG (a file in gradio's upload folder), or InputError with a plain reason."""
+    from recipe import RecipeError, load_recipe
+
+    path = file_path(value)
+    if not path:
+        raise InputError(f"No file. {RESTORE_MISSING}")
+    check_upload(path, max_bytes=max_bytes, upload_dir=upload_folder())  # an image, not too large, ours to read
+    try:
+        return load_recipe(path)
+    except RecipeError as e:
+        name = Path(path).name
+        raise InputError(f"No recipe could be read from that image: {str(e).replace(path, name)}. "
+                         f"{RESTORE_MISSING}") from None
+
+
+class GenerateTab:
+    def __init__(self, app):
+        self.app = app
+
+    @property
+    def max_upload(self) -> int:
+        return int(self.app.args.max_upload_mb * 2**20)
+
+    # ----------------------------------------------------------------- generate
+    def generate(self, prompt, model_choice, sampler, steps, guidance, seed, num_images, show_strip,
+                 variation_seed=None, variation_strength=0.0, init_image=None, strength=DEFAULT_STRENGTH,
+                 snap=0.0, request=None, progress=None) -> Iterator[tuple]:
+        """Stream (gallery, status, seed, gif, strip, files): previews while sampling, then the results."""
+        yield from self.app.guarded("generation", self._generate(
+            prompt, model_choice, sampler, steps, guidance, seed, num_images, show_strip, variation_seed,
+            variation_strength, init_image, strength, snap, request, progress))
+
+    def _generate(self, prompt, model_choice, sampler, steps, guidance, seed, num_images, show_strip,
+                  variation_seed, variation_strength, init_image, strength, snap, request, progress):
+        import gradio as gr
+
+        from webui.app import session_of
+
+        app = self.app
+        lm = app._model(model_choice)
+        has_init = file_path(init_image) is not None
+        req = validate_request(prompt, sampler, steps, guidance, seed, num_images, image_size=lm.image_size,
+                               num_train_timesteps=lm.diffusion.num_train_timesteps,
+                               max_batch_pixels=app.args.max_batch_pixels, max_work=app.args.max_work,
+                               variation_seed=variation_seed, variation_strength=variation_strength,
+                               strength=strength if has_init else None, snap=snap)
+        init = self.init_array(init_image, lm.image_size) if has_init else None
+        seed_used = req.seed if req.seed is not None else app.random_seed()
+        var_seed = req.variation_seed
+        if req.variation_strength > 0 and var_seed is None:
+            var_seed = app.random_seed()
+        session = session_of(request)
+        work = self._work(lm, req, seed_used, var_seed, init)
+        what = (f"Sampling {req.num_images} image(s) with {req.sampler_label}, {req.steps} steps"
+                + (f" from an image at strength {req.strength:g}" if init is not None else "") + "...")
+        for ev in app.jobs.run(work, session=session, total_steps=self.steps_run(lm, req), start_text=what,
+                               progress=progress):
+            if isinstance(ev, Tick):
+                first = ev.step == 0
+                yield (ev.preview if ev.preview else gr.skip()), ev.status, (seed_used if first else gr.skip()), \
+                    gr.skip(), gr.skip(), gr.skip()
+            elif isinstance(ev, Cancelled):
+                yield gr.skip(), f"Stopped after {ev.elapsed:.1f} s.", gr.skip(), None, None, None
+            elif isinstance(ev, Done):
+                gallery, gif, strip, files = self._export(lm, ev.result, req, bool(show_strip), init, var_seed)
+                app.remember(session, gallery)
+                n = len(ev.result.images)
+                yield (gallery,
+                       f"Done: {n} image(s) in {ev.elapsed:.1f} s · seed {seed_used}"
+                       + (f"..{seed_used + n - 1}" if n > 1 else "")
+                       + f" · {req.sampler_label}, {req.steps} steps, guidance {req.guidance:g}"
+                       + (f" · variation seed {var_seed} at {req.variation_strength:g}" if var_seed is not None
+                          else "")
+                       + (f" · from an image at strength {req.strength:g}" if init is not None else ""),
+                       seed_used, gif, strip, files)
+
+    def steps_run(self, lm, req: GenerateRequest) -> int:
+        import diffusion as D
+
+        if req.strength is None:
+            return req.steps
+        return max(1, len(D.sampler_timesteps(lm.diffusion, req.sampler, req.steps, strength=req.strength)))
+
+    def init_array(self, value: Any, size: int):
+        """An uploaded init image as uint8 (size, size, 3), prepared exactly as the CLI's --init-image."""
+        from cli import load_init_image
+
+        path = file_path(value)
+        check_upload(path, max_bytes=self.max_upload, upload_dir=upload_folder())
+        try:
+            return load_init_image(path, size)
+        except (OSError, ValueError):
+            raise InputError("That file is not an image this app can read; upload a PNG, JPEG or WebP.") from None
+
+    def conditioning(self, lm, prompts: list[str], snap: float):
+        """Text embeddings, snapped toward the model's classes when asked (None: let the core encode)."""
+        if snap <= 0:
+            return None
+        from models.text_encoder import encode_prompts
+        from prompting import encode_weighted, snap_to_classes
+
+        class_embs = self.app.class_embeddings(lm)
+        if class_embs is None:
+            raise InputError("This model has no classes to snap toward; set 'Snap to classes' to 0.")
+        return snap_to_classes(encode_weighted(prompts, encode_prompts), class_embs, snap)
+
+    def _work(self, lm, req: GenerateRequest, seed_used: int, var_seed: int | None, init):
+        import diffusion as D
+        from models.text_encoder import encode_prompts
+
+        app = self.app
+        frame_every = max(1, req.steps // 40)
+        cond = self.conditioning(lm, [req.prompt] * req.num_images, req.snap)
+
+        def work(on_step):
+            return D.generate_images(
+                lm.model, lm.diffusion, req.prompt, num_images=req.num_images, sampler=req.sampler,
+                num_steps=req.steps, guidance_scale=req.guidance, seed=seed_used, encode_fn=encode_prompts,
+                prompt_template=lm.prompt_template, return_frames=True, frame_every=frame_every, callback=on_step,
+                device=app.args.device, variation_seed=var_seed, variation_strength=req.variation_strength,
+                init_images=init, strength=1.0 if req.strength is None else req.strength, cond=cond)
+        return work
+
+    def _export(self, lm, res, req: GenerateRequest, show_strip: bool, init, var_seed: int | None):
+        ex = self.app.exporter
+        folder = ex.new_folder()
+        recipes, names = [], []
+        for i, s in enumerate(res.seeds):
+            r = dict(res.recipe, seed=s, model=lm.name)
+            if "variation_seed" in r:
+                r["variation_seed"] += i  # image i's variation noise came from variation_seed + i
+            if init is not None:
+                r["init_image"] = "init.png"  # saved next to it: --init-image init.png regenerates it
+            if req.snap > 0:
+                r["snap"] = req.snap
+            recipes.append(r)
+            names.append(f"{i:02d}_seed{s}.png")
+        files = ex.save_images(folder, res.images, res.prompts, recipes, names)
+        gallery = [(p, f"seed {s}") for p, s in zip(files, res.seeds)]
+        if init is not None:
+            from PIL import Image
+
+            Image.fromarray(init).save(folder / "init.png")
+            files.append(str(folder / "init.png"))
+        nrow = min(4, len(res.images))
+        if res.frames:
+            gif = ex.denoising_gif(folder, res.frames, res.frame_timesteps, nrow)
+            files.append(gif)
+        else:  # img2img at a strength too low to reach a step: nothing was sampled
+            gif = None
+        strip = None
+        if show_strip and res.frames:
+            strip = ex.denoising_strip(folder, res.frames, res.frame_timesteps)
+            files.append(strip)
+        ex.prune()
+        return gallery, gif, strip, files
+
+    # ----------------------------------------------------------------- restore from a PNG, reuse a seed
+    def restore(self, png, model_choice):
+        """A PNG's recipe -> every setting: (model, prompt, sampler, steps, guidance, seed, number of
+        images, variation seed, variation strength, denoising strength, snap, message)."""
+        import gradio as gr
+
+        with self.app.errors("restore"):
+            r = recipe_of(png, self.max_upload)
+            notes = []
+            model = r.get("model")
+            if model not in self.app.models.choices_values():
+                notes.append(f"model {str(model)[:60]!r} is not in this store; kept {model_choice or 'the current'}"
+                             if model else "the recipe names no model; kept the current one")
+                model = model_choice or self.app.models.first
+            lm = self.app._model(model)
+            T = lm.diffusion.num_train_timesteps
+            try:
+                label = parse_sampler(r.get("sampler"))
+            except InputError:
+                label = model_defaults(lm.sampler_defaults, T)["sampler"]
+                notes.append(f"sampler {str(r.get('sampler'))[:40]!r} is not available here; using {label}")
+            lo, hi, default = steps_range(label, T)
+            try:
+                steps = validate_steps(r.get("steps", default), label, T)
+            except InputError:
+                steps = max(lo, min(hi, int(r.get("steps", default))))
+                notes.append(f"steps {r.get('steps')} are outside {lo}-{hi} for {label}; using {steps}")
+            guidance = float(r.get("guidance_scale", 3.0))
+            if not GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]:
+                guidance = min(max(guidance, GUIDANCE_RANGE[0]), GUIDANCE_RANGE[1])
+                notes.append(f"guidance clipped to {guidance:g}")
+            seed = validate_seed(r.get("seed"))
+            var_seed = r.get("variation_seed")
+            var_strength = float(r.get("variation_strength", 0.0)) if var_seed is not None else 0.0
+            strength = r.get("strength")
+            if strength is not None:
+                notes.append(f"it was made from an init image ({r.get('init_image', 'not named')}) at denoising "
+                             f"strength {strength:g}: put that image under 'Start from an image'")
+            for key, what in (("guidance_interval", "guidance interval"), ("negative_prompt", "negative prompt")):
+                if r.get(key):
+                    notes.append(f"its {what} ({str(r[key])[:40]}) is not an app setting (the CLI has it)")
+            if r.get("precision") not in (None, "fp32"):
+                notes.append(f"it was sampled in {r['precision']}; the app samples in fp32 (use the CLI's "
+                             "--from-png to regenerate it bit-exactly)")
+            prompt = clean_prompt(r["prompt"])
+            message = (f"Restored: {prompt[:80]!r}, {lm.name}, {label} {steps} steps, guidance {guidance:g}, "
+                       f"seed {seed}" + (f", variation seed {var_seed} at {var_strength:g}" if var_seed is not None
+                                         else "") + ".")
+            if notes:
+                message += " Note: " + "; ".join(notes) + "."
+            return (gr.update(value=model), prompt, label, self.app.steps_update(label, lm, steps), guidance, seed, 1,
+                    -1 if var_seed is None else int(var_seed), var_strength,
+                    DEFAULT_STRENGTH if strength is None else float(strength), float(r.get("snap", 0.0)), message)
+
+    def reuse_seed(self, image) -> int:
+        """The seed in a result's recipe (the gallery's selected image)."""
+        with self.app.errors("reuse seed"):
+            r = recipe_of(image, self.max_upload)
+            return int(r["seed"])
+
+    def use_as_init(self, image):
+        """A result (or any uploaded image) -> the 'Start from an image' input."""
+        with self.app.errors("use as init image"):
+            path = file_path(image)
+            if not path:
+                raise InputError("Select an image in the gallery first (click it).")
+            check_upload(path, max_bytes=self.max_upload, upload_dir=upload_folder())
+            return path
+
+    def selected(self, evt=None):
+        """The gallery image the user clicked (for the buttons under the gallery)."""
+        value = getattr(evt, "value", None)
+        if isinstance(value, dict):
+            image = value.get("image")
+            return file_path(image)
+        return None
+
+    def img2img_start(self, init_image, model_choice, sampler, steps, seed, strength, variation_seed=None,
+                      variation_strength=0.0):
+        """The x_t sampling starts from for these settings (first image), and its t: what the Forward tab shows."""
+        import diffusion as D
+
+        with self.app.errors("img2img preview"):
+            lm = self.app._model(model_choice)
+            label = parse_sampler(sampler)
+            n_steps = validate_steps(steps, label, lm.diffusion.num_train_timesteps)
+            s = validate_seed(seed)
+            st = validate_fraction(strength, "Denoising strength")
+            from webui.validation import validate_variation
+
+            v_seed, v_strength = validate_variation(variation_seed, variation_strength)
+            if v_strength > 0 and v_seed is None:
+                raise InputError("Set a variation seed to preview a variation (or strength 0).")
+            if file_path(init_image) is None:
+                raise InputError("Upload an image under 'Start from an image' first.")
+            init = self.init_array(init_image, lm.image_size)
+            x, t = D.sdedit_start(lm.diffusion, init, [0 if s is None else s], st, SAMPLER_CHOICES[label][0], n_steps,
+                                  variation_seed=v_seed, variation_strength=v_strength)
+            import plot_func
+
+            img = plot_func.as_uint8(x)[0]
+            caption = (f"x_t at t={t}: sampling starts here ({len(D.sampler_timesteps(lm.diffusion, SAMPLER_CHOICES[label][0], n_steps, strength=st))} "
+                       f"of {n_steps} steps left)" if t is not None else
+                       "strength too low to reach a step: the image comes back unchanged")
+            return plot_func.upscale_nearest(img, 256), caption
+
+    # ----------------------------------------------------------------- prompt coverage
+    def coverage(self, prompt, model_choice) -> str:
+        """The model's nearest training classes to the prompt (cosine similarity), with a plain warning when far."""
+        from models.text_encoder import encode_prompts
+        from prompting import coverage_message, encode_weighted, nearest_classes
+
+        with self.app.errors("prompt coverage"):
+            try:
+                text = clean_prompt(prompt)
+            except InputError as e:
+                if "empty" in str(e):  # nothing typed yet: nothing to say
+                    return ""
+                raise
+            try:
+                from webui.validation import validate_blend
+
+                validate_blend(text)
+            except InputError as e:
+                return f"⚠ {e}"
+            lm = self.app._model(model_choice)
+            class_embs = self.app.class_embeddings(lm)
+            if class_embs is None:
+                return "This model has no classes to compare with."
+            emb = encode_weighted([text], encode_prompts)[0]
+            matches = [(lm.classes[i]["name"], s) for i, s in nearest_classes(emb, class_embs, k=3)]
+            msg = coverage_message(matches, low=COVERAGE_LOW)
+            return ("⚠ " + msg) if matches and matches[0][1] < COVERAGE_LOW else msg
+
+    # ----------------------------------------------------------------- layout
+    def build(self, ui) -> None:
+        import gradio as gr
+
+        from prompting import PROMPT_BLEND_HELP
+
+        app, lm = self.app, ui.lm
+        T = lm.diffusion.num_train_timesteps
+        d = model_defaults(lm.sampler_defaults, T)
+        lo, hi, _ = steps_range(d["sampler"], T)
+        cap = max_images_for(lm.image_size, app.args.max_batch_pixels)
+        with gr.Row():
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(label="Prompt", placeholder="a photo of a goldfish", lines=2,
+                                    max_length=MAX_PROMPT_CHARS, elem_id="prompt")
+                coverage = gr.Markdown("", elem_id="coverage")
+                with gr.Accordion("Prompt syntax: blends", open=False):
+                    gr.Markdown(PROMPT_BLEND_HELP + " Example: `goldfish:0.7 | coral reef:0.3`.",
+                                elem_id="blend-help")
+                class_dd = gr.Dropdown(lm.class_names, value=None, label=f"Class (fills the prompt; type to search)",
+                                       filterable=True, elem_id="class")
+                examples = gr.Examples(app.examples_for(lm), inputs=[prompt], label="Examples")
+                with gr.Row():
+                    sampler = gr.Radio(list(SAMPLER_CHOICES), value=d["sampler"], label="Sampler", elem_id="sampler")
+                steps = gr.Slider(lo, hi, value=d["steps"], step=1, label="Steps", info=f"{lo}-{hi}", elem_id="steps")
+                guidance = gr.Slider(GUIDANCE_RANGE[0], GUIDANCE_RANGE[1], value=d["guidance_scale"], step=0.1,
+                                     label="Guidance scale", info="1 = no guidance", elem_id="guidance")
+                with gr.Row():
+                    seed = gr.Number(value=0, precision=0, label="Seed (-1 = random)", minimum=-1, maximum=MAX_SEED,
+                                     scale=3, elem_id="seed")
+                    dice = gr.Button("Random seed", scale=1, size="sm", elem_id="random-seed")
+                num = gr.Slider(1, cap, value=min(4, cap), step=1, label="Number of images", info=f"1-{cap}",
+                                elem_id="num-images")
+                show_strip = gr.Checkbox(False, label="Also show a strip of intermediate steps")
+                with gr.Accordion("Variations", open=False, elem_id="variations"):
+                    gr.Markdown("Slerp each image's starting noise toward the noise of another seed: strength 0 is "
+                                "the seed's own image, 1 the variation seed's own image. Small strengths "
+                                "(0.05-0.3) give 'this one, but slightly different'.")
+                    with gr.Row():
+                        var_seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED,
+                                             label="Variation seed (-1 = random)", elem_id="variation-seed")
+                        var_strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+                                                 elem_id="variation-strength")
+                with gr.Accordion("Start from an image (img2img)", open=False, elem_id="img2img"):
+                    gr.Markdown("The image is noised with q(x_t | x_0) to t = strength x T and sampled from there "
+                                "with the prompt: low strength keeps its layout, 1 ignores it.")
+                    init_image = gr.Image(label="Init image", type="filepath", sources=["upload", "clipboard"],
+                                          format="png", height=200, elem_id="init-image", elem_classes=["pixelated"])
+                    strength = gr.Slider(0, 1, value=DEFAULT_STRENGTH, step=0.01, label="Denoising strength",
+                                         elem_id="strength")
+                    with gr.Row():
+                        start_btn = gr.Button("Show where sampling starts (x_t)", size="sm", elem_id="show-start")
+                    start_img = gr.Image(label="x_t: what the sampler starts from", type="numpy", format="png",
+                                         height=200, elem_id="start-image", elem_classes=["pixelated"],
+                                         interactive=False)
+                    start_md = gr.Markdown("")
+                with gr.Accordion("Snap to known classes", open=False):
+                    snap = gr.Slider(0, 1, value=0, step=0.05, label="Snap strength", elem_id="snap",
+                                     info="Pull a free-text prompt's embedding toward the nearest training classes "
+                                          "(0 = off, 1 = the nearest classes' own embedding)")
+                with gr.Row():
+                    go = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+            with gr.Column(scale=2):
+                status = gr.Markdown("Ready.", elem_id="status")
+                gallery = gr.Gallery(label="Images (click one to select it)", format="png", columns=4,
+                                     height="auto", object_fit="contain", elem_id="gallery",
+                                     elem_classes=["pixelated"])
+                with gr.Row():
+                    selected = gr.Image(label="Selected", type="filepath", format="png", height=128,
+                                        interactive=False, elem_id="selected", elem_classes=["pixelated"], scale=1)
+                    with gr.Column(scale=3):
+                        reuse_btn = gr.Button("Reuse this seed", size="sm", elem_id="reuse-seed")
+                        to_init_btn = gr.Button("Use as init image", size="sm", elem_id="use-as-init")
+                        restore_sel_btn = gr.Button("Restore all its settings", size="sm", elem_id="restore-selected")
+                with gr.Row():
+                    gif = gr.Image(label="Denoising (GIF)", type="filepath", elem_id="gif", height=384,
+                                   elem_classes=["pixelated"])
+                    strip = gr.Image(label="Intermediate steps (optional, see the tick box)", type="filepath",
+                                     elem_id="strip", height=384, elem_classes=["pixelated"])
+                files = gr.File(label="Downloads (PNG with recipe at native size, GIF)", file_count="multiple")
+                with gr.Accordion("Restore from PNG", open=True, elem_id="restore"):
+                    restore_file = gr.File(label="Drop a PNG made by this app, its CLI or AUTOMATIC1111",
+                                           file_types=[".png"], type="filepath", elem_id="restore-file")
+                    restore_md = gr.Markdown("", elem_id="restore-status")
+
+        inputs = [prompt, ui.model, sampler, steps, guidance, seed, num, show_strip, var_seed, var_strength,
+                  init_image, strength, snap]
+        outputs = [gallery, status, seed, gif, strip, files]
+        common = dict(preprocess=False, concurrency_limit=app.args.concurrency, concurrency_id="sampling",
+                      show_progress="full", show_progress_on=[status], time_limit=app.args.time_limit)
+        gen_event = go.click(self.generate_fn(), inputs, outputs, api_name="generate_studio", **common)
+        enter_event = prompt.submit(self.generate_fn(), inputs, outputs, api_name="generate_on_enter",
+                                    api_visibility="private", **common)
+        # /generate keeps its original eight inputs, so REST callers that post exactly those still work
+        # (gradio refuses a request with fewer values than inputs); /generate_studio adds variations,
+        # img2img and snap. Same handler, same queue.
+        api_btn = gr.Button(visible=False)
+        api_event = api_btn.click(self.generate_fn(), inputs[:8], outputs, api_name="generate", **common)
+        dice.click(app.random_seed, None, [seed], api_name="random_seed", queue=False)
+        class_dd.change(app.class_to_prompt, [class_dd, ui.model], [prompt], api_name="class_prompt", queue=False)
+        # .input: a person's pick; Restore from PNG sets the sampler and its steps together
+        sampler.input(app.sampler_changed, [sampler, ui.model], [steps], api_name="sampler_steps", queue=False)
+        prompt.change(self.coverage, [prompt, ui.model], [coverage], api_name="prompt_coverage",
+                      trigger_mode="always_last", show_progress="hidden", concurrency_limit=2,
+                      concurrency_id="coverage")
+        restore_out = [ui.model, prompt, sampler, steps, guidance, seed, num, var_seed, var_strength, strength, snap,
+                       restore_md]
+        restore_event = restore_file.upload(self.restore, [restore_file, ui.model], restore_out, api_name="restore",
+                                            preprocess=False, concurrency_limit=2, concurrency_id="restore")
+        restore_sel = restore_sel_btn.click(self.restore, [selected, ui.model], restore_out,
+                                            api_name="restore_selected", api_visibility="private", preprocess=False,
+                                            concurrency_limit=2, concurrency_id="restore")
+        gallery.select(self.selected_fn(), None, [selected], api_visibility="private", queue=False)
+        reuse_btn.click(self.reuse_seed, [selected], [seed], api_name="reuse_seed", preprocess=False, queue=False)
+        to_init_btn.click(self.use_as_init, [selected], [init_image], api_name="use_as_init", preprocess=False,
+                          queue=False)
+        start_btn.click(self.img2img_start, [init_image, ui.model, sampler, steps, seed, strength, var_seed,
+                                             var_strength], [start_img, start_md], api_name="img2img_start",
+                        preprocess=False, concurrency_limit=1, concurrency_id="forward")
+        for ev in (restore_event, restore_sel):  # a restored model's class list, examples and info follow it
+            ev.success(self.model_side_fn(), [ui.model], [ui.model_md, class_dd, examples.dataset],
+                       api_visibility="private", queue=False)
+        ui.__dict__.update(prompt=prompt, class_dd=class_dd, examples=examples, sampler=sampler, steps=steps,
+                           guidance=guidance, seed=seed, num=num, status=status, gallery=gallery, stop_btn=stop_btn)
+        ui.result_events += [gen_event, enter_event, api_event, restore_event]
+        ui.cancellable += [gen_event, enter_event, api_event]
+        ui.stop_buttons.insert(0, (stop_btn, status))  # the first one is the API's /stop
+
+    def model_side_fn(self):
+        """After a restore: the model's info, classes and examples (not its sampler defaults: those were restored)."""
+        import gradio as gr
+
+        app = self.app
+
+        def model_side(model):
+            lm = app._model(model)
+            return app.model_info(lm), gr.update(choices=lm.class_names, value=None), \
+                gr.Dataset(samples=app.examples_for(lm))
+        return model_side
+
+    # gradio reads these signatures (type hints, gr.Request / gr.Progress / gr.SelectData defaults)
+    def generate_fn(self):
+        import gradio as gr
+
+        tab = self
+
+        def generate(prompt, model, sampler, steps, guidance, seed, num_images, show_strip, variation_seed=None,
+                     variation_strength=None, init_image=None, strength=None, snap=None,
+                     request: gr.Request = None, progress=gr.Progress()):
+            yield from tab.generate(prompt, model, sampler, steps, guidance, seed, num_images, show_strip,
+                                    -1 if variation_seed is None else variation_seed,
+                                    0.0 if variation_strength is None else variation_strength, init_image,
+                                    DEFAULT_STRENGTH if strength is None else strength, 0.0 if snap is None else snap,
+                                    request=request, progress=progress)
+
+        generate.__annotations__["request"] = gr.Request  # a class, not a string: gradio injects it
+        return generate
+
+    def selected_fn(self):
+        import gradio as gr
+
+        tab = self
+
+        def selected(evt: gr.SelectData):
+            return tab.selected(evt)
+
+        selected.__annotations__["evt"] = gr.SelectData
+        return selected

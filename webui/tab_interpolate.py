@@ -1,0 +1,152 @@
+"""The Interpolate tab: from prompt A / seed A to prompt B / seed B in N frames
+(the starting noise and the text embedding both slerped, ``diffusion.interpolation_inputs``),
+as a GIF and a strip whose PNG carries the settings. Endpoint: ``/interpolate``."""
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+from webui.jobs import Cancelled, Done, Tick
+from webui.validation import (GUIDANCE_RANGE, MAX_PROMPT_CHARS, MAX_SEED, SAMPLER_CHOICES, InterpolateRequest,
+                              model_defaults, steps_range, validate_interpolation)
+
+
+def interpolation_recipe(req: InterpolateRequest, seed_a: int, seed_b: int, model: str, size: int) -> dict:
+    """Everything that makes the interpolation again (stored in the strip PNG's ``interpolation`` chunk)."""
+    return {"prompt_a": req.prompt_a, "prompt_b": req.prompt_b, "seed_a": seed_a, "seed_b": seed_b,
+            "frames": req.frames, "sampler": req.sampler, "steps": req.steps, "guidance_scale": req.guidance,
+            "model": model, "size": size}
+
+
+class InterpolateTab:
+    def __init__(self, app):
+        self.app = app
+
+    def interpolate(self, prompt_a, prompt_b, seed_a, seed_b, frames, model_choice, sampler, steps, guidance,
+                    request=None, progress=None) -> Iterator[tuple]:
+        """Stream (gif, strip, files, status)."""
+        yield from self.app.guarded("interpolation", self._interpolate(
+            prompt_a, prompt_b, seed_a, seed_b, frames, model_choice, sampler, steps, guidance, request, progress))
+
+    def _interpolate(self, prompt_a, prompt_b, seed_a, seed_b, frames, model_choice, sampler, steps, guidance,
+                     request, progress):
+        import gradio as gr
+
+        from webui.app import session_of
+
+        app = self.app
+        lm = app._model(model_choice)
+        req = validate_interpolation(prompt_a, prompt_b, seed_a, seed_b, frames, sampler, steps, guidance,
+                                     image_size=lm.image_size, num_train_timesteps=lm.diffusion.num_train_timesteps,
+                                     max_batch_pixels=app.args.max_batch_pixels, max_work=app.args.max_work)
+        sa = req.seed_a if req.seed_a is not None else app.random_seed()
+        sb = req.seed_b if req.seed_b is not None else sa
+        session = session_of(request)
+        work = self._work(lm, req, sa, sb)
+        start = f"Interpolating {req.frames} frames with {req.sampler_label}, {req.steps} steps..."
+        for ev in app.jobs.run(work, session=session, total_steps=req.steps, start_text=start, progress=progress):
+            if isinstance(ev, Tick):
+                yield gr.skip(), gr.skip(), gr.skip(), ev.status
+            elif isinstance(ev, Cancelled):
+                yield gr.skip(), gr.skip(), gr.skip(), f"Stopped after {ev.elapsed:.1f} s."
+            elif isinstance(ev, Done):
+                res, fractions = ev.result
+                gif, strip, files = self._export(lm, req, sa, sb, res, fractions)
+                app.remember(session, [(strip, f"interpolation, {req.frames} frames")])
+                yield gif, strip, files, (f"Done: {req.frames} frames in {ev.elapsed:.1f} s · seeds {sa} -> {sb} · "
+                                          f"{req.sampler_label}, {req.steps} steps, guidance {req.guidance:g}")
+
+    def _work(self, lm, req: InterpolateRequest, seed_a: int, seed_b: int):
+        import diffusion as D
+        from models.text_encoder import encode_prompts
+        from prompting import encode_weighted
+
+        app = self.app
+
+        def work(on_step):
+            cond = encode_weighted([req.prompt_a, req.prompt_b], encode_prompts)
+            shape = (1, lm.model.config.in_channels, lm.image_size, lm.image_size)
+            na, nb = D.starting_noise(shape, [seed_a]), D.starting_noise(shape, [seed_b])
+            conds, noises, fractions = D.interpolation_inputs(cond[0], cond[1], na, nb, req.frames)
+            labels = [f"{req.prompt_a} -> {req.prompt_b} at {f:.2f}" for f in fractions]
+            res = D.generate_images(lm.model, lm.diffusion, labels, num_images=req.frames, sampler=req.sampler,
+                                    num_steps=req.steps, guidance_scale=req.guidance, seed=seed_a, cond=conds,
+                                    noise=noises, callback=on_step, device=app.args.device)
+            return res, fractions
+        return work
+
+    def _export(self, lm, req: InterpolateRequest, seed_a: int, seed_b: int, res, fractions):
+        import plot_func
+        from recipe import save_png
+
+        ex = self.app.exporter
+        folder = ex.new_folder()
+        labels = [f"{f:.2f}" for f in fractions]
+        gif = plot_func.frames_gif(res.images, folder / "interpolation.gif", labels=labels, min_side=256)
+        strip_img = plot_func.labelled_grid([list(res.images)], col_labels=labels, min_side=128,
+                                            title=f"{req.prompt_a} (seed {seed_a}) -> {req.prompt_b} (seed {seed_b})")
+        recipe = interpolation_recipe(req, seed_a, seed_b, lm.name, lm.image_size)
+        base = dict(res.recipe, seed=seed_a, model=lm.name)
+        strip = save_png(folder / "interpolation_strip.png", strip_img, req.prompt_a, base,
+                         extra={"interpolation": json.dumps(recipe)})
+        (folder / "interpolation.json").write_text(json.dumps(recipe, indent=1))
+        ex.prune()
+        return str(gif), str(strip), [str(gif), str(strip), str(folder / "interpolation.json")]
+
+    def build(self, ui) -> None:
+        import gradio as gr
+
+        lm = ui.lm
+        T = lm.diffusion.num_train_timesteps
+        d = model_defaults(lm.sampler_defaults, T)
+        lo, hi, _ = steps_range(d["sampler"], T)
+        gr.Markdown("Walk from prompt A / seed A to prompt B / seed B: the starting noise and the text embedding "
+                    "both move along the great circle (slerp), so every frame is as noisy as a fresh draw. Leave "
+                    "prompt B empty to vary only the seed, or seed B at -1 to vary only the prompt.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                pa = gr.Textbox(label="Prompt A", value=ui.prompt.value or "", lines=1, max_length=MAX_PROMPT_CHARS,
+                                elem_id="interp-prompt-a")
+                pb = gr.Textbox(label="Prompt B (empty = A)", lines=1, max_length=MAX_PROMPT_CHARS,
+                                elem_id="interp-prompt-b")
+                with gr.Row():
+                    sa = gr.Number(0, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed A (-1 = random)",
+                                   elem_id="interp-seed-a")
+                    sb = gr.Number(1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed B (-1 = A)",
+                                   elem_id="interp-seed-b")
+                frames = gr.Slider(2, 16, value=8, step=1, label="Frames", elem_id="interp-frames")
+                sampler = gr.Radio(list(SAMPLER_CHOICES), value=d["sampler"], label="Sampler")
+                steps = gr.Slider(lo, hi, value=d["steps"], step=1, label="Steps")
+                guidance = gr.Slider(GUIDANCE_RANGE[0], GUIDANCE_RANGE[1], value=d["guidance_scale"], step=0.1,
+                                     label="Guidance scale")
+                with gr.Row():
+                    go = gr.Button("Interpolate", variant="primary", elem_id="interpolate")
+                    stop = gr.Button("Stop", variant="stop")
+            with gr.Column(scale=2):
+                status = gr.Markdown("Ready.", elem_id="interp-status")
+                gif = gr.Image(label="Interpolation (GIF)", type="filepath", height=320, elem_id="interp-gif",
+                               elem_classes=["pixelated"])
+                strip = gr.Image(label="Frames (PNG with the settings)", type="filepath", elem_id="interp-strip",
+                                 elem_classes=["pixelated"])
+                files = gr.File(label="Downloads", file_count="multiple")
+        sampler.input(self.app.sampler_changed, [sampler, ui.model], [steps], api_visibility="private", queue=False)
+        event = go.click(self.interpolate_fn(), [pa, pb, sa, sb, frames, ui.model, sampler, steps, guidance],
+                         [gif, strip, files, status], api_name="interpolate", preprocess=False,
+                         concurrency_limit=self.app.args.concurrency,
+                         concurrency_id="sampling", time_limit=self.app.args.time_limit)
+        ui.result_events.append(event)
+        ui.cancellable.append(event)
+        ui.stop_buttons.append((stop, status))
+
+    def interpolate_fn(self):
+        import gradio as gr
+
+        tab = self
+
+        def interpolate(prompt_a, prompt_b, seed_a, seed_b, frames, model, sampler, steps, guidance,
+                        request: gr.Request = None, progress=gr.Progress()):
+            yield from tab.interpolate(prompt_a, prompt_b, seed_a, seed_b, frames, model, sampler, steps, guidance,
+                                       request=request, progress=progress)
+
+        interpolate.__annotations__["request"] = gr.Request
+        return interpolate

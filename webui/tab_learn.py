@@ -1,0 +1,193 @@
+"""The Learn tab: why the pictures look as they do.
+
+* ``/learn_schedule``: the schedule's log-SNR over t, with the timesteps the
+  chosen sampler and step count visit marked on it;
+* ``/learn_steps``: one image's denoising step by step: x_t (what the network
+  sees), its x_0 estimate and the noise it predicts;
+* ``/learn_guidance``: the same noise under several guidance scales.
+"""
+from __future__ import annotations
+
+from webui.jobs import Cancelled, Done
+from webui.validation import (GUIDANCE_RANGE, MAX_PROMPT_CHARS, MAX_SEED, SAMPLER_CHOICES, InputError, check_budget,
+                              clean_prompt, model_defaults, parse_guidance_list, parse_sampler, steps_range,
+                              validate_blend, validate_guidance, validate_seed, validate_steps)
+
+MAX_STEP_COLUMNS = 10  # the per-step table shows at most this many steps (spread evenly, first and last kept)
+
+
+def pick_columns(n: int, k: int = MAX_STEP_COLUMNS) -> list[int]:
+    """Indices of ``k`` steps out of ``n``, evenly spread, always the first and the last."""
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+class LearnTab:
+    def __init__(self, app):
+        self.app = app
+
+    def _settings(self, model_choice, sampler, steps):
+        lm = self.app._model(model_choice)
+        label = parse_sampler(sampler)
+        n = validate_steps(steps, label, lm.diffusion.num_train_timesteps)
+        return lm, label, SAMPLER_CHOICES[label][0], n
+
+    def schedule(self, model_choice, sampler, steps):
+        """log-SNR(t) of the model's schedule, the sampler's timesteps marked."""
+        import diffusion as D
+        import plot_func
+
+        with self.app.errors("the schedule plot"):
+            lm, label, name, n = self._settings(model_choice, sampler, steps)
+            ts = D.sampler_timesteps(lm.diffusion, name, n)
+            return plot_func.log_snr_plot(D.log_snr(lm.diffusion), ts, label=f"{label}, {n} steps",
+                                          title=f"{lm.name}: {lm.diffusion.beta_schedule} schedule, log-SNR over t")
+
+    def _run(self, work, total: int, request, what: str):
+        """A job through the shared runner (device slots, Stop), waited for: its result."""
+        from webui.app import session_of
+
+        for ev in self.app.jobs.run(work, session=session_of(request), total_steps=total, start_text=what):
+            if isinstance(ev, Cancelled):
+                raise InputError("Stopped.")
+            if isinstance(ev, Done):
+                return ev.result
+        raise RuntimeError("the job ended without a result")
+
+    def steps(self, prompt, model_choice, sampler, steps, guidance, seed, request=None):
+        """(table of x_t / x_0 estimate / predicted noise per step, caption)."""
+        import diffusion as D
+        import plot_func
+        from models.text_encoder import encode_prompts
+
+        with self.app.errors("the step table"):
+            lm, label, name, n = self._settings(model_choice, sampler, steps)
+            text = validate_blend(clean_prompt(prompt))
+            g = validate_guidance(guidance)
+            s = validate_seed(seed)
+            s = 0 if s is None else s
+            check_budget(1, lm.image_size, n, self.app.args.max_work)
+
+            def work(on_step):
+                return D.trace_denoising(lm.model, lm.diffusion, text, callback=on_step, sampler=name, num_steps=n,
+                                         guidance_scale=g, seed=s, encode_fn=encode_prompts,
+                                         prompt_template=lm.prompt_template, device=self.app.args.device)
+
+            tr = self._run(work, n, request, "Tracing the steps...")
+            cols = pick_columns(len(tr.timesteps))
+            table = plot_func.labelled_grid(
+                [[tr.x_t[i] for i in cols], [tr.x0[i] for i in cols], [tr.eps[i] for i in cols]],
+                col_labels=[f"t={tr.timesteps[i]}" for i in cols], row_labels=["x_t", "x0 est.", "noise est."],
+                title=f"{text[:60]} · {label} {n} steps · w={g:g} · seed {s}", min_side=96)
+            return table, (f"Each column is one sampler step (t = the model's timestep). Row 1: the sample the "
+                           f"network is given; row 2: its estimate of the clean image; row 3: the noise it "
+                           f"predicts (scaled). {len(cols)} of {len(tr.timesteps)} steps shown.")
+
+    def guidance(self, prompt, model_choice, sampler, steps, seed, scales, request=None):
+        """(one row: the same noise under each guidance scale, caption)."""
+        import diffusion as D
+        import plot_func
+        from models.text_encoder import encode_prompts
+
+        with self.app.errors("the guidance comparison"):
+            lm, label, name, n = self._settings(model_choice, sampler, steps)
+            text = validate_blend(clean_prompt(prompt))
+            s = validate_seed(seed)
+            s = 0 if s is None else s
+            ws = parse_guidance_list(scales)
+            check_budget(len(ws), lm.image_size, n, self.app.args.max_work)
+
+            def work(on_step):
+                return [D.generate_images(lm.model, lm.diffusion, text, num_images=1, sampler=name, num_steps=n,
+                                          guidance_scale=w, seed=s, encode_fn=encode_prompts,
+                                          prompt_template=lm.prompt_template, callback=on_step,
+                                          device=self.app.args.device).images[0] for w in ws]
+
+            images = self._run(work, n * len(ws), request, "Sampling each guidance scale...")
+            strip = plot_func.labelled_grid([images], col_labels=[f"w={w:g}" for w in ws], min_side=128,
+                                            title=f"{text[:60]} · seed {s} · {label} {n} steps")
+            return strip, ("The same starting noise, sampled with each guidance scale: w=1 is the plain conditional "
+                           "model, larger w pushes harder toward the prompt (and, too far, to saturated colours).")
+
+    def build(self, ui) -> None:
+        import gradio as gr
+
+        lm = ui.lm
+        T = lm.diffusion.num_train_timesteps
+        d = model_defaults(lm.sampler_defaults, T)
+        lo, hi, _ = steps_range(d["sampler"], T)
+        gr.Markdown("How the sampler gets from noise to an image. The log-SNR (signal-to-noise ratio of q(x_t | x_0), "
+                    "in log scale) falls from high at t=0 to very low at t=T-1; the dots are the timesteps the sampler "
+                    "visits with these settings.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(label="Prompt", value="a photo of a goldfish", max_length=MAX_PROMPT_CHARS,
+                                    elem_id="learn-prompt")
+                sampler = gr.Radio(list(SAMPLER_CHOICES), value=d["sampler"], label="Sampler", elem_id="learn-sampler")
+                steps = gr.Slider(lo, hi, value=d["steps"], step=1, label="Steps", elem_id="learn-steps")
+                guidance = gr.Slider(GUIDANCE_RANGE[0], GUIDANCE_RANGE[1], value=d["guidance_scale"], step=0.1,
+                                     label="Guidance scale (step table)")
+                seed = gr.Number(0, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed")
+                scales = gr.Textbox("1, 2, 3, 5, 8", label="Guidance scales to compare", elem_id="learn-scales")
+                with gr.Row():
+                    steps_btn = gr.Button("Show each step", variant="primary", elem_id="learn-steps-go")
+                    guidance_btn = gr.Button("Compare guidance scales", elem_id="learn-guidance-go")
+            with gr.Column(scale=2):
+                plot = gr.Image(self.schedule(self.app.models.first, d["sampler"], d["steps"]), type="numpy",
+                                format="png", label="log-SNR over t", elem_id="learn-snr")
+                table = gr.Image(label="Per step: x_t, x0 estimate, predicted noise", type="numpy", format="png",
+                                 elem_id="learn-table", elem_classes=["pixelated"])
+                caption = gr.Markdown("")
+        sampler.input(self.app.sampler_changed, [sampler, ui.model], [steps], api_visibility="private", queue=False)
+        for i, trigger in enumerate((sampler.change, steps.release, ui.model.change)):
+            trigger(self.schedule, [ui.model, sampler, steps], [plot], api_name=f"learn_plot_{i}",
+                    api_visibility="private", queue=False)
+        gr.api(self.schedule_fn(), api_name="learn_schedule")
+        steps_btn.click(self.steps_fn(), [prompt, ui.model, sampler, steps, guidance, seed], [table, caption],
+                        api_name="learn_steps", preprocess=False, concurrency_limit=self.app.args.concurrency,
+                        concurrency_id="sampling", time_limit=self.app.args.time_limit)
+        guidance_btn.click(self.guidance_fn(), [prompt, ui.model, sampler, steps, seed, scales], [table, caption],
+                           api_name="learn_guidance", preprocess=False, concurrency_limit=self.app.args.concurrency,
+                           concurrency_id="sampling", time_limit=self.app.args.time_limit)
+
+    # gradio reads these signatures
+    def schedule_fn(self):
+        tab = self
+
+        def learn_schedule(model: str = "", sampler: str = "DPM-Solver++", steps: float = 20) -> str:
+            """log-SNR over t with the sampler's timesteps marked, as a PNG file path."""
+            from PIL import Image
+
+            import hashlib
+
+            img = tab.schedule(model or None, sampler, steps)
+            tab.app.out.mkdir(parents=True, exist_ok=True)
+            key = hashlib.sha1(repr((model, sampler, steps)).encode()).hexdigest()[:16]
+            path = tab.app.out / f"log_snr_{key}.png"  # the same request, the same file (no folder per call)
+            Image.fromarray(img).save(path)
+            return str(path)
+
+        return learn_schedule
+
+    def steps_fn(self):
+        import gradio as gr
+
+        tab = self
+
+        def learn_steps(prompt, model, sampler, steps, guidance, seed, request: gr.Request = None):
+            return tab.steps(prompt, model, sampler, steps, guidance, seed, request=request)
+
+        learn_steps.__annotations__["request"] = gr.Request
+        return learn_steps
+
+    def guidance_fn(self):
+        import gradio as gr
+
+        tab = self
+
+        def learn_guidance(prompt, model, sampler, steps, seed, scales, request: gr.Request = None):
+            return tab.guidance(prompt, model, sampler, steps, seed, scales, request=request)
+
+        learn_guidance.__annotations__["request"] = gr.Request
+        return learn_guidance
