@@ -56,22 +56,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import ConditionalUNet, count_parameters  # noqa: E402
 from training import make_config  # noqa: E402
 
-
-class Tee:
-    """stdout to the terminal and a file (the raw output committed beside the table)."""
-
-    def __init__(self, *streams):
-        self.streams = streams
-
-    def write(self, text: str) -> int:
-        for st in self.streams:
-            st.write(text)
-            st.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        for st in self.streams:
-            st.flush()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlog import tee_stdout  # noqa: E402
 
 
 @dataclass
@@ -223,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", default=None, help="also write everything printed to this file")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    if args.log:
-        sys.stdout = Tee(sys.stdout, open(args.log, "w"))
+    tee_stdout(args.log)
     if args.threads:
         torch.set_num_threads(args.threads)
     import diffusers
