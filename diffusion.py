@@ -885,7 +885,8 @@ def upscale(
     ``low_res_images``: uint8 (N, h, w, 3) (e.g. ``generate_images(...).images``) or a [-1, 1]
     tensor (N, 3, h, w). They are upsampled bicubically to ``scale * h``, noised to the
     conditioning-augmentation level ``aug_level`` (``aug_timestep``), and the SR model denoises
-    a ``scale * h`` image conditioned on them. Image ``i`` uses the seed ``seed + i`` for both its
+    a ``scale * h`` image conditioned on them (with ``config.residual``, it denoises the residual
+    to the clean bicubic image, which is added back at the end). Image ``i`` uses the seed ``seed + i`` for both its
     starting noise and its augmentation noise (drawn in that order from one CPU generator), so
     a seed reproduces an image exactly whatever the batch and the device. ``cond`` (N, cond_dim):
     the text embeddings, for an SR model trained with them (``guidance_scale`` applies then).
@@ -920,7 +921,9 @@ def upscale(
     x = randn_like_batch((n, config.out_channels, size, size), gens, device)
     aug_noise = randn_like_batch((n, config.out_channels, size, size), gens, device)
     terms = diffusion.terms()
-    low_up = augment_low_res(terms, upsample_bicubic(low, size), torch.full((n,), aug_t, device=device), aug_noise)
+    bicubic = upsample_bicubic(low, size)
+    low_up = augment_low_res(terms, bicubic, torch.full((n,), aug_t, device=device), aug_noise)
+    base = bicubic if getattr(config, "residual", False) else torch.zeros_like(bicubic)
     net = LowResConditioned(sr_model, low_up, torch.tensor(aug_t, device=device))
     denoise = GuidedDenoiser(net, terms, cond, diffusion.prediction_type, guidance_scale if cond is not None else 1.0)
 
@@ -930,10 +933,10 @@ def upscale(
     def on_step(info: StepInfo) -> None:
         last = info.step + 1 == info.num_steps
         if return_frames and (info.step % max(1, frame_every) == 0 or last):
-            frames.append(to_uint8(info.x0_pred if not last else info.x))
+            frames.append(to_uint8(base + (info.x0_pred if not last else info.x)))
             frame_ts.append(info.timestep)
         if callback is not None:
-            callback(info)
+            callback(StepInfo(info.step, info.num_steps, info.timestep, info.x, base + info.x0_pred))
 
     was_training = sr_model.training
     sr_model.eval()
@@ -944,7 +947,7 @@ def upscale(
     finally:
         sr_model.train(was_training)
     recipe = {"upscale_steps": int(steps), "upscale_aug": float(aug_level)}
-    return UpscaleResult(to_uint8(out), seeds, frames, frame_ts, recipe)
+    return UpscaleResult(to_uint8(base + out), seeds, frames, frame_ts, recipe)
 
 # --------------------------------------------------------------------------- studio helpers (the app's Learn,
 # img2img preview and interpolation tabs; each is what generate_images does, exposed on its own)

@@ -38,6 +38,7 @@ class SRBatch:
 
     x0: torch.Tensor  # (B, 3, c, c) high-resolution crops in [-1, 1]
     low_res_up: torch.Tensor  # (B, 3, c, c) the augmented, upsampled low-resolution crops
+    bicubic: torch.Tensor  # (B, 3, c, c) the same crops before augmentation (a residual model's reference)
     aug_t: torch.Tensor  # (B,) long: the augmentation timestep of each example
 
 
@@ -72,14 +73,14 @@ def sr_training_batch(x_high: torch.Tensor, terms: D.DiffusionTerms, *, crop: in
     """
     size = x_high.shape[-1]
     low_up = D.upsample_bicubic(D.downsample_box(x_high, scale), size)
-    x0, low_up = random_crops([x_high.float(), low_up], crop, generator)
+    x0, bicubic = random_crops([x_high.float(), low_up], crop, generator)
     b = x0.shape[0]
     device = x0.device
     max_t = D.aug_timestep(aug_max, terms.num_train_timesteps)
     gen_device = generator.device if generator is not None else device
     aug_t = torch.randint(0, max_t + 1, (b,), generator=generator, device=gen_device).to(device)
-    noise = torch.randn(low_up.shape, generator=generator, device=gen_device).to(device)
-    return SRBatch(x0, D.augment_low_res(terms, low_up, aug_t, noise), aug_t)
+    noise = torch.randn(bicubic.shape, generator=generator, device=gen_device).to(device)
+    return SRBatch(x0, D.augment_low_res(terms, bicubic, aug_t, noise), bicubic, aug_t)
 
 
 def sr_training_loss(
@@ -96,10 +97,12 @@ def sr_training_loss(
     t: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     channels_last: bool = False,
+    residual: bool = False,
 ) -> torch.Tensor:
-    """``diffusion.training_loss`` on an SR batch: the network sees ``[x_t, low_res_up]`` and ``aug_t``."""
+    """``diffusion.training_loss`` on an SR batch: the network sees ``[x_t, low_res_up]`` and ``aug_t``;
+    with ``residual`` the clean image is ``x - bicubic`` (what ``upscale`` adds the bicubic image back to)."""
     batch = sr_training_batch(x_high, terms, crop=crop, aug_max=aug_max, generator=generator)
-    x0, low = batch.x0, batch.low_res_up
+    x0, low = batch.x0 - batch.bicubic if residual else batch.x0, batch.low_res_up
     if channels_last:
         x0, low = x0.contiguous(memory_format=torch.channels_last), low.contiguous(memory_format=torch.channels_last)
     net = D.LowResConditioned(model, low, batch.aug_t)

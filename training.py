@@ -105,6 +105,7 @@ class TrainConfig:
     sr_crop: int = 0  # sr: train on random crops of this size (0 = whole images); samples whole images
     sr_aug_max: float = 0.3  # sr: conditioning-augmentation levels drawn uniformly from [0, sr_aug_max]
     sr_text: bool = False  # sr: condition on the text embedding too
+    sr_residual: bool = True  # sr: diffuse the residual x - bicubic(low) (starts at bicubic quality), not x
 
     def __post_init__(self) -> None:
         if self.timestep_sampling not in D.TIMESTEP_SAMPLINGS:
@@ -115,7 +116,8 @@ class TrainConfig:
             raise ValueError(f"sr_crop ({self.sr_crop}) must be divisible by 2^(levels-1) and sr_aug_max in [0, 1]")
 
     def unet_config(self, image_size: int) -> UNetConfig:
-        sr = dict(in_channels=6, aug_embed=True, cond_dim=TEXT_EMBED_DIM if self.sr_text else 0)
+        sr = dict(in_channels=6, aug_embed=True, cond_dim=TEXT_EMBED_DIM if self.sr_text else 0,
+                  residual=self.sr_residual)
         return UNetConfig(
             image_size=image_size, base_channels=self.base_channels, channel_mult=self.channel_mult,
             num_res_blocks=self.num_res_blocks, attention_resolutions=self.attention_resolutions,
@@ -549,7 +551,8 @@ def _train(cfg: TrainConfig) -> Path:
                     loss = superres.sr_training_loss(
                         fwd_model, terms, x, cond if cfg.sr_text else None, crop=cfg.sr_crop, aug_max=cfg.sr_aug_max,
                         prediction_type=cfg.prediction_type, drop_cond=drop if cfg.sr_text else None,
-                        min_snr_gamma=cfg.min_snr_gamma or None, t=t, generator=g, channels_last=cfg.channels_last)
+                        min_snr_gamma=cfg.min_snr_gamma or None, t=t, generator=g, channels_last=cfg.channels_last,
+                        residual=cfg.sr_residual)
                 else:
                     loss = D.training_loss(fwd_model, terms, x, cond, prediction_type=cfg.prediction_type,
                                            drop_cond=drop, min_snr_gamma=cfg.min_snr_gamma or None, t=t, generator=g)

@@ -25,7 +25,8 @@ class UNetConfig:
     concatenated), ``aug_embed`` (the conditioning-augmentation level is an
     input, embedded like the timestep), ``middle_attention`` False with no
     ``attention_resolutions`` (fully convolutional: trains on crops, samples
-    whole images) and ``cond_dim`` 0 (no text conditioning at all).
+    whole images), ``cond_dim`` 0 (no text conditioning at all) and ``residual``
+    (the diffusion runs on ``x - upsample(low)``, the detail bicubic misses).
     """
 
     image_size: int = 64
@@ -40,6 +41,7 @@ class UNetConfig:
     cond_dim: int = TEXT_EMBED_DIM  # 0: no text conditioning (no text embedding, no null condition)
     middle_attention: bool = True  # self-attention in the middle block
     aug_embed: bool = False  # a second timestep-like input: the conditioning-augmentation level (SR models)
+    residual: bool = False  # SR models: the network denoises the residual x - upsample(low), not x itself
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)

@@ -116,6 +116,7 @@ def test_training_crops_pair_each_window_with_its_low_resolution_counterpart():
         assert len(found) == 1
         y, x = found[0]
         offsets.add((y, x))
+        torch.testing.assert_close(batch.bicubic[i], up[i, :, y:y + 16, x:x + 16], atol=1e-5, rtol=0)
         # aug level 0 still adds the schedule's t=0 noise: sqrt(1 - ab_0) ~ 6e-3 per unit of noise
         err = batch.low_res_up[i] - math.sqrt(ab0) * up[i, :, y:y + 16, x:x + 16]
         assert err.abs().max() < 6 * math.sqrt(1 - ab0)
@@ -152,15 +153,24 @@ def test_training_loss_feeds_the_network_both_images_and_the_level():
                                      generator=torch.Generator().manual_seed(0))
     assert seen["x"].shape == (4, 6, 16, 16) and seen["cond"] is None and seen["aug"].shape == (4,)
     assert loss.item() > 0
+    # the target: at t = T-1 (alpha-bar ~ 0) v = -x0, so a network that outputs 0 scores mean(x0^2), where
+    # x0 is the image, or (residual) the image minus the bicubic upsampling of its box-downsampled half
+    t_last = torch.full((4,), 999, dtype=torch.long)
+    low = (((hi.reshape(4, 3, 16, 2, 16, 2).mean(dim=(3, 5)) + 1) * 127.5).round() / 127.5) - 1
+    detail = hi - F.interpolate(low, size=(32, 32), mode="bicubic", align_corners=False).clamp(-1, 1)
+    for residual, x0 in ((False, hi), (True, detail)):
+        loss = superres.sr_training_loss(net, terms, hi, None, crop=0, aug_max=0.0, prediction_type="v_prediction",
+                                         t=t_last, generator=torch.Generator().manual_seed(0), residual=residual)
+        assert loss.item() == pytest.approx(x0.pow(2).mean().item(), rel=1e-3)
 
 
 # --------------------------------------------------------------------------- sampling against an oracle
 class FakeSR(torch.nn.Module):
     """A fixed function of [x_t, low], t and the augmentation level (a v-prediction); records the levels."""
 
-    def __init__(self):
+    def __init__(self, residual: bool = False):
         super().__init__()
-        self.config = UNetConfig(image_size=16, channel_mult=(1, 2), attention_resolutions=(), **{
+        self.config = UNetConfig(image_size=16, channel_mult=(1, 2), attention_resolutions=(), residual=residual, **{
             k: SR_NET[k] for k in ("in_channels", "aug_embed", "cond_dim")})
         self.dummy = torch.nn.Parameter(torch.zeros(()))
         self.levels: list[int] = []
@@ -175,12 +185,14 @@ def fake_v(x6: torch.Tensor, t: torch.Tensor, level: float) -> torch.Tensor:
     return 0.7 * xt * torch.cos(t / 800.0) - 0.5 * low * torch.sin(t / 700.0) + 0.1 * torch.tanh(low) + level / 5000
 
 
-@pytest.mark.parametrize("steps,aug_level", [(10, 0.05), (6, 0.0), (4, 0.3)])
-def test_upscale_matches_an_oracle_built_from_diffusers(steps, aug_level):
-    """upscale = bicubic up + q(z_s|x) with seed i's second draw + diffusers' DPM-Solver++(2M) on [x, z]."""
+@pytest.mark.parametrize("steps,aug_level,residual", [(10, 0.05, False), (6, 0.0, False), (4, 0.3, True),
+                                                      (10, 0.05, True)])
+def test_upscale_matches_an_oracle_built_from_diffusers(steps, aug_level, residual):
+    """upscale = bicubic up + q(z_s|x) with seed i's second draw + diffusers' DPM-Solver++(2M) on [x, z]
+    (+ the clean bicubic image at the end, for a residual model)."""
     rng = np.random.default_rng(0)
     low_u8 = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
-    ours = D.upscale(FakeSR(), D.DiffusionConfig(), low_u8, steps=steps, aug_level=aug_level, seed=11)
+    ours = D.upscale(FakeSR(residual), D.DiffusionConfig(), low_u8, steps=steps, aug_level=aug_level, seed=11)
     assert ours.images.shape == (3, 16, 16, 3) and ours.seeds == [11, 12, 13]
     assert ours.recipe == {"upscale_steps": steps, "upscale_aug": aug_level}
 
@@ -201,6 +213,8 @@ def test_upscale_matches_an_oracle_built_from_diffusers(steps, aug_level):
     x, z = torch.cat(xs), (ab.sqrt() * up + (1 - ab).sqrt() * torch.cat(zs).double()).float()
     for t in sched.timesteps:
         x = sched.step(fake_v(torch.cat([x, z], 1), torch.full((3, 1, 1, 1), float(t)), float(s)), t, x).prev_sample
+    if residual:
+        x = x + up.float()
     theirs = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert np.abs(ours.images.astype(int) - theirs.astype(int)).max() <= 1
     assert np.mean(ours.images == theirs) > 0.97
@@ -340,3 +354,15 @@ def test_cli_upscale_round_trip_with_from_png(trained, tmp_path, capsys):
     assert cli.main(["list", "--store", st]) == 0
     listing = capsys.readouterr().out
     assert "sr32" in listing and "(super-resolution)" in listing and "tiny" in listing
+
+
+def test_sr_training_learns_the_residual_when_asked(trained, tmp_path):
+    """The first step's loss (a zero-initialised output layer predicts v = 0) is the size of the target:
+    the detail bicubic misses is far smaller than the image itself."""
+    first = {}
+    for residual in (False, True):
+        opts = options(trained["sr_data"], tmp_path, f"res{residual}", **dict(SR_TRAIN, max_steps=1, sr_residual=residual))
+        ckpt = T.train(T.make_config("sr64", **opts))
+        assert json.loads((ckpt / store.CONFIG_FILE).read_text())["unet"]["residual"] is residual
+        first[residual] = float((tmp_path / f"res{residual}" / "metrics.csv").read_text().splitlines()[1].split(",")[1])
+    assert first[True] < 0.9 * first[False]  # (the same seeds: equal losses if the flag were ignored)
