@@ -274,7 +274,8 @@ def parse_snaps(text: str) -> list[float]:
 def generate_per_class(lm: Any, sampler: str, steps: int, per_class: int, guidance: float, seed: int,
                        batch_size: int, device: torch.device,
                        encode_fn: Callable[[list[str]], np.ndarray] | None = None,
-                       prompts: Sequence[str] | None = None, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray, float]:
+                       prompts: Sequence[str] | None = None, precision: str = "fp32",
+                       guidance_interval: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """``per_class`` images of every class prompt (or of each of ``prompts``);
     returns (images, prompt index of each image, seconds)."""
     import diffusion as D
@@ -287,7 +288,8 @@ def generate_per_class(lm: Any, sampler: str, steps: int, per_class: int, guidan
         chunk = labels[i:i + batch_size]
         res = D.generate_images(lm.model, lm.diffusion, [prompts[j] for j in chunk], num_images=len(chunk),
                                 sampler=sampler, num_steps=steps, guidance_scale=guidance, seed=seed + i,
-                                encode_fn=encode_fn, device=device, precision=precision)
+                                encode_fn=encode_fn, device=device, precision=precision,
+                                guidance_interval=guidance_interval)
         images.append(res.images)
     return np.concatenate(images), labels, time.perf_counter() - start
 
@@ -350,7 +352,7 @@ def evaluate(
     retrain_classifier: bool = False, inception: str | None = None, device: str | torch.device = "cpu",
     encode_fn: Callable[[list[str]], np.ndarray] | None = None, classifier_dir: Path | None = None,
     free_text: Sequence[tuple[str, int]] = (), free_text_setting: tuple[str, int] = ("dpm++", 20),
-    precision: str = "fp32", snaps: Sequence[float] = (0.0,),
+    precision: str = "fp32", snaps: Sequence[float] = (0.0,), guidance_interval: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Run the whole evaluation; returns a dict with the reference figures and one Row per setting."""
     from data import PreprocessedDataset
@@ -380,6 +382,7 @@ def evaluate(
     inc_val = inc(val_images) if inc else None
     result: dict[str, Any] = {
         "model": lm.name, "data": str(data_dir), "per_class": per_class, "guidance": guidance, "precision": precision,
+        "guidance_interval": list(guidance_interval) if guidance_interval else None,
         "classes": len(lm.classes), "real_val_images": int(len(val_labels)),
         "real_val_accuracy": float((val_pred == val_labels).mean()),
         "real_val_top5": top_k_accuracy(val_logits, val_labels, 5),
@@ -391,7 +394,7 @@ def evaluate(
         result["real_vs_real_fid"] = frechet_distance(inc(np.asarray(train.images)[ref_idx]), inc_val)
     for sampler, steps in settings:
         images, labels, secs = generate_per_class(lm, sampler, steps, per_class, guidance, seed, batch_size, device,
-                                                  encode_fn, precision=precision)
+                                                  encode_fn, precision=precision, guidance_interval=guidance_interval)
         logits, feat = predict(clf, images)
         pred = logits.argmax(1)
         acc = float((pred == labels).mean())
@@ -438,8 +441,10 @@ def format_table(result: dict[str, Any]) -> str:
                  f" {pct(result.get('real_val_top5'))} | {result['real_vs_real_fd']:.2f} (real vs real) |"
                  + (f" {result['real_vs_real_fid']:.1f} |" if fid else "") + " - |")
     lines.append("")
+    band = (f" (only for sigma in ({result['guidance_interval'][0]:g}, {result['guidance_interval'][1]:g}])"
+            if result.get("guidance_interval") else "")
     lines.append(f"{result['classes']} classes, {result['per_class']} images per class per setting, guidance "
-                 f"{result['guidance']}, classifier feature dim {result['feature_dim']}. "
+                 f"{result['guidance']}{band}, classifier feature dim {result['feature_dim']}. "
                  "± is one standard error: binomial for accuracy, bootstrap over the generated images for FD.")
     ranked = [r for r in result["rows"] if r.get("class_accuracy")]
     if ranked and len(ranked[0]["class_accuracy"]) > 10:
@@ -491,11 +496,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inception", default=None, help="pytorch-fid Inception weights (.pth) for standard FID")
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                         help="sampling precision (default fp32; compare with bf16 for parity)")
+    parser.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                        help="apply guidance only for noise levels sigma in (LO, HI] (default: everywhere)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default=None, help="write the table (Markdown) and JSON here (default output_ImageNet/eval/<model>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
+    from diffusion import parse_guidance_interval
     from model_store import CheckpointError, load_model
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -512,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
                           retrain_classifier=args.retrain_classifier, inception=args.inception, device=device,
                           classifier_dir=Path(args.classifier) if args.classifier else None,
                           free_text=free_text, free_text_setting=parse_settings(args.free_text_setting)[0],
-                          precision=args.precision, snaps=parse_snaps(args.snap))
+                          precision=args.precision, snaps=parse_snaps(args.snap),
+                          guidance_interval=parse_guidance_interval(args.guidance_interval))
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -125,7 +125,8 @@ def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
     by_prompt["something red"] = emb[0]
     result = E.evaluate(lm, data, [("ddim", 3), ("dpm++", 2)], per_class=2, classifier_epochs=20, batch_size=4,
                         encode_fn=lambda ps: np.stack([by_prompt[p] for p in ps]),
-                        free_text=[("something red", 0)], free_text_setting=("dpm++", 2), snaps=(0.0, 1.0))
+                        free_text=[("something red", 0)], free_text_setting=("dpm++", 2), snaps=(0.0, 1.0),
+                        guidance_interval=(0.5, 4.0))
     assert [r["setting"] for r in result["rows"]] == ["ddim 3", "dpm++ 2"]
     for r in result["rows"]:
         assert r["images"] == 6 and 0 <= r["accuracy"] <= 1 and r["fd"] >= 0 and r["seconds_per_image"] > 0
@@ -133,6 +134,7 @@ def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
     assert (lm.path / E.CLASSIFIER_WEIGHTS).exists()  # kept beside the model
     table = E.format_table(result)
     assert "| ddim 3 | 6 |" in table and "real held-out" in table
+    assert result["guidance_interval"] == [0.5, 4.0] and "only for sigma in (0.5, 4]" in table
     ft, snapped = result["free_text"]
     assert (ft["snap"], snapped["snap"]) == (0.0, 1.0) and snapped["prompt"] == "something red"
     assert ft["prompt"] == "something red" and ft["class"] == "red" and ft["images"] == 2
