@@ -17,7 +17,13 @@ the image halved exactly as preprocess.py makes 32 px data (box filter, uint8:
   machine, at the batch size given.
 
 ``--aug-levels`` sweeps the sampling-time conditioning-augmentation level (one row each).
-Writes a Markdown table and JSON to ``--out``.
+
+With ``--base MODEL`` the same comparison runs on that 32 px model's own samples
+(``--per-class`` images of each of its classes): FD against the true 64 px held-out images
+of its classes and the classifier's accuracy on the requested class (no PSNR: there is no
+true 64 px version of a sample), plus a figure (32 px, bicubic, SR).
+
+Writes a Markdown table, JSON and figures to ``--out``.
 """
 from __future__ import annotations
 
@@ -69,17 +75,21 @@ def upscale_all(sr: Any, low: np.ndarray, *, steps: int, aug_level: float, seed:
     return np.concatenate(out), (time.perf_counter() - start) / len(low)
 
 
-def score(name: str, images: np.ndarray, truth: np.ndarray, labels: np.ndarray, clf: Any, truth_feat: np.ndarray,
-          seconds: float | None, *, clf_matches_data: bool, bootstrap: int) -> dict[str, Any]:
+def score(name: str, images: np.ndarray, truth: np.ndarray | None, labels: np.ndarray, clf: Any,
+          truth_feat: np.ndarray, seconds: float | None, *, clf_matches_data: bool, bootstrap: int) -> dict[str, Any]:
+    """One table row: PSNR against ``truth`` (paired images; None: no PSNR), FD to ``truth_feat``, accuracy."""
     from evaluate import fd_bootstrap_sd, frechet_distance, predict
 
     logits, feat = predict(clf, images)
-    p = psnr(images, truth)
-    row = {"setting": name, "images": int(len(images)), "psnr": float(np.mean(p[np.isfinite(p)])),
-           "psnr_se": float(np.std(p[np.isfinite(p)]) / np.sqrt(max(1, np.isfinite(p).sum()))),
+    row: dict[str, Any] = {"setting": name, "images": int(len(images)), "psnr": None, "psnr_se": None}
+    if truth is not None:
+        p = psnr(images, truth)
+        row.update(psnr=float(np.mean(p[np.isfinite(p)])),
+                   psnr_se=float(np.std(p[np.isfinite(p)]) / np.sqrt(max(1, np.isfinite(p).sum()))))
+    row.update({
            "fd": frechet_distance(feat, truth_feat),
            "fd_sd": fd_bootstrap_sd(feat, truth_feat, rounds=bootstrap) if bootstrap else 0.0,
-           "seconds_per_image": seconds}
+           "seconds_per_image": seconds})
     if clf_matches_data:
         row["accuracy"] = float((logits.argmax(1) == labels).mean())
     return row
@@ -94,9 +104,14 @@ def format_table(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         acc = f"{100 * r['accuracy']:.1f}%" if "accuracy" in r else "n/a"
         sec = f"{r['seconds_per_image']:.3f}" if r["seconds_per_image"] is not None else "-"
-        lines.append(f"| {r['setting']} | {r['psnr']:.2f} ± {r['psnr_se']:.2f} | {r['fd']:.2f} ± {r['fd_sd']:.2f} "
-                     f"| {acc} | {sec} |")
-    lines += ["", f"Noise floor: FD between two disjoint halves of the true images: {result['fd_floor']:.2f}."]
+        psnr_text = f"{r['psnr']:.2f} ± {r['psnr_se']:.2f}" if r["psnr"] is not None else "n/a"
+        lines.append(f"| {r['setting']} | {psnr_text} | {r['fd']:.3g} ± {r['fd_sd']:.2g} | {acc} | {sec} |")
+    lines += ["", f"Noise floor: FD between two disjoint halves of the true images: {result['fd_floor']:.3g}."]
+    if result.get("base"):
+        b = result["base"]
+        lines += ["", f"Rows 'samples': {b['images']} samples of {b['model']} ({b['classes']} classes, "
+                      f"{b['sampler']} {b['steps']} steps, guidance {b['guidance']}), FD against the "
+                      f"{b['reference_images']} true {result['size']} px held-out images of those classes."]
     return "\n".join(lines)
 
 
@@ -136,20 +151,66 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, np.ndarray]
     if clf_matches_data:
         rows.insert(0, score("true 64 px (reference)", truth, truth, labels, clf, truth_feat, None,
                              clf_matches_data=True, bootstrap=0))
+    base = None
+    if args.base:
+        base, sample_rows, sample_examples = base_sample_rows(args, sr, val, clf, clf_matches_data)
+        rows += sample_rows
+        examples["samples"] = sample_examples
     result = {"sr": sr.name, "sr_step": sr.config.get("step"), "data": str(args.data), "images": int(len(truth)),
               "size": int(size), "low_res_size": int(size // 2), "steps": args.steps, "batch": args.batch,
               "threads": args.threads, "precision": args.precision, "seed": args.seed, "fd_floor": fd_floor,
-              "classifier": str(args.classifier), "rows": rows}
+              "classifier": str(args.classifier), "rows": rows, "base": base}
     return result, examples
 
 
-def write_figure(examples: dict[str, np.ndarray], path: Path) -> None:
+def base_sample_rows(args: argparse.Namespace, sr: Any, val: Any, clf: Any,
+                     clf_matches_data: bool) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, np.ndarray]]:
+    """The base model's samples upscaled by bicubic and by the SR model, scored against the true
+    high-resolution held-out images of the base model's classes."""
+    from evaluate import predict
+    from model_store import load_model
+
+    lm = load_model(args.base, store=args.store)
+    by_wnid = {c.get("wnid"): i for i, c in enumerate(val.classes)}
+    classes = [(c, by_wnid[c.get("wnid")]) for c in lm.classes if c.get("wnid") in by_wnid]
+    if not classes:
+        raise ValueError(f"none of {lm.name}'s classes are in {args.data}")
+    keep = np.isin(np.asarray(val.labels), [i for _, i in classes])
+    reference = np.asarray(val.images[np.flatnonzero(keep)])
+    _, ref_feat = predict(clf, reference)
+    prompts = [c["prompt"] for c, _ in classes for _ in range(args.per_class)]
+    labels = np.repeat([i for _, i in classes], args.per_class)
+    low = []
+    for i in range(0, len(prompts), args.batch):
+        res = D.generate_images(lm.model, lm.diffusion, prompts[i:i + args.batch], num_images=len(prompts[i:i + args.batch]),
+                                num_steps=args.base_steps, guidance_scale=args.guidance, seed=args.seed + i,
+                                precision=args.precision)
+        low.append(res.images)
+    low = np.concatenate(low)
+    size = reference.shape[1]
+    if low.shape[1] * 2 != size:
+        raise ValueError(f"{lm.name} samples {low.shape[1]} px images; the SR data is {size} px (needs 2x)")
+    rows = [score(f"samples: {lm.name} + bicubic", bicubic_of(low, size), None, labels, clf, ref_feat, None,
+                  clf_matches_data=clf_matches_data, bootstrap=args.bootstrap)]
+    figure = [low[: args.figure], bicubic_of(low[: args.figure], size)]
+    for level in args.aug_levels:
+        images, sec = upscale_all(sr, low, steps=args.steps, aug_level=level, seed=args.seed, batch=args.batch,
+                                  precision=args.precision)
+        rows.append(score(f"samples: {lm.name} + {sr.name} aug {level:g}", images, None, labels, clf, ref_feat, sec,
+                          clf_matches_data=clf_matches_data, bootstrap=args.bootstrap))
+        figure.append(images[: args.figure])
+    info = {"model": lm.name, "classes": len(classes), "images": int(len(low)), "sampler": "dpm++",
+            "steps": args.base_steps, "guidance": args.guidance, "reference_images": int(len(reference))}
+    return info, rows, figure
+
+
+def write_figure(rows: list[np.ndarray], path: Path) -> None:
     """One row per setting (low res shown by pixel repetition), one column per image."""
     import plot_func
     from superres import nearest_resize
 
-    size = examples["truth"].shape[1]
-    rows = [nearest_resize(v, size) if v.shape[1] != size else v for v in examples.values()]
+    size = max(v.shape[1] for v in rows)
+    rows = [nearest_resize(v, size) if v.shape[1] != size else v for v in rows]
     plot_func.sample_grid(np.concatenate(rows), nrow=len(rows[0]), path=path)
 
 
@@ -169,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=50, help="bootstrap rounds for the FD's sd (0: none)")
     p.add_argument("--figure", type=int, default=8, help="images in the side-by-side figure (0: none)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base", default=None, help="also score this 32 px model's samples, upscaled (e.g. default_model)")
+    p.add_argument("--per-class", type=int, default=10, help="with --base: samples per class (default 10)")
+    p.add_argument("--base-steps", type=int, default=20, help="with --base: its DPM-Solver++ steps (default 20)")
+    p.add_argument("--guidance", type=float, default=3.0, help="with --base: its guidance scale (default 3)")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results/sr/<model>)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -180,8 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     (out / "bench_sr.md").write_text(table + "\n")
     (out / "bench_sr.json").write_text(json.dumps(result, indent=2))
     if args.figure:
-        write_figure(examples, out / "bench_sr_examples.png")
-    print(f"\nwrote {out}/bench_sr.md, bench_sr.json" + (", bench_sr_examples.png" if args.figure else ""))
+        samples = examples.pop("samples", None)
+        write_figure(list(examples.values()), out / "bench_sr_examples.png")
+        if samples:
+            write_figure(samples, out / "bench_sr_samples.png")
+    print(f"\nwrote {out}/bench_sr.md, bench_sr.json" + (", bench_sr_examples.png" if args.figure else "")
+          + (", bench_sr_samples.png" if args.figure and args.base else ""))
     return 0
 
 
