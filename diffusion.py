@@ -802,13 +802,15 @@ SR_DEFAULT_AUG_LEVEL = 0.05  # sampling-time conditioning augmentation: a small 
 
 
 def downsample_box(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
-    """Shrink [-1, 1] images (N, C, H, W) by ``factor`` with a box filter, as preprocess.py halves
-    images, then round to uint8 levels: the low-resolution images an SR model is trained on look
-    like what a low-resolution model was trained on (and samples)."""
+    """Shrink [-1, 1] images (N, C, H, W) by ``factor`` with a box filter on their uint8 levels,
+    rounding half up: exactly PIL's ``Image.reduce``, which preprocess.py uses to halve images, so
+    the low-resolution images an SR model is trained on are what a low-resolution model was trained on."""
     if x.shape[-1] % factor or x.shape[-2] % factor:
         raise ValueError(f"image size {tuple(x.shape[-2:])} is not divisible by {factor}")
-    low = F.avg_pool2d(x.float(), factor)
-    return ((low.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+    levels = ((x.float().clamp(-1, 1) + 1) * 127.5).round()
+    # the mean of integers over a power-of-two box is exact in float32, so ties round the same way everywhere
+    low = torch.floor(F.avg_pool2d(levels, factor) + 0.5)
+    return low / 127.5 - 1
 
 
 def upsample_bicubic(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -64,6 +64,13 @@ def cosine_alpha_bar(t: int, T_: int = 1000, s: float = 0.008) -> float:
     return math.prod(1 - min(1 - f((i + 1) / T_) / f(i / T_), 0.999) for i in range(t + 1))
 
 
+def pil_half(images: torch.Tensor) -> torch.Tensor:
+    """The oracle for the low-resolution image: PIL's 2x2 box reduce (what preprocess.py halves with) on uint8."""
+    u8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    half = np.stack([np.asarray(Image.fromarray(im).reduce(2)) for im in u8])
+    return torch.from_numpy(half).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 # --------------------------------------------------------------------------- the network
 def test_sr_unet_trains_on_crops_and_samples_whole_images():
     model = sr_unet(32)
@@ -99,6 +106,20 @@ def test_base_unet_is_unchanged_by_the_sr_options():
 
 
 # --------------------------------------------------------------------------- training batches
+def test_low_resolution_images_are_exactly_what_preprocess_makes():
+    """downsample_box = PIL's reduce(2) on uint8 (preprocess.py's halving), ties included (sums of 4 levels
+    that end in .5 are common); upsample_bicubic = torch's bicubic, clamped."""
+    rng = np.random.default_rng(3)
+    u8 = rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    u8[:, :2, :2] = [[[1, 2, 3], [2, 3, 4]], [[1, 2, 3], [2, 3, 4]]]  # a tie in every channel
+    x = torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 127.5 - 1
+    torch.testing.assert_close(D.downsample_box(x), pil_half(x), atol=0, rtol=0)
+    np.testing.assert_array_equal(D.to_uint8(D.downsample_box(x)), np.stack([np.asarray(Image.fromarray(im).reduce(2))
+                                                                               for im in u8]))
+    up = D.upsample_bicubic(D.downsample_box(x), 64)
+    assert up.shape == (8, 3, 64, 64) and up.min() >= -1 and up.max() <= 1
+
+
 def test_training_crops_pair_each_window_with_its_low_resolution_counterpart():
     terms = D.DiffusionConfig().terms()
     g = torch.Generator().manual_seed(0)
@@ -107,7 +128,7 @@ def test_training_crops_pair_each_window_with_its_low_resolution_counterpart():
     assert batch.x0.shape == batch.low_res_up.shape == (6, 3, 16, 16)
     assert batch.aug_t.tolist() == [0] * 6
     # the oracle: box-average 2x2 blocks, round to uint8 levels, bicubic back up (torch), for the whole image
-    low = (((hi.reshape(6, 3, 16, 2, 16, 2).mean(dim=(3, 5)) + 1) * 127.5).round() / 127.5) - 1
+    low = pil_half(hi)
     up = F.interpolate(low, size=(32, 32), mode="bicubic", align_corners=False).clamp(-1, 1)
     ab0 = cosine_alpha_bar(0)
     offsets = set()
@@ -156,7 +177,7 @@ def test_training_loss_feeds_the_network_both_images_and_the_level():
     # the target: at t = T-1 (alpha-bar ~ 0) v = -x0, so a network that outputs 0 scores mean(x0^2), where
     # x0 is the image, or (residual) the image minus the bicubic upsampling of its box-downsampled half
     t_last = torch.full((4,), 999, dtype=torch.long)
-    low = (((hi.reshape(4, 3, 16, 2, 16, 2).mean(dim=(3, 5)) + 1) * 127.5).round() / 127.5) - 1
+    low = pil_half(hi)
     detail = hi - F.interpolate(low, size=(32, 32), mode="bicubic", align_corners=False).clamp(-1, 1)
     for residual, x0 in ((False, hi), (True, detail)):
         loss = superres.sr_training_loss(net, terms, hi, None, crop=0, aug_max=0.0, prediction_type="v_prediction",
@@ -366,3 +387,41 @@ def test_sr_training_learns_the_residual_when_asked(trained, tmp_path):
         assert json.loads((ckpt / store.CONFIG_FILE).read_text())["unet"]["residual"] is residual
         first[residual] = float((tmp_path / f"res{residual}" / "metrics.csv").read_text().splitlines()[1].split(",")[1])
     assert first[True] < 0.9 * first[False]  # (the same seeds: equal losses if the flag were ignored)
+
+
+def test_bench_sr_scores_bicubic_and_the_sr_model_on_held_out_images_and_samples(trained, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_sr
+    from data import PreprocessedDataset
+    from evaluate import save_classifier, train_classifier
+
+    data = PreprocessedDataset(trained["sr_data"])
+    clf = train_classifier(np.asarray(data.images), np.asarray(data.labels), data.num_classes, epochs=1, batch_size=32)
+    save_classifier(clf, tmp_path / "clf", {"image_size": 32})
+    out = tmp_path / "bench"
+    assert bench_sr.main(["--sr", "sr32", "--store", str(trained["store"]), "--data", str(trained["sr_data"]),
+                          "--classifier", str(tmp_path / "clf"), "--n", "4", "--batch", "4", "--steps", "2",
+                          "--aug-levels", "0,0.1", "--bootstrap", "2", "--threads", "1", "--figure", "3",
+                          "--base", "tiny", "--per-class", "1", "--base-steps", "2", "--out", str(out)]) == 0
+    result = json.loads((out / "bench_sr.json").read_text())
+    settings = [r["setting"] for r in result["rows"]]
+    assert settings == ["true 64 px (reference)", "bicubic", "sr32 aug 0", "sr32 aug 0.1", "samples: tiny + bicubic",
+                        "samples: tiny + sr32 aug 0", "samples: tiny + sr32 aug 0.1"]
+    rows = {r["setting"]: r for r in result["rows"]}
+    assert rows["true 64 px (reference)"]["fd"] == pytest.approx(0, abs=1e-6)
+    # the bicubic baseline's PSNR, recomputed here from the definitions
+    val = np.asarray(PreprocessedDataset(trained["sr_data"], split="val").images)
+    idx = np.sort(np.random.default_rng(0).choice(len(val), size=4, replace=False))
+    truth = torch.from_numpy(val[idx]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    low = pil_half(truth)
+    up = F.interpolate(low, size=(32, 32), mode="bicubic", align_corners=False).clamp(-1, 1)
+    up8 = ((up + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+    mse = ((up8 - val[idx].astype(np.float64)) ** 2).reshape(4, -1).mean(1)
+    assert rows["bicubic"]["psnr"] == pytest.approx(np.mean(10 * np.log10(255 ** 2 / mse)), rel=1e-9)
+    assert rows["sr32 aug 0.1"]["seconds_per_image"] > 0 and rows["samples: tiny + bicubic"]["psnr"] is None
+    assert all(0 <= r["accuracy"] <= 1 for r in result["rows"])
+    assert (out / "bench_sr.md").read_text().count("\n|") >= 8
+    assert Image.open(out / "bench_sr_examples.png").size[0] > 3 * 32
+    assert (out / "bench_sr_samples.png").is_file()
