@@ -232,7 +232,8 @@ def model_card(name: str, config: dict[str, Any], evaluation: str | None = None,
         f"| diffusion | {config.get('diffusion', {}).get('beta_schedule')} schedule, "
         f"{config.get('diffusion', {}).get('num_train_timesteps')} steps, "
         f"{config.get('diffusion', {}).get('prediction_type')} |",
-        f"| text encoder | {config.get('text_model')} (prompt template `{config.get('prompt_template')}`) |",
+        f"| text encoder | {config.get('text_model')} (prompt template `{config.get('prompt_template')}`) |"
+        if unet.get("cond_dim", 1) else "| text encoder | none (the SR stage sees only the low-resolution image) |",
         f"| data | {_source_text(data)} ({data.get('num_images', 'n/a')} training images, {len(classes)} classes) |",
         f"| training steps | {config.get('step', 'n/a')} (batch {train.get('batch_size')}, "
         f"lr {train.get('lr')}, EMA {train.get('ema_decay')}) |",

@@ -315,7 +315,7 @@ def test_store_keeps_sr_models_apart_from_base_models(trained):
     folder = st / "sr32"
     assert all(v.dtype == torch.float16 for v in store.load_tensors(folder / store.WEIGHTS_FILE).values())
     card = (folder / store.CARD_FILE).read_text()
-    assert "super-resolution" in card and "--upscale sr32" in card
+    assert "super-resolution" in card and "--upscale sr32" in card and "| text encoder | none" in card
 
 
 @pytest.mark.parametrize("change,message", [
@@ -425,3 +425,19 @@ def test_bench_sr_scores_bicubic_and_the_sr_model_on_held_out_images_and_samples
     assert (out / "bench_sr.md").read_text().count("\n|") >= 8
     assert Image.open(out / "bench_sr_examples.png").size[0] > 3 * 32
     assert (out / "bench_sr_samples.png").is_file()
+
+
+def test_a_text_conditioned_sr_model_takes_the_prompt_embedding_and_guidance():
+    torch.manual_seed(0)
+    model = ConditionalUNet(UNetConfig(image_size=16, **dict(SR_NET, cond_dim=384))).eval()
+    for p in model.parameters():
+        if not p.detach().any():
+            torch.nn.init.normal_(p, std=0.05)
+    low = np.random.default_rng(4).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    cond = torch.randn(2, 384)
+    with pytest.raises(ValueError, match="text-conditioned"):
+        D.upscale(model, D.DiffusionConfig(), low, steps=2)
+    plain = D.upscale(model, D.DiffusionConfig(), low, steps=3, cond=cond, seed=1)
+    guided = D.upscale(model, D.DiffusionConfig(), low, steps=3, cond=cond, seed=1, guidance_scale=3.0)
+    assert plain.images.shape == guided.images.shape == (2, 16, 16, 3)
+    assert not np.array_equal(plain.images, guided.images)  # the null branch ran (with the low-res images repeated)
