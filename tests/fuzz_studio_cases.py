@@ -146,7 +146,8 @@ def recipe_file_table(f: dict[str, Path], handle) -> list:
         (handle(str(f["bare"])), ERR, "no generation recipe"), (handle(str(f["jpeg"])), ERR, "no generation recipe"),
         (handle(str(f["nosettings"])), ERR, "no settings line"), (handle(str(f["badseed"])), ERR, "bad 'Seed'"),
         (handle(str(f["noprompt"])), ERR, "lacks a prompt"), (handle(str(f["text"])), ERR, "not an image"),
-        (handle(str(f["empty"])), ERR, "not an image"), (None, ERR, "No file"), ("", ERR, "No file"),
+        (handle(str(f["empty"])), ERR, "not an image"), (None, ERR, "No file"),
+        # ("", ...) is left out: gradio itself refuses a string for a file input, before the app runs
     ]
 
 
@@ -169,7 +170,8 @@ def endpoints(f: dict[str, Path], handle) -> list[Endpoint]:
                                          10: ("init image", init_table), 11: ("strength", FRACTION),
                                          12: ("snap", fr_none0)}),
         Endpoint("/restore", [handle(str(f["a1111"])), "tiny"],  # its model (sd15) is not here: the picker's is used
-                 {0: ("file", recipe_file_table(f, handle)), 1: ("model", MODEL)}),
+                 # (not the "recipe" file here: its model is in the store, so the picker's would not matter)
+                 {0: ("file", recipe_file_table(f, handle)[1:]), 1: ("model", MODEL)}),
         Endpoint("/reuse_seed", [handle(str(f["recipe"]))], {0: ("file", recipe_file_table(f, handle))}),
         Endpoint("/use_as_init", [handle(str(f["recipe"]))],
                  {0: ("image", image_file_table(f, handle, "Select an image in the gallery"))}),
@@ -188,7 +190,7 @@ def endpoints(f: dict[str, Path], handle) -> list[Endpoint]:
                   6: ("sampler", SAMPLER), 7: ("steps", STEPS), 8: ("guidance", GUIDANCE)}),
         Endpoint("/grid", ["a photo of a goldfish", "tiny", "DDIM", 5, 3.0, 7, "guidance", "1, 3", "steps", "5, 6, 7, 8"],
                  {0: ("prompt", PROMPT), 1: ("model", MODEL), 2: ("sampler", SAMPLER),
-                  4: ("seed", SEED), 7: ("x values", GUIDANCE_VALUES)}),
+                  5: ("seed", SEED), 7: ("x values", GUIDANCE_VALUES)}),
         Endpoint("/learn_schedule", ["tiny", "DDIM", 10], {0: ("model", MODEL), 1: ("sampler", SAMPLER),
                                                            2: ("steps", STEPS)}),
         Endpoint("/learn_steps", ["a photo of a goldfish", "tiny", "DDIM", 5, 3.0, 1],

@@ -161,9 +161,12 @@ def test_restore_from_png_in_chromium(tiny_app, page, tmp_path):
     assert page.locator("#seed input[type=number]").input_value() == "4242"
     assert page.locator("#steps input[type=number]").input_value() == "12"
     assert page.locator("#sampler").get_by_label("DDIM").is_checked()
-    assert page.locator("#variation-seed input[type=number]").input_value() == "9"
+    open_accordion(page, "Variations")  # a closed accordion's fields are not in the page
+    page.wait_for_function("() => document.querySelector('#variation-seed input[type=number]')?.value === '9'")
     bare = tmp_path / "bare.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(bare)
+    page.goto(tiny_app.url)  # a fresh page: the file box shows the first file, not a drop zone, after an upload
+    page.wait_for_selector("#generate")
     page.locator("#restore-file input[type=file]").set_input_files(str(bare))
     page.wait_for_function("() => /no generation recipe/.test(document.body.innerText)")
     shot = tmp_path / "web_restore.png"

@@ -326,3 +326,38 @@ def test_mcp_flag_without_the_extra_is_a_clear_error(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "web.py"), "--mcp", "--store", str(tmp_path)],
                          capture_output=True, text=True, timeout=60, env=server_env())
     assert out.returncode == 2 and "gradio[mcp]" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_mcp_server_serves_generate_over_loopback(tmp_path):
+    """python web.py --mcp: a real MCP client lists the tools and calls generate."""
+    pytest.importorskip("mcp", reason="gradio[mcp] is not installed")
+    import asyncio
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+    from web_helpers import WebServer, make_tiny_store
+
+    make_tiny_store(tmp_path / "store", "tiny")
+    server = WebServer(["--store", str(tmp_path / "store"), "--out", str(tmp_path / "out"), "--threads", "1",
+                        "--mcp"], tmp_path).start()
+    try:
+        server.wait_ready()
+
+        async def run():
+            async with streamablehttp_client(server.url + "gradio_api/mcp/") as (read, write, _):
+                async with ClientSession(read, write) as session:
+                    await session.initialize()
+                    tools = {t.name: t for t in (await session.list_tools()).tools}
+                    name = next(n for n in tools if n.endswith("generate"))
+                    result = await session.call_tool(name, {"prompt": "a photo of a goldfish", "model": "tiny",
+                                                            "sampler": "DDIM", "steps": 5, "guidance": 3.0, "seed": 3,
+                                                            "num_images": 1, "show_strip": False})
+                    return tools, result
+
+        tools, result = asyncio.run(run())
+        assert any(n.endswith("interpolate") for n in tools) and any(n.endswith("grid") for n in tools)
+        text = " ".join(getattr(c, "text", "") or "" for c in result.content)
+        assert not result.isError, text
+        assert "Done: 1 image(s)" in text and "seed 3" in text
+    finally:
+        server.stop()

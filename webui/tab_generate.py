@@ -310,6 +310,7 @@ class GenerateTab:
         from prompting import coverage_message, encode_weighted, nearest_classes
 
         with self.app.errors("prompt coverage"):
+            lm = self.app._model(model_choice)  # a bad model is an error whatever the prompt
             try:
                 text = clean_prompt(prompt)
             except InputError as e:
@@ -322,7 +323,6 @@ class GenerateTab:
                 validate_blend(text)
             except InputError as e:
                 return f"⚠ {e}"
-            lm = self.app._model(model_choice)
             class_embs = self.app.class_embeddings(lm)
             if class_embs is None:
                 return "This model has no classes to compare with."
@@ -434,7 +434,7 @@ class GenerateTab:
         class_dd.change(app.class_to_prompt, [class_dd, ui.model], [prompt], api_name="class_prompt", queue=False)
         # .input: a person's pick; Restore from PNG sets the sampler and its steps together
         sampler.input(app.sampler_changed, [sampler, ui.model], [steps], api_name="sampler_steps", queue=False)
-        prompt.change(self.coverage, [prompt, ui.model], [coverage], api_name="prompt_coverage",
+        prompt.change(self.coverage, [prompt, ui.model], [coverage], api_name="prompt_coverage", preprocess=False,
                       trigger_mode="always_last", show_progress="hidden", concurrency_limit=2,
                       concurrency_id="coverage")
         restore_out = [ui.model, prompt, sampler, steps, guidance, seed, num, var_seed, var_strength, strength, snap,
