@@ -13,12 +13,14 @@ this module holds what is specific to training and using the stage:
 * ``sr_training_batch`` / ``sr_training_loss``: the training loop's batch, as
   crops paired with their low-resolution counterparts, with augmentation;
 * ``write_sr_samples``: the periodic sample grid (low res, bicubic, SR, truth);
-* ``upscale_generation``: the CLI's second stage (``sample --upscale sr64``).
+* ``upscale_images``: upscale uint8 images with a stored SR model (its defaults, cached): the
+  app's "Upscale to 64 px"; ``upscale_generation``: the CLI's second stage (``sample --upscale sr64``).
 
 Train one with ``python diffusion.py train --preset sr64`` (see training.py).
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -152,40 +154,71 @@ class CascadeStage:
     frame_timesteps: list[int] = field(default_factory=list)
 
 
+def load_upscaler(name: str = "sr64", *, store: str | None = None, device: str = "cpu") -> Any:
+    """The SR model ``name`` (a ``model_store.LoadedModel``), loaded once per folder and device
+    (and again when its config.json changes: a re-exported model replaces the cached one)."""
+    from model_store import CONFIG_FILE, load_sr_model, resolve_model_path
+
+    folder = resolve_model_path(name, store)
+    key = (str(folder.resolve()), (folder / CONFIG_FILE).stat().st_mtime_ns, str(device))
+    with _CACHE_LOCK:
+        if key not in _UPSCALERS:
+            _UPSCALERS[key] = load_sr_model(name, store=store, device=device)
+        return _UPSCALERS[key]
+
+
+_UPSCALERS: dict[tuple[str, int, str], Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def upscale_images(images: np.ndarray, upscaler: str = "sr64", *, seed: int = 0, store: str | None = None,
+                   steps: int | None = None, aug_level: float | None = None, device: str = "cpu",
+                   precision: str = "fp32", cond: np.ndarray | None = None, return_frames: bool = False,
+                   frame_every: int | None = None, callback: D.StepCallback | None = None) -> D.UpscaleResult:
+    """Upscale uint8 (N, h, w, 3) images 2x with the stored SR model ``upscaler`` (image i: seed + i).
+
+    The app's "Upscale to 64 px" (a fresh result or a gallery image with its recipe's seed): settings
+    not given come from the SR model's ``sampler_defaults`` (``steps``, ``aug_level``), else the core's
+    defaults (10 DPM-Solver++ steps, level 0.05); the result's ``recipe`` gains ``upscaler``.
+    """
+    sr = load_upscaler(upscaler, store=store, device=device)
+    defaults = sr.sampler_defaults
+    steps = int(steps if steps is not None else defaults.get("steps", D.SR_DEFAULT_STEPS))
+    aug_level = float(aug_level if aug_level is not None else defaults.get("aug_level", D.SR_DEFAULT_AUG_LEVEL))
+    up = D.upscale(sr.model, sr.diffusion, images, steps=steps, aug_level=aug_level, seed=seed, cond=cond,
+                   device=device, precision=precision, return_frames=return_frames,
+                   frame_every=frame_every or max(1, steps // 20), callback=callback)
+    up.recipe = dict(upscaler=sr.name, **up.recipe)
+    return up
+
+
 def upscale_generation(result: D.GenerationResult, upscaler: str, *, store: str | None = None,
                        steps: int | None = None, aug_level: float | None = None, device: str = "cpu",
                        precision: str = "fp32", return_frames: bool = False,
                        encode_fn: Callable[[list[str]], np.ndarray] | None = None) -> CascadeStage:
     """Upscale ``generate_images``' output with the SR model ``upscaler`` (a store name or folder).
 
-    Image i keeps its seed (``result.seeds[i]``) in the second stage. Settings not given come
-    from the SR model's ``sampler_defaults`` (``steps``, ``aug_level``), else the core's defaults.
+    Image i keeps its seed (``result.seeds[i]``) in the second stage (``upscale_images``); with
+    ``return_frames`` the frames are both stages' (the first stage's shown by pixel repetition).
     """
-    from model_store import load_sr_model
-
-    sr = load_sr_model(upscaler, store=store, device=device)
-    defaults = sr.sampler_defaults
-    steps = int(steps if steps is not None else defaults.get("steps", D.SR_DEFAULT_STEPS))
-    aug_level = float(aug_level if aug_level is not None else defaults.get("aug_level", D.SR_DEFAULT_AUG_LEVEL))
+    seeds = result.seeds
+    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        raise ValueError("upscale_generation expects consecutive seeds (image i = seed + i)")
     cond = None
-    if sr.model.config.cond_dim > 0:
+    if load_upscaler(upscaler, store=store, device=device).model.config.cond_dim > 0:
         from prompting import encode_weighted
 
         if encode_fn is None:
             from models.text_encoder import encode_prompts as encode_fn
         cond = encode_weighted(result.prompts, encode_fn)
-    seeds = result.seeds
-    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
-        raise ValueError("upscale_generation expects consecutive seeds (image i = seed + i)")
-    up = D.upscale(sr.model, sr.diffusion, result.images, steps=steps, aug_level=aug_level, seed=seeds[0],
-                   cond=cond, device=device, precision=precision, return_frames=return_frames,
-                   frame_every=max(1, steps // 20))
+    up = upscale_images(result.images, upscaler, seed=seeds[0], store=store, steps=steps, aug_level=aug_level,
+                        device=device, precision=precision, cond=cond, return_frames=return_frames)
     frames, frame_ts = [], []
     if return_frames:
         size = up.images.shape[1]
         frames = [nearest_resize(f, size) for f in result.frames] + up.frames
         frame_ts = list(result.frame_timesteps) + up.frame_timesteps
-    return CascadeStage(up.images, dict(upscaler=sr.name, **up.recipe), frames, frame_ts)
+    return CascadeStage(up.images, up.recipe, frames, frame_ts)
 
 
 def nearest_resize(images: np.ndarray, size: int) -> np.ndarray:

@@ -441,3 +441,19 @@ def test_a_text_conditioned_sr_model_takes_the_prompt_embedding_and_guidance():
     guided = D.upscale(model, D.DiffusionConfig(), low, steps=3, cond=cond, seed=1, guidance_scale=3.0)
     assert plain.images.shape == guided.images.shape == (2, 16, 16, 3)
     assert not np.array_equal(plain.images, guided.images)  # the null branch ran (with the low-res images repeated)
+
+
+def test_upscale_images_uses_the_stored_model_with_its_defaults(trained):
+    """What the app calls for "Upscale to 64 px": the same images as the core with the same settings."""
+    low = np.random.default_rng(5).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    got = superres.upscale_images(low, "sr32", seed=7, store=str(trained["store"]))
+    sr = store.load_sr_model("sr32", store=trained["store"])
+    ref = D.upscale(sr.model, sr.diffusion, low, steps=D.SR_DEFAULT_STEPS, aug_level=D.SR_DEFAULT_AUG_LEVEL, seed=7)
+    np.testing.assert_array_equal(got.images, ref.images)
+    assert got.recipe == {"upscaler": "sr32", "upscale_steps": 10, "upscale_aug": 0.05}
+    assert superres.load_upscaler("sr32", store=str(trained["store"])) is superres.load_upscaler(
+        "sr32", store=str(trained["store"]))  # loaded once
+    previews = []
+    superres.upscale_images(low, "sr32", seed=7, store=str(trained["store"]), steps=3, aug_level=0.2,
+                            callback=lambda info: previews.append(info.x0_pred.shape))
+    assert previews == [(2, 3, 32, 32)] * 3
