@@ -90,7 +90,8 @@ def apply_png_recipe(args: argparse.Namespace, explicit: set[str]) -> None:
             "variation_strength": r.get("variation_strength"), "strength": r.get("strength"),
             # a recipe from before --precision existed was made in fp32
             "precision": r.get("precision") or "fp32", "guidance_interval": r.get("guidance_interval"),
-            "upscale": r.get("upscaler"), "upscale_steps": r.get("upscale_steps"), "upscale_aug": r.get("upscale_aug")}
+            "upscale": r.get("upscaler"), "upscale_steps": r.get("upscale_steps"), "upscale_aug": r.get("upscale_aug"),
+            "snap": r.get("snap")}
     for key, value in fill.items():
         if value is not None and key not in explicit:
             setattr(args, key, value)
@@ -157,6 +158,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     init = None
     if args.init_image:
         init = load_init_image(args.init_image, lm.image_size)
+    cond = None
+    if args.snap:  # pull the prompt toward the model's classes (prompting.snap_to_classes), as the app's slider
+        from models.text_encoder import class_prompt, encode_prompts
+        from prompting import snapped_conditioning
+
+        if not 0 < args.snap <= 1 or not lm.classes:
+            print("error: --snap needs a strength in (0, 1] and a model with classes", file=sys.stderr)
+            return 2
+        texts = D.resolve_prompts(args.prompt, args.class_name, args.n, lm.prompt_template)
+        cond = snapped_conditioning(texts, [c.get("prompt") or class_prompt(c["name"], lm.prompt_template)
+                                            for c in lm.classes], args.snap, encode_prompts)
     res = D.generate_images(
         lm.model, lm.diffusion, args.prompt, class_names=args.class_name, num_images=args.n,
         sampler=sampler, num_steps=steps, guidance_scale=guidance, seed=args.seed, eta=args.eta or 0.0,
@@ -164,8 +176,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         frame_every=max(1, (steps or _DEFAULT_STEPS[sampler]) // 40), device=device,  # <= ~40 GIF frames
         variation_seed=args.variation_seed, variation_strength=args.variation_strength or 0.0,
         init_images=init, strength=1.0 if args.strength is None else args.strength,
-        precision=args.precision or "auto", guidance_interval=args.guidance_interval,
+        precision=args.precision or "auto", guidance_interval=args.guidance_interval, cond=cond,
     )
+    if args.snap:
+        res.recipe["snap"] = float(args.snap)
     stage2 = None
     if args.upscale:  # the cascade's second stage (superres.py): same seeds, recorded in each recipe
         from superres import upscale_generation
@@ -360,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): bf16 autocast where the hardware has fast bf16 (AVX512-BF16/AMX CPUs, "
                         "recent GPUs), else fp32")
     p.add_argument("--spacing", choices=TIMESTEP_SPACINGS, default=None, help="timestep spacing")
+    p.add_argument("--snap", type=float, default=None, metavar="S",
+                   help="pull the prompt's embedding toward the model's nearest classes by S in (0, 1] "
+                        "(free text the model never saw lands on the class it means)")
     p.add_argument("--upscale", default=None, metavar="SR_MODEL",
                    help="upscale with a super-resolution model, e.g. sr64 (32 px -> 64 px; a cascade's second stage)")
     p.add_argument("--upscale-steps", type=int, default=None, metavar="N",

@@ -205,3 +205,11 @@ def snapping_encoder(encode_fn: Callable[[list[str]], np.ndarray], class_prompts
         return embs if class_embs is None else snap_to_classes(embs, class_embs, strength)
 
     return encode
+
+
+def snapped_conditioning(prompts: Sequence[str], class_prompts: Sequence[str], strength: float,
+                         encode_fn: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """The conditioning of (possibly blended) prompts, snapped toward the classes by ``strength``:
+    blend first, then snap, as the app does, so a recipe regenerates the same from the CLI."""
+    class_embs = np.asarray(encode_fn(list(class_prompts)), np.float32)
+    return snap_to_classes(encode_weighted(list(prompts), encode_fn), class_embs, strength)

@@ -195,3 +195,11 @@ def test_snap_strengths_parse_and_snapping_moves_free_text_to_its_nearest_class(
     half = snapping_encoder(enc, ["cat", "dog"], 0.5)(["kitten"])[0]
     expect = 0.5 * table["kitten"] + 0.5 * np.array([1.0, 0, 0])
     np.testing.assert_allclose(half, expect / np.linalg.norm(expect), atol=1e-6)
+
+
+def test_class_balanced_subset_takes_at_most_n_of_each_class_reproducibly():
+    labels = np.repeat(np.arange(4), [5, 2, 9, 0 + 1])
+    idx = E.class_balanced_subset(labels, 3, seed=1)
+    assert list(np.bincount(labels[idx], minlength=4)) == [3, 2, 3, 1]
+    assert list(idx) == sorted(set(idx.tolist()))  # sorted, no repeats
+    assert np.array_equal(idx, E.class_balanced_subset(labels, 3, seed=1))

@@ -652,13 +652,25 @@ def test_cli_variations_img2img_and_from_png_regenerate_exactly(trained, tmp_pat
                      "--out", str(tmp_path / "i2i_again")]) == 0
     np.testing.assert_array_equal(pixels(pngs(tmp_path / "i2i_again")[0]), pixels(i2i))
 
+    # snapping toward the classes: recorded, regenerated exactly, and not the unsnapped image
+    for name, extra in (("plain", []), ("snap", ["--snap", "0.8"])):
+        assert cli.main(["sample", *base, "--prompt", "a small orange fish in a bowl", "--n", "1", "--seed", "5",
+                         *extra, "--out", str(tmp_path / name)]) == 0
+    snapped = pngs(tmp_path / "snap")[0]
+    assert read_png_recipe(snapped)["snap"] == 0.8 and "snap" not in read_png_recipe(pngs(tmp_path / "plain")[0])
+    assert not np.array_equal(pixels(snapped), pixels(pngs(tmp_path / "plain")[0]))
+    assert cli.main(["sample", "--from-png", str(snapped), "--store", str(store_dir),
+                     "--out", str(tmp_path / "snap_again")]) == 0
+    np.testing.assert_array_equal(pixels(pngs(tmp_path / "snap_again")[0]), pixels(snapped))
+
     # clear errors: a PNG with no recipe, a missing file, half a variation, strength without an image
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "plain.png")
     for argv, msg in ((["--from-png", str(tmp_path / "plain.png")], "has no generation recipe"),
                       (["--from-png", str(tmp_path / "nope.png")], "no such file"),
                       ([*base, "--class", "goldfish", "--variation-seed", "4"], "go together"),
                       ([*base, "--class", "goldfish", "--strength", "0.5"], "needs --init-image"),
-                      ([*base, "--class", "goldfish", "--init-image", str(tmp_path / "nope.png")], "no such file")):
+                      ([*base, "--class", "goldfish", "--init-image", str(tmp_path / "nope.png")], "no such file"),
+                      ([*base, "--class", "goldfish", "--snap", "1.5"], "--snap needs a strength")):
         assert cli.main(["sample", *argv, "--store", str(store_dir), "--out", str(tmp_path / "err")]) == 2, argv
         assert msg in capsys.readouterr().err, argv
 
