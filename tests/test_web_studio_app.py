@@ -361,3 +361,34 @@ def test_mcp_server_serves_generate_over_loopback(tmp_path):
         assert "Done: 1 image(s)" in text and "seed 3" in text
     finally:
         server.stop()
+
+
+# =============================================================== the cascade's second stage
+def test_upscale_a_result_with_a_store_sr_model(client, tiny_app, tmp_path):
+    """/upscale: a 16 px result becomes 32 px with the store's tiny SR model, the result's own seed and
+    the model's defaults (3 steps, level 0.05), and its recipe names both stages."""
+    from gradio_client import handle_file
+
+    import diffusion as D
+    import model_store as ms
+
+    out = generate(client, seed=31)
+    low_png = paths(out[0])[0]
+    up_path, status, files = client.predict(handle_file(low_png), "tiny_sr", api_name="/upscale")
+    assert "Upscaled to 32 px" in status and "seed 31" in status
+    sr = ms.load_sr_model("tiny_sr", store=tiny_app.store)
+    want = D.upscale(sr.model, sr.diffusion, pixels(low_png)[None], steps=3, aug_level=0.05, seed=31).images[0]
+    np.testing.assert_array_equal(pixels(up_path), want)
+    r = read_png_recipe(up_path)
+    assert (r["upscaler"], r["upscale_steps"], r["upscale_aug"], r["seed"], r["model"]) == ("tiny_sr", 3, 0.05, 31, "tiny")
+    first = {k: v for k, v in r.items() if not k.startswith("upscale")}
+    assert first == read_png_recipe(low_png)  # the first stage's settings stay as they were
+
+    with pytest.raises(Exception, match="No upscaler 'tiny'"):  # a base model is not an upscaler
+        client.predict(handle_file(low_png), "tiny", api_name="/upscale")
+    big = png_with(tmp_path / "big.png", f"a photo of a goldfish\nSteps: 5, Sampler: DDIM, Seed: 1, Model: tiny",
+                   size=2 * TINY_SIZE)
+    with pytest.raises(Exception, match="upscales 16 px images to 32 px"):
+        client.predict(handle_file(str(big)), "tiny_sr", api_name="/upscale")
+    with pytest.raises(Exception, match="No recipe could be read"):
+        client.predict(handle_file(str(png_with(tmp_path / "plain.png", None))), "tiny_sr", api_name="/upscale")

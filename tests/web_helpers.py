@@ -80,6 +80,28 @@ def make_tiny_store(store: Path, name: str = "tiny", *, data_dir: Path | None = 
                             store=store, dtype=torch.float32, overwrite=True)
 
 
+def make_tiny_sr_store(store: Path, name: str = "tiny_sr") -> Path:
+    """A tiny untrained super-resolution model (16 -> 32 px, 3 steps by default) in ``store/name``."""
+    import torch
+
+    import model_store as ms
+    from diffusion import DiffusionConfig
+    from models import ConditionalUNet, UNetConfig
+
+    torch.manual_seed(2)
+    model = ConditionalUNet(UNetConfig(image_size=2 * TINY_SIZE, in_channels=6, aug_embed=True, cond_dim=0,
+                                       base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                                       attention_resolutions=(), middle_attention=False, head_channels=8, dropout=0.0))
+    for p in model.parameters():
+        if not p.detach().any():
+            torch.nn.init.normal_(p, std=0.05)
+    cfg = ms.model_config(model.config, DiffusionConfig(), classes=[], model_type="sr",
+                          sr={"scale": 2, "low_res_size": TINY_SIZE, "crop": 16, "aug_max": 0.3},
+                          sampler_defaults={"steps": 3, "aug_level": 0.05})
+    return ms.save_to_store(name, model.state_dict(), cfg, f"# {name}\n\nA tiny untrained SR test model.\n",
+                            store=store, dtype=torch.float32, overwrite=True)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -193,6 +215,7 @@ def _launch(tmp: Path, extra_args: list[str], auth: tuple[str, str] | None = Non
     make_tiny_store(store, "tiny", data_dir=data)
     make_tiny_store(store, "tiny_b", seed=1, sampler_defaults={"sampler": "ddim", "steps": 10,
                                                                 "guidance_scale": 2.0})
+    make_tiny_sr_store(store)
     args = ["--store", str(store), "--model", "tiny", "--out", str(out), "--threads", "1",
             "--max-work", str(TEST_MAX_WORK), *extra_args]
     if auth:

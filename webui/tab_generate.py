@@ -5,7 +5,7 @@ recipes; Restore from PNG and "reuse this seed" for a result.
 Endpoints: ``/generate`` (the original eight inputs), ``/generate_studio`` (those, then variation
 seed and strength, init image, denoising strength, snap), ``/restore``, ``/reuse_seed``, ``/use_as_init``,
 ``/img2img_start``, ``/prompt_coverage``, ``/class_prompt``, ``/sampler_steps``,
-``/random_seed``.
+``/random_seed``, ``/upscale`` (a result upscaled 2x by a super-resolution model of the store).
 """
 from __future__ import annotations
 
@@ -196,6 +196,77 @@ class GenerateTab:
             files.append(strip)
         ex.prune()
         return gallery, gif, strip, files
+
+    # ----------------------------------------------------------------- the cascade's second stage
+    def upscalers(self) -> list[str]:
+        """Super-resolution models in the store (model_type "sr"): the choices for "Upscale 2x"."""
+        try:
+            return self.app.models.ms.list_models(self.app.models.store, model_type="sr")
+        except (OSError, ValueError):
+            return []
+
+    def upscale_selected(self, image, upscaler, request=None, progress=None) -> Iterator[tuple]:
+        """Stream (upscaled image, status, files): a result of this app or its CLI (a PNG with its recipe)
+        upscaled 2x by a stored SR model, with its recipe's seed; the new PNG's recipe names both
+        stages, so ``python diffusion.py sample --from-png`` regenerates the upscaled image."""
+        yield from self.app.guarded("upscale", self._upscale(image, upscaler, request, progress))
+
+    def _upscale(self, image, upscaler, request, progress):
+        import gradio as gr
+        import numpy as np
+        from PIL import Image
+
+        import superres
+        from webui.app import session_of
+
+        app = self.app
+        r = recipe_of(image, self.max_upload)
+        if not isinstance(upscaler, str) or upscaler not in self.upscalers():
+            raise InputError(f"No upscaler {str(upscaler)[:60]!r} in this store; choose one of: "
+                             f"{', '.join(self.upscalers()) or 'none (train one with --preset sr64)'}.")
+        with Image.open(file_path(image)) as im:
+            low = np.asarray(im.convert("RGB"))
+        sr = superres.load_upscaler(upscaler, store=app.args.store, device=app.args.device)
+        want = int(sr.config.get("sr", {}).get("low_res_size", sr.image_size // 2))
+        if low.shape[:2] != (want, want):
+            raise InputError(f"{upscaler} upscales {want} px images to {2 * want} px; this image is "
+                             f"{low.shape[1]}x{low.shape[0]}.")
+        seed = validate_seed(r.get("seed", 0)) or 0
+        steps = int(sr.sampler_defaults.get("steps", 10))
+
+        def work(on_step):
+            return superres.upscale_images(low[None], upscaler, seed=seed, store=app.args.store,
+                                           device=app.args.device, callback=on_step)
+
+        session = session_of(request)
+        for ev in app.jobs.run(work, session=session, total_steps=steps, progress=progress,
+                               start_text=f"Upscaling with {upscaler}, {steps} steps..."):
+            if isinstance(ev, Tick):
+                yield (ev.preview[0][0] if ev.preview else gr.skip()), ev.status, gr.skip()
+            elif isinstance(ev, Cancelled):
+                yield gr.skip(), f"Stopped after {ev.elapsed:.1f} s.", gr.skip()
+            elif isinstance(ev, Done):
+                up = ev.result
+                prompt = r.pop("prompt")
+                recipe = {**r, **up.recipe}
+                folder = app.exporter.new_folder()
+                (path,) = app.exporter.save_images(folder, up.images, [prompt], [recipe],
+                                                   [f"upscaled_seed{seed}.png"])
+                app.exporter.prune()
+                app.remember(session, [(path, f"seed {seed}, upscaled by {upscaler}")])
+                yield path, (f"Upscaled to {up.images.shape[2]} px in {ev.elapsed:.1f} s with {upscaler} "
+                             f"({up.recipe['upscale_steps']} steps, seed {seed})."), [path]
+
+    def upscale_fn(self):
+        import gradio as gr
+
+        tab = self
+
+        def upscale(image, upscaler, request: gr.Request = None, progress=gr.Progress()):
+            yield from tab.upscale_selected(image, upscaler, request=request, progress=progress)
+
+        upscale.__annotations__["request"] = gr.Request
+        return upscale
 
     # ----------------------------------------------------------------- restore from a PNG, reuse a seed
     def restore(self, png, model_choice):
@@ -406,6 +477,16 @@ class GenerateTab:
                         reuse_btn = gr.Button("Reuse this seed", size="sm", elem_id="reuse-seed")
                         to_init_btn = gr.Button("Use as init image", size="sm", elem_id="use-as-init")
                         restore_sel_btn = gr.Button("Restore all its settings", size="sm", elem_id="restore-selected")
+                        sr_models = self.upscalers()
+                        with gr.Row(visible=bool(sr_models)):
+                            upscaler = gr.Dropdown(sr_models, value=sr_models[0] if sr_models else None,
+                                                   label="Upscaler (super-resolution model)", elem_id="upscaler",
+                                                   scale=2)
+                            upscale_btn = gr.Button("Upscale 2x (32 -> 64 px)", size="sm", elem_id="upscale",
+                                                    scale=1)
+                upscaled = gr.Image(label="Upscaled (PNG with both stages' recipe)", type="filepath", format="png",
+                                    height=256, interactive=False, elem_id="upscaled", elem_classes=["pixelated"],
+                                    visible=bool(sr_models))
                 with gr.Row():
                     gif = gr.Image(label="Denoising (GIF)", type="filepath", elem_id="gif", height=384,
                                    elem_classes=["pixelated"])
@@ -448,6 +529,8 @@ class GenerateTab:
         reuse_btn.click(self.reuse_seed, [selected], [seed], api_name="reuse_seed", preprocess=False, queue=False)
         to_init_btn.click(self.use_as_init, [selected], [init_image], api_name="use_as_init", preprocess=False,
                           queue=False)
+        upscale_event = upscale_btn.click(self.upscale_fn(), [selected, upscaler], [upscaled, status, files],
+                                          api_name="upscale", **common)
         start_btn.click(self.img2img_start, [init_image, ui.model, sampler, steps, seed, strength, var_seed,
                                              var_strength], [start_img, start_md], api_name="img2img_start",
                         preprocess=False, concurrency_limit=1, concurrency_id="forward")
@@ -456,8 +539,8 @@ class GenerateTab:
                        api_visibility="private", queue=False)
         ui.__dict__.update(prompt=prompt, class_dd=class_dd, examples=examples, sampler=sampler, steps=steps,
                            guidance=guidance, seed=seed, num=num, status=status, gallery=gallery, stop_btn=stop_btn)
-        ui.result_events += [gen_event, enter_event, api_event, restore_event]
-        ui.cancellable += [gen_event, enter_event, api_event]
+        ui.result_events += [gen_event, enter_event, api_event, restore_event, upscale_event]
+        ui.cancellable += [gen_event, enter_event, api_event, upscale_event]
         ui.stop_buttons.insert(0, (stop_btn, status))  # the first one is the API's /stop
 
     def model_side_fn(self):
