@@ -44,6 +44,11 @@ SAMPLER = [  # DDPM is left out: its steps range (10-1000) differs, and the tabl
     (None, ERR, "Unknown sampler"), (5, ERR, "Unknown sampler"), (["DDIM"], ERR, "Unknown sampler"),
     ("DDIM\x00", ERR, "Unknown sampler"),
 ]
+UPSCALER = [  # only super-resolution models of the store; a base model is not one
+    ("tiny_sr", OK, None), ("tiny", ERR, "No upscaler"), ("nope", ERR, "No upscaler"), (None, ERR, "No upscaler"),
+    ("", ERR, "No upscaler"), (5, ERR, "No upscaler"), ("../tiny_sr", ERR, "No upscaler"),
+    ("x" * 10_000, ERR, "No upscaler"), ("tiny_sr\x00", ERR, "No upscaler"), (["tiny_sr"], ERR, "No upscaler"),
+]
 RANGE = "Steps must be between 5 and"  # 250 for DDIM, 50 for DPM-Solver++
 STEPS = [  # valid for DDIM and DPM-Solver++ alike
     (5, OK, None), (10, OK, None), ("8", OK, None), (6.0, OK, None), (4, ERR, RANGE),
@@ -112,12 +117,12 @@ def files(d: Path) -> dict[str, Path]:
     """Files for the upload fields: a result with a recipe, a PNG without, a malformed chunk, not an image."""
     d.mkdir(parents=True, exist_ok=True)
 
-    def png(name: str, text: str | None) -> Path:
+    def png(name: str, text: str | None, size: int = 16) -> Path:
         info = PngImagePlugin.PngInfo()
         if text is not None:
             info.add_text("parameters", text)
         p = d / name
-        Image.fromarray(np.full((16, 16, 3), 120, np.uint8)).save(p, pnginfo=info)
+        Image.fromarray(np.full((size, size, 3), 120, np.uint8)).save(p, pnginfo=info)
         return p
 
     out = {
@@ -129,6 +134,7 @@ def files(d: Path) -> dict[str, Path]:
         "nosettings": png("nosettings.png", "only a prompt"),
         "badseed": png("badseed.png", "a fish\nSteps: 6, Sampler: ddim, Seed: x"),
         "noprompt": png("noprompt.png", "\nSteps: 6, Sampler: ddim, Seed: 3"),
+        "big": png("big.png", "a photo of a goldfish\nSteps: 6, Sampler: ddim, Seed: 5, Model: tiny", size=32),
     }
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(d / "photo.jpg")
     out["jpeg"] = d / "photo.jpg"
@@ -191,6 +197,9 @@ def endpoints(f: dict[str, Path], handle) -> list[Endpoint]:
         Endpoint("/grid", ["a photo of a goldfish", "tiny", "DDIM", 5, 3.0, 7, "guidance", "1, 3", "steps", "5, 6, 7, 8"],
                  {0: ("prompt", PROMPT), 1: ("model", MODEL), 2: ("sampler", SAMPLER),
                   5: ("seed", SEED), 7: ("x values", GUIDANCE_VALUES)}),
+        Endpoint("/upscale", [handle(str(f["recipe"])), "tiny_sr"],  # the store's tiny 16 -> 32 px SR model
+                 {0: ("file", recipe_file_table(f, handle) + [(handle(str(f["big"])), ERR, "upscales 16 px images")]),
+                  1: ("upscaler", UPSCALER)}),
         Endpoint("/learn_schedule", ["tiny", "DDIM", 10], {0: ("model", MODEL), 1: ("sampler", SAMPLER),
                                                            2: ("steps", STEPS)}),
         Endpoint("/learn_steps", ["a photo of a goldfish", "tiny", "DDIM", 5, 3.0, 1],

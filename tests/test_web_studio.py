@@ -100,9 +100,14 @@ def test_interpolation_end_frames_are_the_plain_generations():
     frames = gen(model, prompt=["x"] * 3, num_images=3, num_steps=5, seed=3, cond=conds, noise=noises).images
     a = gen(model, prompt="a photo of a goldfish", num_steps=5, seed=3).images[0]
     b = gen(model, prompt="a photo of a ladybug", num_steps=5, seed=9).images[0]
-    np.testing.assert_array_equal(frames[0], a)
-    np.testing.assert_array_equal(frames[-1], b)
-    assert not np.array_equal(frames[1], a) and not np.array_equal(frames[1], b)
+    # The same inputs, but a batch of 3 against a batch of 1: the CPU's convolution may pick another
+    # algorithm for another batch size, which moves a rare pixel by one level of 255 (seen in CI).
+    def close(x, y):
+        d = np.abs(x.astype(int) - y.astype(int))
+        return d.max() <= 1 and (d > 0).mean() < 0.01
+
+    assert close(frames[0], a) and close(frames[-1], b)
+    assert not close(frames[1], a) and not close(frames[1], b)
 
 
 def test_trace_denoising_records_what_the_network_saw():
