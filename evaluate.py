@@ -348,9 +348,10 @@ def fit_yardstick(train: Any, val: Any, folder: Path, *, epochs: int, seed: int 
     t0 = time.perf_counter()
     clf = train_classifier(images, labels, train.num_classes, epochs=epochs, device=device, seed=seed)
     train_s = time.perf_counter() - t0
+    n_train = int(len(labels))
     logits, _ = predict(clf, np.asarray(val.images))
     labels = np.asarray(val.labels)
-    meta = {"data_dir": str(train.root), "epochs": epochs, "train_images": int(len(labels)),
+    meta = {"data_dir": str(train.root), "epochs": epochs, "train_images": n_train,
             "val_accuracy": float((logits.argmax(1) == labels).mean()),
             "val_top5": top_k_accuracy(logits, labels, 5), "train_seconds": round(train_s, 1),
             "image_size": train.image_size, "classes": [c["name"] for c in train.classes]}

@@ -203,3 +203,17 @@ def test_class_balanced_subset_takes_at_most_n_of_each_class_reproducibly():
     assert list(np.bincount(labels[idx], minlength=4)) == [3, 2, 3, 1]
     assert list(idx) == sorted(set(idx.tolist()))  # sorted, no repeats
     assert np.array_equal(idx, E.class_balanced_subset(labels, 3, seed=1))
+
+
+def test_fit_yardstick_on_a_class_balanced_subset_records_what_it_trained_on(tmp_path):
+    from types import SimpleNamespace
+
+    x, y = _colour_images(10)
+    xv, yv = _colour_images(3, seed=2)
+    classes = [{"name": n} for n in ("red", "green", "blue")]
+    train = SimpleNamespace(images=x, labels=y, num_classes=3, image_size=x.shape[1], classes=classes, root=tmp_path)
+    val = SimpleNamespace(images=xv, labels=yv)
+    meta = E.fit_yardstick(train, val, tmp_path / "clf", epochs=1, per_class=4)
+    assert meta["train_images"] == 12 and len(yv) != 12  # 4 of each of 3 classes, not the held-out count
+    assert meta["classes"] == ["red", "green", "blue"] and 0 <= meta["val_accuracy"] <= meta["val_top5"] <= 1
+    assert (tmp_path / "clf" / E.CLASSIFIER_WEIGHTS).exists()
