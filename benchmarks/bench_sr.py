@@ -104,8 +104,10 @@ def format_table(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         acc = f"{100 * r['accuracy']:.1f}%" if "accuracy" in r else "n/a"
         sec = f"{r['seconds_per_image']:.3f}" if r["seconds_per_image"] is not None else "-"
-        psnr_text = f"{r['psnr']:.2f} ± {r['psnr_se']:.2f}" if r["psnr"] is not None else "n/a"
-        lines.append(f"| {r['setting']} | {psnr_text} | {r['fd']:.3g} ± {r['fd_sd']:.2g} | {acc} | {sec} |")
+        psnr_ok = r["psnr"] is not None and np.isfinite(r["psnr"])  # the truth against itself: infinite, no row
+        psnr_text = f"{r['psnr']:.2f} ± {r['psnr_se']:.2f}" if psnr_ok else "-"
+        fd_text = "0 (itself)" if r["setting"].startswith("true") else f"{r['fd']:.3g} ± {r['fd_sd']:.2g}"
+        lines.append(f"| {r['setting']} | {psnr_text} | {fd_text} | {acc} | {sec} |")
     lines += ["", f"Noise floor: FD between two disjoint halves of the true images: {result['fd_floor']:.3g}."]
     if result.get("base"):
         b = result["base"]
