@@ -45,6 +45,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # peer.py
 
 import diffusion as D  # noqa: E402
 import model_store as store  # noqa: E402
@@ -66,15 +67,10 @@ def ours(size: int, model_name: str) -> tuple[torch.nn.Module, D.DiffusionConfig
 
 
 def peer(size: int) -> torch.nn.Module:
-    from diffusers import UNet2DModel
+    from peer import peer_unet
 
     torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=size, in_channels=3, out_channels=3, block_out_channels=(64, 128, 128), layers_per_block=2,
-        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), attention_head_dim=32, norm_num_groups=32,
-        resnet_time_scale_shift="scale_shift", num_class_embeds=NUM_CLASSES + 1,
-    ).eval()
+    return peer_unet(size, num_class_embeds=NUM_CLASSES + 1).eval()  # + the null class for guidance
 
 
 # --------------------------------------------------------------------------- one timed run each

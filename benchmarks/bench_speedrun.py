@@ -59,6 +59,7 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # peer.py
 
 import evaluate as E  # noqa: E402
 import model_store as store  # noqa: E402
@@ -142,14 +143,9 @@ PEER = dict(batch_size=64, lr=2e-4, warmup_steps=500, label_dropout=0.1, ema_max
 
 
 def peer_unet(num_classes: int) -> torch.nn.Module:
-    from diffusers import UNet2DModel
+    from peer import peer_unet as diffusers_unet
 
-    return UNet2DModel(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(64, 128, 128), layers_per_block=2,
-        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), attention_head_dim=32, norm_num_groups=32,
-        resnet_time_scale_shift="scale_shift", num_class_embeds=num_classes + 1, dropout=0.1,
-    )
+    return diffusers_unet(32, num_classes + 1, dropout=0.1)  # + the null class for guidance
 
 
 def peer_ema_decay(step: int) -> float:

@@ -95,15 +95,10 @@ def ours_preset_model(size: int) -> ConditionalUNet:
 
 
 def diffusers_model(size: int) -> torch.nn.Module:
-    from diffusers import UNet2DModel
+    from peer import peer_unet
 
     torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=size, in_channels=3, out_channels=3, block_out_channels=(64, 128, 128), layers_per_block=2,
-        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), attention_head_dim=32, norm_num_groups=32,
-        resnet_time_scale_shift="scale_shift", num_class_embeds=10, dropout=0.1,
-    ).train()
+    return peer_unet(size, num_class_embeds=10, dropout=0.1).train()
 
 
 def call_ours(model: torch.nn.Module, inp: dict) -> torch.Tensor:
