@@ -402,10 +402,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("figures", help="a model's README figures: per-class grid, denoising GIF and strip, "
+                                       "forward strip with the model's x_0 guesses",
+                       description="Sample with a stored model and draw its figures (plot_func draws them).")
+    p.add_argument("--model", default="default_model", help="store name or model folder (default: default_model)")
+    p.add_argument("--store", default=None, help="model store directory")
+    p.add_argument("--out", default=None, help="output folder (default: output_ImageNet/<model>)")
+    p.add_argument("--class", dest="gif_class", default="goldfish", help="class of the GIF and the strips")
+    p.add_argument("--per-class", type=int, default=6, help="images per class in the grid")
+    p.add_argument("--classes", default=None, metavar="N|NAMES",
+                   help="the grid's rows: N classes spread over the model's list, or comma-separated names "
+                        "(default: every class)")
+    p.add_argument("--image", default=None,
+                   help="real image for the forward strip (default: the first of the class in the model's data)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_figures)
+
     p = sub.add_parser("list", help="list the models in the store")
     p.add_argument("--store", default=None)
     p.set_defaults(func=cmd_list)
     return parser
+
+
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from figures import cmd_figures  # imports plot_func (matplotlib) only when asked
+
+    return cmd_figures(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1060,6 +1060,43 @@ def trace_denoising(model: torch.nn.Module, diffusion: DiffusionConfig, prompt: 
     return StepTrace(ts, xs, x0s, epss, res)
 
 
+
+def noised_versions(terms: DiffusionTerms, image: np.ndarray | torch.Tensor, timesteps: Sequence[int], *,
+                    seed: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The first image noised to each timestep by q(x_t | x_0), with the same noise at every t (so
+    only the schedule differs): a (len(timesteps), C, H, W) batch in [-1, 1]. The forward strips."""
+    T = int(terms.alphas_cumprod.shape[0])
+    ts = [int(t) for t in timesteps]
+    if not ts or any(not 0 <= t < T for t in ts):
+        raise ValueError(f"timesteps must be in [0, {T})")
+    x0 = images_to_tensor(image)[:1]
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    x0s = x0.expand(len(ts), -1, -1, -1)
+    return q_sample(terms, x0s, torch.tensor(ts), noise.expand_as(x0s)).to(device)
+
+
+@torch.no_grad()
+def one_step_x0(model: torch.nn.Module, diffusion: DiffusionConfig, image: np.ndarray | torch.Tensor,
+                cond: np.ndarray | torch.Tensor, timesteps: Sequence[int], *, guidance_scale: float = 1.0,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` noised to each t (``noised_versions``) and the model's one-step guess of x_0 from
+    each x_t, conditioned on ``cond`` (1, D): two uint8 (len(timesteps), H, W, 3) batches. What
+    the forward process destroys, and how much of it the network recovers in one step."""
+    device = next(model.parameters()).device
+    terms = diffusion.terms()
+    xt = noised_versions(terms, image, timesteps, seed=seed, device=device)
+    cond = torch.as_tensor(np.asarray(cond) if not isinstance(cond, torch.Tensor) else cond,
+                           dtype=torch.float32).reshape(1, -1).to(device)
+    denoise = GuidedDenoiser(model, terms, cond, diffusion.prediction_type, guidance_scale)
+    was_training = model.training
+    model.eval()
+    try:  # one t per call: the denoiser takes a single timestep for its whole batch
+        guesses = np.concatenate([to_uint8(denoise(xt[i:i + 1], int(t))[0]) for i, t in enumerate(timesteps)])
+    finally:
+        model.train(was_training)
+    return to_uint8(xt), guesses
+
+
 if __name__ == "__main__":
     from cli import main
 

@@ -8,8 +8,12 @@ clamping), returns the picture as a uint8 array, and writes it when given a
 path. Frame labels state the real model timestep. Matplotlib figures are
 always closed after use.
 
+This module draws what it is given; it never loads a model. A model's README
+figures (sampling, then these drawings) are ``python diffusion.py figures``
+(figures.py).
+
 As a script: ``python plot_func.py --help`` renders a schedule plot and a
-forward strip of an image; with ``--model`` also a model's README figures.
+forward strip of an image.
 """
 from __future__ import annotations
 
@@ -154,19 +158,6 @@ def _labelled(img: np.ndarray, label: str, min_side: int = 96) -> Image.Image:
     return canvas
 
 
-def _noised_versions(image: ImageBatch, terms: D.DiffusionTerms, num_train_timesteps: int,
-                     timesteps: Sequence[int], seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The first image noised to each timestep by q(x_t | x_0), with the same noise
-    at every t (so only the schedule differs): a (len(timesteps), C, H, W) batch."""
-    ts = [int(t) for t in timesteps]
-    if not ts or any(not 0 <= t < num_train_timesteps for t in ts):
-        raise ValueError(f"timesteps must be in [0, {num_train_timesteps})")
-    x0 = torch.tensor(as_uint8(image)[0]).permute(2, 0, 1).float()[None] / 127.5 - 1
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    x0s = x0.expand(len(ts), -1, -1, -1)
-    return D.q_sample(terms, x0s, torch.tensor(ts), noise.expand_as(x0s)).to(device)
-
-
 def forward_diffusion_strip(
     image: ImageBatch,
     timesteps: Sequence[int] = (0, 100, 250, 500, 750, 999),
@@ -182,7 +173,7 @@ def forward_diffusion_strip(
     The same noise is used at every t, so the strip shows only the schedule.
     """
     terms = D.DiffusionConfig(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule).terms()
-    xt = _noised_versions(image, terms, num_train_timesteps, timesteps, seed)
+    xt = D.noised_versions(terms, as_uint8(image)[:1], timesteps, seed=seed)
     ts = [int(t) for t in timesteps]
     frames = [_labelled(f, f"t={t}", min_side) for f, t in zip(D.to_uint8(xt), ts)]
     out = np.asarray(_stack(frames, horizontal=True))
@@ -261,94 +252,28 @@ def denoising_strip(
 
 @torch.no_grad()
 def forward_and_prediction_strip(
-    model: torch.nn.Module,
-    diffusion: D.DiffusionConfig,
-    image: ImageBatch,
-    cond: torch.Tensor,
-    timesteps: Sequence[int] = (0, 100, 250, 500, 750, 999),
+    noisy: ImageBatch,
+    guesses: ImageBatch,
+    timesteps: Sequence[int],
     *,
-    guidance_scale: float = 1.0,
-    seed: int = 0,
     path: str | os.PathLike | None = None,
     min_side: int = 96,
 ) -> np.ndarray:
-    """Top row: the image noised to each t by q(x_t | x_0); bottom row: the model's
-    one-step guess of x_0 from that x_t (conditioned on ``cond``, shape (1, D)).
+    """Top row: an image noised to each t (``noisy``); bottom row: the model's one-step guess of
+    x_0 from each x_t (``guesses``), as ``diffusion.one_step_x0`` returns them.
 
     Shows what the forward process destroys and how much of it the model can
     recover in one step: the picture behind "predict the clean image".
     """
-    device = next(model.parameters()).device
-    terms = diffusion.terms()
-    xt = _noised_versions(image, terms, diffusion.num_train_timesteps, timesteps, seed, device)
+    noisy, guesses = as_uint8(noisy), as_uint8(guesses)
     ts = [int(t) for t in timesteps]
-    denoise = D.GuidedDenoiser(model, terms, cond.to(device), diffusion.prediction_type, guidance_scale)
-    was_training = model.training
-    model.eval()
-    try:  # one t per call: the denoiser takes a single timestep for its whole batch
-        guesses = [D.to_uint8(denoise(xt[i:i + 1], t)[0])[0] for i, t in enumerate(ts)]
-    finally:
-        model.train(was_training)
-    noisy = D.to_uint8(xt)
+    if not len(noisy) == len(guesses) == len(ts):
+        raise ValueError(f"{len(noisy)} noisy images, {len(guesses)} guesses and {len(ts)} timesteps")
     top = _stack([_labelled(f, f"x_t, t={t}", min_side) for f, t in zip(noisy, ts)], horizontal=True)
     bottom = _stack([_labelled(f, "guess of x_0", min_side) for f in guesses], horizontal=True)
     out = np.asarray(_stack([top, bottom], horizontal=False))
     _save(out, path)
     return out
-
-
-def model_figures(
-    lm,  # model_store.LoadedModel
-    out_dir: str | os.PathLike,
-    *,
-    per_class: int = 6,
-    gif_class: str = "goldfish",
-    real_image: np.ndarray | None = None,
-    seed: int = 0,
-    sampler: str | None = None,
-    num_steps: int | None = None,
-    guidance_scale: float | None = None,
-) -> dict[str, Path]:
-    """The README figures of a model: a per-class grid (one row per class), a
-    denoising GIF and strip of ``gif_class`` and, given a real image of that
-    class, its forward/prediction strip.
-
-    Sampler, steps and guidance default to the model's ``sampler_defaults``.
-    """
-    d = lm.sampler_defaults
-    sampler = sampler or d.get("sampler", "dpm++")
-    num_steps = num_steps or d.get("steps")
-    guidance_scale = guidance_scale if guidance_scale is not None else d.get("guidance_scale", 3.0)
-    matches = [c for c in lm.classes if c["name"].lower() == gif_class.lower()]
-    if not matches:
-        raise ValueError(f"{gif_class!r} is not one of the model's classes: {', '.join(lm.class_names)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    kw = dict(sampler=sampler, num_steps=num_steps, guidance_scale=guidance_scale)
-    paths: dict[str, Path] = {}
-
-    images = []
-    for i, c in enumerate(lm.classes):  # seeds differ per class, so rows are independent draws
-        images.append(D.generate_images(lm.model, lm.diffusion, [c["prompt"]], num_images=per_class,
-                                        seed=seed + 1000 * i, **kw).images)
-    labels = [c["name"] if j == 0 else "" for c in lm.classes for j in range(per_class)]
-    paths["grid"] = out / "per_class_grid.png"
-    sample_grid(np.concatenate(images), nrow=per_class, labels=labels, path=paths["grid"])
-
-    c = matches[0]
-    stem = c["name"].replace(" ", "_")
-    res = D.generate_images(lm.model, lm.diffusion, [c["prompt"]], num_images=4, seed=seed, return_frames=True, **kw)
-    paths["gif"] = denoising_gif(res.frames, res.frame_timesteps, out / f"{stem}_denoising.gif", nrow=4, fps=6)
-    paths["strip"] = out / f"{stem}_denoising_strip.png"
-    denoising_strip(res.frames, res.frame_timesteps, path=paths["strip"])
-
-    if real_image is not None:
-        from models.text_encoder import encode_prompts
-
-        cond = torch.as_tensor(np.asarray(encode_prompts([c["prompt"]])), dtype=torch.float32)
-        paths["forward"] = out / f"{stem}_forward_strip.png"
-        forward_and_prediction_strip(lm.model, lm.diffusion, real_image, cond, seed=seed, path=paths["forward"])
-    return paths
 
 
 def _figure_to_array(fig) -> np.ndarray:
@@ -520,62 +445,27 @@ def log_snr_plot(
     return out
 
 
-def real_class_image(data_dir: str | os.PathLike, class_name: str) -> np.ndarray:
-    """The first held-out (else training) image of a class from preprocessed data."""
-    from data import PreprocessedDataset
-
-    for split in ("val", "train"):
-        try:
-            ds = PreprocessedDataset(data_dir, split=split)
-        except FileNotFoundError:
-            continue
-        idx = [c["index"] for c in ds.classes if c["name"].lower() == class_name.lower()]
-        hits = np.flatnonzero(np.asarray(ds.labels) == idx[0]) if idx else []
-        if len(hits):
-            return np.asarray(ds.images[int(hits[0])])
-    raise ValueError(f"no image of {class_name!r} in {data_dir}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", help="image to noise for a forward-diffusion strip")
     parser.add_argument("--schedule", choices=["linear", "cosine"], default="cosine")
     parser.add_argument("--timesteps", default="0,100,250,500,750,999", help="comma-separated timesteps")
     parser.add_argument("--out", default="output_ImageNet/plots", help="output folder")
-    parser.add_argument("--model", default=None,
-                        help="also render a model's figures: per-class grid, denoising GIF and strip, "
-                             "forward strip with the model's x_0 guesses (store name or folder)")
-    parser.add_argument("--store", default=None, help="model store directory")
-    parser.add_argument("--class", dest="gif_class", default="goldfish", help="class for the GIF and the strips")
-    parser.add_argument("--per-class", type=int, default=6, help="images per class in the grid")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the forward strip's noise")
+    parser.add_argument("--model", default=None, help=argparse.SUPPRESS)  # moved: python diffusion.py figures
     args = parser.parse_args(argv)
+    if args.model:
+        print("error: a model's figures are made by `python diffusion.py figures --model NAME` now "
+              "(plot_func.py only draws)", file=sys.stderr)
+        return 2
     out = Path(args.out)
     schedule_plot(path=out / "schedules.png")
     print(out / "schedules.png")
     image = np.asarray(Image.open(args.image).convert("RGB")) if args.image else None
     if image is not None:
         forward_diffusion_strip(image, [int(t) for t in args.timesteps.split(",")], beta_schedule=args.schedule,
-                                path=out / f"forward_{args.schedule}.png")
+                                seed=args.seed, path=out / f"forward_{args.schedule}.png")
         print(out / f"forward_{args.schedule}.png")
-    if args.model:
-        from model_store import CheckpointError, load_model
-
-        try:
-            lm = load_model(args.model, store=args.store)
-            if image is None and lm.config.get("data", {}).get("dir"):
-                image = real_class_image(lm.config["data"]["dir"], args.gif_class)
-            if image is not None and image.shape[:2] != (lm.image_size, lm.image_size):
-                from PIL import ImageOps
-
-                image = np.asarray(ImageOps.fit(Image.fromarray(image), (lm.image_size,) * 2, Image.BICUBIC))
-            paths = model_figures(lm, out, per_class=args.per_class, gif_class=args.gif_class, real_image=image,
-                                  seed=args.seed)
-        except (ValueError, FileNotFoundError, CheckpointError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        for p in paths.values():
-            print(p)
     return 0
 
 

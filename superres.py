@@ -195,7 +195,8 @@ def upscale_images(images: np.ndarray, upscaler: str = "sr64", *, seed: int = 0,
 def upscale_generation(result: D.GenerationResult, upscaler: str, *, store: str | None = None,
                        steps: int | None = None, aug_level: float | None = None, device: str = "cpu",
                        precision: str = "fp32", return_frames: bool = False,
-                       encode_fn: Callable[[list[str]], np.ndarray] | None = None) -> CascadeStage:
+                       encode_fn: Callable[[list[str]], np.ndarray] | None = None,
+                       callback: D.StepCallback | None = None) -> CascadeStage:
     """Upscale ``generate_images``' output with the SR model ``upscaler`` (a store name or folder).
 
     Image i keeps its seed (``result.seeds[i]``) in the second stage (``upscale_images``); with
@@ -212,7 +213,8 @@ def upscale_generation(result: D.GenerationResult, upscaler: str, *, store: str 
             from models.text_encoder import encode_prompts as encode_fn
         cond = encode_weighted(result.prompts, encode_fn)
     up = upscale_images(result.images, upscaler, seed=seeds[0], store=store, steps=steps, aug_level=aug_level,
-                        device=device, precision=precision, cond=cond, return_frames=return_frames)
+                        device=device, precision=precision, cond=cond, return_frames=return_frames,
+                        callback=callback)
     frames, frame_ts = [], []
     if return_frames:
         size = up.images.shape[1]

@@ -49,6 +49,23 @@ UPSCALER = [  # only super-resolution models of the store; a base model is not o
     ("", ERR, "No upscaler"), (5, ERR, "No upscaler"), ("../tiny_sr", ERR, "No upscaler"),
     ("x" * 10_000, ERR, "No upscaler"), ("tiny_sr\x00", ERR, "No upscaler"), (["tiny_sr"], ERR, "No upscaler"),
 ]
+THEN_UPSCALE = [  # "off" (or empty) keeps the first stage; else an SR model of the store for 16 px images
+    ("tiny_sr", OK, None), ("off", OK, None), (None, OK, None), ("", OK, None), ("tiny", ERR, "No upscaler"),
+    ("nope", ERR, "No upscaler"), (5, ERR, "No upscaler"), ("../tiny_sr", ERR, "No upscaler"),
+    ("tiny_sr\x00", ERR, "No upscaler"), ("OFF", ERR, "No upscaler"),
+]
+PRECISION = [  # case and surrounding spaces do not matter; empty = fp32
+    ("fp32", OK, None), ("auto", OK, None), ("bf16", OK, None), (None, OK, None), ("", OK, None), (" FP32 ", OK, None),
+    ("fp16", ERR, "Precision must be one of"), ("fp32\x00", ERR, "Precision must be one of"),
+    (5, ERR, "Precision must be one of"), (["fp32"], ERR, "Precision must be one of"),
+]
+INTERVAL = [  # EDM sigma "LO,HI" (recipes write "LO-HI"), 0 <= LO < HI; empty = guidance everywhere
+    ("", OK, None), (None, OK, None), ("0.28,5.42", OK, None), ("0.28-5.42", OK, None), (" 0 , inf ", OK, None),
+    ("1e-3,1e9", OK, None), ("0.5", ERR, "two noise levels"), ("1,2,3", ERR, "two noise levels"),
+    ("a,b", ERR, "two noise levels"), (5, ERR, "two noise levels"), ("5,1", ERR, "0 <= LO < HI"),
+    ("-1,2", ERR, "0 <= LO < HI"), ("nan,1", ERR, "0 <= LO < HI"), ("1,nan", ERR, "0 <= LO < HI"),
+    ("1," * 40, ERR, "too long"),
+]
 RANGE = "Steps must be between 5 and"  # 250 for DDIM, 50 for DPM-Solver++
 STEPS = [  # valid for DDIM and DPM-Solver++ alike
     (5, OK, None), (10, OK, None), ("8", OK, None), (6.0, OK, None), (4, ERR, RANGE),
@@ -170,11 +187,13 @@ def endpoints(f: dict[str, Path], handle) -> list[Endpoint]:
     fr_none0 = FRACTION + [(None, OK, None)]  # None = the default 0 (variation strength, snap)
     init_table = image_file_table(f, handle, "unused")[:-1] + [(None, OK, None)]  # no init image: plain generation
     # with an init image, so that the strength field is checked (without one it is ignored)
-    gen_base = ["a photo of a goldfish", "tiny", "DDIM", 5, 3.0, 7, 1, False, -1, 0.0, handle(str(f["jpeg"])), 0.6, 0.0]
+    gen_base = ["a photo of a goldfish", "tiny", "DDIM", 5, 3.0, 7, 1, False, -1, 0.0, handle(str(f["jpeg"])), 0.6, 0.0,
+                "fp32", "", "off"]
     return [
         Endpoint("/generate_studio", gen_base, {8: ("variation seed", SEED), 9: ("variation strength", fr_none0),
                                          10: ("init image", init_table), 11: ("strength", FRACTION),
-                                         12: ("snap", fr_none0)}),
+                                         12: ("snap", fr_none0), 13: ("precision", PRECISION),
+                                         14: ("guidance interval", INTERVAL), 15: ("then upscale", THEN_UPSCALE)}),
         Endpoint("/restore", [handle(str(f["a1111"])), "tiny"],  # its model (sd15) is not here: the picker's is used
                  # (not the "recipe" file here: its model is in the store, so the picker's would not matter)
                  {0: ("file", recipe_file_table(f, handle)[1:]), 1: ("model", MODEL)}),

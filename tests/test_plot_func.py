@@ -1,6 +1,8 @@
 """plot_func: sizes, frame counts, value ranges, denormalisation, closed figures."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -152,37 +154,90 @@ def _tiny_store_model(tmp_path):
     return ms.load_model("tiny", store=tmp_path / "store")
 
 
-def test_forward_and_prediction_strip_two_rows_and_clean_t0(tmp_path):
-    lm = _tiny_store_model(tmp_path)
+def test_one_step_x0_by_hand():
+    """A fresh U-Net outputs zeros (its last conv starts at zero), so under v-prediction its x_0
+    guess is sqrt(alpha_bar_t) x_t, clamped; x_t is q(x_t | x_0) with one noise draw for every t."""
+    import diffusion as D
+    from models import ConditionalUNet, UNetConfig
+
+    net = ConditionalUNet(UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                                     attention_resolutions=(8,), head_channels=8, dropout=0.0))
+    cfg = D.DiffusionConfig(prediction_type="v_prediction")
     img = batch(1, 16)
-    cond = torch.randn(1, 384)
-    out = pf.forward_and_prediction_strip(lm.model, lm.diffusion, img, cond, (0, 500, 999), min_side=32,
-                                          path=tmp_path / "f.png")
+    ts = (0, 500, 999)
+    noisy, guesses = D.one_step_x0(net, cfg, img, np.zeros((1, 384), np.float32), ts, seed=3)
+    ab = cfg.terms().alphas_cumprod.double()[list(ts)].numpy()[:, None, None, None]
+    x0 = img[:1].astype(np.float64) / 127.5 - 1
+    noise = torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(3)).permute(0, 2, 3, 1).double().numpy()
+    xt = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * noise
+    to8 = lambda a: np.clip(np.round((a + 1) * 127.5), 0, 255).astype(np.uint8)  # noqa: E731
+    assert np.abs(noisy.astype(int) - to8(xt).astype(int)).max() <= 1
+    assert np.abs(guesses.astype(int) - to8(np.clip(np.sqrt(ab) * xt, -1, 1)).astype(int)).max() <= 1
+    assert np.abs(noisy[0].astype(int) - img[0].astype(int)).max() <= 3  # t = 0 is (almost) the image
+    assert net.training  # the network's mode comes back
+    with pytest.raises(ValueError, match="timesteps must be in"):
+        D.one_step_x0(net, cfg, img, np.zeros((1, 384), np.float32), (1000,))
+
+
+def test_forward_and_prediction_strip_draws_two_rows(tmp_path):
+    noisy, guesses = batch(3, 16, seed=1), batch(3, 16, seed=2)
+    out = pf.forward_and_prediction_strip(noisy, guesses, (0, 500, 999), min_side=32, path=tmp_path / "f.png")
     assert (tmp_path / "f.png").exists()
-    single = pf.forward_diffusion_strip(img, (0, 500, 999), min_side=32)
+    single = pf.forward_diffusion_strip(batch(1, 16), (0, 500, 999), min_side=32)
     assert out.shape[0] > 2 * single.shape[0] - 8 and out.shape[1] == single.shape[1]
-    with pytest.raises(ValueError):
-        pf.forward_and_prediction_strip(lm.model, lm.diffusion, img, cond, (1000,))
+    # the bottom row's last picture is the last guess, scaled 2x (nearest) to 32 px below its caption bar
+    h = out.shape[0]
+    np.testing.assert_array_equal(out[h - 32:h:2, -32::2], guesses[-1])
+    with pytest.raises(ValueError, match="2 noisy images, 3 guesses"):
+        pf.forward_and_prediction_strip(noisy[:2], guesses, (0, 500, 999))
 
 
 def test_model_figures_writes_grid_gif_and_strips(tmp_path):
     import imageio.v2 as imageio
 
+    import figures
+
     lm = _tiny_store_model(tmp_path)
-    paths = pf.model_figures(lm, tmp_path / "fig", per_class=3, real_image=batch(1, 16))
+    fake_encode = lambda texts: np.ones((len(texts), 384), np.float32) / np.sqrt(384)  # noqa: E731
+    paths = figures.model_figures(lm, tmp_path / "fig", per_class=3, real_image=batch(1, 16), encode_fn=fake_encode)
     assert set(paths) == {"grid", "gif", "strip", "forward"} and all(p.exists() for p in paths.values())
     grid = np.asarray(Image.open(paths["grid"]))
     assert grid.shape[1] > grid.shape[0]  # 3 per row, 2 rows of classes
     assert len(imageio.mimread(paths["gif"])) == 3  # one frame per sampler step (the model's default: 3)
     with pytest.raises(ValueError, match="not one of the model's classes"):
-        pf.model_figures(lm, tmp_path / "fig", gif_class="zebra")
+        figures.model_figures(lm, tmp_path / "fig", gif_class="zebra")
 
 
-def test_plot_func_cli_model_figures(tmp_path):
-    lm = _tiny_store_model(tmp_path)
+def test_figures_command_and_plot_func_only_draws(tmp_path, capsys):
+    import sys
+
+    import cli
+
+    _tiny_store_model(tmp_path)
     src = tmp_path / "fish.png"
     Image.fromarray(batch(1, 40)[0]).save(src)
-    assert pf.main(["--model", "tiny", "--store", str(tmp_path / "store"), "--image", str(src),
-                    "--per-class", "2", "--out", str(tmp_path / "o")]) == 0
+    assert cli.main(["figures", "--model", "tiny", "--store", str(tmp_path / "store"), "--image", str(src),
+                     "--per-class", "2", "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "goldfish_forward_strip.png").exists()
-    assert pf.main(["--model", "nope", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "o")]) == 2
+    assert "goldfish_denoising.gif" in capsys.readouterr().out
+    assert cli.main(["figures", "--model", "nope", "--store", str(tmp_path / "store")]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert pf.main(["--model", "tiny", "--out", str(tmp_path / "p")]) == 2  # moved: a clear pointer
+    assert "python diffusion.py figures" in capsys.readouterr().err
+    assert "model_store" not in sys.modules or True  # (plot_func never imports it itself: checked below)
+    src_text = Path(pf.__file__).read_text()
+    assert "model_store" not in src_text and "text_encoder" not in src_text and "generate_images" not in src_text
+
+
+def test_pick_classes_spreads_or_names():
+    import figures
+
+    classes = [{"index": i, "name": f"c{i}"} for i in range(10)]
+    assert [c["index"] for c in figures.pick_classes(classes, 4)] == [0, 3, 6, 9]
+    assert [c["index"] for c in figures.pick_classes(classes, 1)] == [0]
+    assert len(figures.pick_classes(classes, 50)) == 10 and figures.pick_classes(classes, None) == classes
+    assert [c["index"] for c in figures.pick_classes(classes, ["C7", "c2"])] == [7, 2]
+    with pytest.raises(ValueError, match="not classes of the model: zebra"):
+        figures.pick_classes(classes, ["c1", "zebra"])
+    with pytest.raises(ValueError, match="at least 1"):
+        figures.pick_classes(classes, 0)

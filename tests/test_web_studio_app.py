@@ -31,7 +31,8 @@ BASE = dict(prompt="a photo of a goldfish", model="tiny", sampler="DDIM", steps=
 
 def generate(client, **kw):
     d = dict(BASE, **kw)
-    extra = {k: d[k] for k in ("variation_seed", "variation_strength", "init_image", "strength", "snap") if k in d}
+    extra = {k: d[k] for k in ("variation_seed", "variation_strength", "init_image", "strength", "snap", "precision",
+                               "guidance_interval", "upscale") if k in d}
     args = [d[k] for k in ("prompt", "model", "sampler", "steps", "guidance", "seed", "num_images", "show_strip")]
     return client.predict(*args, **extra, api_name="/generate_studio")
 
@@ -72,7 +73,9 @@ def test_restore_brings_every_setting_back_and_regenerates_the_same_pixels(clien
                    variation_seed=300, variation_strength=0.25)
     second = paths(out[0])[1]
     restored = client.predict(handle_file(second), "tiny_b", api_name="/restore")
-    model, prompt, sampler, steps, guidance, seed, num, vseed, vstrength, strength, snap, message = restored
+    model, prompt, sampler, steps, guidance, seed, num, vseed, vstrength, strength, snap, *rest = restored
+    precision, interval, upscale, message = rest
+    assert (precision, interval, upscale) == ("fp32", "", "off")
     assert model["value"] == "tiny" and prompt == "a photo of a goldfish" and sampler == "DPM-Solver++"
     assert steps["value"] == 9 and (steps["minimum"], steps["maximum"]) == (5, 50)
     assert (guidance, seed, num, vseed, vstrength) == (4.5, 22, 1, 301, 0.25)  # image 1: seed + 1, variation + 1
@@ -392,3 +395,63 @@ def test_upscale_a_result_with_a_store_sr_model(client, tiny_app, tmp_path):
         client.predict(handle_file(str(big)), "tiny_sr", api_name="/upscale")
     with pytest.raises(Exception, match="No recipe could be read"):
         client.predict(handle_file(str(png_with(tmp_path / "plain.png", None))), "tiny_sr", api_name="/upscale")
+
+
+def test_then_upscale_runs_both_stages_in_one_job(client, tiny_app):
+    """/generate_studio with "then upscale": the results are the first stage's images (the same
+    settings without upscaling) upscaled by the SR model with each image's own seed, the GIF holds
+    both stages' frames, each recipe names both stages, and /restore brings the upscaler back."""
+    from gradio_client import handle_file
+
+    import diffusion as D
+    import model_store as ms
+
+    low = generate(client, seed=40, num_images=2)
+    low_paths = paths(low[0])
+    out = generate(client, seed=40, num_images=2, upscale="tiny_sr")
+    gallery, status, seed, gif, strip, files = out
+    assert "upscaled to 32 px by tiny_sr" in status and seed == 40
+    sr = ms.load_sr_model("tiny_sr", store=tiny_app.store)
+    for i, (lp, up) in enumerate(zip(low_paths, paths(gallery))):
+        want = D.upscale(sr.model, sr.diffusion, pixels(lp)[None], steps=3, aug_level=0.05, seed=40 + i).images[0]
+        np.testing.assert_array_equal(pixels(up), want)
+        r = read_png_recipe(up)
+        assert (r["upscaler"], r["upscale_steps"], r["upscale_aug"], r["seed"]) == ("tiny_sr", 3, 0.05, 40 + i)
+        assert {k: v for k, v in r.items() if not k.startswith("upscale")} == read_png_recipe(lp)
+    with Image.open(gif) as g:  # DDIM 6 steps, then 3 SR steps, every frame at 32 px
+        assert g.n_frames == 6 + 3
+    restored = client.predict(handle_file(paths(gallery)[1]), "tiny", api_name="/restore")
+    assert restored[-2] == "tiny_sr" and "upscaled by tiny_sr" in restored[-1]
+
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="No upscaler 'tiny'"):  # a base model is not an upscaler
+        generate(client, upscale="tiny")
+    with pytest.raises(AppError, match="No upscaler 'nope'"):
+        generate(client, upscale="nope")
+
+
+def test_guidance_interval_and_precision(client):
+    """An interval that holds every step's noise level is full guidance; one that holds none is
+    no guidance at all (guidance 1): both pixel for pixel. bf16 is recorded and stays close."""
+    plain = pixels(paths(generate(client, seed=5)[0])[0])
+    everywhere = generate(client, seed=5, guidance_interval="0,1e9")
+    np.testing.assert_array_equal(pixels(paths(everywhere[0])[0]), plain)
+    assert read_png_recipe(paths(everywhere[0])[0])["guidance_interval"] == "0-1e+09"
+    nowhere = pixels(paths(generate(client, seed=5, guidance_interval="1e8,1e9")[0])[0])
+    unguided = pixels(paths(generate(client, seed=5, guidance=1.0)[0])[0])
+    np.testing.assert_array_equal(nowhere, unguided)
+    assert not np.array_equal(nowhere, plain)
+    bf16 = generate(client, seed=5, precision="bf16")
+    assert read_png_recipe(paths(bf16[0])[0])["precision"] == "bf16" and "bf16" in bf16[1]
+    diff = np.abs(pixels(paths(bf16[0])[0]).astype(int) - plain.astype(int))
+    assert diff.mean() < 12, diff.mean()
+
+    from gradio_client.exceptions import AppError
+
+    for bad, words in (("0.5", "two noise levels"), ("5,1", "0 <= LO < HI"), ("a,b", "two noise levels"),
+                       ("1," * 40, "too long")):
+        with pytest.raises(AppError, match=words):
+            generate(client, guidance_interval=bad)
+    with pytest.raises(AppError, match="Precision must be one of"):
+        generate(client, precision="fp8")

@@ -3,7 +3,8 @@ seed, variations, start from an image (SDEdit), and the results with their
 recipes; Restore from PNG and "reuse this seed" for a result.
 
 Endpoints: ``/generate`` (the original eight inputs), ``/generate_studio`` (those, then variation
-seed and strength, init image, denoising strength, snap), ``/restore``, ``/reuse_seed``, ``/use_as_init``,
+seed and strength, init image, denoising strength, snap, precision, guidance interval, and "then
+upscale with" an SR model: the cascade in one job), ``/restore``, ``/reuse_seed``, ``/use_as_init``,
 ``/img2img_start``, ``/prompt_coverage``, ``/class_prompt``, ``/sampler_steps``,
 ``/random_seed``, ``/upscale`` (a result upscaled 2x by a super-resolution model of the store).
 """
@@ -14,13 +15,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from webui.jobs import Cancelled, Done, Tick
-from webui.validation import (GUIDANCE_RANGE, MAX_PROMPT_CHARS, MAX_SEED, SAMPLER_CHOICES, GenerateRequest, InputError,
+from webui.validation import (DEFAULT_PRECISION, GUIDANCE_RANGE, MAX_INTERVAL_CHARS, MAX_PROMPT_CHARS, MAX_SEED,
+                              PRECISION_CHOICES, SAMPLER_CHOICES, GenerateRequest, InputError, check_budget,
                               check_upload, clean_prompt, max_images_for, model_defaults, parse_sampler, steps_range,
-                              validate_fraction, validate_request, validate_seed, validate_steps)
+                              validate_fraction, validate_guidance_interval, validate_request, validate_seed,
+                              validate_steps)
 
 log = logging.getLogger("web")
 
 DEFAULT_STRENGTH = 0.6
+UPSCALE_OFF = "off"  # the "Then upscale with" choice that keeps the first stage's images
 COVERAGE_LOW = 0.5  # below this cosine similarity the prompt is far from every training class
 RESTORE_MISSING = ("Drop a PNG written by this app, its CLI or AUTOMATIC1111 (it carries the settings in a "
                    "'parameters' text chunk).")
@@ -66,14 +70,21 @@ class GenerateTab:
     # ----------------------------------------------------------------- generate
     def generate(self, prompt, model_choice, sampler, steps, guidance, seed, num_images, show_strip,
                  variation_seed=None, variation_strength=0.0, init_image=None, strength=DEFAULT_STRENGTH,
-                 snap=0.0, request=None, progress=None) -> Iterator[tuple]:
-        """Stream (gallery, status, seed, gif, strip, files): previews while sampling, then the results."""
+                 snap=0.0, precision=DEFAULT_PRECISION, guidance_interval="", upscale=UPSCALE_OFF, request=None,
+                 progress=None) -> Iterator[tuple]:
+        """Stream (gallery, status, seed, gif, strip, files): previews while sampling, then the results.
+
+        With ``upscale`` (an SR model of the store) the cascade runs both stages in one job, as
+        ``python diffusion.py sample --upscale``: the previews go on into the second stage, and the
+        results are the upscaled images, each PNG's recipe naming both stages."""
         yield from self.app.guarded("generation", self._generate(
             prompt, model_choice, sampler, steps, guidance, seed, num_images, show_strip, variation_seed,
-            variation_strength, init_image, strength, snap, request, progress))
+            variation_strength, init_image, strength, snap, precision, guidance_interval, upscale, request,
+            progress))
 
     def _generate(self, prompt, model_choice, sampler, steps, guidance, seed, num_images, show_strip,
-                  variation_seed, variation_strength, init_image, strength, snap, request, progress):
+                  variation_seed, variation_strength, init_image, strength, snap, precision, guidance_interval,
+                  upscale, request, progress):
         import gradio as gr
 
         from webui.app import session_of
@@ -85,18 +96,21 @@ class GenerateTab:
                                num_train_timesteps=lm.diffusion.num_train_timesteps,
                                max_batch_pixels=app.args.max_batch_pixels, max_work=app.args.max_work,
                                variation_seed=variation_seed, variation_strength=variation_strength,
-                               strength=strength if has_init else None, snap=snap)
+                               strength=strength if has_init else None, snap=snap, precision=precision,
+                               guidance_interval=guidance_interval)
+        stage2 = self.cascade_stage(upscale, lm, req)
         init = self.init_array(init_image, lm.image_size) if has_init else None
         seed_used = req.seed if req.seed is not None else app.random_seed()
         var_seed = req.variation_seed
         if req.variation_strength > 0 and var_seed is None:
             var_seed = app.random_seed()
         session = session_of(request)
-        work = self._work(lm, req, seed_used, var_seed, init)
+        work = self._work(lm, req, seed_used, var_seed, init, stage2)
         what = (f"Sampling {req.num_images} image(s) with {req.sampler_label}, {req.steps} steps"
-                + (f" from an image at strength {req.strength:g}" if init is not None else "") + "...")
-        for ev in app.jobs.run(work, session=session, total_steps=self.steps_run(lm, req), start_text=what,
-                               progress=progress):
+                + (f" from an image at strength {req.strength:g}" if init is not None else "")
+                + (f", then upscaling with {stage2[0]} ({stage2[1]} steps)" if stage2 else "") + "...")
+        total = self.steps_run(lm, req) + (stage2[1] if stage2 else 0)
+        for ev in app.jobs.run(work, session=session, total_steps=total, start_text=what, progress=progress):
             if isinstance(ev, Tick):
                 first = ev.step == 0
                 yield (ev.preview if ev.preview else gr.skip()), ev.status, (seed_used if first else gr.skip()), \
@@ -113,7 +127,11 @@ class GenerateTab:
                        + f" · {req.sampler_label}, {req.steps} steps, guidance {req.guidance:g}"
                        + (f" · variation seed {var_seed} at {req.variation_strength:g}" if var_seed is not None
                           else "")
-                       + (f" · from an image at strength {req.strength:g}" if init is not None else ""),
+                       + (f" · from an image at strength {req.strength:g}" if init is not None else "")
+                       + (f" · guidance only for sigma in ({req.guidance_interval[0]:g}, "
+                          f"{req.guidance_interval[1]:g}]" if req.guidance_interval else "")
+                       + (f" · {ev.result.recipe['precision']}" if req.precision != "fp32" else "")
+                       + (f" · upscaled to {ev.result.images.shape[2]} px by {stage2[0]}" if stage2 else ""),
                        seed_used, gif, strip, files)
 
     def steps_run(self, lm, req: GenerateRequest) -> int:
@@ -146,7 +164,8 @@ class GenerateTab:
             raise InputError("This model has no classes to snap toward; set 'Snap to classes' to 0.")
         return snap_to_classes(encode_weighted(prompts, encode_prompts), class_embs, snap)
 
-    def _work(self, lm, req: GenerateRequest, seed_used: int, var_seed: int | None, init):
+    def _work(self, lm, req: GenerateRequest, seed_used: int, var_seed: int | None, init,
+              stage2: tuple[str, int] | None = None):
         import diffusion as D
         from models.text_encoder import encode_prompts
 
@@ -155,13 +174,48 @@ class GenerateTab:
         cond = self.conditioning(lm, [req.prompt] * req.num_images, req.snap)
 
         def work(on_step):
-            return D.generate_images(
+            res = D.generate_images(
                 lm.model, lm.diffusion, req.prompt, num_images=req.num_images, sampler=req.sampler,
                 num_steps=req.steps, guidance_scale=req.guidance, seed=seed_used, encode_fn=encode_prompts,
                 prompt_template=lm.prompt_template, return_frames=True, frame_every=frame_every, callback=on_step,
                 device=app.args.device, variation_seed=var_seed, variation_strength=req.variation_strength,
-                init_images=init, strength=1.0 if req.strength is None else req.strength, cond=cond)
+                init_images=init, strength=1.0 if req.strength is None else req.strength, cond=cond,
+                precision=req.precision, guidance_interval=req.guidance_interval)
+            if stage2 is None:
+                return res
+            from superres import upscale_generation
+
+            # the same seeds and precision in the second stage, as the CLI's --upscale does
+            up = upscale_generation(res, stage2[0], store=app.args.store, device=app.args.device,
+                                    precision=res.recipe["precision"], return_frames=True, encode_fn=encode_prompts,
+                                    callback=on_step)
+            res.images, res.frames, res.frame_timesteps = up.images, up.frames, up.frame_timesteps
+            res.recipe = {**res.recipe, **up.recipe}
+            return res
         return work
+
+    def cascade_stage(self, value: Any, lm, req: GenerateRequest) -> tuple[str, int] | None:
+        """The "Then upscale" choice checked: None (off), or (SR model, its steps) for this model's size."""
+        if value is None or value == "" or value == UPSCALE_OFF:
+            return None
+        if not isinstance(value, str) or value not in self.upscalers():
+            raise InputError(f"No upscaler {str(value)[:60]!r} in this store; choose {UPSCALE_OFF!r} or one of: "
+                             f"{', '.join(self.upscalers()) or 'none (train one with --preset sr64)'}.")
+        import superres
+
+        sr = superres.load_upscaler(value, store=self.app.args.store, device=self.app.args.device)
+        low = int(sr.config.get("sr", {}).get("low_res_size", sr.image_size // 2))
+        if low != lm.image_size:
+            raise InputError(f"{value} upscales {low} px images; {lm.name} makes {lm.image_size} px images. "
+                             f"Choose {UPSCALE_OFF!r} or an upscaler for {lm.image_size} px.")
+        high = 2 * low
+        steps = int(sr.sampler_defaults.get("steps", 10))
+        args = self.app.args
+        if req.num_images > max_images_for(high, args.max_batch_pixels):
+            raise InputError(f"Upscaling {req.num_images} images to {high} px is more than this server makes at "
+                             f"once; use at most {max_images_for(high, args.max_batch_pixels)} images.")
+        check_budget(req.num_images, high, steps, args.max_work)
+        return value, steps
 
     def _export(self, lm, res, req: GenerateRequest, show_strip: bool, init, var_seed: int | None):
         ex = self.app.exporter
@@ -271,7 +325,8 @@ class GenerateTab:
     # ----------------------------------------------------------------- restore from a PNG, reuse a seed
     def restore(self, png, model_choice):
         """A PNG's recipe -> every setting: (model, prompt, sampler, steps, guidance, seed, number of
-        images, variation seed, variation strength, denoising strength, snap, message)."""
+        images, variation seed, variation strength, denoising strength, snap, precision, guidance
+        interval, upscaler, message)."""
         import gradio as gr
 
         with self.app.errors("restore"):
@@ -306,12 +361,29 @@ class GenerateTab:
             if strength is not None:
                 notes.append(f"it was made from an init image ({r.get('init_image', 'not named')}) at denoising "
                              f"strength {strength:g}: put that image under 'Start from an image'")
-            for key, what in (("guidance_interval", "guidance interval"), ("negative_prompt", "negative prompt")):
-                if r.get(key):
-                    notes.append(f"its {what} ({str(r[key])[:40]}) is not an app setting (the CLI has it)")
-            if r.get("precision") not in (None, "fp32"):
-                notes.append(f"it was sampled in {r['precision']}; the app samples in fp32 (use the CLI's "
-                             "--from-png to regenerate it bit-exactly)")
+            if r.get("negative_prompt"):
+                notes.append(f"its negative prompt ({str(r['negative_prompt'])[:40]}) is not an app setting")
+            precision = r.get("precision") or DEFAULT_PRECISION
+            if precision not in PRECISION_CHOICES:
+                notes.append(f"precision {str(precision)[:20]!r} is not available here; using {DEFAULT_PRECISION}")
+                precision = DEFAULT_PRECISION
+            interval = ""
+            if r.get("guidance_interval"):
+                try:
+                    lo, hi = validate_guidance_interval(r["guidance_interval"])
+                    interval = f"{lo:g},{hi:g}"
+                except InputError:
+                    notes.append(f"its guidance interval {str(r['guidance_interval'])[:40]!r} could not be read; "
+                                 "guidance at every step")
+            upscaler = UPSCALE_OFF
+            if r.get("upscaler"):
+                if r["upscaler"] in self.upscalers():
+                    upscaler = r["upscaler"]
+                    notes.append(f"it was upscaled by {upscaler} ({r.get('upscale_steps', '?')} steps, level "
+                                 f"{r.get('upscale_aug', '?')}); the app upscales with {upscaler}'s defaults "
+                                 "(the CLI's --from-png repeats them exactly)")
+                else:
+                    notes.append(f"its upscaler {str(r['upscaler'])[:60]!r} is not in this store; upscaling is off")
             prompt = clean_prompt(r["prompt"])
             message = (f"Restored: {prompt[:80]!r}, {lm.name}, {label} {steps} steps, guidance {guidance:g}, "
                        f"seed {seed}" + (f", variation seed {var_seed} at {var_strength:g}" if var_seed is not None
@@ -320,7 +392,8 @@ class GenerateTab:
                 message += " Note: " + "; ".join(notes) + "."
             return (gr.update(value=model), prompt, label, self.app.steps_update(label, lm, steps), guidance, seed, 1,
                     -1 if var_seed is None else int(var_seed), var_strength,
-                    DEFAULT_STRENGTH if strength is None else float(strength), float(r.get("snap", 0.0)), message)
+                    DEFAULT_STRENGTH if strength is None else float(strength), float(r.get("snap", 0.0)),
+                    precision, interval, upscaler, message)
 
     def reuse_seed(self, image) -> int:
         """The seed in a result's recipe (the gallery's selected image)."""
@@ -462,6 +535,20 @@ class GenerateTab:
                     snap = gr.Slider(0, 1, value=0, step=0.05, label="Snap strength", elem_id="snap",
                                      info="Pull a free-text prompt's embedding toward the nearest training classes "
                                           "(0 = off, 1 = the nearest classes' own embedding)")
+                sr_models = self.upscalers()
+                with gr.Accordion("Speed, precision and upscaling", open=False, elem_id="advanced"):
+                    precision = gr.Radio(list(PRECISION_CHOICES), value=DEFAULT_PRECISION, label="Precision",
+                                         elem_id="precision",
+                                         info="auto = bf16 where this machine is fast at it (AVX512-BF16/AMX CPUs, "
+                                              "recent GPUs), else fp32; bf16 images differ slightly from fp32 ones")
+                    g_interval = gr.Textbox("", label="Guidance interval (EDM sigma LO,HI)", placeholder="0.28,5.42",
+                                            max_length=MAX_INTERVAL_CHARS, elem_id="guidance-interval",
+                                            info="guidance only for noise levels in (LO, HI]: fewer network calls; "
+                                                 "empty = at every step (BENCHMARKS.md compares both)")
+                    upscale = gr.Dropdown([UPSCALE_OFF, *sr_models], value=UPSCALE_OFF, elem_id="then-upscale",
+                                          label="Then upscale 2x with (the cascade's second stage)",
+                                          info="the results are the upscaled images; previews show both stages",
+                                          visible=bool(sr_models))
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -477,7 +564,6 @@ class GenerateTab:
                         reuse_btn = gr.Button("Reuse this seed", size="sm", elem_id="reuse-seed")
                         to_init_btn = gr.Button("Use as init image", size="sm", elem_id="use-as-init")
                         restore_sel_btn = gr.Button("Restore all its settings", size="sm", elem_id="restore-selected")
-                        sr_models = self.upscalers()
                         with gr.Row(visible=bool(sr_models)):
                             upscaler = gr.Dropdown(sr_models, value=sr_models[0] if sr_models else None,
                                                    label="Upscaler (super-resolution model)", elem_id="upscaler",
@@ -499,7 +585,7 @@ class GenerateTab:
                     restore_md = gr.Markdown("", elem_id="restore-status")
 
         inputs = [prompt, ui.model, sampler, steps, guidance, seed, num, show_strip, var_seed, var_strength,
-                  init_image, strength, snap]
+                  init_image, strength, snap, precision, g_interval, upscale]
         outputs = [gallery, status, seed, gif, strip, files]
         common = dict(preprocess=False, concurrency_limit=app.args.concurrency, concurrency_id="sampling",
                       show_progress="full", show_progress_on=[status], time_limit=app.args.time_limit)
@@ -519,7 +605,7 @@ class GenerateTab:
                       trigger_mode="always_last", show_progress="hidden", concurrency_limit=2,
                       concurrency_id="coverage")
         restore_out = [ui.model, prompt, sampler, steps, guidance, seed, num, var_seed, var_strength, strength, snap,
-                       restore_md]
+                       precision, g_interval, upscale, restore_md]
         restore_event = restore_file.upload(self.restore, [restore_file, ui.model], restore_out, api_name="restore",
                                             preprocess=False, concurrency_limit=2, concurrency_id="restore")
         restore_sel = restore_sel_btn.click(self.restore, [selected, ui.model], restore_out,
@@ -562,13 +648,14 @@ class GenerateTab:
         tab = self
 
         def generate(prompt, model, sampler, steps, guidance, seed, num_images, show_strip, variation_seed=None,
-                     variation_strength=None, init_image=None, strength=None, snap=None,
-                     request: gr.Request = None, progress=gr.Progress()):
+                     variation_strength=None, init_image=None, strength=None, snap=None, precision=None,
+                     guidance_interval=None, upscale=None, request: gr.Request = None, progress=gr.Progress()):
             yield from tab.generate(prompt, model, sampler, steps, guidance, seed, num_images, show_strip,
                                     -1 if variation_seed is None else variation_seed,
                                     0.0 if variation_strength is None else variation_strength, init_image,
                                     DEFAULT_STRENGTH if strength is None else strength, 0.0 if snap is None else snap,
-                                    request=request, progress=progress)
+                                    DEFAULT_PRECISION if precision is None else precision, guidance_interval or "",
+                                    UPSCALE_OFF if upscale is None else upscale, request=request, progress=progress)
 
         generate.__annotations__["request"] = gr.Request  # a class, not a string: gradio injects it
         return generate

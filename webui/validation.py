@@ -43,6 +43,11 @@ SAMPLER_CHOICES: dict[str, tuple[str, tuple[int, int, int]]] = {
 }
 FALLBACK_DEFAULTS = {"sampler": "dpm++", "steps": 20, "guidance_scale": 3.0}
 SCHEDULES = ("linear", "cosine")
+PRECISION_CHOICES = ("fp32", "auto", "bf16")  # as diffusion.PRECISIONS; auto = bf16 where the hardware is fast at it
+# The app samples in fp32 unless asked: its grid, interpolation and /generate then agree pixel for pixel
+# on every machine (bf16 images differ slightly; BENCHMARKS.md has the parity figures).
+DEFAULT_PRECISION = "fp32"
+MAX_INTERVAL_CHARS = 60
 
 EXAMPLE_PROMPTS = ("a photo of a goldfish", "a close-up photo of a ladybug", "a yellow school bus on a road")
 
@@ -324,13 +329,40 @@ class GenerateRequest:
     variation_strength: float = 0.0
     strength: float | None = None  # img2img (SDEdit) strength; None = no init image
     snap: float = 0.0  # pull the prompt toward the nearest training classes (prompting.snap_to_classes)
+    precision: str = DEFAULT_PRECISION
+    guidance_interval: tuple[float, float] | None = None  # EDM sigma band where guidance applies; None = everywhere
+
+
+def validate_precision(value: Any) -> str:
+    """``fp32``, ``auto`` (bf16 where the CPU/GPU is fast at it, else fp32) or ``bf16``; empty = fp32."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_PRECISION
+    if not isinstance(value, str) or value.strip().lower() not in PRECISION_CHOICES:
+        raise InputError(f"Precision must be one of {', '.join(PRECISION_CHOICES)}, got {str(value)[:40]!r}.")
+    return value.strip().lower()
+
+
+def validate_guidance_interval(value: Any) -> tuple[float, float] | None:
+    """``"LO,HI"`` in EDM sigma (guidance only for sigma in (LO, HI]); empty = guidance at every step."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    text = str(value)
+    if len(text) > MAX_INTERVAL_CHARS:
+        raise InputError(f"Guidance interval is too long ({len(text)} characters); write it as LO,HI.")
+    from diffusion import parse_guidance_interval  # the one parser the CLI and recipes use (imports torch)
+
+    try:
+        return parse_guidance_interval(text)
+    except ValueError as e:
+        raise InputError(f"Guidance interval: {e}. Example: 0.28,5.42 (empty = guidance at every step).") from None
 
 
 def validate_request(prompt: Any, sampler: Any, steps: Any, guidance: Any, seed: Any, num_images: Any, *,
                      image_size: int, num_train_timesteps: int = 1000,
                      max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS,
                      max_work: int = DEFAULT_MAX_WORK, variation_seed: Any = None, variation_strength: Any = 0.0,
-                     strength: Any = None, snap: Any = 0.0) -> GenerateRequest:
+                     strength: Any = None, snap: Any = 0.0, precision: Any = DEFAULT_PRECISION,
+                     guidance_interval: Any = None) -> GenerateRequest:
     """All the generate tab's checks in one place (raises InputError). ``strength`` is checked
     only when an init image comes with the request (the caller passes None otherwise)."""
     text = validate_blend(clean_prompt(prompt))
@@ -343,7 +375,8 @@ def validate_request(prompt: Any, sampler: Any, steps: Any, guidance: Any, seed:
     v_seed, v_strength = validate_variation(variation_seed, variation_strength)
     st = None if strength is None else validate_fraction(strength, "Denoising strength")
     sn = validate_fraction(0 if snap is None or snap == "" else snap, "Snap to classes")
-    return GenerateRequest(text, label, SAMPLER_CHOICES[label][0], n_steps, g, s, n, v_seed, v_strength, st, sn)
+    return GenerateRequest(text, label, SAMPLER_CHOICES[label][0], n_steps, g, s, n, v_seed, v_strength, st, sn,
+                           validate_precision(precision), validate_guidance_interval(guidance_interval))
 
 
 def model_defaults(sampler_defaults: dict[str, Any] | None, num_train_timesteps: int = 1000) -> dict[str, Any]:

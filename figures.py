@@ -1,0 +1,139 @@
+"""A model's README figures: sample with the core, then draw with plot_func.
+
+``python diffusion.py figures --model default_model --out output_ImageNet/default_model``
+writes a per-class grid (one row per class), a denoising GIF and strip of one
+class and, with a real image of that class, the forward/prediction strip (the
+image noised to several t, and the model's one-step guess of x_0 from each).
+Sampler, steps and guidance default to the model's ``sampler_defaults``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+import diffusion as D
+import plot_func
+
+FORWARD_TIMESTEPS = (0, 100, 250, 500, 750, 999)
+
+
+def model_figures(
+    lm: Any,  # model_store.LoadedModel
+    out_dir: str | os.PathLike,
+    *,
+    per_class: int = 6,
+    gif_class: str = "goldfish",
+    real_image: np.ndarray | None = None,
+    seed: int = 0,
+    sampler: str | None = None,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    encode_fn: Any = None,
+    classes: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """Write the figures into ``out_dir``; return their paths by kind (grid, gif, strip, forward).
+
+    ``classes``: the grid's rows (class names; default every class of the model)."""
+    d = lm.sampler_defaults
+    sampler = sampler or d.get("sampler", "dpm++")
+    num_steps = num_steps or d.get("steps")
+    guidance_scale = guidance_scale if guidance_scale is not None else d.get("guidance_scale", 3.0)
+    matches = [c for c in lm.classes if c["name"].lower() == gif_class.lower()]
+    if not matches:
+        raise ValueError(f"{gif_class!r} is not one of the model's classes: {', '.join(lm.class_names)}")
+    rows = pick_classes(lm.classes, classes)
+    if per_class < 1:
+        raise ValueError(f"--per-class must be at least 1, got {per_class}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    kw = dict(sampler=sampler, num_steps=num_steps, guidance_scale=guidance_scale, encode_fn=encode_fn)
+    paths: dict[str, Path] = {}
+
+    images = []
+    for c in rows:  # seeds differ per class (by its index), so rows are independent draws
+        images.append(D.generate_images(lm.model, lm.diffusion, [c["prompt"]], num_images=per_class,
+                                        seed=seed + 1000 * int(c["index"]), **kw).images)
+    labels = [c["name"] if j == 0 else "" for c in rows for j in range(per_class)]
+    paths["grid"] = out / "per_class_grid.png"
+    plot_func.sample_grid(np.concatenate(images), nrow=per_class, labels=labels, path=paths["grid"])
+
+    c = matches[0]
+    stem = c["name"].replace(" ", "_")
+    res = D.generate_images(lm.model, lm.diffusion, [c["prompt"]], num_images=4, seed=seed, return_frames=True, **kw)
+    paths["gif"] = plot_func.denoising_gif(res.frames, res.frame_timesteps, out / f"{stem}_denoising.gif", nrow=4,
+                                           fps=6)
+    paths["strip"] = out / f"{stem}_denoising_strip.png"
+    plot_func.denoising_strip(res.frames, res.frame_timesteps, path=paths["strip"])
+
+    if real_image is not None:
+        if encode_fn is None:
+            from models.text_encoder import encode_prompts as encode_fn
+        noisy, guesses = D.one_step_x0(lm.model, lm.diffusion, real_image, encode_fn([c["prompt"]]),
+                                       FORWARD_TIMESTEPS, seed=seed)
+        paths["forward"] = out / f"{stem}_forward_strip.png"
+        plot_func.forward_and_prediction_strip(noisy, guesses, FORWARD_TIMESTEPS, path=paths["forward"])
+    return paths
+
+
+def pick_classes(classes: list[dict], wanted: Sequence[str] | int | None) -> list[dict]:
+    """The grid's classes: all (None), N spread evenly over the list (an int), or these names."""
+    if wanted is None:
+        return list(classes)
+    if isinstance(wanted, int):
+        if wanted < 1:
+            raise ValueError(f"--classes must be at least 1, got {wanted}")
+        n = min(wanted, len(classes))
+        return [classes[round(i * (len(classes) - 1) / max(1, n - 1))] for i in range(n)] if n > 1 else classes[:1]
+    by_name = {c["name"].lower(): c for c in classes}
+    missing = [w for w in wanted if w.lower() not in by_name]
+    if missing:
+        raise ValueError(f"not classes of the model: {', '.join(missing)}")
+    return [by_name[w.lower()] for w in wanted]
+
+
+def real_class_image(data_dir: str | os.PathLike, class_name: str) -> np.ndarray:
+    """The first held-out (else training) image of a class from preprocessed data."""
+    from data import PreprocessedDataset
+
+    for split in ("val", "train"):
+        try:
+            ds = PreprocessedDataset(data_dir, split=split)
+        except FileNotFoundError:
+            continue
+        idx = [c["index"] for c in ds.classes if c["name"].lower() == class_name.lower()]
+        hits = np.flatnonzero(np.asarray(ds.labels) == idx[0]) if idx else []
+        if len(hits):
+            return np.asarray(ds.images[int(hits[0])])
+    raise ValueError(f"no image of {class_name!r} in {data_dir}")
+
+
+def fitted_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """An image file centre-cropped and resized to ``size`` px, uint8 RGB (the forward strip's input)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        return np.asarray(ImageOps.fit(im.convert("RGB"), (size, size), Image.BICUBIC))
+
+
+def cmd_figures(args: Any) -> int:
+    """``python diffusion.py figures``: load the model, find a real image, write and print the figures."""
+    from model_store import load_model
+
+    lm = load_model(args.model, store=args.store)
+    if args.image:
+        image = fitted_image(args.image, lm.image_size)
+    elif lm.config.get("data", {}).get("dir") and Path(lm.config["data"]["dir"]).exists():
+        image = real_class_image(lm.config["data"]["dir"], args.gif_class)
+    else:
+        image = None  # no data here: the forward strip is left out
+    classes = args.classes
+    if classes is not None:
+        classes = int(classes) if classes.strip().isdigit() else [c.strip() for c in classes.split(",") if c.strip()]
+    paths = model_figures(lm, args.out or Path("output_ImageNet") / lm.name, per_class=args.per_class,
+                          gif_class=args.gif_class, real_image=image, seed=args.seed, classes=classes)
+    for p in paths.values():
+        print(p)
+    return 0
