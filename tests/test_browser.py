@@ -33,6 +33,17 @@ LOADED_IMAGES_JS = """(sel) => [...document.querySelectorAll(sel + ' img')]
     .filter(i => i.complete && i.naturalWidth > 0).length"""
 
 
+WATCH_FIRST_IMAGES_JS = """() => {
+    window.__firstGallerySrcs = null;
+    const seen = () => {
+        const imgs = [...document.querySelectorAll('#gallery img')];
+        if (window.__firstGallerySrcs === null && imgs.length) window.__firstGallerySrcs = imgs.map(i => i.src);
+    };
+    new MutationObserver(seen).observe(document.body, {childList: true, subtree: true, attributes: true});
+}"""
+GALLERY_SRCS_JS = "() => [...document.querySelectorAll('#gallery img')].map(i => i.src)"
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
@@ -69,14 +80,19 @@ def test_generate_in_chromium(tiny_app, page, tmp_path, record_property):
     page.goto(tiny_app.url)
     page.wait_for_selector("#generate")
     page.locator("#prompt textarea").fill("a photo of a ladybug")
+    # Watch the page from before the click: the first images to land in the gallery. A live preview
+    # lands strictly before the results: its images are other files than the finished PNGs.
+    page.evaluate(WATCH_FIRST_IMAGES_JS)
     t0 = time.monotonic()
     page.locator("#generate").click()
-    # The live preview: images in the gallery while the status still counts steps.
     page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gallery') > 0")
     first_preview = time.monotonic() - t0
     page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').includes('Done')",
                            timeout=120_000)
     done = time.monotonic() - t0
+    page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gallery') >= 4")
+    first, final = page.evaluate("() => window.__firstGallerySrcs"), page.evaluate(GALLERY_SRCS_JS)
+    assert first and len(final) == 4 and not set(first) & set(final), (first, final)
     page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gallery') >= 4")
     page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gif') >= 1")
     status = page.locator("#status").inner_text()
@@ -228,3 +244,25 @@ def test_interpolation_in_chromium(tiny_app, page, tmp_path):
     shot = tmp_path / "web_interpolate.png"
     page.screenshot(path=str(shot), full_page=True)
     keep(shot, "web_interpolate.png")
+
+
+def test_then_upscale_in_chromium(tiny_app, page, tmp_path):
+    """Generate with 'Then upscale 2x': the gallery shows the second stage's 32 px images (the tiny
+    model makes 16 px ones), and the status names the upscaler and the guidance interval."""
+    page.goto(tiny_app.url)
+    page.wait_for_selector("#generate")
+    page.locator("#prompt textarea").fill("a photo of a goldfish")
+    set_number(page, "num-images", 2)
+    open_accordion(page, "Speed, precision and upscaling")
+    page.locator("#guidance-interval textarea, #guidance-interval input").first.fill("0.28,5.42")
+    page.locator("#then-upscale input").click()
+    page.get_by_role("option", name="tiny_sr").click()
+    page.locator("#generate").click()
+    status_has(page, "status", "upscaled to 32 px by tiny_sr")
+    assert "guidance only for sigma in (0.28, 5.42]" in page.locator("#status").inner_text()
+    page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gallery') >= 2")
+    widths = page.evaluate("() => [...document.querySelectorAll('#gallery img')].map(i => i.naturalWidth)")
+    assert widths and all(w == 32 for w in widths), widths
+    shot = tmp_path / "web_then_upscale.png"
+    page.screenshot(path=str(shot), full_page=True)
+    keep(shot, "web_then_upscale.png")

@@ -70,6 +70,10 @@ def test_forward_strip_one_frame_per_timestep(tmp_path):
     assert diff.mean() < 2 and diff.max() <= 8  # t=0 is the image (with 1% noise: beta_0 = 1e-4)
     last = strip[16:, -frame_w:]
     assert last.std() > 30  # t=999 is noise
+    # each frame is further from the image than the one before: the noise grows with t
+    frames = [strip[16:, i * (frame_w + 2):i * (frame_w + 2) + frame_w][::3, ::3] for i in range(len(ts))]
+    dist = [np.abs(f.astype(int) - img.astype(int)).mean() for f in frames]
+    assert all(a < b for a, b in zip(dist, dist[1:])), dist
     assert (tmp_path / "f.png").is_file()
     # the same seed gives the same strip; the schedule changes it
     assert np.array_equal(strip, pf.forward_diffusion_strip(img, ts, beta_schedule="linear", min_side=96))

@@ -30,9 +30,9 @@ pytest_plugins = ["web_helpers"]
 
 CLIENTS, PER_CLIENT, STEPS = 20, 3, 5
 REQUEST_TIMEOUT_S = 120.0  # one request; past it the request counts as hung (lost)
-STORM_BOUND_S = 240.0      # the whole storm, generous for a shared 2-core machine
+STORM_BOUND_S = 60.0       # the whole storm: measured 6-13 s on the 2-core machines; ~5x that
 SMALL_QUEUE, LARGE_QUEUE = 8, 64
-MAX_RSS_GROWTH_MB = 512    # the server's RSS during a storm of tiny jobs, over its RSS before it
+MAX_RSS_GROWTH_MB = 160    # the server's RSS during a storm of tiny jobs over its RSS before it: measured 30-50
 
 
 @pytest.fixture(scope="module")

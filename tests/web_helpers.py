@@ -118,6 +118,19 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the test process dies, so a killed or
+    timed-out pytest leaves no server behind (its fixtures' teardown never ran)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
 @dataclass
 class WebServer:
     """A ``web.py`` subprocess; ``url`` is ready once ``wait_ready`` returns."""
@@ -140,7 +153,7 @@ class WebServer:
         cmd = [sys.executable, str(ROOT / "web.py"), "--port", str(self.port), *self.args]
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=die_with_parent)
         log.close()
         return self
 
