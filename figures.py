@@ -110,21 +110,14 @@ def real_class_image(data_dir: str | os.PathLike, class_name: str) -> np.ndarray
     raise ValueError(f"no image of {class_name!r} in {data_dir}")
 
 
-def fitted_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """An image file centre-cropped and resized to ``size`` px, uint8 RGB (the forward strip's input)."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        return np.asarray(ImageOps.fit(im.convert("RGB"), (size, size), Image.BICUBIC))
-
-
 def cmd_figures(args: Any) -> int:
     """``python diffusion.py figures``: load the model, find a real image, write and print the figures."""
+    from cli import load_init_image  # centre crop and resize, as preprocess.py prepares training data
     from model_store import load_model
 
     lm = load_model(args.model, store=args.store)
     if args.image:
-        image = fitted_image(args.image, lm.image_size)
+        image = load_init_image(args.image, lm.image_size)
     elif lm.config.get("data", {}).get("dir") and Path(lm.config["data"]["dir"]).exists():
         image = real_class_image(lm.config["data"]["dir"], args.gif_class)
     else:

@@ -198,18 +198,11 @@ class GenerateTab:
         """The "Then upscale" choice checked: None (off), or (SR model, its steps) for this model's size."""
         if value is None or value == "" or value == UPSCALE_OFF:
             return None
-        if not isinstance(value, str) or value not in self.upscalers():
-            raise InputError(f"No upscaler {str(value)[:60]!r} in this store; choose {UPSCALE_OFF!r} or one of: "
-                             f"{', '.join(self.upscalers()) or 'none (train one with --preset sr64)'}.")
-        import superres
-
-        sr = superres.load_upscaler(value, store=self.app.args.store, device=self.app.args.device)
-        low = int(sr.config.get("sr", {}).get("low_res_size", sr.image_size // 2))
+        low, steps = self.upscaler(value, f"{UPSCALE_OFF!r} or one of: ")
         if low != lm.image_size:
             raise InputError(f"{value} upscales {low} px images; {lm.name} makes {lm.image_size} px images. "
                              f"Choose {UPSCALE_OFF!r} or an upscaler for {lm.image_size} px.")
         high = 2 * low
-        steps = int(sr.sampler_defaults.get("steps", 10))
         args = self.app.args
         if req.num_images > max_images_for(high, args.max_batch_pixels):
             raise InputError(f"Upscaling {req.num_images} images to {high} px is more than this server makes at "
@@ -259,6 +252,18 @@ class GenerateTab:
         except (OSError, ValueError):
             return []
 
+    def upscaler(self, name: Any, alternative: str) -> tuple[int, int]:
+        """A store SR model by name (loaded and cached) -> (the size it upscales from, its sampling steps)."""
+        if not isinstance(name, str) or name not in self.upscalers():
+            raise InputError(f"No upscaler {str(name)[:60]!r} in this store; choose {alternative}"
+                             f"{', '.join(self.upscalers()) or 'none (train one with --preset sr64)'}.")
+        import diffusion as D
+        import superres
+
+        sr = superres.load_upscaler(name, store=self.app.args.store, device=self.app.args.device)
+        low = int(sr.config.get("sr", {}).get("low_res_size", sr.image_size // 2))
+        return low, int(sr.sampler_defaults.get("steps", D.SR_DEFAULT_STEPS))
+
     def upscale_selected(self, image, upscaler, request=None, progress=None) -> Iterator[tuple]:
         """Stream (upscaled image, status, files): a result of this app or its CLI (a PNG with its recipe)
         upscaled 2x by a stored SR model, with its recipe's seed; the new PNG's recipe names both
@@ -275,18 +280,13 @@ class GenerateTab:
 
         app = self.app
         r = recipe_of(image, self.max_upload)
-        if not isinstance(upscaler, str) or upscaler not in self.upscalers():
-            raise InputError(f"No upscaler {str(upscaler)[:60]!r} in this store; choose one of: "
-                             f"{', '.join(self.upscalers()) or 'none (train one with --preset sr64)'}.")
+        want, steps = self.upscaler(upscaler, "one of: ")
         with Image.open(file_path(image)) as im:
             low = np.asarray(im.convert("RGB"))
-        sr = superres.load_upscaler(upscaler, store=app.args.store, device=app.args.device)
-        want = int(sr.config.get("sr", {}).get("low_res_size", sr.image_size // 2))
         if low.shape[:2] != (want, want):
             raise InputError(f"{upscaler} upscales {want} px images to {2 * want} px; this image is "
                              f"{low.shape[1]}x{low.shape[0]}.")
         seed = validate_seed(r.get("seed", 0)) or 0
-        steps = int(sr.sampler_defaults.get("steps", 10))
 
         def work(on_step):
             return superres.upscale_images(low[None], upscaler, seed=seed, store=app.args.store,
