@@ -1026,14 +1026,36 @@ class StepTrace:
     x_t: list[np.ndarray]  # uint8 (H, W, 3): the sample the network was given at each step
     x0: list[np.ndarray]  # uint8: its estimate of the clean image
     eps: list[np.ndarray]  # uint8: its predicted noise (scaled from about [-3, 3] to [0, 255])
-    result: GenerationResult
+    result: "GenerationResult | UpscaleResult"
+
+
+class _StepRecorder:
+    """A sampler callback that keeps x_t (the sample each step starts from), the x_0 estimate and the
+    noise they imply (``eps_from_x0``). ``offset``: what the pictures add back (a residual SR model's
+    bicubic image); the callback's x_0 estimate already includes it, the samples do not."""
+
+    def __init__(self, terms: DiffusionTerms, start: torch.Tensor, offset: torch.Tensor | float = 0.0,
+                 callback: StepCallback | None = None):
+        self.terms, self.current, self.offset, self.callback = terms, start, offset, callback
+        self.trace = StepTrace([], [], [], [], None)  # result filled in by the caller
+
+    def __call__(self, info: StepInfo) -> None:
+        x_t = self.current.float()
+        t = torch.full((x_t.shape[0],), info.timestep, dtype=torch.long, device=x_t.device)
+        eps = eps_from_x0(self.terms, x_t, t, info.x0_pred.float() - self.offset)
+        self.trace.x_t.append(to_uint8(x_t + self.offset)[0])
+        self.trace.x0.append(to_uint8(info.x0_pred)[0])
+        self.trace.eps.append(to_uint8(eps / 3.0)[0])
+        self.trace.timesteps.append(info.timestep)
+        self.current = info.x
+        if self.callback is not None:
+            self.callback(info)
 
 
 def trace_denoising(model: torch.nn.Module, diffusion: DiffusionConfig, prompt: str, *,
                     callback: StepCallback | None = None, **kw: Any) -> StepTrace:
     """``generate_images`` for one image, recording x_t, the x_0 estimate and the noise the
     network implies (``eps_from_x0``) at every step."""
-    terms = diffusion.terms()
     seed = int(kw.get("seed", 0))
     device = torch.device(kw.get("device") or next(model.parameters()).device)
     size = kw.get("image_size") or model.config.image_size
@@ -1041,24 +1063,27 @@ def trace_denoising(model: torch.nn.Module, diffusion: DiffusionConfig, prompt: 
     start = kw.pop("noise", None)
     if start is None:
         start = starting_noise(shape, [seed], device, kw.get("variation_seed"), kw.get("variation_strength", 0.0))
-    current = [start.to(device)]
-    xs, x0s, epss, ts = [], [], [], []
+    record = _StepRecorder(diffusion.terms(), start.to(device), callback=callback)
+    record.trace.result = generate_images(model, diffusion, prompt, num_images=1, noise=start, callback=record, **kw)
+    return record.trace
 
-    def on_step(info: StepInfo) -> None:
-        x_t = current[0]
-        t = torch.full((1,), info.timestep, dtype=torch.long, device=x_t.device)
-        eps = eps_from_x0(terms, x_t.float(), t, info.x0_pred.float())
-        xs.append(to_uint8(x_t)[0])
-        x0s.append(to_uint8(info.x0_pred)[0])
-        epss.append(to_uint8(eps / 3.0)[0])
-        ts.append(info.timestep)
-        current[0] = info.x
-        if callback is not None:
-            callback(info)
 
-    res = generate_images(model, diffusion, prompt, num_images=1, noise=start, callback=on_step, **kw)
-    return StepTrace(ts, xs, x0s, epss, res)
-
+def trace_upscale(sr_model: torch.nn.Module, diffusion: DiffusionConfig, low_res_image: np.ndarray, *,
+                  seed: int = 0, callback: StepCallback | None = None, **kw: Any) -> StepTrace:
+    """``upscale`` for one uint8 (h, w, 3) image, recorded step by step as ``trace_denoising`` records
+    the first stage. A residual SR model denoises the difference to the bicubic image; its x_t and x_0
+    rows are shown with the bicubic image added back (what the result is made of), its noise row as is."""
+    low = images_to_tensor(np.asarray(low_res_image)[None])
+    size = low.shape[-1] * int(kw.get("scale", 2))
+    device = torch.device(kw.get("device") or next(sr_model.parameters()).device)
+    # upscale's first draw from the image's generator is its starting noise (its documented order)
+    start = randn_like_batch((1, sr_model.config.out_channels, size, size), [torch.Generator().manual_seed(seed)],
+                             device)
+    residual = getattr(sr_model.config, "residual", False)
+    offset = upsample_bicubic(low.to(device), size) if residual else 0.0
+    record = _StepRecorder(diffusion.terms(), start, offset, callback)
+    record.trace.result = upscale(sr_model, diffusion, low, seed=seed, callback=record, **kw)
+    return record.trace
 
 
 def noised_versions(terms: DiffusionTerms, image: np.ndarray | torch.Tensor, timesteps: Sequence[int], *,

@@ -397,6 +397,16 @@ def labelled_grid(
     return out
 
 
+def stack_pictures(pictures: Sequence[np.ndarray], *, gap: int = 8, path: str | os.PathLike | None = None
+                   ) -> np.ndarray:
+    """uint8 (H, W, 3) pictures one above the other on white (two tables of different widths)."""
+    if not pictures:
+        raise ValueError("no pictures")
+    out = np.asarray(_stack([Image.fromarray(as_uint8(p)[0]) for p in pictures], horizontal=False, gap=gap))
+    _save(out, path)
+    return out
+
+
 def frames_gif(images: ImageBatch, path: str | os.PathLike, *, labels: Sequence[str] = (), fps: float = 6.0,
                min_side: int = 256, bounce: bool = True) -> Path:
     """Images as a looping GIF, each scaled up crisply and captioned (an interpolation);

@@ -14,7 +14,8 @@ this module holds what is specific to training and using the stage:
   crops paired with their low-resolution counterparts, with augmentation;
 * ``write_sr_samples``: the periodic sample grid (low res, bicubic, SR, truth);
 * ``upscale_images``: upscale uint8 images with a stored SR model (its defaults, cached): the
-  app's "Upscale to 64 px"; ``upscale_generation``: the CLI's second stage (``sample --upscale sr64``).
+  app's "Upscale to 64 px"; ``upscale_generation``: the CLI's second stage (``sample --upscale sr64``);
+  ``trace_upscale_image``: the Learn tab's step-by-step view of the second stage.
 
 Train one with ``python diffusion.py train --preset sr64`` (see training.py).
 """
@@ -182,14 +183,33 @@ def upscale_images(images: np.ndarray, upscaler: str = "sr64", *, seed: int = 0,
     defaults (10 DPM-Solver++ steps, level 0.05); the result's ``recipe`` gains ``upscaler``.
     """
     sr = load_upscaler(upscaler, store=store, device=device)
-    defaults = sr.sampler_defaults
-    steps = int(steps if steps is not None else defaults.get("steps", D.SR_DEFAULT_STEPS))
-    aug_level = float(aug_level if aug_level is not None else defaults.get("aug_level", D.SR_DEFAULT_AUG_LEVEL))
+    steps, aug_level = sr_settings(sr, steps, aug_level)
     up = D.upscale(sr.model, sr.diffusion, images, steps=steps, aug_level=aug_level, seed=seed, cond=cond,
                    device=device, precision=precision, return_frames=return_frames,
                    frame_every=frame_every or max(1, steps // 20), callback=callback)
     up.recipe = dict(upscaler=sr.name, **up.recipe)
     return up
+
+
+def sr_settings(sr: Any, steps: int | None = None, aug_level: float | None = None) -> tuple[int, float]:
+    """(steps, aug_level): those given, else the SR model's ``sampler_defaults``, else the core's defaults."""
+    defaults = sr.sampler_defaults
+    steps = int(steps if steps is not None else defaults.get("steps", D.SR_DEFAULT_STEPS))
+    aug_level = float(aug_level if aug_level is not None else defaults.get("aug_level", D.SR_DEFAULT_AUG_LEVEL))
+    return steps, aug_level
+
+
+def trace_upscale_image(image: np.ndarray, upscaler: str = "sr64", *, seed: int = 0, store: str | None = None,
+                        device: str = "cpu", cond: np.ndarray | None = None,
+                        callback: D.StepCallback | None = None) -> D.StepTrace:
+    """The Learn tab's second stage: ``diffusion.trace_upscale`` of one uint8 (h, w, 3) image with the
+    stored SR model ``upscaler`` at its default settings (the same image ``upscale_images`` makes)."""
+    sr = load_upscaler(upscaler, store=store, device=device)
+    steps, aug_level = sr_settings(sr)
+    if sr.model.config.cond_dim == 0:
+        cond = None
+    return D.trace_upscale(sr.model, sr.diffusion, image, seed=seed, steps=steps, aug_level=aug_level, cond=cond,
+                           device=device, callback=callback)
 
 
 def upscale_generation(result: D.GenerationResult, upscaler: str, *, store: str | None = None,

@@ -253,6 +253,35 @@ def test_upscale_uses_its_aug_level_at_every_step_and_a_seed_is_batch_independen
         D.upscale(ConditionalUNet(UNetConfig(image_size=16, **TINY_NET)), D.DiffusionConfig(), low)
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_trace_upscale_records_the_sr_stage_step_by_step(residual):
+    """The Learn tab's SR trace: the same image as ``upscale``; row 1 starts at the seed's noise (plus
+    the bicubic image for a residual model) and follows the sampler; q(x_t | x_0) holds between rows."""
+    model = sr_unet(16)
+    model.config.residual = residual
+    cfg = D.DiffusionConfig()
+    low = np.random.default_rng(5).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    tr = D.trace_upscale(model, cfg, low, seed=7, steps=4, aug_level=0.05)
+    plain = D.upscale(model, cfg, low[None], steps=4, aug_level=0.05, seed=7)
+    np.testing.assert_array_equal(tr.result.images, plain.images)
+    assert tr.timesteps == D.make_timesteps(1000, 4, "trailing") and len(tr.x_t) == len(tr.x0) == len(tr.eps) == 4
+    bicubic = F.interpolate(torch.from_numpy(low).permute(2, 0, 1)[None].float() / 127.5 - 1, size=(16, 16),
+                            mode="bicubic", align_corners=False).clamp(-1, 1)  # clamped, as documented
+    offset = bicubic if residual else 0.0
+    first = torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(7)) + offset
+    np.testing.assert_array_equal(tr.x_t[0], D.to_uint8(first)[0])
+    for i in range(4):  # x_t = sqrt(ab) x0 + sqrt(1 - ab) eps, in the network's own (residual) space
+        ab = cosine_alpha_bar(tr.timesteps[i])
+        off = offset[0].permute(1, 2, 0).numpy() if residual else 0.0
+        x0 = tr.x0[i].astype(float) / 127.5 - 1 - off
+        xt = tr.x_t[i].astype(float) / 127.5 - 1 - off
+        eps = (tr.eps[i].astype(float) / 127.5 - 1) * 3
+        recon = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps
+        inside = (np.abs(eps) < 2.9) & (np.abs(tr.x_t[i].astype(float) / 127.5 - 1) < 0.99) \
+            & (np.abs(tr.x0[i].astype(float) / 127.5 - 1) < 0.99)
+        assert inside.mean() > 0.3 and np.abs(recon - xt)[inside].mean() < 0.05
+
+
 def test_upscale_takes_uint8_or_tensor_images_and_repeats_with_a_seed():
     """A real (untrained) SR net: uint8 and [-1, 1] tensor inputs give the same images of the right size."""
     model = sr_unet(16)

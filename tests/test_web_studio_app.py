@@ -291,6 +291,14 @@ def test_learn_endpoints(client):
     table, caption = client.predict("a photo of a goldfish", "tiny", "DDIM", 6, 3.0, 1, api_name="/learn_steps")
     t = pixels(table)
     assert t.shape[0] > 3 * 96 and t.shape[1] > 6 * 96 and "6 of 6 steps" in caption
+    # the cascade's second stage traced too: a second table below, at the SR model's 32 px
+    both, caption2 = client.predict("a photo of a goldfish", "tiny", "DDIM", 6, 3.0, 1, "tiny_sr",
+                                    api_name="/learn_steps")
+    b = pixels(both)
+    assert b.shape[0] > t.shape[0] + 3 * 96 and "the second stage, tiny_sr" in caption2
+    np.testing.assert_array_equal(b[: t.shape[0], : t.shape[1]], t)  # the first stage's table is unchanged on top
+    with pytest.raises(AppError, match="No upscaler 'tiny'"):
+        client.predict("a photo of a goldfish", "tiny", "DDIM", 6, 3.0, 1, "tiny", api_name="/learn_steps")
     strip, _ = client.predict("a photo of a goldfish", "tiny", "DDIM", 6, 1, "1, 3, 7", api_name="/learn_guidance")
     assert pixels(strip).shape[1] > 3 * 128
     with pytest.raises(AppError, match="between 0 and 20"):

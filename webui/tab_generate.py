@@ -98,7 +98,7 @@ class GenerateTab:
                                variation_seed=variation_seed, variation_strength=variation_strength,
                                strength=strength if has_init else None, snap=snap, precision=precision,
                                guidance_interval=guidance_interval)
-        stage2 = self.cascade_stage(upscale, lm, req)
+        stage2 = self.cascade_stage(upscale, lm, req.num_images)
         init = self.init_array(init_image, lm.image_size) if has_init else None
         seed_used = req.seed if req.seed is not None else app.random_seed()
         var_seed = req.variation_seed
@@ -194,8 +194,9 @@ class GenerateTab:
             return res
         return work
 
-    def cascade_stage(self, value: Any, lm, req: GenerateRequest) -> tuple[str, int] | None:
-        """The "Then upscale" choice checked: None (off), or (SR model, its steps) for this model's size."""
+    def cascade_stage(self, value: Any, lm, num_images: int) -> tuple[str, int] | None:
+        """The "Then upscale" choice checked (here and in the Learn tab): None (off), or (SR model, its
+        steps) for this model's size and ``num_images`` images."""
         if value is None or value == "" or value == UPSCALE_OFF:
             return None
         low, steps = self.upscaler(value, f"{UPSCALE_OFF!r} or one of: ")
@@ -204,10 +205,10 @@ class GenerateTab:
                              f"Choose {UPSCALE_OFF!r} or an upscaler for {lm.image_size} px.")
         high = 2 * low
         args = self.app.args
-        if req.num_images > max_images_for(high, args.max_batch_pixels):
-            raise InputError(f"Upscaling {req.num_images} images to {high} px is more than this server makes at "
+        if num_images > max_images_for(high, args.max_batch_pixels):
+            raise InputError(f"Upscaling {num_images} images to {high} px is more than this server makes at "
                              f"once; use at most {max_images_for(high, args.max_batch_pixels)} images.")
-        check_budget(req.num_images, high, steps, args.max_work)
+        check_budget(num_images, high, steps, args.max_work)
         return value, steps
 
     def _export(self, lm, res, req: GenerateRequest, show_strip: bool, init, var_seed: int | None):

@@ -3,12 +3,14 @@
 * ``/learn_schedule``: the schedule's log-SNR over t, with the timesteps the
   chosen sampler and step count visit marked on it;
 * ``/learn_steps``: one image's denoising step by step: x_t (what the network
-  sees), its x_0 estimate and the noise it predicts;
+  sees), its x_0 estimate and the noise it predicts; with an upscaler, the
+  cascade's second stage too, step by step at the higher resolution;
 * ``/learn_guidance``: the same noise under several guidance scales.
 """
 from __future__ import annotations
 
 from webui.jobs import Cancelled, Done
+from webui.tab_generate import UPSCALE_OFF
 from webui.validation import (GUIDANCE_RANGE, MAX_PROMPT_CHARS, MAX_SEED, SAMPLER_CHOICES, InputError, check_budget,
                               clean_prompt, model_defaults, parse_guidance_list, parse_sampler, steps_range,
                               validate_blend, validate_guidance, validate_seed, validate_steps)
@@ -55,8 +57,10 @@ class LearnTab:
                 return ev.result
         raise RuntimeError("the job ended without a result")
 
-    def steps(self, prompt, model_choice, sampler, steps, guidance, seed, request=None):
-        """(table of x_t / x_0 estimate / predicted noise per step, caption)."""
+    def steps(self, prompt, model_choice, sampler, steps, guidance, seed, upscaler=None, request=None):
+        """(table of x_t / x_0 estimate / predicted noise per step, caption); with an upscaler (an SR
+        model of the store, as Generate's "Then upscale"), a second table traces the cascade's second
+        stage on the first stage's image."""
         import diffusion as D
         import plot_func
         from models.text_encoder import encode_prompts
@@ -68,21 +72,57 @@ class LearnTab:
             s = validate_seed(seed)
             s = 0 if s is None else s
             check_budget(1, lm.image_size, n, self.app.args.max_work)
+            stage2 = self.app.generate_tab.cascade_stage(upscaler, lm, 1)
 
             def work(on_step):
-                return D.trace_denoising(lm.model, lm.diffusion, text, callback=on_step, sampler=name, num_steps=n,
-                                         guidance_scale=g, seed=s, encode_fn=encode_prompts,
-                                         prompt_template=lm.prompt_template, device=self.app.args.device)
+                first = D.trace_denoising(lm.model, lm.diffusion, text, callback=on_step, sampler=name, num_steps=n,
+                                          guidance_scale=g, seed=s, encode_fn=encode_prompts,
+                                          prompt_template=lm.prompt_template, device=self.app.args.device)
+                if stage2 is None:
+                    return first, None
+                import superres
+                from prompting import encode_weighted
 
-            tr = self._run(work, n, request, "Tracing the steps...")
-            cols = pick_columns(len(tr.timesteps))
-            table = plot_func.labelled_grid(
-                [[tr.x_t[i] for i in cols], [tr.x0[i] for i in cols], [tr.eps[i] for i in cols]],
-                col_labels=[f"t={tr.timesteps[i]}" for i in cols], row_labels=["x_t", "x0 est.", "noise est."],
-                title=f"{text[:60]} · {label} {n} steps · w={g:g} · seed {s}", min_side=96)
-            return table, (f"Each column is one sampler step (t = the model's timestep). Row 1: the sample the "
-                           f"network is given; row 2: its estimate of the clean image; row 3: the noise it "
-                           f"predicts (scaled). {len(cols)} of {len(tr.timesteps)} steps shown.")
+                second = superres.trace_upscale_image(
+                    first.result.images[0], stage2[0], seed=s, store=self.app.args.store,
+                    device=self.app.args.device, cond=encode_weighted(first.result.prompts, encode_prompts),
+                    callback=on_step)
+                return first, second
+
+            first, second = self._run(work, n + (stage2[1] if stage2 else 0), request, "Tracing the steps...")
+            title = f"{text[:60]} · {label} {n} steps · w={g:g} · seed {s}"
+            tables = [self.step_table(first, f"{lm.image_size} px: {title}", ["x_t", "x0 est.", "noise est."])]
+            if second is not None:
+                size = second.result.images.shape[1]
+                rows = ["x_t + bicubic" if self._residual(stage2[0]) else "x_t", "x0 est.", "noise est."]
+                tables.append(self.step_table(second, f"{size} px: {stage2[0]}, DPM-Solver++ {len(second.timesteps)} "
+                                                      f"steps from the image above, seed {s}", rows))
+            caption = ("Each column is one sampler step (t = the model's timestep). Row 1: the sample the network "
+                       "is given; row 2: its estimate of the clean image; row 3: the noise it predicts (scaled). "
+                       f"{min(len(first.timesteps), MAX_STEP_COLUMNS)} of {len(first.timesteps)} steps shown.")
+            if second is not None:
+                caption += (f" Below: the second stage, {stage2[0]}, which starts again from noise at "
+                            f"{second.result.images.shape[1]} px and denoises it with the first stage's image "
+                            "(upsampled, lightly noised) as its guide"
+                            + ("; it predicts the detail the bicubic upsampling misses, so its rows show the "
+                               "bicubic image added back." if self._residual(stage2[0]) else "."))
+            return plot_func.stack_pictures(tables), caption
+
+    def _residual(self, upscaler: str) -> bool:
+        import superres
+
+        sr = superres.load_upscaler(upscaler, store=self.app.args.store, device=self.app.args.device)
+        return bool(getattr(sr.model.config, "residual", False))
+
+    @staticmethod
+    def step_table(tr, title: str, row_labels: list[str]):
+        import plot_func
+
+        cols = pick_columns(len(tr.timesteps))
+        return plot_func.labelled_grid(
+            [[tr.x_t[i] for i in cols], [tr.x0[i] for i in cols], [tr.eps[i] for i in cols]],
+            col_labels=[f"t={tr.timesteps[i]}" for i in cols], row_labels=row_labels, title=title,
+            min_side=96 if tr.x_t[0].shape[0] < 96 else tr.x_t[0].shape[0])
 
     def guidance(self, prompt, model_choice, sampler, steps, seed, scales, request=None):
         """(one row: the same noise under each guidance scale, caption)."""
@@ -129,6 +169,10 @@ class LearnTab:
                 guidance = gr.Slider(GUIDANCE_RANGE[0], GUIDANCE_RANGE[1], value=d["guidance_scale"], step=0.1,
                                      label="Guidance scale (step table)")
                 seed = gr.Number(0, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed")
+                sr_models = self.app.generate_tab.upscalers()
+                upscaler = gr.Dropdown([UPSCALE_OFF, *sr_models], value=UPSCALE_OFF, elem_id="learn-upscale",
+                                       label="Then trace the upscaler (step table)", visible=bool(sr_models),
+                                       info="the cascade's second stage, step by step, on the image the first makes")
                 scales = gr.Textbox("1, 2, 3, 5, 8", label="Guidance scales to compare", elem_id="learn-scales")
                 with gr.Row():
                     steps_btn = gr.Button("Show each step", variant="primary", elem_id="learn-steps-go")
@@ -144,7 +188,7 @@ class LearnTab:
             trigger(self.schedule, [ui.model, sampler, steps], [plot], api_name=f"learn_plot_{i}",
                     api_visibility="private", queue=False)
         gr.api(self.schedule_fn(), api_name="learn_schedule")
-        steps_btn.click(self.steps_fn(), [prompt, ui.model, sampler, steps, guidance, seed], [table, caption],
+        steps_btn.click(self.steps_fn(), [prompt, ui.model, sampler, steps, guidance, seed, upscaler], [table, caption],
                         api_name="learn_steps", preprocess=False, concurrency_limit=self.app.args.concurrency,
                         concurrency_id="sampling", time_limit=self.app.args.time_limit)
         guidance_btn.click(self.guidance_fn(), [prompt, ui.model, sampler, steps, seed, scales], [table, caption],
@@ -175,8 +219,8 @@ class LearnTab:
 
         tab = self
 
-        def learn_steps(prompt, model, sampler, steps, guidance, seed, request: gr.Request = None):
-            return tab.steps(prompt, model, sampler, steps, guidance, seed, request=request)
+        def learn_steps(prompt, model, sampler, steps, guidance, seed, upscaler="off", request: gr.Request = None):
+            return tab.steps(prompt, model, sampler, steps, guidance, seed, upscaler, request=request)
 
         learn_steps.__annotations__["request"] = gr.Request
         return learn_steps
