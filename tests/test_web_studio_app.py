@@ -379,6 +379,7 @@ def test_upscale_a_result_with_a_store_sr_model(client, tiny_app, tmp_path):
     """/upscale: a 16 px result becomes 32 px with the store's tiny SR model, the result's own seed and
     the model's defaults (3 steps, level 0.05), and its recipe names both stages."""
     from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
 
     import diffusion as D
     import model_store as ms
@@ -395,13 +396,13 @@ def test_upscale_a_result_with_a_store_sr_model(client, tiny_app, tmp_path):
     first = {k: v for k, v in r.items() if not k.startswith("upscale")}
     assert first == read_png_recipe(low_png)  # the first stage's settings stay as they were
 
-    with pytest.raises(Exception, match="No upscaler 'tiny'"):  # a base model is not an upscaler
+    with pytest.raises(AppError, match="No upscaler 'tiny'"):  # a base model is not an upscaler
         client.predict(handle_file(low_png), "tiny", api_name="/upscale")
     big = png_with(tmp_path / "big.png", f"a photo of a goldfish\nSteps: 5, Sampler: DDIM, Seed: 1, Model: tiny",
                    size=2 * TINY_SIZE)
-    with pytest.raises(Exception, match="upscales 16 px images to 32 px"):
+    with pytest.raises(AppError, match="upscales 16 px images to 32 px"):
         client.predict(handle_file(str(big)), "tiny_sr", api_name="/upscale")
-    with pytest.raises(Exception, match="No recipe could be read"):
+    with pytest.raises(AppError, match="No recipe could be read"):
         client.predict(handle_file(str(png_with(tmp_path / "plain.png", None))), "tiny_sr", api_name="/upscale")
 
 

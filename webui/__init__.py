@@ -5,7 +5,10 @@
 * ``jobs``: the sampling job runner (worker thread, live previews, Stop)
 * ``export``: run folders, PNGs with their recipe, GIFs and strips
 * ``app``: ``WebApp``, the handlers shared by every tab and the page layout
-* ``tab_*``: one module per tab (generate, forward, restore, interpolate, grid, learn, history)
+* ``uploads``: uploaded files: their path, the upload folder, a PNG's recipe
+* ``restore``: a result's recipe put back to work (restore from PNG, reuse seed, use as init)
+* ``cascade``: the super-resolution stage (the store's upscalers, "Then upscale", ``/upscale``)
+* ``tab_*``: one module per tab (generate, forward, interpolate, grid, learn)
 * ``server``: the command line and start-up (``python web.py``)
 
 No diffusion math lives here: it calls ``diffusion``, ``prompting``, ``recipe`` and ``plot_func``.

@@ -51,12 +51,16 @@ class WebApp:
         self._history: "OrderedDict[str, list[tuple[str, str]]]" = OrderedDict()
         self._history_lock = threading.Lock()
         self._class_embs: dict[str, Any] = {}
+        from webui.cascade import Cascade
+        from webui.restore import RecipeActions
         from webui.tab_forward import ForwardTab
         from webui.tab_generate import GenerateTab
         from webui.tab_grid import GridTab
         from webui.tab_interpolate import InterpolateTab
         from webui.tab_learn import LearnTab
 
+        self.cascade = Cascade(self)
+        self.recipe_actions = RecipeActions(self)
         self.generate_tab = GenerateTab(self)
         self.forward_tab = ForwardTab(self)
         self.interpolate_tab = InterpolateTab(self)

@@ -1,62 +1,32 @@
 """The Generate tab: prompt (class picker, blended prompts, coverage), sampler,
 seed, variations, start from an image (SDEdit), and the results with their
-recipes; Restore from PNG and "reuse this seed" for a result.
+recipes, laid out with the result actions of ``webui.restore`` (restore from a
+PNG, reuse a seed, use as init) and ``webui.cascade`` (upscale 2x).
 
 Endpoints: ``/generate`` (the original eight inputs), ``/generate_studio`` (those, then variation
 seed and strength, init image, denoising strength, snap, precision, guidance interval, and "then
-upscale with" an SR model: the cascade in one job), ``/restore``, ``/reuse_seed``, ``/use_as_init``,
-``/img2img_start``, ``/prompt_coverage``, ``/class_prompt``, ``/sampler_steps``,
-``/random_seed``, ``/upscale`` (a result upscaled 2x by a super-resolution model of the store).
+upscale with" an SR model: the cascade in one job), ``/img2img_start``, ``/prompt_coverage``,
+``/class_prompt``, ``/sampler_steps``, ``/random_seed``; wired here, served by the other two
+modules: ``/restore``, ``/reuse_seed``, ``/use_as_init``, ``/upscale``.
 """
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Iterator
 
+from webui.cascade import UPSCALE_OFF
 from webui.jobs import Cancelled, Done, Tick
+from webui.restore import DEFAULT_STRENGTH
+from webui.uploads import file_path, upload_folder
 from webui.validation import (DEFAULT_PRECISION, GUIDANCE_RANGE, MAX_INTERVAL_CHARS, MAX_PROMPT_CHARS, MAX_SEED,
-                              PRECISION_CHOICES, SAMPLER_CHOICES, GenerateRequest, InputError, check_budget,
+                              PRECISION_CHOICES, SAMPLER_CHOICES, GenerateRequest, InputError,
                               check_upload, clean_prompt, max_images_for, model_defaults, parse_sampler, steps_range,
-                              validate_fraction, validate_guidance_interval, validate_request, validate_seed,
+                              validate_fraction, validate_request, validate_seed,
                               validate_steps)
 
 log = logging.getLogger("web")
 
-DEFAULT_STRENGTH = 0.6
-UPSCALE_OFF = "off"  # the "Then upscale with" choice that keeps the first stage's images
 COVERAGE_LOW = 0.5  # below this cosine similarity the prompt is far from every training class
-RESTORE_MISSING = ("Drop a PNG written by this app, its CLI or AUTOMATIC1111 (it carries the settings in a "
-                   "'parameters' text chunk).")
-
-
-def file_path(value: Any) -> str | None:
-    """The path in a gradio FileData payload (a dict), a plain path string, or None."""
-    if isinstance(value, dict):
-        value = value.get("path")
-    return str(value) if isinstance(value, str) and value else None
-
-
-def upload_folder() -> str:
-    from gradio.utils import get_upload_folder
-
-    return get_upload_folder()
-
-
-def recipe_of(value: Any, max_bytes: int) -> dict[str, Any]:
-    """The recipe of an uploaded PNG (a file in gradio's upload folder), or InputError with a plain reason."""
-    from recipe import RecipeError, load_recipe
-
-    path = file_path(value)
-    if not path:
-        raise InputError(f"No file. {RESTORE_MISSING}")
-    check_upload(path, max_bytes=max_bytes, upload_dir=upload_folder())  # an image, not too large, ours to read
-    try:
-        return load_recipe(path)
-    except RecipeError as e:
-        name = Path(path).name
-        raise InputError(f"No recipe could be read from that image: {str(e).replace(path, name)}. "
-                         f"{RESTORE_MISSING}") from None
 
 
 class GenerateTab:
@@ -98,7 +68,7 @@ class GenerateTab:
                                variation_seed=variation_seed, variation_strength=variation_strength,
                                strength=strength if has_init else None, snap=snap, precision=precision,
                                guidance_interval=guidance_interval)
-        stage2 = self.cascade_stage(upscale, lm, req.num_images)
+        stage2 = app.cascade.stage(upscale, lm, req.num_images)
         init = self.init_array(init_image, lm.image_size) if has_init else None
         seed_used = req.seed if req.seed is not None else app.random_seed()
         var_seed = req.variation_seed
@@ -194,23 +164,6 @@ class GenerateTab:
             return res
         return work
 
-    def cascade_stage(self, value: Any, lm, num_images: int) -> tuple[str, int] | None:
-        """The "Then upscale" choice checked (here and in the Learn tab): None (off), or (SR model, its
-        steps) for this model's size and ``num_images`` images."""
-        if value is None or value == "" or value == UPSCALE_OFF:
-            return None
-        low, steps = self.upscaler(value, f"{UPSCALE_OFF!r} or one of: ")
-        if low != lm.image_size:
-            raise InputError(f"{value} upscales {low} px images; {lm.name} makes {lm.image_size} px images. "
-                             f"Choose {UPSCALE_OFF!r} or an upscaler for {lm.image_size} px.")
-        high = 2 * low
-        args = self.app.args
-        if num_images > max_images_for(high, args.max_batch_pixels):
-            raise InputError(f"Upscaling {num_images} images to {high} px is more than this server makes at "
-                             f"once; use at most {max_images_for(high, args.max_batch_pixels)} images.")
-        check_budget(num_images, high, steps, args.max_work)
-        return value, steps
-
     def _export(self, lm, res, req: GenerateRequest, show_strip: bool, init, var_seed: int | None):
         ex = self.app.exporter
         folder = ex.new_folder()
@@ -244,180 +197,6 @@ class GenerateTab:
             files.append(strip)
         ex.prune()
         return gallery, gif, strip, files
-
-    # ----------------------------------------------------------------- the cascade's second stage
-    def upscalers(self) -> list[str]:
-        """Super-resolution models in the store (model_type "sr"): the choices for "Upscale 2x"."""
-        try:
-            return self.app.models.ms.list_models(self.app.models.store, model_type="sr")
-        except (OSError, ValueError):
-            return []
-
-    def upscaler(self, name: Any, alternative: str) -> tuple[int, int]:
-        """A store SR model by name (loaded and cached) -> (the size it upscales from, its sampling steps)."""
-        if not isinstance(name, str) or name not in self.upscalers():
-            raise InputError(f"No upscaler {str(name)[:60]!r} in this store; choose {alternative}"
-                             f"{', '.join(self.upscalers()) or 'none (train one with --preset sr64)'}.")
-        import diffusion as D
-        import superres
-
-        sr = superres.load_upscaler(name, store=self.app.args.store, device=self.app.args.device)
-        low = int(sr.config.get("sr", {}).get("low_res_size", sr.image_size // 2))
-        return low, int(sr.sampler_defaults.get("steps", D.SR_DEFAULT_STEPS))
-
-    def upscale_selected(self, image, upscaler, request=None, progress=None) -> Iterator[tuple]:
-        """Stream (upscaled image, status, files): a result of this app or its CLI (a PNG with its recipe)
-        upscaled 2x by a stored SR model, with its recipe's seed; the new PNG's recipe names both
-        stages, so ``python diffusion.py sample --from-png`` regenerates the upscaled image."""
-        yield from self.app.guarded("upscale", self._upscale(image, upscaler, request, progress))
-
-    def _upscale(self, image, upscaler, request, progress):
-        import gradio as gr
-        import numpy as np
-        from PIL import Image
-
-        import superres
-        from webui.app import session_of
-
-        app = self.app
-        r = recipe_of(image, self.max_upload)
-        want, steps = self.upscaler(upscaler, "one of: ")
-        with Image.open(file_path(image)) as im:
-            low = np.asarray(im.convert("RGB"))
-        if low.shape[:2] != (want, want):
-            raise InputError(f"{upscaler} upscales {want} px images to {2 * want} px; this image is "
-                             f"{low.shape[1]}x{low.shape[0]}.")
-        seed = validate_seed(r.get("seed", 0)) or 0
-
-        def work(on_step):
-            return superres.upscale_images(low[None], upscaler, seed=seed, store=app.args.store,
-                                           device=app.args.device, callback=on_step)
-
-        session = session_of(request)
-        for ev in app.jobs.run(work, session=session, total_steps=steps, progress=progress,
-                               start_text=f"Upscaling with {upscaler}, {steps} steps..."):
-            if isinstance(ev, Tick):
-                yield (ev.preview[0][0] if ev.preview else gr.skip()), ev.status, gr.skip()
-            elif isinstance(ev, Cancelled):
-                yield gr.skip(), f"Stopped after {ev.elapsed:.1f} s.", gr.skip()
-            elif isinstance(ev, Done):
-                up = ev.result
-                prompt = r.pop("prompt")
-                recipe = {**r, **up.recipe}
-                folder = app.exporter.new_folder()
-                (path,) = app.exporter.save_images(folder, up.images, [prompt], [recipe],
-                                                   [f"upscaled_seed{seed}.png"])
-                app.exporter.prune()
-                app.remember(session, [(path, f"seed {seed}, upscaled by {upscaler}")])
-                yield path, (f"Upscaled to {up.images.shape[2]} px in {ev.elapsed:.1f} s with {upscaler} "
-                             f"({up.recipe['upscale_steps']} steps, seed {seed})."), [path]
-
-    def upscale_fn(self):
-        import gradio as gr
-
-        tab = self
-
-        def upscale(image, upscaler, request: gr.Request = None, progress=gr.Progress()):
-            yield from tab.upscale_selected(image, upscaler, request=request, progress=progress)
-
-        upscale.__annotations__["request"] = gr.Request
-        return upscale
-
-    # ----------------------------------------------------------------- restore from a PNG, reuse a seed
-    def restore(self, png, model_choice):
-        """A PNG's recipe -> every setting: (model, prompt, sampler, steps, guidance, seed, number of
-        images, variation seed, variation strength, denoising strength, snap, precision, guidance
-        interval, upscaler, message)."""
-        import gradio as gr
-
-        with self.app.errors("restore"):
-            r = recipe_of(png, self.max_upload)
-            notes = []
-            model = r.get("model")
-            if model not in self.app.models.choices_values():
-                notes.append(f"model {str(model)[:60]!r} is not in this store; kept {model_choice or 'the current'}"
-                             if model else "the recipe names no model; kept the current one")
-                model = model_choice or self.app.models.first
-            lm = self.app._model(model)
-            T = lm.diffusion.num_train_timesteps
-            try:
-                label = parse_sampler(r.get("sampler"))
-            except InputError:
-                label = model_defaults(lm.sampler_defaults, T)["sampler"]
-                notes.append(f"sampler {str(r.get('sampler'))[:40]!r} is not available here; using {label}")
-            lo, hi, default = steps_range(label, T)
-            try:
-                steps = validate_steps(r.get("steps", default), label, T)
-            except InputError:
-                steps = max(lo, min(hi, int(r.get("steps", default))))
-                notes.append(f"steps {r.get('steps')} are outside {lo}-{hi} for {label}; using {steps}")
-            guidance = float(r.get("guidance_scale", 3.0))
-            if not GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]:
-                guidance = min(max(guidance, GUIDANCE_RANGE[0]), GUIDANCE_RANGE[1])
-                notes.append(f"guidance clipped to {guidance:g}")
-            seed = validate_seed(r.get("seed"))
-            var_seed = r.get("variation_seed")
-            var_strength = float(r.get("variation_strength", 0.0)) if var_seed is not None else 0.0
-            strength = r.get("strength")
-            if strength is not None:
-                notes.append(f"it was made from an init image ({r.get('init_image', 'not named')}) at denoising "
-                             f"strength {strength:g}: put that image under 'Start from an image'")
-            if r.get("negative_prompt"):
-                notes.append(f"its negative prompt ({str(r['negative_prompt'])[:40]}) is not an app setting")
-            precision = r.get("precision") or DEFAULT_PRECISION
-            if precision not in PRECISION_CHOICES:
-                notes.append(f"precision {str(precision)[:20]!r} is not available here; using {DEFAULT_PRECISION}")
-                precision = DEFAULT_PRECISION
-            interval = ""
-            if r.get("guidance_interval"):
-                try:
-                    lo, hi = validate_guidance_interval(r["guidance_interval"])
-                    interval = f"{lo:g},{hi:g}"
-                except InputError:
-                    notes.append(f"its guidance interval {str(r['guidance_interval'])[:40]!r} could not be read; "
-                                 "guidance at every step")
-            upscaler = UPSCALE_OFF
-            if r.get("upscaler"):
-                if r["upscaler"] in self.upscalers():
-                    upscaler = r["upscaler"]
-                    notes.append(f"it was upscaled by {upscaler} ({r.get('upscale_steps', '?')} steps, level "
-                                 f"{r.get('upscale_aug', '?')}); the app upscales with {upscaler}'s defaults "
-                                 "(the CLI's --from-png repeats them exactly)")
-                else:
-                    notes.append(f"its upscaler {str(r['upscaler'])[:60]!r} is not in this store; upscaling is off")
-            prompt = clean_prompt(r["prompt"])
-            message = (f"Restored: {prompt[:80]!r}, {lm.name}, {label} {steps} steps, guidance {guidance:g}, "
-                       f"seed {seed}" + (f", variation seed {var_seed} at {var_strength:g}" if var_seed is not None
-                                         else "") + ".")
-            if notes:
-                message += " Note: " + "; ".join(notes) + "."
-            return (gr.update(value=model), prompt, label, self.app.steps_update(label, lm, steps), guidance, seed, 1,
-                    -1 if var_seed is None else int(var_seed), var_strength,
-                    DEFAULT_STRENGTH if strength is None else float(strength), float(r.get("snap", 0.0)),
-                    precision, interval, upscaler, message)
-
-    def reuse_seed(self, image) -> int:
-        """The seed in a result's recipe (the gallery's selected image)."""
-        with self.app.errors("reuse seed"):
-            r = recipe_of(image, self.max_upload)
-            return int(r["seed"])
-
-    def use_as_init(self, image):
-        """A result (or any uploaded image) -> the 'Start from an image' input."""
-        with self.app.errors("use as init image"):
-            path = file_path(image)
-            if not path:
-                raise InputError("Select an image in the gallery first (click it).")
-            check_upload(path, max_bytes=self.max_upload, upload_dir=upload_folder())
-            return path
-
-    def selected(self, evt=None):
-        """The gallery image the user clicked (for the buttons under the gallery)."""
-        value = getattr(evt, "value", None)
-        if isinstance(value, dict):
-            image = value.get("image")
-            return file_path(image)
-        return None
 
     def img2img_start(self, init_image, model_choice, sampler, steps, seed, strength, variation_seed=None,
                       variation_strength=0.0):
@@ -483,6 +262,7 @@ class GenerateTab:
         from prompting import PROMPT_BLEND_HELP
 
         app, lm = self.app, ui.lm
+        recipes = app.recipe_actions
         T = lm.diffusion.num_train_timesteps
         d = model_defaults(lm.sampler_defaults, T)
         lo, hi, _ = steps_range(d["sampler"], T)
@@ -495,7 +275,7 @@ class GenerateTab:
                 with gr.Accordion("Prompt syntax: blends", open=False):
                     gr.Markdown(PROMPT_BLEND_HELP + " Example: `goldfish:0.7 | coral reef:0.3`.",
                                 elem_id="blend-help")
-                class_dd = gr.Dropdown(lm.class_names, value=None, label=f"Class (fills the prompt; type to search)",
+                class_dd = gr.Dropdown(lm.class_names, value=None, label="Class (fills the prompt; type to search)",
                                        filterable=True, elem_id="class")
                 examples = gr.Examples(app.examples_for(lm), inputs=[prompt], label="Examples")
                 with gr.Row():
@@ -536,7 +316,7 @@ class GenerateTab:
                     snap = gr.Slider(0, 1, value=0, step=0.05, label="Snap strength", elem_id="snap",
                                      info="Pull a free-text prompt's embedding toward the nearest training classes "
                                           "(0 = off, 1 = the nearest classes' own embedding)")
-                sr_models = self.upscalers()
+                sr_models = app.cascade.upscalers()
                 with gr.Accordion("Speed, precision and upscaling", open=False, elem_id="advanced"):
                     precision = gr.Radio(list(PRECISION_CHOICES), value=DEFAULT_PRECISION, label="Precision",
                                          elem_id="precision",
@@ -607,16 +387,16 @@ class GenerateTab:
                       concurrency_id="coverage")
         restore_out = [ui.model, prompt, sampler, steps, guidance, seed, num, var_seed, var_strength, strength, snap,
                        precision, g_interval, upscale, restore_md]
-        restore_event = restore_file.upload(self.restore, [restore_file, ui.model], restore_out, api_name="restore",
+        restore_event = restore_file.upload(recipes.restore, [restore_file, ui.model], restore_out, api_name="restore",
                                             preprocess=False, concurrency_limit=2, concurrency_id="restore")
-        restore_sel = restore_sel_btn.click(self.restore, [selected, ui.model], restore_out,
+        restore_sel = restore_sel_btn.click(recipes.restore, [selected, ui.model], restore_out,
                                             api_name="restore_selected", api_visibility="private", preprocess=False,
                                             concurrency_limit=2, concurrency_id="restore")
-        gallery.select(self.selected_fn(), None, [selected], api_visibility="private", queue=False)
-        reuse_btn.click(self.reuse_seed, [selected], [seed], api_name="reuse_seed", preprocess=False, queue=False)
-        to_init_btn.click(self.use_as_init, [selected], [init_image], api_name="use_as_init", preprocess=False,
+        gallery.select(recipes.selected_fn(), None, [selected], api_visibility="private", queue=False)
+        reuse_btn.click(recipes.reuse_seed, [selected], [seed], api_name="reuse_seed", preprocess=False, queue=False)
+        to_init_btn.click(recipes.use_as_init, [selected], [init_image], api_name="use_as_init", preprocess=False,
                           queue=False)
-        upscale_event = upscale_btn.click(self.upscale_fn(), [selected, upscaler], [upscaled, status, files],
+        upscale_event = upscale_btn.click(app.cascade.upscale_fn(), [selected, upscaler], [upscaled, status, files],
                                           api_name="upscale", **common)
         start_btn.click(self.img2img_start, [init_image, ui.model, sampler, steps, seed, strength, var_seed,
                                              var_strength], [start_img, start_md], api_name="img2img_start",
@@ -660,14 +440,3 @@ class GenerateTab:
 
         generate.__annotations__["request"] = gr.Request  # a class, not a string: gradio injects it
         return generate
-
-    def selected_fn(self):
-        import gradio as gr
-
-        tab = self
-
-        def selected(evt: gr.SelectData):
-            return tab.selected(evt)
-
-        selected.__annotations__["evt"] = gr.SelectData
-        return selected

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from webui.jobs import Cancelled, Done
-from webui.tab_generate import UPSCALE_OFF
+from webui.cascade import UPSCALE_OFF
 from webui.validation import (GUIDANCE_RANGE, MAX_PROMPT_CHARS, MAX_SEED, SAMPLER_CHOICES, InputError, check_budget,
                               clean_prompt, model_defaults, parse_guidance_list, parse_sampler, steps_range,
                               validate_blend, validate_guidance, validate_seed, validate_steps)
@@ -72,7 +72,7 @@ class LearnTab:
             s = validate_seed(seed)
             s = 0 if s is None else s
             check_budget(1, lm.image_size, n, self.app.args.max_work)
-            stage2 = self.app.generate_tab.cascade_stage(upscaler, lm, 1)
+            stage2 = self.app.cascade.stage(upscaler, lm, 1)
 
             def work(on_step):
                 first = D.trace_denoising(lm.model, lm.diffusion, text, callback=on_step, sampler=name, num_steps=n,
@@ -169,7 +169,7 @@ class LearnTab:
                 guidance = gr.Slider(GUIDANCE_RANGE[0], GUIDANCE_RANGE[1], value=d["guidance_scale"], step=0.1,
                                      label="Guidance scale (step table)")
                 seed = gr.Number(0, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed")
-                sr_models = self.app.generate_tab.upscalers()
+                sr_models = self.app.cascade.upscalers()
                 upscaler = gr.Dropdown([UPSCALE_OFF, *sr_models], value=UPSCALE_OFF, elem_id="learn-upscale",
                                        label="Then trace the upscaler (step table)", visible=bool(sr_models),
                                        info="the cascade's second stage, step by step, on the image the first makes")
