@@ -416,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=None,
                    help="real image for the forward strip (default: the first of the class in the model's data)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--studio", action="store_true",
+                   help="also the README's studio pictures (variations, blends, img2img, interpolation, grid); "
+                        "needs the default model's classes")
     p.set_defaults(func=_cmd_figures)
 
     p = sub.add_parser("list", help="list the models in the store")

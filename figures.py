@@ -4,7 +4,9 @@
 writes a per-class grid (one row per class), a denoising GIF and strip of one
 class and, with a real image of that class, the forward/prediction strip (the
 image noised to several t, and the model's one-step guess of x_0 from each).
-Sampler, steps and guidance default to the model's ``sampler_defaults``.
+Sampler, steps and guidance default to the model's ``sampler_defaults``. With
+``--studio``, also the README's pictures of the app's studio features
+(``studio_figures``: variations, blends, img2img, interpolation, a grid).
 """
 from __future__ import annotations
 
@@ -78,6 +80,77 @@ def model_figures(
     return paths
 
 
+def studio_figures(
+    lm: Any,  # model_store.LoadedModel
+    out_dir: str | os.PathLike,
+    *,
+    init_image: np.ndarray | None = None,
+    encode_fn: Any = None,
+) -> dict[str, Path]:
+    """The README's pictures of the studio features (the same core calls the app makes), for a model
+    with the default model's classes: variations, blended prompts, img2img (from ``init_image``, a
+    school bus), an interpolation (GIF and strip) and a guidance x steps grid."""
+    if encode_fn is None:
+        from models.text_encoder import encode_prompts as encode_fn
+    prompt = {c["name"]: c["prompt"] for c in lm.classes}
+    needed = {"monarch", "goldfish", "coral reef", "jellyfish", "ladybug", "sports car"}
+    if not needed <= set(prompt):
+        raise ValueError(f"--studio draws {', '.join(sorted(needed))}; {lm.name} lacks "
+                         f"{', '.join(sorted(needed - set(prompt)))}")
+    d = lm.sampler_defaults
+    kw = dict(sampler=d.get("sampler", "dpm++"), num_steps=d.get("steps"), encode_fn=encode_fn,
+              guidance_scale=d.get("guidance_scale", 3.0))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+
+    def one(text: str, seed: int, **extra: Any) -> np.ndarray:
+        return D.generate_images(lm.model, lm.diffusion, [text], num_images=1, seed=seed, **{**kw, **extra}).images[0]
+
+    strengths = (0, 0.1, 0.2, 0.35, 0.6, 1)
+    row = [one(prompt["monarch"], 3, variation_seed=40, variation_strength=s) for s in strengths]
+    paths["variation"] = out / "studio_variation.png"
+    plot_func.labelled_grid([row], col_labels=[f"{s:g}" for s in strengths], min_side=96, path=paths["variation"],
+                            title="variation strength: seed 3 -> variation seed 40 (monarch)")
+
+    weights = (1, 0.75, 0.5, 0.25, 0)
+    row = [one(f"{prompt['goldfish']}:{w:g} | {prompt['coral reef']}:{1 - w:g}" if 0 < w < 1 else
+               prompt["goldfish" if w == 1 else "coral reef"], 5) for w in weights]
+    paths["blend"] = out / "studio_blend.png"
+    plot_func.labelled_grid([row], col_labels=[f"w={w:g}" for w in weights], min_side=96, path=paths["blend"],
+                            title="goldfish:w | coral reef:1-w (seed 5)")
+
+    if init_image is not None:
+        strengths = (0.2, 0.4, 0.6, 0.8, 1)
+        row = [np.asarray(init_image)] + [one(prompt["sports car"], 0, init_images=np.asarray(init_image)[None],
+                                              strength=s) for s in strengths]
+        paths["img2img"] = out / "studio_img2img.png"
+        plot_func.labelled_grid([row], col_labels=["init"] + [f"s={s:g}" for s in strengths], min_side=96,
+                                path=paths["img2img"],
+                                title=f"img2img: a school bus, prompted {prompt['sports car']!r}")
+
+    cond = encode_fn([prompt["goldfish"], prompt["jellyfish"]])
+    shape = (1, lm.model.config.in_channels, lm.image_size, lm.image_size)
+    conds, noises, fractions = D.interpolation_inputs(cond[0], cond[1], D.starting_noise(shape, [1]),
+                                                      D.starting_noise(shape, [2]), 8)
+    frames = D.generate_images(lm.model, lm.diffusion, [f"{f:.2f}" for f in fractions], num_images=len(fractions),
+                               seed=1, cond=conds, noise=noises, **kw).images
+    labels = [f"{f:.2f}" for f in fractions]
+    paths["interpolation_gif"] = plot_func.frames_gif(frames, out / "studio_interpolation.gif", labels=labels,
+                                                      min_side=256)
+    paths["interpolation"] = out / "studio_interpolation.png"
+    plot_func.labelled_grid([list(frames)], col_labels=labels, min_side=96, path=paths["interpolation"],
+                            title="goldfish (seed 1) -> jellyfish (seed 2)")
+
+    guidances, steps = (1, 3, 7), (8, 20)
+    rows = [[one(prompt["ladybug"], 9, guidance_scale=g, num_steps=n, sampler="dpm++") for g in guidances]
+            for n in steps]
+    paths["grid"] = out / "studio_grid.png"
+    plot_func.labelled_grid(rows, col_labels=[f"w={g}" for g in guidances], row_labels=[f"{n} steps" for n in steps],
+                            min_side=96, path=paths["grid"], title="guidance x steps (DPM-Solver++, seed 9, ladybug)")
+    return paths
+
+
 def pick_classes(classes: list[dict], wanted: Sequence[str] | int | None) -> list[dict]:
     """The grid's classes: all (None), N spread evenly over the list (an int), or these names."""
     if wanted is None:
@@ -125,8 +198,13 @@ def cmd_figures(args: Any) -> int:
     classes = args.classes
     if classes is not None:
         classes = int(classes) if classes.strip().isdigit() else [c.strip() for c in classes.split(",") if c.strip()]
-    paths = model_figures(lm, args.out or Path("output_ImageNet") / lm.name, per_class=args.per_class,
-                          gif_class=args.gif_class, real_image=image, seed=args.seed, classes=classes)
+    out = args.out or Path("output_ImageNet") / lm.name
+    paths = model_figures(lm, out, per_class=args.per_class, gif_class=args.gif_class, real_image=image,
+                          seed=args.seed, classes=classes)
+    if args.studio:
+        data_dir = lm.config.get("data", {}).get("dir")
+        bus = real_class_image(data_dir, "school bus") if data_dir and Path(data_dir).exists() else None
+        paths.update(studio_figures(lm, out, init_image=bus))
     for p in paths.values():
         print(p)
     return 0

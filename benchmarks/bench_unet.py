@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Parameter count and CPU forward time of U-Net configs (the default UNetConfig at 64 px first).
 
-    python benchmarks/bench_unet.py [--batch 8] [--repeats 5]
+    python benchmarks/bench_unet.py [--batch 8] [--repeats 5] [--rounds 3] [--log FILE]
 
-Prints, per config: parameters, and median forward seconds per batch for fp32
-and for bf16 autocast + channels_last, measured interleaved in one run.
+Prints, per config: parameters, and forward seconds per batch for fp32 and for
+bf16 autocast + channels_last (median, min-max over every timed forward),
+measured interleaved in rounds (fp32, bf16, fp32, ...), and the bf16 speed-up as
+the median of the per-round ratios with its min-max. On a CPU without fast bf16
+(no AVX512-BF16 / AMX) the bf16 column is slower, not faster.
 """
 from __future__ import annotations
 
@@ -17,16 +20,24 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlog import tee_stdout  # noqa: E402
 from models import ConditionalUNet, UNetConfig, count_parameters  # noqa: E402
+from training import make_config  # noqa: E402
 
 CONFIGS = {
     "default UNetConfig() @64": UNetConfig(),
-    "default_model preset @32": UNetConfig(image_size=32, base_channels=64, channel_mult=(1, 2, 2),
+    "default_model (7.1M) @32": UNetConfig(image_size=32, base_channels=64, channel_mult=(1, 2, 2),
                                            attention_resolutions=(8,)),
 }
 
 
-def time_forward(model, x, t, c, bf16: bool, repeats: int) -> float:
+def preset_config() -> UNetConfig:
+    """The network of the current ``default`` training preset (what tiny200 and new models train)."""
+    return make_config("default").unet_config(32)
+
+
+def time_forward(model, x, t, c, bf16: bool, repeats: int) -> list[float]:
     times = []
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
     with torch.no_grad(), ctx:
@@ -35,31 +46,44 @@ def time_forward(model, x, t, c, bf16: bool, repeats: int) -> float:
             start = time.perf_counter()
             model(x, t, c)
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed forwards per mode per round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (fp32, bf16, fp32, ...)")
+    parser.add_argument("--log", default=None, help="also write everything printed to this file")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    print(f"{'config':28s} {'params':>10s} {'fp32 s/batch':>13s} {'bf16+CL s/batch':>16s} {'speed-up':>9s}")
-    for name, cfg in CONFIGS.items():
+    tee_stdout(args.log)
+    configs = {**CONFIGS, "default preset (slim) @32": preset_config()}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+          f"{args.rounds} rounds x {args.repeats} forwards per mode")
+    print("| config | parameters | fp32 s/batch (median, min-max) | bf16+CL s/batch | bf16 speed-up (median, min-max) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, cfg in configs.items():
         torch.manual_seed(0)
         model = ConditionalUNet(cfg).eval()
         s = cfg.image_size
         x = torch.randn(args.batch, 3, s, s)
         t = torch.randint(0, 1000, (args.batch,))
         c = torch.randn(args.batch, 384)
-        fp32, bf16 = [], []
-        for _ in range(2):  # interleave the two modes so machine noise hits both
+        fp32, bf16, ratios = [], [], []
+        for _ in range(args.rounds):  # interleave the two modes so machine noise hits both
             model = model.to(memory_format=torch.contiguous_format)
-            fp32.append(time_forward(model, x, t, c, False, args.repeats))
+            a = time_forward(model, x, t, c, False, args.repeats)
             model = model.to(memory_format=torch.channels_last)
-            bf16.append(time_forward(model, x.contiguous(memory_format=torch.channels_last), t, c, True, args.repeats))
-        a, b = min(fp32), min(bf16)
-        print(f"{name:28s} {count_parameters(model)/1e6:9.2f}M {a:13.3f} {b:16.3f} {a / b:8.2f}x")
+            b = time_forward(model, x.contiguous(memory_format=torch.channels_last), t, c, True, args.repeats)
+            fp32 += a
+            bf16 += b
+            ratios.append(statistics.median(a) / statistics.median(b))
+        print(f"| {name} | {count_parameters(model) / 1e6:.2f}M | {spread(fp32)} | {spread(bf16)} | "
+              f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |", flush=True)
 
 
 if __name__ == "__main__":

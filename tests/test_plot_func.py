@@ -142,7 +142,7 @@ def test_denoising_gif_with_a_single_frame(tmp_path):
 
 
 # ----------------------------------------------------------------- a model's figures
-def _tiny_store_model(tmp_path):
+def _tiny_store_model(tmp_path, names=("goldfish", "pizza"), lively=False):
     import diffusion as D
     import model_store as ms
     from models import ConditionalUNet, UNetConfig
@@ -150,8 +150,12 @@ def _tiny_store_model(tmp_path):
     torch.manual_seed(0)
     net = ConditionalUNet(UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
                                      attention_resolutions=(8,), head_channels=8, dropout=0.0))
+    if lively:  # zero-initialised output layers would make every prompt give the same image
+        for prm in net.parameters():
+            if not prm.detach().any():
+                torch.nn.init.normal_(prm, std=0.05)
     classes = [{"index": i, "wnid": f"n{i}", "name": n, "prompt": f"a photo of a {n}"}
-               for i, n in enumerate(["goldfish", "pizza"])]
+               for i, n in enumerate(names)]
     cfg = ms.model_config(net.config, D.DiffusionConfig(), classes)
     cfg["sampler_defaults"] = {"sampler": "dpm++", "steps": 3, "guidance_scale": 2.0}
     ms.save_to_store("tiny", net.state_dict(), cfg, "# tiny\n", store=tmp_path / "store", dtype=torch.float32)
@@ -210,6 +214,41 @@ def test_model_figures_writes_grid_gif_and_strips(tmp_path):
     assert len(imageio.mimread(paths["gif"])) == 3  # one frame per sampler step (the model's default: 3)
     with pytest.raises(ValueError, match="not one of the model's classes"):
         figures.model_figures(lm, tmp_path / "fig", gif_class="zebra")
+
+
+def test_studio_figures_draw_what_the_core_makes(tmp_path):
+    """The README's studio pictures: each picture's cells are the core's own images (variation strength 0
+    is the seed's image, 1 the variation seed's; the interpolation ends are the two prompts' images)."""
+    import diffusion as D
+    import figures
+
+    names = ("goldfish", "jellyfish", "ladybug", "monarch", "sports car", "coral reef", "school bus")
+    lm = _tiny_store_model(tmp_path, names, lively=True)
+    rng = np.random.default_rng(0)
+    table = {f"a photo of a {n}": rng.standard_normal(384).astype(np.float32) for n in names}
+    encode = lambda texts: np.stack([table[t] / np.linalg.norm(table[t]) for t in texts])  # noqa: E731
+    paths = figures.studio_figures(lm, tmp_path / "s", init_image=batch(1, 16)[0], encode_fn=encode)
+    assert set(paths) == {"variation", "blend", "img2img", "interpolation_gif", "interpolation", "grid"}
+    assert all(p.exists() for p in paths.values())
+
+    def cell(path, j, rows_above=0):  # a cell of a one-row table with a title: 16 px scaled 6x to 96
+        a = np.asarray(Image.open(path).convert("RGB"))
+        y = 20 + 18 + rows_above * 98
+        return a[y:y + 96:6, j * 98:j * 98 + 96:6]
+
+    def plain(prompt, seed):
+        return D.generate_images(lm.model, lm.diffusion, [prompt], seed=seed, sampler="dpm++", num_steps=3,
+                                 guidance_scale=2.0, encode_fn=encode).images[0]
+
+    np.testing.assert_array_equal(cell(paths["variation"], 0), plain("a photo of a monarch", 3))
+    np.testing.assert_array_equal(cell(paths["variation"], 5), plain("a photo of a monarch", 40))
+    np.testing.assert_array_equal(cell(paths["interpolation"], 0), plain("a photo of a goldfish", 1))
+    np.testing.assert_array_equal(cell(paths["interpolation"], 7), plain("a photo of a jellyfish", 2))
+    assert not np.array_equal(cell(paths["variation"], 2), cell(paths["variation"], 0))
+    np.testing.assert_array_equal(cell(paths["img2img"], 0), batch(1, 16)[0])  # the init image itself
+    with pytest.raises(ValueError, match="lacks coral reef"):
+        figures.studio_figures(_tiny_store_model(tmp_path / "other", ("goldfish", "monarch")), tmp_path / "t",
+                               encode_fn=encode)
 
 
 def test_figures_command_and_plot_func_only_draws(tmp_path, capsys):
