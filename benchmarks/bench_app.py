@@ -4,6 +4,7 @@ finished images, as a ``gradio_client`` on loopback sees them.
 
     python benchmarks/bench_app.py [--model default_model] [--images 4] [--steps 20] [--repeats 7]
                                    [--log benchmarks/results/app.txt]
+                                   [--browser 3 --screenshot output_ImageNet/default_model/web_app.png]
 
 Starts ``web.py --model MODEL`` from the model store (a fresh process, as a user
 would), waits until it answers, then sends ``--repeats`` generate requests one
@@ -14,6 +15,11 @@ request is reported apart: it pays for the text encoder and the model's first
 use. Printed: every request, then min / median / max of the rest. "first status" is the
 first streamed output (the status line); "first preview" the first whose gallery holds
 an image (the x_0 estimate after the first sampler step).
+
+With ``--browser N``, the same server is then driven N times from Debian's Chromium
+(Playwright, no browser download): click Generate with the page's defaults and time
+the click to the first image in the gallery and to "Done" in the status line, as a
+person sees it (seed -1: a new random seed per click); ``--screenshot`` keeps a full-page screenshot of the last run.
 """
 from __future__ import annotations
 
@@ -43,13 +49,60 @@ def one_request(client, args: argparse.Namespace, seed: int) -> tuple[float, flo
         outs = job.outputs()
         if first is None and outs:
             first = time.perf_counter() - start
-        if preview is None and any(isinstance(o, (list, tuple)) and o and o[0] for o in outs):
-            preview = time.perf_counter() - start  # an output whose gallery holds images: a live preview
+        if preview is None and any(isinstance(o, (list, tuple)) and o and isinstance(o[0], list) and o[0]
+                                   for o in outs):
+            preview = time.perf_counter() - start  # an output whose gallery is a list of images (a skipped
+            # gallery comes as an update dict): a live preview
         time.sleep(0.002)
     job.result()  # raises if the request failed
     total = time.perf_counter() - start
     return (first if first is not None else total), (preview if preview is not None else total), total, \
         len(job.outputs())
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage"]
+GALLERY_SRCS_JS = "() => [...document.querySelectorAll('#gallery img')].map(i => i.src)"
+NEW_IMAGES_JS = ("(before) => [...document.querySelectorAll('#gallery img')]"
+                 ".filter(i => i.complete && i.naturalWidth > 0 && !before.includes(i.src)).length")
+
+
+def browser_runs(url: str, n: int, screenshot: str | None) -> list[tuple[float, float]]:
+    """(click -> first gallery image, click -> "Done") for ``n`` Generate clicks in Chromium."""
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    from playwright.sync_api import sync_playwright
+
+    rows = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            page.set_default_timeout(120_000)
+            page.goto(url)
+            page.wait_for_selector("#generate")
+            page.locator("#prompt textarea").fill("a photo of a goldfish")
+            for r in range(n):
+                # a random seed per click (the page writes the seed it used back into the box): the same seed
+                # gives the same PNGs, which gradio serves from the same content-addressed URLs
+                page.locator("#seed input").fill("-1")
+                before = page.evaluate(GALLERY_SRCS_JS)  # new images are new files: previews, then the PNGs
+                t0 = time.perf_counter()
+                page.locator("#generate").click()
+                page.wait_for_function(NEW_IMAGES_JS + " > 0", arg=before)
+                first = time.perf_counter() - t0
+                page.wait_for_function(NEW_IMAGES_JS + " >= 4 && (document.querySelector('#status')?.innerText || '')"
+                                       ".includes('Done')", arg=before)
+                done = time.perf_counter() - t0
+                rows.append((first, done))
+                print(f"Chromium click {r + 1}: first image in the gallery {first:.3f} s, done {done:.3f} s", flush=True)
+            if screenshot:
+                Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=screenshot, full_page=True)
+                print(f"screenshot: {screenshot}")
+        finally:
+            browser.close()
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--log", default=None, help="also write everything printed to this file")
+    p.add_argument("--browser", type=int, default=0, help="then N Generate clicks in Chromium (default 0: none)")
+    p.add_argument("--screenshot", default=None, help="with --browser: save a full-page screenshot here")
     args = p.parse_args(argv)
     tee_stdout(args.log)
 
@@ -80,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"request {r + 1}: first status {first:.3f} s, first preview {preview:.3f} s, "
                       f"done {total:.3f} s, {outputs} outputs streamed"
                       + (" (first request: loads the text encoder)" if r == 0 else ""), flush=True)
+            clicks = browser_runs(server.url, args.browser, args.screenshot) if args.browser else []
         finally:
             server.stop()
     rest = rows[1:] or rows
@@ -90,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"first preview: median {statistics.median(previews):.3f} s (min {min(previews):.3f}, "
           f"max {max(previews):.3f})")
     print(f"done:          median {statistics.median(totals):.3f} s (min {min(totals):.3f}, max {max(totals):.3f})")
+    if clicks:
+        firsts, dones = [c[0] for c in clicks], [c[1] for c in clicks]
+        print(f"Chromium, {len(clicks)} clicks (Generate with the page's defaults: {args.model}, 4 images):")
+        print(f"first image in the gallery: median {statistics.median(firsts):.3f} s (min {min(firsts):.3f}, "
+              f"max {max(firsts):.3f})")
+        print(f"done:                       median {statistics.median(dones):.3f} s (min {min(dones):.3f}, "
+              f"max {max(dones):.3f})")
     return 0
 
 

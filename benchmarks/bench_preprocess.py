@@ -6,7 +6,9 @@ Two workloads, from ``../shared/data``:
 * ``tiny``: the Tiny ImageNet zip (100,000 64x64 JPEGs, read from the zip);
   ``--tiny-limit N`` uses the first N files of each (sorted) class instead.
 * ``full``: the 66 full-size ILSVRC sample JPEGs repeated ``--copies`` times
-  (symlinks in a temporary ILSVRC-layout folder, nothing copied into the repo).
+  (byte copies in a temporary ILSVRC-layout folder, nothing copied into the repo;
+  not symlinks: preprocess.py reads each real file once, so linked copies would
+  be skipped as duplicates and ours would do a tenth of the naive loop's work).
 
 "naive" is ``Image.open(f).convert("RGB").resize((64, 64))`` in one process,
 without draft mode (the loop most scripts start with). "ours" is
@@ -97,9 +99,9 @@ def build_full_tree(tmp: Path, copies: int) -> list[Path]:
         d = tmp / "train" / f.parent.name
         d.mkdir(parents=True, exist_ok=True)
         for k in range(copies):
-            link = d / f"copy{k:02d}_{f.name}"
-            link.symlink_to(f)
-            files.append(link)
+            copy = d / f"copy{k:02d}_{f.name}"
+            shutil.copyfile(f, copy)  # a real file each: links would be read once (duplicates)
+            files.append(copy)
     (tmp / "LOC_synset_mapping.txt").symlink_to(SHARED / "imagenet-sample" / "LOC_synset_mapping.txt")
     return files
 
@@ -171,12 +173,14 @@ def main(argv=None) -> int:
         tmp = Path(tmpdir)
         counter = iter(range(10**6))
 
-        def ours(src, w, **kw):
+        def ours(src, w, expect, **kw):
             def go():
                 out = tmp / f"out{next(counter)}"
                 res = P.preprocess(src, out, size=SIZE, workers=w, embed_fn=no_embed, progress=False,
                                    val_fraction=0.0, **kw)
-                assert res.manifest["counts"]["skipped"] == 0
+                counts = res.manifest["counts"]
+                assert counts["skipped"] == 0 and counts["duplicates"] == 0, counts
+                assert counts["train"] == expect, (counts, expect)  # the same images as the naive loop
                 shutil.rmtree(out)
             return go
 
@@ -187,8 +191,8 @@ def main(argv=None) -> int:
             naive_folder(files[:66])  # warm the page cache
             r = bench("full", n, {
                 "naive": lambda: naive_folder(files),
-                f"ours ({workers} workers)": ours(tmp / "full", workers),
-                "ours (1 worker)": ours(tmp / "full", 1),
+                f"ours ({workers} workers)": ours(tmp / "full", workers, n),
+                "ours (1 worker)": ours(tmp / "full", 1, n),
             }, args.repeats)
             rows.append((f"full-size ILSVRC JPEGs, 66 x {args.copies} = {n}", n, r))
 
@@ -201,7 +205,7 @@ def main(argv=None) -> int:
             # max_per_class picks a seeded sample, not the first N; the count is what matters.
             r = bench("tiny", n, {
                 "naive": lambda: naive_zip(zpath, names),
-                f"ours ({workers} workers)": ours(zpath, workers, **kw),
+                f"ours ({workers} workers)": ours(zpath, workers, n, **kw),
             }, args.tiny_repeats)
             rows.append((f"Tiny ImageNet zip, {n} JPEGs (64x64)", n, r))
 

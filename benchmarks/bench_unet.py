@@ -59,8 +59,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed forwards per mode per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (fp32, bf16, fp32, ...)")
     parser.add_argument("--log", default=None, help="also write everything printed to this file")
+    parser.add_argument("--bf16", action="store_true",
+                        help="time bf16 even where the CPU has no fast bf16 (emulated: many times slower)")
     args = parser.parse_args()
     tee_stdout(args.log)
+    import diffusion as D
+
+    with_bf16 = args.bf16 or D.fast_bf16("cpu")
     configs = {**CONFIGS, "default preset (slim) @32": preset_config()}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.rounds} rounds x {args.repeats} forwards per mode")
@@ -77,11 +82,16 @@ def main() -> None:
         for _ in range(args.rounds):  # interleave the two modes so machine noise hits both
             model = model.to(memory_format=torch.contiguous_format)
             a = time_forward(model, x, t, c, False, args.repeats)
-            model = model.to(memory_format=torch.channels_last)
-            b = time_forward(model, x.contiguous(memory_format=torch.channels_last), t, c, True, args.repeats)
             fp32 += a
-            bf16 += b
-            ratios.append(statistics.median(a) / statistics.median(b))
+            if with_bf16:
+                model = model.to(memory_format=torch.channels_last)
+                b = time_forward(model, x.contiguous(memory_format=torch.channels_last), t, c, True, args.repeats)
+                bf16 += b
+                ratios.append(statistics.median(a) / statistics.median(b))
+        if not with_bf16:
+            print(f"| {name} | {count_parameters(model) / 1e6:.2f}M | {spread(fp32)} | not timed: no fast bf16 on "
+                  "this CPU (--bf16 to time it anyway) | - |", flush=True)
+            continue
         print(f"| {name} | {count_parameters(model) / 1e6:.2f}M | {spread(fp32)} | {spread(bf16)} | "
               f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |", flush=True)
 
