@@ -2,10 +2,10 @@
 """Sampling speed: our DPM-Solver++ loop against a diffusers loop, at equal steps.
 
 Both sides run classifier-free guidance 3 with DPM-Solver++(2M) on a network of
-the same layout: ours is default_model's ConditionalUNet (7.1M parameters; its
+the same layout: ours is the ConditionalUNet of ``--model`` (default_model: its
 shipped weights at 32 px, the same config at 64 px), the peer a diffusers
-``UNet2DModel`` with the same channels, blocks and attention (6.95M, class
-labels with a null class for guidance) stepped by ``DPMSolverMultistepScheduler``
+``UNet2DModel`` with the same channels, blocks and attention (class labels with
+a null class for guidance) stepped by ``DPMSolverMultistepScheduler``
 (what a user writes from diffusers' examples). The weights do not change the
 cost, so the peer's are random.
 
@@ -57,20 +57,31 @@ NUM_CLASSES = 10
 
 # --------------------------------------------------------------------------- the two networks
 def ours(size: int, model_name: str) -> tuple[torch.nn.Module, D.DiffusionConfig]:
-    """default_model at 32 px; its layout with fresh weights at any other size."""
+    """The model at its own size; its layout (attention at the same level) with fresh weights at any other."""
     lm = store.load_model(model_name)
     if size == lm.image_size:
         return lm.model.eval(), lm.diffusion
-    cfg = UNetConfig.from_dict({**lm.config["unet"], "image_size": size})
+    u = lm.config["unet"]
+    # attention at the same level of the network (8 px at 32 px is 16 px at 64 px), as the peer has it
+    attention = [r * size // lm.image_size for r in u["attention_resolutions"]]
+    cfg = UNetConfig.from_dict({**u, "image_size": size, "attention_resolutions": attention})
     torch.manual_seed(0)
     return ConditionalUNet(cfg).eval().to(memory_format=torch.channels_last), lm.diffusion
 
 
-def peer(size: int) -> torch.nn.Module:
+def peer(size: int, model_name: str) -> torch.nn.Module:
+    """The diffusers UNet2DModel with ``model_name``'s channels, blocks and attention level."""
     from peer import peer_unet
 
+    u = store.load_model(model_name).config["unet"]
+    levels = len(u["channel_mult"])
+    if list(u["attention_resolutions"]) != [u["image_size"] // 2 ** (levels - 1)]:
+        raise SystemExit(f"{model_name} has attention at {u['attention_resolutions']}; the peer only has it at the "
+                         "last level")
     torch.manual_seed(0)
-    return peer_unet(size, num_class_embeds=NUM_CLASSES + 1).eval()  # + the null class for guidance
+    return peer_unet(size, num_class_embeds=NUM_CLASSES + 1,  # + the null class for guidance
+                     block_out_channels=tuple(u["base_channels"] * m for m in u["channel_mult"]),
+                     layers_per_block=u["num_res_blocks"]).eval()
 
 
 # --------------------------------------------------------------------------- one timed run each
@@ -146,7 +157,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             start = time.perf_counter()
             run_ours(compiled, diffusion, size, 1, 2)  # the one-off compile, outside the timed rounds
             compile_seconds[size] = time.perf_counter() - start
-        nets[size] = (net, diffusion, compiled, peer(size))
+        nets[size] = (net, diffusion, compiled, peer(size, args.model))
     for size, (net, diffusion, compiled, peer_net) in nets.items():
         print(f"{size} px: ours {count_parameters(net) / 1e6:.2f}M parameters, "
               f"peer {sum(p.numel() for p in peer_net.parameters()) / 1e6:.2f}M", flush=True)

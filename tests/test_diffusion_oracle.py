@@ -345,3 +345,29 @@ def test_posterior_terms_closed_form_and_diffusers(schedule, theirs, monkeypatch
     np.testing.assert_allclose(ours["posterior_mean_coef1"], d_coef1, rtol=2e-5, atol=1e-9)
     np.testing.assert_allclose(ours["posterior_mean_coef2"], d_coef2, rtol=2e-5, atol=1e-9)
     np.testing.assert_allclose(ours["posterior_variance"], d_var, rtol=2e-5, atol=1e-15)
+
+
+@pytest.mark.parametrize("model_name", ["default_model", "tiny200"])
+def test_benchmark_peer_has_the_models_size_and_layout(model_name):
+    """bench_sample's speed-ups are only fair if its diffusers peer is the same network: same
+    parameter count (within 3%), same channels per level, same output shape."""
+    import sys
+    from pathlib import Path
+
+    import model_store
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        import bench_sample
+    finally:
+        sys.path.remove(str(bench))
+    ours, _ = bench_sample.ours(32, model_name)
+    peer = bench_sample.peer(32, model_name)
+    n_ours = sum(p.numel() for p in ours.parameters())
+    n_peer = sum(p.numel() for p in peer.parameters())
+    assert abs(n_peer / n_ours - 1) < 0.03, (n_ours, n_peer)
+    u = model_store.load_model(model_name).config["unet"]
+    assert list(peer.config.block_out_channels) == [u["base_channels"] * m for m in u["channel_mult"]]
+    x = torch.zeros(2, 3, 32, 32)
+    assert peer(x, torch.tensor([10, 10]), class_labels=torch.tensor([0, 10])).sample.shape == x.shape

@@ -67,6 +67,11 @@ class WebApp:
         self.grid_tab = GridTab(self)
         self.learn_tab = LearnTab(self)
 
+    @property
+    def max_upload(self) -> int:
+        """The largest upload in bytes (``--max-upload-mb``); every tab that reads a file checks it."""
+        return int(self.args.max_upload_mb * 2**20)
+
     # ----------------------------------------------------------------- errors
     @contextlib.contextmanager
     def errors(self, what: str):

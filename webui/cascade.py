@@ -50,7 +50,7 @@ class Cascade:
         from webui.app import session_of
 
         app = self.app
-        r = recipe_of(image, int(self.app.args.max_upload_mb * 2**20))
+        r = recipe_of(image, self.app.max_upload)
         want, steps = self.upscaler(upscaler, "one of: ")
         with Image.open(file_path(image)) as im:
             low = np.asarray(im.convert("RGB"))

@@ -15,10 +15,6 @@ class RecipeActions:
     def __init__(self, app):
         self.app = app
 
-    @property
-    def max_upload(self) -> int:
-        return int(self.app.args.max_upload_mb * 2**20)
-
     def restore(self, png, model_choice):
         """A PNG's recipe -> every setting: (model, prompt, sampler, steps, guidance, seed, number of
         images, variation seed, variation strength, denoising strength, snap, precision, guidance
@@ -26,7 +22,7 @@ class RecipeActions:
         import gradio as gr
 
         with self.app.errors("restore"):
-            r = recipe_of(png, self.max_upload)
+            r = recipe_of(png, self.app.max_upload)
             notes = []
             model = r.get("model")
             if model not in self.app.models.choices_values():
@@ -94,7 +90,7 @@ class RecipeActions:
     def reuse_seed(self, image) -> int:
         """The seed in a result's recipe (the gallery's selected image)."""
         with self.app.errors("reuse seed"):
-            r = recipe_of(image, self.max_upload)
+            r = recipe_of(image, self.app.max_upload)
             return int(r["seed"])
 
     def use_as_init(self, image):
@@ -103,7 +99,7 @@ class RecipeActions:
             path = file_path(image)
             if not path:
                 raise InputError("Select an image in the gallery first (click it).")
-            check_upload(path, max_bytes=self.max_upload, upload_dir=upload_folder())
+            check_upload(path, max_bytes=self.app.max_upload, upload_dir=upload_folder())
             return path
 
     def selected(self, evt=None):

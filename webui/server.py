@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=args.auth,
         auth_message="This diffusion app requires a login." if args.auth else None,
-        max_file_size=int(args.max_upload_mb * 2**20), allowed_paths=[str(app.out.resolve())],
+        max_file_size=app.max_upload, allowed_paths=[str(app.out.resolve())],
         theme=gr.themes.Soft(), css=CSS, ssr_mode=False, mcp_server=bool(args.mcp), show_error=False,
         footer_links=["api"], enable_monitoring=False,
     )

@@ -44,7 +44,7 @@ class ForwardTab:
             _, T, ts, s = self._common(model_choice, schedule, timesteps, seed)
             from gradio.utils import get_upload_folder
 
-            img = check_upload(image, max_bytes=int(self.app.args.max_upload_mb * 2**20),
+            img = check_upload(image, max_bytes=self.app.max_upload,
                                upload_dir=get_upload_folder())
             arr = np.asarray(square_resize(img, FORWARD_SIZE))
             strip = plot_func.forward_diffusion_strip(arr, ts, beta_schedule=schedule, num_train_timesteps=T, seed=s)

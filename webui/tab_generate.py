@@ -33,10 +33,6 @@ class GenerateTab:
     def __init__(self, app):
         self.app = app
 
-    @property
-    def max_upload(self) -> int:
-        return int(self.app.args.max_upload_mb * 2**20)
-
     # ----------------------------------------------------------------- generate
     def generate(self, prompt, model_choice, sampler, steps, guidance, seed, num_images, show_strip,
                  variation_seed=None, variation_strength=0.0, init_image=None, strength=DEFAULT_STRENGTH,
@@ -116,7 +112,7 @@ class GenerateTab:
         from cli import load_init_image
 
         path = file_path(value)
-        check_upload(path, max_bytes=self.max_upload, upload_dir=upload_folder())
+        check_upload(path, max_bytes=self.app.max_upload, upload_dir=upload_folder())
         try:
             return load_init_image(path, size)
         except (OSError, ValueError):
