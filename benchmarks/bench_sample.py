@@ -237,7 +237,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     sizes = sorted({r["size"] for r in rows})
     fig, axes = plt.subplots(1, len(sizes) + 1, figsize=(5 * (len(sizes) + 1), 4))
-    steps0 = min(r["steps"] for r in rows)
+    # the grid's main step count is the one most cells share; the other counts vary only at one batch size
+    steps0 = statistics.mode(r["steps"] for r in rows)
     for ax, size in zip(axes, sizes):
         for variant in dict.fromkeys(r["variant"] for r in rows):
             pts = sorted((r["batch"], r["s_per_image"]) for r in rows
@@ -248,7 +249,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     ax = axes[-1]
-    batch = sorted({r["batch"] for r in rows if r["steps"] != steps0}) or [min(r["batch"] for r in rows)]
+    batch = sorted({r["batch"] for r in rows if r["steps"] != steps0 and r["size"] == sizes[0]}) or \
+        [min(r["batch"] for r in rows)]
     for variant in dict.fromkeys(r["variant"] for r in rows):
         pts = sorted((r["steps"], r["s_per_image"]) for r in rows
                      if r["size"] == sizes[0] and r["variant"] == variant and r["batch"] == batch[0])
