@@ -281,3 +281,22 @@ def test_pick_classes_spreads_or_names():
         figures.pick_classes(classes, ["c1", "zebra"])
     with pytest.raises(ValueError, match="at least 1"):
         figures.pick_classes(classes, 0)
+
+
+def test_gif_frames_keep_their_pictures(tmp_path):
+    """Each GIF frame decodes back to its picture up to palette error: a quantizer that mixed up
+    frames, dropped colours or reordered them goes red here."""
+    rng = np.random.default_rng(0)
+    # smooth, image-like pictures with distinct colours per frame
+    pictures = [np.clip(rng.normal(40 + 40 * i, 50, (8, 8, 3)), 0, 255).astype(np.uint8).repeat(12, 0).repeat(12, 1)
+                for i in range(4)]
+    path = pf.write_gif(tmp_path / "g.gif", pictures, [100, 100, 100, 500])
+    with Image.open(path) as gif:
+        assert gif.n_frames == 4
+        for i, want in enumerate(pictures):
+            gif.seek(i)
+            got = np.asarray(gif.convert("RGB"), dtype=np.int16)
+            assert np.abs(got - want).mean() < 4, i
+            assert gif.info["duration"] == (500 if i == 3 else 100)
+    with pytest.raises(ValueError):
+        pf.write_gif(tmp_path / "bad.gif", pictures, [100])
