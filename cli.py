@@ -120,14 +120,14 @@ def load_init_image(path: str, size: int) -> "Any":
 def cmd_sample(args: argparse.Namespace) -> int:
     import diffusion as D
     import plot_func
-    from model_store import load_model
+    from model_store import DEFAULT_MODEL_NAME, load_model
     from recipe import save_png
 
     explicit = {k for k, v in vars(args).items() if v is not None and k not in ("func", "command", "out", "store",
                                                                                  "gif", "device", "from_png")}
     if args.from_png:
         apply_png_recipe(args, explicit)
-    args.model = args.model or "default_model"
+    args.model = args.model or DEFAULT_MODEL_NAME
     args.seed = 0 if args.seed is None else args.seed
     args.n = 8 if args.n is None else args.n
     if bool(args.prompt) == bool(args.class_name):
@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate images with a stored model",
                        description="Generate images. Prompts may blend texts with weights: " + PROMPT_BLEND_HELP)
-    p.add_argument("--model", default=None, help="store name or model/checkpoint folder (default: default_model)")
+    p.add_argument("--model", default=None, help="store name or model/checkpoint folder (default: tiny200)")
     p.add_argument("--store", default=None, help="model store directory (default: model_store/ or $DIFFUSION_MODEL_STORE)")
     p.add_argument("--prompt", action="append", help="free-text prompt (repeat for several)")
     p.add_argument("--class", dest="class_name", action="append", help="class name, e.g. goldfish (repeatable)")

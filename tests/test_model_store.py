@@ -447,3 +447,16 @@ def test_resumed_optimizer_matches_channels_last_params(fused, tmp_path):
         step(b, opt_b, seed)
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), k
+
+
+def test_the_default_model_is_shipped_and_the_app_opens_with_it():
+    """The CLI's and the app's default (one name in two modules: web.py starts before torch) is a
+    model of the shipped store, with every Tiny ImageNet class and its own guidance default."""
+    import model_store as ms
+    from webui.server import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == ms.DEFAULT_MODEL_NAME
+    assert DEFAULT_MODEL in ms.list_models()
+    cfg = json.loads((ms.DEFAULT_STORE / DEFAULT_MODEL / ms.CONFIG_FILE).read_text())
+    assert len(cfg["classes"]) == 200
+    assert cfg["sampler_defaults"]["guidance_scale"] == 6.0
