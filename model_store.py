@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent
 DEFAULT_STORE = ROOT / "model_store"
 DEFAULT_MODEL_NAME = "tiny200"  # what the app and `diffusion.py sample` open with: every Tiny ImageNet class
-SMALL_MODEL_NAME = "default_model"  # 10 classes, the figures and benchmarks of the README
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "training_state.safetensors"
 CONFIG_FILE = "config.json"

@@ -69,19 +69,18 @@ def ours(size: int, model_name: str) -> tuple[torch.nn.Module, D.DiffusionConfig
     return ConditionalUNet(cfg).eval().to(memory_format=torch.channels_last), lm.diffusion
 
 
-def peer(size: int, model_name: str) -> torch.nn.Module:
-    """The diffusers UNet2DModel with ``model_name``'s channels, blocks and attention level."""
+def peer(size: int, ours_config: UNetConfig) -> torch.nn.Module:
+    """The diffusers UNet2DModel with our network's channels, blocks and attention level."""
     from peer import peer_unet
 
-    u = store.load_model(model_name).config["unet"]
-    levels = len(u["channel_mult"])
-    if list(u["attention_resolutions"]) != [u["image_size"] // 2 ** (levels - 1)]:
-        raise SystemExit(f"{model_name} has attention at {u['attention_resolutions']}; the peer only has it at the "
+    u = ours_config
+    if list(u.attention_resolutions) != [u.image_size // 2 ** (len(u.channel_mult) - 1)]:
+        raise SystemExit(f"our network has attention at {u.attention_resolutions}; the peer only has it at the "
                          "last level")
     torch.manual_seed(0)
     return peer_unet(size, num_class_embeds=NUM_CLASSES + 1,  # + the null class for guidance
-                     block_out_channels=tuple(u["base_channels"] * m for m in u["channel_mult"]),
-                     layers_per_block=u["num_res_blocks"]).eval()
+                     block_out_channels=tuple(u.base_channels * m for m in u.channel_mult),
+                     layers_per_block=u.num_res_blocks).eval()
 
 
 # --------------------------------------------------------------------------- one timed run each
@@ -157,7 +156,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             start = time.perf_counter()
             run_ours(compiled, diffusion, size, 1, 2)  # the one-off compile, outside the timed rounds
             compile_seconds[size] = time.perf_counter() - start
-        nets[size] = (net, diffusion, compiled, peer(size, args.model))
+        nets[size] = (net, diffusion, compiled, peer(size, net.config))
     for size, (net, diffusion, compiled, peer_net) in nets.items():
         print(f"{size} px: ours {count_parameters(net) / 1e6:.2f}M parameters, "
               f"peer {sum(p.numel() for p in peer_net.parameters()) / 1e6:.2f}M", flush=True)

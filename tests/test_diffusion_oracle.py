@@ -363,7 +363,7 @@ def test_benchmark_peer_has_the_models_size_and_layout(model_name):
     finally:
         sys.path.remove(str(bench))
     ours, _ = bench_sample.ours(32, model_name)
-    peer = bench_sample.peer(32, model_name)
+    peer = bench_sample.peer(32, ours.config)
     n_ours = sum(p.numel() for p in ours.parameters())
     n_peer = sum(p.numel() for p in peer.parameters())
     assert abs(n_peer / n_ours - 1) < 0.03, (n_ours, n_peer)
