@@ -89,7 +89,9 @@ def apply_png_recipe(args: argparse.Namespace, explicit: set[str]) -> None:
             "spacing": r.get("timestep_spacing"), "variation_seed": r.get("variation_seed"),
             "variation_strength": r.get("variation_strength"), "strength": r.get("strength"),
             # a recipe from before --precision existed was made in fp32
-            "precision": r.get("precision") or "fp32", "guidance_interval": r.get("guidance_interval"),
+            "precision": r.get("precision") or "fp32",
+            # a recipe names its band when it had one: none named is guidance at every step, not the model's default
+            "guidance_interval": r.get("guidance_interval") or "none",
             "upscale": r.get("upscaler"), "upscale_steps": r.get("upscale_steps"), "upscale_aug": r.get("upscale_aug"),
             "snap": r.get("snap")}
     for key, value in fill.items():
@@ -150,6 +152,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else (
         model_defaults.get("steps") if model_defaults.get("sampler", sampler) == sampler else None)
     guidance = args.guidance if args.guidance is not None else float(model_defaults.get("guidance_scale", 3.0))
+    interval = args.guidance_interval if args.guidance_interval is not None else lm.guidance_interval
     if args.class_name:
         known = {c.lower(): c for c in lm.class_names}
         unknown = [c for c in args.class_name if c.lower() not in known]
@@ -176,7 +179,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         frame_every=max(1, (steps or _DEFAULT_STEPS[sampler]) // 40), device=device,  # <= ~40 GIF frames
         variation_seed=args.variation_seed, variation_strength=args.variation_strength or 0.0,
         init_images=init, strength=1.0 if args.strength is None else args.strength,
-        precision=args.precision or "auto", guidance_interval=args.guidance_interval, cond=cond,
+        precision=args.precision or "auto", guidance_interval=interval, cond=cond,
     )
     if args.snap:
         res.recipe["snap"] = float(args.snap)
@@ -293,7 +296,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     out_cfg = {k: config[k] for k in keep if k in config}
     out_cfg["source_checkpoint"] = str(ckpt)
     if args.sampler_defaults:
-        out_cfg["sampler_defaults"] = json.loads(args.sampler_defaults)
+        try:
+            out_cfg["sampler_defaults"] = json.loads(args.sampler_defaults)
+        except ValueError as e:
+            print(f"error: --sampler_defaults is not valid JSON: {e}", file=sys.stderr)
+            return 2
+        try:
+            store.check_sampler_defaults(out_cfg, "--sampler_defaults")
+        except store.CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     evaluation = Path(args.evaluation).read_text() if args.evaluation else None
     notes = Path(args.notes).read_text() if args.notes else None
     folder = store.save_to_store(args.name, ema, out_cfg, model_card(args.name, out_cfg, evaluation, notes),
@@ -369,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --init-image: 0 keeps the image, 1 ignores it (default 1)")
     p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
                    help="apply guidance only where the noise level sigma is in (LO, HI] (Kynkaanniemi et al. "
-                        "2024), e.g. 0.28,2.9; cheaper steps outside it (default: guidance at every step)")
+                        "2024), e.g. 0.28,2.9; cheaper steps outside it; 'none' = guidance at every step "
+                        "(default: the model's sampler_defaults, else every step)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="auto (default): bf16 autocast where the hardware has fast bf16 (AVX512-BF16/AMX CPUs, "
                         "recent GPUs), else fp32")

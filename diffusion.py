@@ -322,9 +322,14 @@ def noise_level(terms: DiffusionTerms, t: int) -> float:
     return math.sqrt((1.0 - ab) / ab)
 
 
+NO_INTERVAL = ("", "none")  # guidance interval spellings for "guide at every step"
+
+
 def parse_guidance_interval(text: str | Sequence[float] | None) -> tuple[float, float] | None:
-    """``"0.28,2.9"`` (or a pair) -> ``(0.28, 2.9)``: the sigma band where guidance applies; None/"" = everywhere."""
-    if text is None or (isinstance(text, str) and not text.strip()):
+    """``"0.28,2.9"`` (or a pair) -> ``(0.28, 2.9)``: the sigma band where guidance applies.
+
+    None, "" and "none" mean guidance at every step ("none" overrides a model's default band)."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in NO_INTERVAL):
         return None
     if isinstance(text, str):  # "LO,HI", or "LO-HI" as recipes store it (a '-' after e/E is an exponent's sign)
         parts = text.split(",") if "," in text else re.split(r"(?<![eE])-", text)

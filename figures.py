@@ -4,7 +4,7 @@
 writes a per-class grid (one row per class), a denoising GIF and strip of one
 class and, with a real image of that class, the forward/prediction strip (the
 image noised to several t, and the model's one-step guess of x_0 from each).
-Sampler, steps and guidance default to the model's ``sampler_defaults``. With
+Sampler, steps, guidance and its interval default to the model's ``sampler_defaults``. With
 ``--studio``, also the README's pictures of the app's studio features
 (``studio_figures``: variations, blends, img2img, interpolation, a grid).
 """
@@ -51,7 +51,8 @@ def model_figures(
         raise ValueError(f"--per-class must be at least 1, got {per_class}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kw = dict(sampler=sampler, num_steps=num_steps, guidance_scale=guidance_scale, encode_fn=encode_fn)
+    kw = dict(sampler=sampler, num_steps=num_steps, guidance_scale=guidance_scale, encode_fn=encode_fn,
+              guidance_interval=lm.guidance_interval)
     paths: dict[str, Path] = {}
 
     images = []
@@ -99,7 +100,7 @@ def studio_figures(
                          f"{', '.join(sorted(needed - set(prompt)))}")
     d = lm.sampler_defaults
     kw = dict(sampler=d.get("sampler", "dpm++"), num_steps=d.get("steps"), encode_fn=encode_fn,
-              guidance_scale=d.get("guidance_scale", 3.0))
+              guidance_scale=d.get("guidance_scale", 3.0), guidance_interval=lm.guidance_interval)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}

@@ -170,6 +170,16 @@ class LoadedModel:
     def sampler_defaults(self) -> dict[str, Any]:
         return self.config.get("sampler_defaults", {})
 
+    @property
+    def guidance_interval(self) -> tuple[float, float] | None:
+        """The sigma band its ``sampler_defaults`` apply guidance in (None: every step).
+
+        Every sampling path that takes the model's defaults (the CLI's sample, each tab of the
+        app) uses this one value, so the same settings give the same pixels everywhere."""
+        from diffusion import parse_guidance_interval
+
+        return parse_guidance_interval(self.sampler_defaults.get("guidance_interval"))  # checked at load
+
 
 def model_config(
     unet: UNetConfig,
@@ -349,6 +359,7 @@ def load_model(
     folder = resolve_model_path(name_or_path, store, allow_path=allow_path)
     config = _read_json(folder / CONFIG_FILE)
     check_model_type(config, model_type, folder)
+    check_sampler_defaults(config, folder)
     # Config and weights are checked against each other from the file's header and a
     # network on the meta device, so a broken or hostile folder costs nothing to refuse.
     shapes = weight_shapes(folder / WEIGHTS_FILE)
@@ -365,6 +376,19 @@ def load_model(
     # channels_last: the layout CPU (oneDNN) and CUDA convolutions are fastest in, for fp32 and bf16 alike
     model.to(device=device, memory_format=torch.channels_last).eval()
     return LoadedModel(model, diffusion, config, folder, name=folder.name, classes=config.get("classes", []))
+
+
+def check_sampler_defaults(config: dict[str, Any], where: str | os.PathLike) -> None:
+    """A config's ``sampler_defaults`` must be an object whose guidance interval (if any) parses."""
+    defaults = config.get("sampler_defaults", {})
+    if not isinstance(defaults, dict):
+        raise CheckpointError(f"{where}: sampler_defaults must be a JSON object")
+    from diffusion import parse_guidance_interval
+
+    try:
+        parse_guidance_interval(defaults.get("guidance_interval"))
+    except ValueError as e:
+        raise CheckpointError(f"{where}: sampler_defaults: {e}") from None
 
 
 def load_sr_model(name_or_path: str | os.PathLike = "sr64", **kwargs: Any) -> LoadedModel:

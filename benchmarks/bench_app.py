@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", default=None, help="also write everything printed to this file")
     p.add_argument("--browser", type=int, default=0, help="then N Generate clicks in Chromium (default 0: none)")
     p.add_argument("--screenshot", default=None, help="with --browser: save a full-page screenshot here")
+    p.add_argument("--threads", type=int, default=None, help="web.py --threads (default: web.py's own default)")
     args = p.parse_args(argv)
     tee_stdout(args.log)
 
@@ -180,10 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     from gradio_client import Client
 
     with tempfile.TemporaryDirectory(prefix="bench_app_") as tmp:
-        server = wh.WebServer(["--model", args.model, "--out", str(Path(tmp) / "out")], Path(tmp)).start()
+        server_args = ["--model", args.model, "--out", str(Path(tmp) / "out")]
+        if args.threads:
+            server_args += ["--threads", str(args.threads)]
+        server = wh.WebServer(server_args, Path(tmp)).start()
         try:
             server.wait_ready()
-            print(f"web.py --model {args.model} ready after {server.ready_after_s:.1f} s; "
+            print(f"web.py {' '.join(server_args[:2] + server_args[4:])} ready after {server.ready_after_s:.1f} s; "
                   f"load average {os.getloadavg()[0]:.2f}", flush=True)
             client = Client(server.url, verbose=False, analytics_enabled=False, download_files=False)
             fn_index = endpoint_index(server.url, "generate", 8)

@@ -337,11 +337,15 @@ def test_forward_upload_and_data(client, tmp_path):
 def test_model_switch_uses_its_defaults(client):
     info, *updates = client.predict("tiny_b", api_name="/select_model")
     assert "tiny_b" in info
-    sampler_u, steps_u, guidance_u = updates[1], updates[2], updates[3]
+    sampler_u, steps_u, guidance_u, interval_u = updates[1], updates[2], updates[3], updates[-1]
     assert sampler_u["value"] == "DDIM" and steps_u["value"] == 10 and guidance_u["value"] == 2.0
+    assert interval_u["value"] == "0,100"  # its own guidance interval fills the box
+    assert client.predict("tiny", api_name="/select_model")[-1]["value"] == ""  # tiny has none: every step
     gallery = client.predict(*gen_args(model="tiny_b", sampler="DDIM", steps=10, num_images=1),
                              api_name="/generate")[0]
-    assert read_png_recipe(gallery_paths(gallery)[0])["model"] == "tiny_b"
+    recipe = read_png_recipe(gallery_paths(gallery)[0])
+    # /generate has no interval input: the model's band applies, and the recipe names it
+    assert recipe["model"] == "tiny_b" and recipe["guidance_interval"] == "0-100"
     assert client.predict("ladybug", "tiny", api_name="/class_prompt") == "a photo of a ladybug"
     upd = client.predict("DDPM", "tiny", api_name="/sampler_steps")
     assert (upd["minimum"], upd["maximum"], upd["value"]) == (10, 1000, 250)

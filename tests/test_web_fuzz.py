@@ -293,9 +293,10 @@ def check_sampler_steps(sampler: Any) -> Callable[[Any], None]:
 
 def check_select_model(model: Any) -> Callable[[Any], None]:
     def check(out) -> None:
-        assert len(out) == 11, out  # the last: the examples, which follow the model
+        assert len(out) == 12, out  # the last two: the examples and the guidance interval, which follow the model
         name = model if model in MODELS else MODELS[0]
         assert f"**{name}**" in out[0], out[0]
+        assert out[-1]["value"] == ("0,100" if name == "tiny_b" else ""), out[-1]
     return check
 
 

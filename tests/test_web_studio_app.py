@@ -323,7 +323,7 @@ def test_history_keeps_this_sessions_results(tiny_app):
 
 def test_examples_and_classes_follow_the_model(client):
     out = client.predict("tiny_b", api_name="/select_model")
-    assert len(out) == 11
+    assert len(out) == 12
     classes, examples = out[1], out[10]
     assert classes["choices"] == [["goldfish", "goldfish"], ["jellyfish", "jellyfish"], ["ladybug", "ladybug"]]
     assert examples["samples"] == [["a photo of a goldfish"], ["a photo of a jellyfish"], ["a photo of a ladybug"]]

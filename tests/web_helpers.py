@@ -227,7 +227,7 @@ def _launch(tmp: Path, extra_args: list[str], auth: tuple[str, str] | None = Non
     make_tiny_data(data)
     make_tiny_store(store, "tiny", data_dir=data)
     make_tiny_store(store, "tiny_b", seed=1, sampler_defaults={"sampler": "ddim", "steps": 10,
-                                                                "guidance_scale": 2.0})
+                                                                "guidance_scale": 2.0, "guidance_interval": "0,100"})
     make_tiny_sr_store(store)
     args = ["--store", str(store), "--model", "tiny", "--out", str(out), "--threads", "1",
             "--max-work", str(TEST_MAX_WORK), *extra_args]

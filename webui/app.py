@@ -222,6 +222,7 @@ class WebApp:
             gr.update(value=default_timesteps(T)),
             gr.update(value=schedule),
             gr.Dataset(samples=self.examples_for(lm)),  # the examples follow the model
+            gr.update(value=d["guidance_interval"]),
         )
 
     # ----------------------------------------------------------------- history (per browser session)
@@ -293,7 +294,8 @@ class WebApp:
             # (Restore from PNG sets the model, the sampler and the steps itself).
             model_dd.input(self.model_changed, [model_dd],
                            [model_md, ui.class_dd, ui.sampler, ui.steps, ui.guidance, ui.num, ui.data_class,
-                            ui.data_index, ui.f_steps, ui.f_schedule, ui.examples.dataset], api_name="select_model",
+                            ui.data_index, ui.f_steps, ui.f_schedule, ui.examples.dataset, ui.g_interval],
+                           api_name="select_model",
                            concurrency_limit=1, concurrency_id="models")
             history_btn.click(self.history_fn(), None, [history_gallery], api_name="history", queue=False)
             for event in ui.result_events:  # every finished job refreshes the session's history

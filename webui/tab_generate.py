@@ -36,13 +36,14 @@ class GenerateTab:
     # ----------------------------------------------------------------- generate
     def generate(self, prompt, model_choice, sampler, steps, guidance, seed, num_images, show_strip,
                  variation_seed=None, variation_strength=0.0, init_image=None, strength=DEFAULT_STRENGTH,
-                 snap=0.0, precision=DEFAULT_PRECISION, guidance_interval="", upscale=UPSCALE_OFF, request=None,
+                 snap=0.0, precision=DEFAULT_PRECISION, guidance_interval=None, upscale=UPSCALE_OFF, request=None,
                  progress=None) -> Iterator[tuple]:
         """Stream (gallery, status, seed, gif, strip, files): previews while sampling, then the results.
 
         With ``upscale`` (an SR model of the store) the cascade runs both stages in one job, as
         ``python diffusion.py sample --upscale``: the previews go on into the second stage, and the
-        results are the upscaled images, each PNG's recipe naming both stages."""
+        results are the upscaled images, each PNG's recipe naming both stages. ``guidance_interval``
+        None (``/generate``, which has no such input) is the model's own default band; "" is none."""
         yield from self.app.guarded("generation", self._generate(
             prompt, model_choice, sampler, steps, guidance, seed, num_images, show_strip, variation_seed,
             variation_strength, init_image, strength, snap, precision, guidance_interval, upscale, request,
@@ -58,6 +59,9 @@ class GenerateTab:
         app = self.app
         lm = app._model(model_choice)
         has_init = file_path(init_image) is not None
+        if guidance_interval is None:
+            band = lm.guidance_interval
+            guidance_interval = f"{band[0]:g},{band[1]:g}" if band else ""
         req = validate_request(prompt, sampler, steps, guidance, seed, num_images, image_size=lm.image_size,
                                num_train_timesteps=lm.diffusion.num_train_timesteps,
                                max_batch_pixels=app.args.max_batch_pixels, max_work=app.args.max_work,
@@ -318,10 +322,11 @@ class GenerateTab:
                                          elem_id="precision",
                                          info="auto = bf16 where this machine is fast at it (AVX512-BF16/AMX CPUs, "
                                               "recent GPUs), else fp32; bf16 images differ slightly from fp32 ones")
-                    g_interval = gr.Textbox("", label="Guidance interval (EDM sigma LO,HI)", placeholder="0.28,5.42",
-                                            max_length=MAX_INTERVAL_CHARS, elem_id="guidance-interval",
+                    g_interval = gr.Textbox(d["guidance_interval"], label="Guidance interval (EDM sigma LO,HI)",
+                                            placeholder="0.28,5.42", max_length=MAX_INTERVAL_CHARS,
+                                            elem_id="guidance-interval",
                                             info="guidance only for noise levels in (LO, HI]: fewer network calls; "
-                                                 "empty = at every step (BENCHMARKS.md compares both)")
+                                                 "empty = at every step; a model may bring its own (BENCHMARKS.md)")
                     upscale = gr.Dropdown([UPSCALE_OFF, *sr_models], value=UPSCALE_OFF, elem_id="then-upscale",
                                           label="Then upscale 2x with (the cascade's second stage)",
                                           info="the results are the upscaled images; previews show both stages",
@@ -401,7 +406,7 @@ class GenerateTab:
             ev.success(self.model_side_fn(), [ui.model], [ui.model_md, class_dd, examples.dataset],
                        api_visibility="private", queue=False)
         ui.__dict__.update(prompt=prompt, class_dd=class_dd, examples=examples, sampler=sampler, steps=steps,
-                           guidance=guidance, seed=seed, num=num, status=status, gallery=gallery, stop_btn=stop_btn)
+                           guidance=guidance, g_interval=g_interval, seed=seed, num=num, status=status, gallery=gallery, stop_btn=stop_btn)
         ui.result_events += [gen_event, enter_event, api_event, restore_event, upscale_event]
         ui.cancellable += [gen_event, enter_event, api_event, upscale_event]
         ui.stop_buttons.insert(0, (stop_btn, status))  # the first one is the API's /stop
@@ -431,7 +436,7 @@ class GenerateTab:
                                     -1 if variation_seed is None else variation_seed,
                                     0.0 if variation_strength is None else variation_strength, init_image,
                                     DEFAULT_STRENGTH if strength is None else strength, 0.0 if snap is None else snap,
-                                    DEFAULT_PRECISION if precision is None else precision, guidance_interval or "",
+                                    DEFAULT_PRECISION if precision is None else precision, guidance_interval,
                                     UPSCALE_OFF if upscale is None else upscale, request=request, progress=progress)
 
         generate.__annotations__["request"] = gr.Request  # a class, not a string: gradio injects it

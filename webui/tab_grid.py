@@ -70,7 +70,8 @@ class GridTab:
             return [D.generate_images(lm.model, lm.diffusion, c["prompt"], num_images=1, sampler=c["sampler"],
                                       num_steps=c["steps"], guidance_scale=c["guidance"], seed=c["seed"],
                                       encode_fn=encode_prompts, prompt_template=lm.prompt_template,
-                                      callback=on_step, device=app.args.device) for c in cells]
+                                      callback=on_step, device=app.args.device,
+                                      guidance_interval=lm.guidance_interval) for c in cells]
         return work
 
     def _export(self, lm, req: GridRequest, cells: list[dict], results):

@@ -71,7 +71,8 @@ class InterpolateTab:
             labels = [f"{req.prompt_a} -> {req.prompt_b} at {f:.2f}" for f in fractions]
             res = D.generate_images(lm.model, lm.diffusion, labels, num_images=req.frames, sampler=req.sampler,
                                     num_steps=req.steps, guidance_scale=req.guidance, seed=seed_a, cond=conds,
-                                    noise=noises, callback=on_step, device=app.args.device)
+                                    noise=noises, callback=on_step, device=app.args.device,
+                                    guidance_interval=lm.guidance_interval)
             return res, fractions
         return work
 

@@ -77,7 +77,8 @@ class LearnTab:
             def work(on_step):
                 first = D.trace_denoising(lm.model, lm.diffusion, text, callback=on_step, sampler=name, num_steps=n,
                                           guidance_scale=g, seed=s, encode_fn=encode_prompts,
-                                          prompt_template=lm.prompt_template, device=self.app.args.device)
+                                          prompt_template=lm.prompt_template, device=self.app.args.device,
+                                          guidance_interval=lm.guidance_interval)
                 if stage2 is None:
                     return first, None
                 import superres
@@ -142,7 +143,8 @@ class LearnTab:
                 return [D.generate_images(lm.model, lm.diffusion, text, num_images=1, sampler=name, num_steps=n,
                                           guidance_scale=w, seed=s, encode_fn=encode_prompts,
                                           prompt_template=lm.prompt_template, callback=on_step,
-                                          device=self.app.args.device).images[0] for w in ws]
+                                          device=self.app.args.device,
+                                          guidance_interval=lm.guidance_interval).images[0] for w in ws]
 
             images = self._run(work, n * len(ws), request, "Sampling each guidance scale...")
             strip = plot_func.labelled_grid([images], col_labels=[f"w={w:g}" for w in ws], min_side=128,

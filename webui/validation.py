@@ -380,7 +380,7 @@ def validate_request(prompt: Any, sampler: Any, steps: Any, guidance: Any, seed:
 
 
 def model_defaults(sampler_defaults: dict[str, Any] | None, num_train_timesteps: int = 1000) -> dict[str, Any]:
-    """UI defaults from a model's ``sampler_defaults`` (sampler label, steps, guidance)."""
+    """UI defaults from a model's ``sampler_defaults`` (sampler label, steps, guidance, guidance interval text)."""
     d = dict(FALLBACK_DEFAULTS)
     d.update({k: v for k, v in (sampler_defaults or {}).items() if v is not None})
     try:
@@ -396,7 +396,12 @@ def model_defaults(sampler_defaults: dict[str, Any] | None, num_train_timesteps:
         guidance = validate_guidance(d.get("guidance_scale", FALLBACK_DEFAULTS["guidance_scale"]))
     except InputError:
         guidance = FALLBACK_DEFAULTS["guidance_scale"]
-    return {"sampler": label, "steps": steps, "guidance_scale": guidance}
+    try:
+        band = validate_guidance_interval(d.get("guidance_interval"))
+    except InputError:
+        band = None  # load_model refuses a model whose band does not parse; this is only the UI's fallback
+    interval = f"{band[0]:g},{band[1]:g}" if band else ""
+    return {"sampler": label, "steps": steps, "guidance_scale": guidance, "guidance_interval": interval}
 
 
 def default_timesteps(num_train_timesteps: int) -> str:

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Where the app's first preview spends its time: one request's timeline, server side and client side.
+
+    python benchmarks/trace_app.py [--model tiny200] [--images 4] [--steps 20] [--requests 6] [--threads 1]
+                                   [--log benchmarks/results/app_trace.txt]
+
+Runs ``web.py``'s own ``main`` in this process (so the server and the client read
+one clock), with marks on the handler, ``diffusion.generate_images``, the
+network's forward (``GuidedDenoiser.model_output``) and the first sampler step,
+then sends ``--requests`` generate requests over the queue's protocol, as the
+page does (``bench_app.one_request_sse``'s path: POST queue/join, then the event
+stream). Prints, for each milestone, its time after the POST (median, min-max over
+the requests after the first, which loads the text encoder): the join's answer,
+the handler's start, the first forward's start and end, the first preview
+leaving the handler, and the client receiving it. The client shares the
+server's process here (and its GIL), so its absolute times run a little over
+``bench_app.py``'s; the breakdown is what this is for.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # web_helpers
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlog import tee_stdout  # noqa: E402
+
+MILESTONES = ["join answered", "handler start", "generate_images start", "first forward start",
+              "first forward end", "first preview yielded", "client: first status", "client: first preview",
+              "client: done"]
+
+
+class Marks:
+    """First time each milestone is reached in the current request (perf_counter seconds)."""
+
+    def __init__(self) -> None:
+        self.t: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, what: str) -> None:
+        now = time.perf_counter()
+        with self.lock:
+            self.t.setdefault(what, now)
+
+
+def instrument(marks: Marks) -> None:
+    """Wrap the handler, the generator and the network call with marks (this process only)."""
+    import diffusion as D
+    import webui.tab_generate as tab
+
+    generate_images, model_output, handler = D.generate_images, D.GuidedDenoiser.model_output, tab.GenerateTab._generate
+
+    def traced_generate_images(*a, **k):
+        marks("generate_images start")
+        return generate_images(*a, **k)
+
+    def traced_model_output(self, x, t):
+        marks("first forward start")
+        out = model_output(self, x, t)
+        marks("first forward end")
+        return out
+
+    def traced_handler(self, *a):
+        marks("handler start")
+        for out in handler(self, *a):
+            gallery = out[0]
+            if isinstance(gallery, list) and gallery:
+                marks("first preview yielded")
+            yield out
+
+    D.generate_images, D.GuidedDenoiser.model_output, tab.GenerateTab._generate = \
+        traced_generate_images, traced_model_output, traced_handler
+
+
+def start_server(args: argparse.Namespace, out: Path) -> str:
+    """``web.py``'s main in this process, returning once it serves (launch without blocking)."""
+    import gradio as gr
+
+    import web_helpers as wh
+    from webui import server
+
+    launch = gr.Blocks.launch
+
+    def launch_in_background(self, *a, **k):
+        return launch(self, *a, **{**k, "prevent_thread_lock": True})
+
+    gr.Blocks.launch = launch_in_background
+    port = wh.free_port()
+    argv = ["--model", args.model, "--port", str(port), "--out", str(out)]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    server.main(argv)
+    return f"http://127.0.0.1:{port}"
+
+
+def one_request(http, fn_index: int, args: argparse.Namespace, seed: int, marks: Marks) -> float:
+    session = uuid.uuid4().hex
+    data = [args.prompt, args.model, "DPM-Solver++", args.steps, 3.0, seed, args.images, False]
+    start = time.perf_counter()
+    http.post("/gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
+                                              "event_data": None, "trigger_id": None}).raise_for_status()
+    marks("join answered")
+    with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as events:
+        for line in events.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            msg = json.loads(line[5:])
+            if msg.get("msg") == "process_generating":
+                marks("client: first status")
+                gallery = msg["output"]["data"][0]
+                if isinstance(gallery, list) and gallery:
+                    marks("client: first preview")
+            elif msg.get("msg") == "process_completed":
+                if not msg.get("success", True):
+                    raise RuntimeError(f"the request failed: {msg.get('output')}")
+                marks("client: done")
+                break
+    return start
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny200")
+    p.add_argument("--prompt", default="a photo of a goldfish")
+    p.add_argument("--images", type=int, default=4)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--requests", type=int, default=6)
+    p.add_argument("--threads", type=int, default=None, help="web.py --threads (default: web.py's own)")
+    p.add_argument("--log", default=None, help="also write everything printed to this file")
+    args = p.parse_args(argv)
+    if args.requests < 2:
+        p.error("--requests must be at least 2 (the first is reported apart)")
+    tee_stdout(args.log)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import httpx
+
+    from bench_app import endpoint_index
+
+    marks = Marks()
+    instrument(marks)
+    with tempfile.TemporaryDirectory(prefix="trace_app_") as tmp:
+        url = start_server(args, Path(tmp) / "out")
+        fn_index = endpoint_index(url, "generate", 8)
+        table: dict[str, list[float]] = {m: [] for m in MILESTONES}
+        with httpx.Client(base_url=url, timeout=300) as http:
+            for r in range(args.requests):
+                marks.t.clear()
+                start = one_request(http, fn_index, args, seed=r, marks=marks)
+                line = ", ".join(f"{m} {1e3 * (marks.t[m] - start):.0f}" for m in MILESTONES if m in marks.t)
+                print(f"request {r + 1}{' (loads the text encoder)' if r == 0 else ''}: ms after the POST: {line}",
+                      flush=True)
+                if r:
+                    for m in MILESTONES:
+                        if m in marks.t:
+                            table[m].append(1e3 * (marks.t[m] - start))
+    print(f"\n{args.model}, {args.images} image(s), {args.steps} steps, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.2f}; ms after the POST, median (min-max) of {args.requests - 1} requests:")
+    for m in MILESTONES:
+        xs = table[m]
+        if xs:
+            print(f"  {m:<24} {statistics.median(xs):7.0f} ({min(xs):.0f}-{max(xs):.0f})")
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)  # the in-process server's threads are not daemons: leave without joining them
