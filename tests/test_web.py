@@ -105,12 +105,13 @@ def test_guidance_seed_images_budget():
 
 
 def test_model_defaults():
-    assert web.model_defaults({}) == {"sampler": "DPM-Solver++", "steps": 20, "guidance_scale": 3.0}
-    d = web.model_defaults({"sampler": "ddim", "steps": 30, "guidance_scale": 2.0})
-    assert d == {"sampler": "DDIM", "steps": 30, "guidance_scale": 2.0}
+    fallback = {"sampler": "DPM-Solver++", "steps": 20, "guidance_scale": 3.0, "guidance_interval": ""}
+    assert web.model_defaults({}) == fallback
+    d = web.model_defaults({"sampler": "ddim", "steps": 30, "guidance_scale": 2.0, "guidance_interval": "0-1e2"})
+    assert d == {"sampler": "DDIM", "steps": 30, "guidance_scale": 2.0, "guidance_interval": "0,100"}
     # nonsense in a model's config falls back instead of breaking the page
-    assert web.model_defaults({"sampler": "euler", "steps": 999, "guidance_scale": float("nan")}) == \
-        {"sampler": "DPM-Solver++", "steps": 20, "guidance_scale": 3.0}
+    assert web.model_defaults({"sampler": "euler", "steps": 999, "guidance_scale": float("nan"),
+                               "guidance_interval": "5,1"}) == fallback
 
 
 def test_timesteps_auth_and_exposure():
