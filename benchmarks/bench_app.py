@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -46,8 +47,7 @@ def one_request(client, args: argparse.Namespace, seed: int) -> tuple[float, flo
     """(seconds to the first streamed output (a status line), to the first preview image in the
     gallery, to the result; outputs streamed)."""
     start = time.perf_counter()
-    job = client.submit(args.prompt, args.model, "DPM-Solver++", args.steps, 3.0, seed, args.images, False,
-                        api_name="/generate")
+    job = client.submit(*generate_data(args, seed), api_name="/generate")
     first = preview = None
     while not job.done():
         outs = job.outputs()
@@ -77,24 +77,23 @@ def endpoint_index(url: str, api_name: str, n_inputs: int) -> int:
     raise SystemExit(f"the app has no /{api_name} endpoint")
 
 
-def one_request_sse(http, fn_index: int, args: argparse.Namespace, seed: int) -> tuple[float, float, float, int]:
-    """As ``one_request``, but speaking the queue's protocol directly, as the browser's page does: POST
-    /gradio_api/queue/join, then read the server-sent events of /gradio_api/queue/data. gradio_client
-    polls its message queue every 50 ms from a worker thread, so it adds a client-side delay the
-    browser does not have; this path has none."""
+def queue_stream(http, fn_index: int, data: list, on_joined: Callable[[], None] | None = None) -> Iterator[list]:
+    """Speak the queue's protocol as the browser's page does: POST /gradio_api/queue/join, then read
+    the server-sent events of /gradio_api/queue/data. Yields the outputs (diffs applied) of every
+    streamed update, then of the result; raises if the request failed. ``on_joined``: called once the
+    join is answered."""
     import json
     import uuid
 
     from gradio_client.utils import apply_diff
 
     session = uuid.uuid4().hex
-    data = [args.prompt, args.model, "DPM-Solver++", args.steps, 3.0, seed, args.images, False]
-    start = time.perf_counter()
     join = http.post("/gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
                                                      "event_data": None, "trigger_id": None})
     join.raise_for_status()
-    first = preview = None
-    outputs, streamed = None, 0
+    if on_joined is not None:
+        on_joined()
+    outputs = None
     with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as events:
         for line in events.iter_lines():
             if not line.startswith("data:"):
@@ -103,16 +102,36 @@ def one_request_sse(http, fn_index: int, args: argparse.Namespace, seed: int) ->
             if msg.get("msg") == "process_generating":
                 out = msg["output"]["data"]
                 outputs = out if outputs is None else [apply_diff(o, d) for o, d in zip(outputs, out)]
-                streamed += 1
-                now = time.perf_counter() - start
-                first = now if first is None else first
-                gallery = outputs[0]
-                if preview is None and isinstance(gallery, list) and gallery:
-                    preview = now  # the gallery holds an image: a live preview
+                yield outputs
             elif msg.get("msg") == "process_completed":
                 if not msg.get("success", True):
                     raise RuntimeError(f"the request failed: {msg.get('output')}")
-                break
+                return
+
+
+def has_preview(outputs: list) -> bool:
+    """The gallery (the first output) holds images: a live preview."""
+    return isinstance(outputs[0], list) and bool(outputs[0])
+
+
+def generate_data(args: argparse.Namespace, seed: int) -> list:
+    """``/generate``'s eight inputs (guidance 3: the cost does not depend on the scale)."""
+    return [args.prompt, args.model, "DPM-Solver++", args.steps, 3.0, seed, args.images, False]
+
+
+def one_request_sse(http, fn_index: int, args: argparse.Namespace, seed: int) -> tuple[float, float, float, int]:
+    """As ``one_request``, but over ``queue_stream``, as the browser's page does. gradio_client polls
+    its message queue every 50 ms from a worker thread, so it adds a client-side delay the browser
+    does not have; this path has none."""
+    start = time.perf_counter()
+    first = preview = None
+    streamed = 0
+    for outputs in queue_stream(http, fn_index, generate_data(args, seed)):
+        streamed += 1
+        now = time.perf_counter() - start
+        first = now if first is None else first
+        if preview is None and has_preview(outputs):
+            preview = now
     total = time.perf_counter() - start
     return (first if first is not None else total), (preview if preview is not None else total), total, streamed
 

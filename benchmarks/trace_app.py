@@ -19,14 +19,12 @@ server's process here (and its GIL), so its absolute times run a little over
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,27 +102,14 @@ def start_server(args: argparse.Namespace, out: Path) -> str:
 
 
 def one_request(http, fn_index: int, args: argparse.Namespace, seed: int, marks: Marks) -> float:
-    session = uuid.uuid4().hex
-    data = [args.prompt, args.model, "DPM-Solver++", args.steps, 3.0, seed, args.images, False]
+    from bench_app import generate_data, has_preview, queue_stream
+
     start = time.perf_counter()
-    http.post("/gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
-                                              "event_data": None, "trigger_id": None}).raise_for_status()
-    marks("join answered")
-    with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as events:
-        for line in events.iter_lines():
-            if not line.startswith("data:"):
-                continue
-            msg = json.loads(line[5:])
-            if msg.get("msg") == "process_generating":
-                marks("client: first status")
-                gallery = msg["output"]["data"][0]
-                if isinstance(gallery, list) and gallery:
-                    marks("client: first preview")
-            elif msg.get("msg") == "process_completed":
-                if not msg.get("success", True):
-                    raise RuntimeError(f"the request failed: {msg.get('output')}")
-                marks("client: done")
-                break
+    for outputs in queue_stream(http, fn_index, generate_data(args, seed), on_joined=lambda: marks("join answered")):
+        marks("client: first status")
+        if has_preview(outputs):
+            marks("client: first preview")
+    marks("client: done")
     return start
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from webui.cascade import UPSCALE_OFF
 from webui.uploads import file_path, recipe_of, upload_folder
 from webui.validation import (DEFAULT_PRECISION, GUIDANCE_RANGE, PRECISION_CHOICES, InputError, check_upload,
-                              clean_prompt, model_defaults, parse_sampler, steps_range, validate_guidance_interval,
-                              validate_seed, validate_steps)
+                              clean_prompt, interval_text, model_defaults, parse_sampler, steps_range,
+                              validate_guidance_interval, validate_seed, validate_steps)
 
 DEFAULT_STRENGTH = 0.6  # img2img's denoising strength when a recipe has none
 
@@ -62,8 +62,7 @@ class RecipeActions:
             interval = ""
             if r.get("guidance_interval"):
                 try:
-                    lo, hi = validate_guidance_interval(r["guidance_interval"])
-                    interval = f"{lo:g},{hi:g}"
+                    interval = interval_text(validate_guidance_interval(r["guidance_interval"]))
                 except InputError:
                     notes.append(f"its guidance interval {str(r['guidance_interval'])[:40]!r} could not be read; "
                                  "guidance at every step")

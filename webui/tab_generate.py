@@ -19,10 +19,9 @@ from webui.jobs import Cancelled, Done, Tick
 from webui.restore import DEFAULT_STRENGTH
 from webui.uploads import file_path, upload_folder
 from webui.validation import (DEFAULT_PRECISION, GUIDANCE_RANGE, MAX_INTERVAL_CHARS, MAX_PROMPT_CHARS, MAX_SEED,
-                              PRECISION_CHOICES, SAMPLER_CHOICES, GenerateRequest, InputError,
-                              check_upload, clean_prompt, max_images_for, model_defaults, parse_sampler, steps_range,
-                              validate_fraction, validate_request, validate_seed,
-                              validate_steps)
+                              PRECISION_CHOICES, SAMPLER_CHOICES, GenerateRequest, InputError, check_upload,
+                              clean_prompt, interval_text, max_images_for, model_defaults, parse_sampler, steps_range,
+                              validate_fraction, validate_request, validate_seed, validate_steps)
 
 log = logging.getLogger("web")
 
@@ -60,8 +59,7 @@ class GenerateTab:
         lm = app._model(model_choice)
         has_init = file_path(init_image) is not None
         if guidance_interval is None:
-            band = lm.guidance_interval
-            guidance_interval = f"{band[0]:g},{band[1]:g}" if band else ""
+            guidance_interval = interval_text(lm.guidance_interval)
         req = validate_request(prompt, sampler, steps, guidance, seed, num_images, image_size=lm.image_size,
                                num_train_timesteps=lm.diffusion.num_train_timesteps,
                                max_batch_pixels=app.args.max_batch_pixels, max_work=app.args.max_work,

@@ -357,6 +357,11 @@ def validate_guidance_interval(value: Any) -> tuple[float, float] | None:
         raise InputError(f"Guidance interval: {e}. Example: 0.28,5.42 (empty = guidance at every step).") from None
 
 
+def interval_text(band: tuple[float, float] | None) -> str:
+    """A band as the Guidance interval box shows it ("LO,HI"); "" = guidance at every step."""
+    return f"{band[0]:g},{band[1]:g}" if band else ""
+
+
 def validate_request(prompt: Any, sampler: Any, steps: Any, guidance: Any, seed: Any, num_images: Any, *,
                      image_size: int, num_train_timesteps: int = 1000,
                      max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS,
@@ -400,8 +405,7 @@ def model_defaults(sampler_defaults: dict[str, Any] | None, num_train_timesteps:
         band = validate_guidance_interval(d.get("guidance_interval"))
     except InputError:
         band = None  # load_model refuses a model whose band does not parse; this is only the UI's fallback
-    interval = f"{band[0]:g},{band[1]:g}" if band else ""
-    return {"sampler": label, "steps": steps, "guidance_scale": guidance, "guidance_interval": interval}
+    return {"sampler": label, "steps": steps, "guidance_scale": guidance, "guidance_interval": interval_text(band)}
 
 
 def default_timesteps(num_train_timesteps: int) -> str:
