@@ -125,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.requests < 2:
         p.error("--requests must be at least 2 (the first is reported apart)")
-    tee_stdout(args.log)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import httpx
@@ -136,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     instrument(marks)
     with tempfile.TemporaryDirectory(prefix="trace_app_") as tmp:
         url = start_server(args, Path(tmp) / "out")
+        tee_stdout(args.log)  # after the server: uvicorn configures its logging from the real stdout
         fn_index = endpoint_index(url, "generate", 8)
         table: dict[str, list[float]] = {m: [] for m in MILESTONES}
         with httpx.Client(base_url=url, timeout=300) as http:
