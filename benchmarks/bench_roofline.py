@@ -36,7 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sample import NUM_CLASSES, ours, peer, run_ours, run_peer  # noqa: E402
+from bench_sample import NUM_CLASSES, peer, run_ours, run_peer  # noqa: E402
+from models import count_parameters  # noqa: E402
 from benchlog import tee_stdout  # noqa: E402
 
 MATMUL_N = 1024
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import model_store as store
 
-    net, _ = ours(store.load_model(args.model).image_size, args.model)  # the shipped network at its own size
-    size, b = net.config.image_size, args.batch
+    lm = store.load_model(args.model)  # the shipped network at its own size
+    net, diffusion = lm.model.eval(), lm.diffusion
+    size, b = lm.image_size, args.batch
     x = torch.randn(b, 3, size, size)
     t = torch.full((b,), 999)
     cond = torch.nn.functional.normalize(torch.randn(b, 384), dim=1)
@@ -113,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     flops = {k: forward_flops(fn) for k, fn in sides.items()}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.model} at {size} px, "
           f"batch {b}, {args.rounds} rounds x {args.repeats} calls")
-    diffusion = store.load_model(args.model).diffusion
     loops = {
         "ours": lambda: run_ours(net, diffusion, size, b // 2, LOOP_STEPS)[0] / LOOP_STEPS,
         "diffusers": lambda: run_peer(other, size, b // 2, LOOP_STEPS)[0] / LOOP_STEPS,
@@ -139,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| network | parameters | GFLOP per forward (conv share) | forward ms | conv ms (share) "
           "| conv GFLOP/s (of matmul peak) | sampling step ms |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for k, fn_model in (("ours", net), ("diffusers", other)):
+    for k, model in (("ours", net), ("diffusers", other)):
         total, conv = flops[k]
         fwd, cv = med(rows[k]["fwd"]), med(rows[k]["conv"])
-        n = sum(q.numel() for q in fn_model.parameters())
+        n = count_parameters(model)
         print(f"| {k} | {n / 1e6:.2f}M | {total / 1e9:.2f} ({conv / total:.0%}) | {fwd * 1e3:.1f} | "
               f"{cv * 1e3:.1f} ({cv / fwd:.0%}) | {conv / cv / 1e9:.1f} ({conv / cv / 1e9 / best:.0%}) | "
               f"{med(rows[k]['step']) * 1e3:.1f} |")

@@ -404,7 +404,8 @@ class GenerateTab:
             ev.success(self.model_side_fn(), [ui.model], [ui.model_md, class_dd, examples.dataset],
                        api_visibility="private", queue=False)
         ui.__dict__.update(prompt=prompt, class_dd=class_dd, examples=examples, sampler=sampler, steps=steps,
-                           guidance=guidance, g_interval=g_interval, seed=seed, num=num, status=status, gallery=gallery, stop_btn=stop_btn)
+                           guidance=guidance, g_interval=g_interval, seed=seed, num=num, status=status,
+                           gallery=gallery, stop_btn=stop_btn)
         ui.result_events += [gen_event, enter_event, api_event, restore_event, upscale_event]
         ui.cancellable += [gen_event, enter_event, api_event, upscale_event]
         ui.stop_buttons.insert(0, (stop_btn, status))  # the first one is the API's /stop
