@@ -682,10 +682,12 @@ def generate_images(
     noise: torch.Tensor | None = None,
     precision: str = "fp32",
     guidance_interval: tuple[float, float] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> GenerationResult:
     """Prompts or class names in, uint8 images (and optional denoising frames) out.
 
-    Image ``i`` starts from noise seeded with ``seed + i``, so a seed reproduces
+    Image ``i`` starts from noise seeded with ``seed + i`` (or ``seeds[i]`` when
+    ``seeds`` is given, e.g. one seed for many prompts), so a seed reproduces
     an image exactly, whatever else is in the batch. ``encode_fn`` maps
     prompts to (N, cond_dim) embeddings (default: the MiniLM text encoder);
     prompts may blend texts with weights (``"goldfish:0.7 | coral reef:0.3"``,
@@ -726,7 +728,11 @@ def generate_images(
                            dtype=torch.float32, device=device)
     if cond.shape[0] != num_images:
         raise ValueError(f"cond has {cond.shape[0]} rows for {num_images} images")
-    seeds = [int(seed) + i for i in range(num_images)]
+    if seeds is None:
+        seeds = [int(seed) + i for i in range(num_images)]
+    elif len(seeds) != num_images:
+        raise ValueError(f"{len(seeds)} seeds for {num_images} images")
+    seeds = [int(s) for s in seeds]
     generators = [torch.Generator().manual_seed(s) for s in seeds]  # CPU generators: seeds mean the same on a GPU
     shape = (num_images, model.config.in_channels, size, size)
     if noise is not None:
@@ -777,7 +783,7 @@ def generate_images(
     finally:
         model.train(was_training)
     recipe = {
-        "sampler": sampler, "steps": num_steps, "guidance_scale": guidance_scale, "seed": int(seed),
+        "sampler": sampler, "steps": num_steps, "guidance_scale": guidance_scale, "seed": seeds[0] if seeds else int(seed),
         "eta": eta, "timestep_spacing": spacing, "size": size, "precision": precision,
     }
     if variation_seed is not None and variation_strength > 0:

@@ -93,34 +93,66 @@ def test_parse_settings():
             E.parse_settings(bad)
 
 
-def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
+def _colour_data(folder: Path) -> list[dict]:
+    """A preprocessed folder of the three colour classes (24 training and 6 held-out images each)."""
+    x, y = _colour_images(24)
+    xv, yv = _colour_images(6, seed=2)
+    folder.mkdir()
+    classes = [{"index": i, "wnid": f"c{i}", "name": n, "names": [n], "prompt": f"a photo of a {n}", "count": 24}
+               for i, n in enumerate(["red", "green", "blue"])]
+    np.save(folder / "train_images.npy", x)
+    np.save(folder / "train_labels.npy", y.astype(np.int64))
+    np.save(folder / "val_images.npy", xv)
+    np.save(folder / "val_labels.npy", yv.astype(np.int64))
+    emb = np.eye(3, 384, dtype=np.float32)
+    np.save(folder / "class_embeddings.npy", emb)
+    np.save(folder / "template_embeddings.npy", emb[:, None, :])
+    (folder / "classes.json").write_text(json.dumps({"prompt_template": "a photo of a {}", "classes": classes}))
+    (folder / "manifest.json").write_text(json.dumps({"source": "synthetic"}))
+    return classes
+
+
+def _tiny_model(classes: list[dict], data: Path, store: Path):
     import diffusion as D
     import model_store as ms
     from models import ConditionalUNet, UNetConfig
-
-    x, y = _colour_images(24)
-    xv, yv = _colour_images(6, seed=2)
-    data = tmp_path / "data"
-    data.mkdir()
-    names = ["red", "green", "blue"]
-    classes = [{"index": i, "wnid": f"c{i}", "name": n, "names": [n], "prompt": f"a photo of a {n}", "count": 24}
-               for i, n in enumerate(names)]
-    np.save(data / "train_images.npy", x)
-    np.save(data / "train_labels.npy", y.astype(np.int64))
-    np.save(data / "val_images.npy", xv)
-    np.save(data / "val_labels.npy", yv.astype(np.int64))
-    emb = np.eye(3, 384, dtype=np.float32)
-    np.save(data / "class_embeddings.npy", emb)
-    np.save(data / "template_embeddings.npy", emb[:, None, :])
-    (data / "classes.json").write_text(json.dumps({"prompt_template": "a photo of a {}", "classes": classes}))
-    (data / "manifest.json").write_text(json.dumps({"source": "synthetic"}))
 
     torch.manual_seed(0)
     net = ConditionalUNet(UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
                                      attention_resolutions=(8,), head_channels=8, dropout=0.0))
     cfg = ms.model_config(net.config, D.DiffusionConfig(), classes, data={"dir": str(data)})
-    ms.save_to_store("tiny", net.state_dict(), cfg, "# tiny\n", store=tmp_path / "store", dtype=torch.float32)
-    lm = ms.load_model("tiny", store=tmp_path / "store")
+    ms.save_to_store("tiny", net.state_dict(), cfg, "# tiny\n", store=store, dtype=torch.float32)
+    return ms.load_model("tiny", store=store)
+
+
+def test_a_yardstick_of_more_classes_scores_the_model_over_all_of_them(tmp_path):
+    from data import PreprocessedDataset
+
+    data = tmp_path / "data"
+    classes = _colour_data(data)
+    E.fit_yardstick(PreprocessedDataset(data, "train"), PreprocessedDataset(data, "val"), tmp_path / "clf",
+                    recipe=E.YardstickRecipe(epochs=20, width=8, batch_size=32))
+    mine = [dict(classes[2], index=0), dict(classes[0], index=1)]  # blue and red, in the other order
+    lm = _tiny_model(mine, data, tmp_path / "store")
+    emb = {c["prompt"]: np.eye(3, 384, dtype=np.float32)[i] for i, c in enumerate(classes)}
+    result = E.evaluate(lm, data, [("ddim", 2)], per_class=2, batch_size=4, classifier_dir=tmp_path / "clf",
+                        encode_fn=lambda ps: np.stack([emb[p] for p in ps]))
+    assert result["yardstick_classes"] == 3 and result["classes"] == 2
+    assert result["real_val_images"] == 12  # the held-out photos of blue and red only
+    assert result["real_val_accuracy"] > 0.9  # blue photos count as blue (model class 0 = yardstick class 2)
+    assert set(result["rows"][0]["class_accuracy"]) == {"blue", "red"}
+    green_only = [dict(classes[1], index=0), {**classes[0], "index": 1, "name": "violet", "prompt": "a violet"}]
+    with pytest.raises(ValueError, match="does not know the model's classes violet"):
+        E.evaluate(_tiny_model(green_only, data, tmp_path / "store2"), data, [("ddim", 2)], per_class=2,
+                   classifier_dir=tmp_path / "clf")
+
+
+def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
+    data = tmp_path / "data"
+    classes = _colour_data(data)
+    names = [c["name"] for c in classes]
+    emb = np.eye(3, 384, dtype=np.float32)
+    lm = _tiny_model(classes, data, tmp_path / "store")
     by_prompt = {c["prompt"]: emb[i] for i, c in enumerate(classes)}
     by_prompt["something red"] = emb[0]
     result = E.evaluate(lm, data, [("ddim", 3), ("dpm++", 2)], per_class=2, classifier_epochs=20, batch_size=4,
@@ -134,6 +166,10 @@ def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
     assert (lm.path / E.CLASSIFIER_WEIGHTS).exists()  # kept beside the model
     table = E.format_table(result)
     assert "| ddim 3 | 6 |" in table and "real held-out" in table
+    for r in result["rows"]:  # 2 seeds x 3 classes: the conditioning check runs on every setting
+        assert r["conditioning"]["class_pairs"] == 3 and r["conditioning"]["seeds"] == 2
+        assert f"Conditioning check ({r['setting']}, 2 seeds x 3 classes)" in table
+    assert result["real_conditioning"]["seeds"] == 2
     assert result["guidance_interval"] == [0.5, 4.0] and "only for sigma in (0.5, 4]" in table
     ft, snapped = result["free_text"]
     assert (ft["snap"], snapped["snap"]) == (0.0, 1.0) and snapped["prompt"] == "something red"
@@ -213,7 +249,113 @@ def test_fit_yardstick_on_a_class_balanced_subset_records_what_it_trained_on(tmp
     classes = [{"name": n} for n in ("red", "green", "blue")]
     train = SimpleNamespace(images=x, labels=y, num_classes=3, image_size=x.shape[1], classes=classes, root=tmp_path)
     val = SimpleNamespace(images=xv, labels=yv)
-    meta = E.fit_yardstick(train, val, tmp_path / "clf", epochs=1, per_class=4)
+    meta = E.fit_yardstick(train, val, tmp_path / "clf", recipe=E.YardstickRecipe(epochs=2, width=8), per_class=4)
+    assert [p["epoch"] for p in meta["curve"]] == [1, 2] and meta["val_accuracy"] == meta["curve"][-1]["val_accuracy"]
     assert meta["train_images"] == 12 and len(yv) != 12  # 4 of each of 3 classes, not the held-out count
     assert meta["classes"] == ["red", "green", "blue"] and 0 <= meta["val_accuracy"] <= meta["val_top5"] <= 1
     assert (tmp_path / "clf" / E.CLASSIFIER_WEIGHTS).exists()
+
+
+def _grid_features(num_classes: int, seeds: int, listens: np.ndarray, dim: int = 16, seed: int = 0) -> np.ndarray:
+    """Class-major features: a class that listens is its own point plus a little of the seed's;
+    one that does not is the seed's picture whatever the class."""
+    rng = np.random.default_rng(seed)
+    seed_vec = rng.normal(size=(seeds, dim)) * 3
+    class_vec = rng.normal(size=(num_classes, dim)) * 10
+    f = np.where(listens[:, None, None], class_vec[:, None, :] + 0.2 * seed_vec[None], seed_vec[None]
+                 + 0.01 * rng.normal(size=(num_classes, seeds, dim)))
+    return f.reshape(num_classes * seeds, dim)
+
+
+def test_conditioning_check_counts_the_class_pairs_that_are_one_picture():
+    c, n = 12, 4
+    pred = np.repeat(np.arange(c), n)
+    every = E.conditioning_check(_grid_features(c, n, np.ones(c, bool)), pred, c, n)
+    none = E.conditioning_check(_grid_features(c, n, np.zeros(c, bool)), pred, c, n)
+    assert every["pairs_apart"] == 1.0 and every["distance_ratio"] > 1
+    assert none["pairs_apart"] == 0.0 and none["distance_ratio"] < 0.1
+    listens = np.arange(c) >= 5  # classes 0-4 collapse onto the seed's picture: their 10 pairs are not apart
+    some = E.conditioning_check(_grid_features(c, n, listens), pred, c, n)
+    assert some["pairs_apart"] == pytest.approx(1 - 10 / 66) and some["class_pairs"] == 66
+    assert all(a < 5 and b < 5 for a, b in some["closest_pairs"])
+    with pytest.raises(ValueError, match="class-major"):
+        E.conditioning_check(np.zeros((10, 3)), np.zeros(10), 12, 4)
+
+
+def test_conditioning_check_against_hand_counted_distances():
+    # 3 classes x 2 seeds on a line. Within a class: |0-2| = 2, |1-5| = 4, |6-9| = 3.
+    # Pairs (mean over seeds of the same-seed distance vs the mean of the two within-class distances):
+    # (0, 1): (1 + 3) / 2 = 2 vs 3 -> not apart; (0, 2): (6 + 7) / 2 = 6.5 vs 2.5; (1, 2): (5 + 4) / 2 = 4.5 vs 3.5
+    feats = np.array([[0.0], [2], [1], [5], [6], [9]])
+    check = E.conditioning_check(feats, np.array([0, 0, 1, 1, 2, 2]), 3, 2)
+    assert check["pairs_apart"] == pytest.approx(2 / 3) and check["closest_pairs"][0] == (0, 1)
+    assert check["median_between_classes"] == 4.5 and check["median_within_class"] == 3.0
+    assert check["distance_ratio"] == pytest.approx(1.5)
+
+
+def test_conditioning_check_own_class_above_chance_by_binomial_tail():
+    # 10 classes, 5 seeds: P(X >= 2) = 0.0815 and P(X >= 3) = 0.00856 under chance 1/10, so 3 hits are needed
+    assert E.binomial_tail(3, 5, 0.1) == pytest.approx(1 - (0.9 ** 5 + 5 * 0.1 * 0.9 ** 4 + 10 * 0.01 * 0.9 ** 3))
+    c, n = 10, 5
+    hits = [5, 3, 3, 2, 2, 1, 0, 0, 0, 0]
+    pred = np.concatenate([[k] * h + [(k + 1) % c] * (n - h) for k, h in enumerate(hits)])
+    check = E.conditioning_check(np.random.default_rng(0).normal(size=(c * n, 4)), pred, c, n)
+    assert check["hits_needed"] == 3 and check["classes_above_chance"] == pytest.approx(0.3)
+
+
+def test_real_conditioning_uses_the_first_photos_of_each_class():
+    labels = np.array([0, 1, 0, 1, 0, 1, 1])
+    feats = np.array([[0.0], [10], [0.1], [10.1], [0.2], [10.2], [99]])
+    check = E.real_conditioning(labels, feats, labels, 2, per_class=5)  # class 0 has only 3 photos
+    assert check["seeds"] == 3 and check["pairs_apart"] == 1.0
+    # chance is 1/2: even 3 hits of 3 (p = 0.125) are not above chance at 5%
+    assert check["classes_above_chance"] == 0.0 and check["hits_needed"] is None
+    assert E.real_conditioning(labels[:3], feats[:3], labels[:3], 2, per_class=5) is None  # one photo of class 1
+
+
+def test_generate_per_class_draws_every_class_from_the_same_seeds():
+    import diffusion as D
+    from models import ConditionalUNet, UNetConfig
+
+    torch.manual_seed(0)
+    net = ConditionalUNet(UNetConfig(image_size=8, base_channels=8, channel_mult=(1,), num_res_blocks=1,
+                                     attention_resolutions=(), head_channels=8, dropout=0.0))
+    emb = {f"p{i}": np.eye(3, 384, dtype=np.float32)[i] for i in range(3)}
+    encode = lambda ps: np.stack([emb[p] for p in ps])  # noqa: E731
+    lm = type("LM", (), {"model": net, "diffusion": D.DiffusionConfig(), "classes": [{"prompt": p} for p in emb]})
+    images, labels, _ = E.generate_per_class(lm, "ddim", 2, 2, 2.0, 7, batch_size=4, device=torch.device("cpu"),
+                                             encode_fn=encode)
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+    for k, (cls, j) in enumerate([(c, j) for c in range(3) for j in range(2)]):  # image (class, j) = seed 7 + j alone
+        alone = D.generate_images(net, D.DiffusionConfig(), [f"p{cls}"], sampler="ddim", num_steps=2,
+                                  guidance_scale=2.0, seed=7 + j, encode_fn=encode).images[0]
+        np.testing.assert_array_equal(images[k], alone)
+
+
+def test_augment_crops_each_image_at_its_own_offset():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 8, 8)
+    out = E._augment(x, g, pad=2)
+    offsets = set()
+    for i in range(64):
+        found = [(f, dy, dx) for f in (False, True) for dy in range(5) for dx in range(5)
+                 if torch.equal(out[i], torch.nn.functional.pad((x[i].flip(2) if f else x[i])[None], (2,) * 4,
+                                                                mode="reflect")[0, :, dy:dy + 8, dx:dx + 8])]
+        assert found, f"image {i} is not a flipped/translated crop of its input"
+        offsets.add(found[0])
+    assert len(offsets) > 10  # per image, not one offset for the batch
+
+
+def test_yardstick_blocks_and_a_config_that_is_not_a_yardstick(tmp_path):
+    deep, shallow = E.SmallResNet(5, 8, (2, 2, 2, 2)), E.SmallResNet(5, 8)
+    assert sum(p.numel() for p in deep.parameters()) > sum(p.numel() for p in shallow.parameters())
+    assert deep(torch.zeros(2, 3, 32, 32)).shape == (2, 5) and deep.feature_dim == 64
+    assert E.parse_blocks("2,2,2,2") == (2, 2, 2, 2)
+    for bad in ("2,2,2", "0,1,1,1", "x", "1,1,1,99"):
+        with pytest.raises(ValueError, match="blocks"):
+            E.parse_blocks(bad)
+    E.save_classifier(shallow, tmp_path, {})
+    cfg = json.loads((tmp_path / E.CLASSIFIER_CONFIG).read_text())
+    (tmp_path / E.CLASSIFIER_CONFIG).write_text(json.dumps({**cfg, "width": 10 ** 6}))
+    with pytest.raises(ValueError, match="not a yardstick config"):
+        E.load_classifier(tmp_path)
