@@ -57,6 +57,7 @@ class TrainConfig:
     attention_resolutions: tuple[int, ...] = (8,)
     head_channels: int = 32
     dropout: float = 0.1
+    emb_dim: int = 0  # time + text embedding width; 0 = 4 x base_channels
     # diffusion
     num_train_timesteps: int = 1000
     beta_schedule: str = "cosine"
@@ -122,7 +123,7 @@ class TrainConfig:
             image_size=image_size, base_channels=self.base_channels, channel_mult=self.channel_mult,
             num_res_blocks=self.num_res_blocks, attention_resolutions=self.attention_resolutions,
             head_channels=self.head_channels, dropout=self.dropout, middle_attention=self.middle_attention,
-            **(sr if self.task == "sr" else {}),
+            emb_dim=self.emb_dim, **(sr if self.task == "sr" else {}),
         )
 
     def diffusion_config(self) -> D.DiffusionConfig:

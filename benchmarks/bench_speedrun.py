@@ -4,6 +4,14 @@
     python benchmarks/bench_speedrun.py --throughput --recipes current,diffusers,fast   # once, on an idle machine
     python benchmarks/bench_speedrun.py --recipes current,fast --budgets 15,30,60
     python benchmarks/bench_speedrun.py --report          # table + plot from the results so far
+    python benchmarks/bench_speedrun.py --suite tiny200 --throughput --recipes slim,w48,slim-emb512,diffusers
+    python benchmarks/bench_speedrun.py --suite tiny200 --recipes slim,slim-emb512 --budgets 15,30
+
+Two suites (``--suite``): ``default10`` is the first screen below; ``tiny200`` is the
+same harness on all 200 Tiny ImageNet classes (``data/tiny200_32``), scored with the
+200-class yardstick shipped with tiny200 on 5 images per class (1,000) at guidance 6,
+with top-5 and the conditioning check (the share of class pairs whose images from one
+seed are farther apart than two seeds of one class) beside top-1 and FD.
 
 Every recipe trains from scratch on the same fixed task (the default model's
 10 Tiny ImageNet classes at 32 px: ``data/default32``, made with ``python
@@ -44,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import dataclass
 import json
 import math
 import os
@@ -70,7 +79,7 @@ BEFORE = dict(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attent
               batch_size=32, lr=2e-4, warmup_steps=200, max_steps=100_000, ema_decay=0.999, precision="fp32",
               timestep_sampling="uniform", min_snr_gamma=5.0)
 FAST = dict(BEFORE, lr=1e-3, dropout=0.0, precision="bf16")
-RECIPES: dict[str, dict[str, Any]] = {
+RECIPES_10: dict[str, dict[str, Any]] = {
     "current": BEFORE,
     "bf16": dict(BEFORE, precision="bf16"),
     "fast": FAST,  # lr 1e-3, no dropout, bf16 autocast
@@ -84,6 +93,46 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast-slim": dict(FAST, base_channels=32, channel_mult=(1, 2, 4)),  # 32/64/128 channels: ~1/3 of the FLOPs
     "diffusers": {},  # the peer: see train_peer()
 }
+# The 200-class screen (--suite tiny200): overrides of the `default` preset as it stands (the slim
+# 32/64/128 network that trained tiny200, bf16 autocast where the CPU has it).
+RECIPES_200: dict[str, dict[str, Any]] = {
+    "slim": {},
+    "slim-emb512": dict(emb_dim=512),  # a 4x wider time + text embedding (the conditioning path)
+    "w48": dict(base_channels=48),  # capacity: 48/96/192 channels
+    "w64": dict(base_channels=64),
+    "slim-attn16": dict(attention_resolutions=(16, 8)),
+    "slim-logitnormal": dict(timestep_sampling="logit_normal"),
+    "slim-drop10": dict(cond_drop_prob=0.1),
+    "slim-b64": dict(batch_size=64, lr=1.4e-3),
+    "diffusers": {},
+}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One fixed task to screen recipes on: its data, yardstick, scoring and result files."""
+    name: str
+    data: str
+    classifier: str
+    recipes: dict[str, dict[str, Any]]
+    per_class: int
+    guidance: float
+    results: str  # stem of the files in benchmarks/results/
+    title: str
+
+
+SUITES = {
+    "default10": Suite("default10", "data/default32", "model_store/default_model", RECIPES_10, 20, 3.0, "speedrun",
+                       "10 classes, 32 px, DPM-Solver++ 20, guidance 3"),
+    "tiny200": Suite("tiny200", "data/tiny200_32", "model_store/tiny200", RECIPES_200, 5, 6.0, "speedrun200",
+                     "200 classes, 32 px, DPM-Solver++ 20, guidance 6"),
+}
+
+
+def recipe_config(suite: Suite, name: str) -> Any:
+    import training as T
+
+    return T.make_config("default", **suite.recipes[name])
 
 
 def load_avg() -> float:
@@ -97,7 +146,7 @@ def load_avg() -> float:
 class Yardstick:
     """The classifier, the held-out features, and the class embeddings (no text encoder needed)."""
 
-    def __init__(self, data_dir: Path, classifier_dir: Path, per_class: int, seed: int):
+    def __init__(self, data_dir: Path, classifier_dir: Path, per_class: int, seed: int, guidance: float):
         from data import PreprocessedDataset
 
         self.train = PreprocessedDataset(data_dir, split="train")
@@ -108,28 +157,34 @@ class Yardstick:
         self.real_accuracy = float((self.val_pred == np.asarray(val.labels)).mean())
         self.prompts = [c["prompt"] for c in self.train.classes]
         self.emb = {p: self.train.class_embeddings[i].numpy() for i, p in enumerate(self.prompts)}
-        self.per_class, self.seed = per_class, seed
+        self.per_class, self.seed, self.guidance = per_class, seed, guidance
 
     def encode(self, prompts: list[str]) -> np.ndarray:
         return np.stack([self.emb[p] for p in prompts])
 
     def score(self, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        pred, feat = E.classify(self.clf, images)
+        """Top-1/top-5, FD and the conditioning check (images class-major, the j-th of every class from one seed)."""
+        logits, feat = E.predict(self.clf, images)
+        pred = logits.argmax(1)
         acc = float((pred == labels).mean())
+        cond = E.conditioning_check(feat, pred, len(self.prompts), self.per_class) if self.per_class >= 2 else None
         return {"accuracy": acc, "accuracy_se": math.sqrt(acc * (1 - acc) / len(labels)),
-                "fd": E.frechet_distance(feat, self.val_feat), "fd_sd": E.fd_bootstrap_sd(feat, self.val_feat, seed=self.seed)}
+                "top5": E.top_k_accuracy(logits, labels, 5),
+                "fd": E.frechet_distance(feat, self.val_feat), "fd_sd": E.fd_bootstrap_sd(feat, self.val_feat, seed=self.seed),
+                "pairs_apart": cond["pairs_apart"] if cond else None,
+                "classes_above_chance": cond["classes_above_chance"] if cond else None}
 
 
 def sample_ours(ckpt: Path, ys: Yardstick) -> tuple[np.ndarray, np.ndarray, float]:
     lm = store.load_model(ckpt)  # a checkpoint folder: its EMA weights
-    return E.generate_per_class(lm, "dpm++", 20, ys.per_class, 3.0, ys.seed, 50, torch.device("cpu"), ys.encode)
+    return E.generate_per_class(lm, "dpm++", 20, ys.per_class, ys.guidance, ys.seed, 50, torch.device("cpu"), ys.encode)
 
 
 # --------------------------------------------------------------------------- ours
 def train_ours(name: str, budget_steps: int, args: argparse.Namespace) -> dict[str, Any]:
     import training as T
 
-    cfg = T.make_config("default", **RECIPES[name], run_name=name, data_dir=str(args.data), out_dir=str(args.runs),
+    cfg = T.make_config("default", **args.suite.recipes[name], run_name=name, data_dir=str(args.data), out_dir=str(args.runs),
                         seed=args.seed, stop_at_step=budget_steps, sample_every=0, ckpt_every=500,
                         keep_checkpoints=2, log_every=25)
     ckpt = T.train(cfg)
@@ -227,14 +282,14 @@ def sample_peer(ckpt: Path, ys: Yardstick) -> tuple[np.ndarray, np.ndarray, floa
     for i in tqdm(range(0, len(labels), 50), desc="diffusers dpm++ 20", dynamic_ncols=True):
         y = torch.from_numpy(labels[i:i + 50])
         n = len(y)
-        x = torch.cat([torch.randn((1, 3, 32, 32), generator=torch.Generator().manual_seed(ys.seed + i + k))
-                       for k in range(n)])
+        x = torch.cat([torch.randn((1, 3, 32, 32), generator=torch.Generator().manual_seed(ys.seed + (i + k) % ys.per_class))
+                       for k in range(n)])  # the j-th image of every class from seed + j, as generate_per_class
         sch = DPMSolverMultistepScheduler.from_config(base.config)
         sch.set_timesteps(20)
         for t in sch.timesteps:
             eps = model(torch.cat([x, x]), t, class_labels=torch.cat([y, torch.full_like(y, len(ys.prompts))])).sample
             cond, uncond = eps.chunk(2)
-            x = sch.step(uncond + 3.0 * (cond - uncond), t, x).prev_sample
+            x = sch.step(uncond + ys.guidance * (cond - uncond), t, x).prev_sample
         out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out), labels, time.perf_counter() - start
 
@@ -260,18 +315,18 @@ def step_fns(names: list[str], args: argparse.Namespace) -> dict[str, Any]:
             ns = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
 
             def fn(model=model, opt=opt, b=b, ns=ns):
-                x, y, noise = images[:b], torch.randint(0, 10, (b,)), torch.randn(b, 3, 32, 32)
+                x, y, noise = images[:b], torch.randint(0, data.num_classes, (b,)), torch.randn(b, 3, 32, 32)
                 t = torch.randint(0, 1000, (b,))
                 F.mse_loss(model(ns.add_noise(x, noise, t), t, class_labels=y).sample, noise).backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
         else:
-            cfg = T.make_config("default", **RECIPES[name])
+            cfg = T.make_config("default", **args.suite.recipes[name])
             model = ConditionalUNet(cfg.unet_config(32)).train().to(memory_format=torch.channels_last)
             opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=True)
             terms, b = cfg.diffusion_config().terms(), cfg.batch_size
-            bf16 = cfg.precision == "bf16"
+            bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and D.fast_bf16(torch.device("cpu")))
 
             def fn(model=model, opt=opt, b=b, cfg=cfg, terms=terms, bf16=bf16):
                 x = images[:b].contiguous(memory_format=torch.channels_last)
@@ -311,18 +366,26 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def report(results: list[dict[str, Any]], plot: Path | None, reference: dict[str, Any] | None = None) -> str:
+def report(results: list[dict[str, Any]], plot: Path | None, reference: dict[str, Any] | None = None,
+           title: str = SUITES["default10"].title) -> str:
     rows = sorted(results, key=lambda r: (r["recipe"], r["budget_min"]))
-    lines = ["| recipe | CPU-minutes | train img/s (clean) | steps | images seen | class accuracy | FD | "
-             "wall minutes (load avg) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    lines = ["| recipe | CPU-minutes | train img/s (clean) | steps | images seen | class accuracy | top-5 | FD | "
+             "classes apart | wall minutes (load avg) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['recipe']} | {r['budget_min']:g} | {r['clean_images_per_s']:.1f} | {r['steps']:,} | "
-                     f"{r['images_seen']:,} | {r['accuracy']:.1%} ± {r['accuracy_se']:.1%} | "
-                     f"{r['fd']:.1f} ± {r['fd_sd']:.1f} | {r['train_minutes']:.1f} ({r.get('load_avg', float('nan')):.1f}) |")
+                     f"{r['images_seen']:,} | {r['accuracy']:.1%} ± {r['accuracy_se']:.1%} | {pct(r.get('top5'))} | "
+                     f"{r['fd']:.1f} ± {r['fd_sd']:.1f} | {pct(r.get('pairs_apart'))} | "
+                     f"{r['train_minutes']:.1f} ({r.get('load_avg', float('nan')):.1f}) |")
     if reference:
         lines.append(f"| *{reference['reference']} (shipped; the target)* | {reference['train_minutes']:.0f} (wall) | - | "
-                     f"{reference['steps']:,} | {reference['images_seen']:,} | {reference['accuracy']:.1%} ± "
-                     f"{reference['accuracy_se']:.1%} | {reference['fd']:.1f} ± {reference['fd_sd']:.1f} | - |")
+                     f"{reference['steps'] or 0:,} | {reference['images_seen'] or 0:,} | {reference['accuracy']:.1%} ± "
+                     f"{reference['accuracy_se']:.1%} | {pct(reference.get('top5'))} | {reference['fd']:.1f} ± "
+                     f"{reference['fd_sd']:.1f} | {pct(reference.get('pairs_apart'))} | - |")
     if plot is not None and rows:
         import matplotlib
 
@@ -354,7 +417,7 @@ def report(results: list[dict[str, Any]], plot: Path | None, reference: dict[str
         axes[1, 1].set_yscale("log")
         axes[0, 0].legend(fontsize=8)
         axes[1, 0].legend(fontsize=8)
-        fig.suptitle("CPU speedrun: 10 classes, 32 px, DPM-Solver++ 20, guidance 3")
+        fig.suptitle(f"CPU speedrun: {title}")
         fig.tight_layout()
         plot.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(plot, dpi=100)
@@ -364,15 +427,20 @@ def report(results: list[dict[str, Any]], plot: Path | None, reference: dict[str
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipes", default="current,diffusers,fast", help=f"comma-separated, from {sorted(RECIPES)}")
+    p.add_argument("--suite", choices=sorted(SUITES), default="default10",
+                   help="the task: default10 (default_model's 10 classes, the first screen) or tiny200 (all 200 "
+                        "classes, with the 200-class yardstick); sets the defaults of the options below")
+    p.add_argument("--recipes", default=None, help="comma-separated, from the suite's recipes "
+                   f"(default10: {sorted(RECIPES_10)}; tiny200: {sorted(RECIPES_200)})")
     p.add_argument("--budgets", default="15", help="cumulative training minutes to score at, e.g. 15,30,60")
-    p.add_argument("--data", type=Path, default=ROOT / "data/default32")
-    p.add_argument("--classifier", type=Path, default=ROOT / "model_store/default_model",
-                   help="folder with the yardstick classifier.safetensors/json")
-    p.add_argument("--runs", type=Path, default=ROOT / "output_ImageNet/speedrun", help="run folders")
-    p.add_argument("--results", type=Path, default=ROOT / "benchmarks/results/speedrun.jsonl")
-    p.add_argument("--plot", type=Path, default=ROOT / "benchmarks/results/speedrun.png")
-    p.add_argument("--per-class", type=int, default=20)
+    p.add_argument("--data", type=Path, default=None, help="the suite's preprocessed data (default: the suite's)")
+    p.add_argument("--classifier", type=Path, default=None,
+                   help="folder with the yardstick classifier.safetensors/json (default: the suite's)")
+    p.add_argument("--runs", type=Path, default=None, help="run folders (default output_ImageNet/<results stem>)")
+    p.add_argument("--results", type=Path, default=None, help="JSON lines (default benchmarks/results/<stem>.jsonl)")
+    p.add_argument("--plot", type=Path, default=None)
+    p.add_argument("--per-class", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale the samples are scored at")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", action="store_true", help="only print the table and draw the plot")
@@ -381,13 +449,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throughput", action="store_true",
                    help="only measure each recipe's training images/s, interleaved in one process")
     args = p.parse_args(argv)
+    suite = args.suite = SUITES[args.suite]
+    args.recipes = args.recipes or ("current,diffusers,fast" if suite.name == "default10" else "slim,diffusers")
+    args.data = args.data or ROOT / suite.data
+    args.classifier = args.classifier or ROOT / suite.classifier
+    args.runs = args.runs or ROOT / "output_ImageNet" / suite.results
+    args.results = args.results or ROOT / "benchmarks/results" / f"{suite.results}.jsonl"
+    args.plot = args.plot or ROOT / "benchmarks/results" / f"{suite.results}.png"
+    args.per_class = args.per_class or suite.per_class
+    args.guidance = suite.guidance if args.guidance is None else args.guidance
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    ref_path = args.results.with_name("speedrun_reference.json")
+    ref_path = args.results.with_name(f"{suite.results}_reference.json")
     reference = json.loads(ref_path.read_text()) if ref_path.exists() else None
     if args.report:
-        print(report(read_results(args.results), args.plot, reference))
+        print(report(read_results(args.results), args.plot, reference, suite.title))
         return 0
     torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
@@ -399,35 +476,35 @@ def main(argv: list[str] | None = None) -> int:
         for n, r in res.items():
             print(f"  {n:20s} best {r['best']:6.1f}  (median {r['median']:.1f}, min {r['min']:.1f})  "
                   f"{r['best'] / base:.2f}x {names[0]}")
-        path = args.results.with_name("speedrun_throughput.json")
+        path = args.results.with_name(f"{suite.results}_throughput.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"threads": args.threads, "load_avg": load_avg(), "images_per_s": res}, indent=2))
         return 0
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
-    unknown = [n for n in names if n not in RECIPES]
+    unknown = [n for n in names if n not in suite.recipes]
     if unknown:
-        p.error(f"unknown recipes {unknown}; choose from {sorted(RECIPES)}")
+        p.error(f"unknown recipes {unknown} for suite {suite.name}; choose from {sorted(suite.recipes)}")
     budgets = sorted(float(b) for b in args.budgets.split(","))
     if not (args.data / "train_images.npy").exists():
         p.error(f"{args.data} is missing: python preprocess.py --src ../shared/data/tiny-imagenet-200.zip --size 32 "
                 f"--classes assets/default_classes.txt --val-fraction 0.04 --text-variants basic --out {args.data}")
-    tp_path = args.results.with_name("speedrun_throughput.json")
+    tp_path = args.results.with_name(f"{suite.results}_throughput.json")
     rates = json.loads(tp_path.read_text())["images_per_s"] if tp_path.exists() else {}
     if any(n not in rates for n in names):
         p.error(f"no clean throughput for {[n for n in names if n not in rates]} in {tp_path}: measure it first, "
                 f"on an otherwise idle machine: python benchmarks/bench_speedrun.py --throughput --recipes {','.join(names)}")
-    ys = Yardstick(args.data, args.classifier, args.per_class, args.seed)
+    ys = Yardstick(args.data, args.classifier, args.per_class, args.seed, args.guidance)
     print(f"yardstick: {ys.real_accuracy:.1%} on {len(ys.val_pred)} held-out real images", flush=True)
     if args.reference:
         lm = store.load_model(args.reference)
-        images, labels, secs = E.generate_per_class(lm, "dpm++", 20, ys.per_class, 3.0, ys.seed, 50,
+        images, labels, secs = E.generate_per_class(lm, "dpm++", 20, ys.per_class, ys.guidance, ys.seed, 50,
                                                     torch.device("cpu"), ys.encode)
         cfg = lm.config
         row = {"reference": args.reference, "steps": cfg.get("step"), "images_seen": cfg.get("images_seen"),
                "train_minutes": (cfg.get("train_seconds") or 0) / 60, **ys.score(images, labels),
                "images": int(len(images)), "real_accuracy": ys.real_accuracy,
                "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        path = args.results.with_name("speedrun_reference.json")
+        path = args.results.with_name(f"{suite.results}_reference.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(row, indent=2))
         print(json.dumps(row, indent=2))
@@ -441,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             # The budget in steps: what this recipe trains in `budget` minutes at its clean, interleaved
             # throughput. A busy machine then slows a run down without changing what it learns.
             img_s = rates[name]["best"]
-            batch = PEER["batch_size"] if name == "diffusers" else RECIPES[name]["batch_size"]
+            batch = PEER["batch_size"] if name == "diffusers" else recipe_config(args.suite, name).batch_size
             steps = max(1, round(budget * 60 * img_s / batch))
             run = train_peer(steps, args) if name == "diffusers" else train_ours(name, steps, args)
             images, labels, secs = (sample_peer if name == "diffusers" else sample_ours)(run["ckpt"], ys)
@@ -449,14 +526,15 @@ def main(argv: list[str] | None = None) -> int:
                    "clean_images_per_s": img_s, "clean_minutes": run["images_seen"] / img_s / 60,
                    **ys.score(images, labels), "sample_s_per_image": secs / len(images),
                    "images": int(len(images)), "load_avg": max(load0, load_avg()), "threads": args.threads,
-                   "recipe_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in RECIPES[name].items()},
+                   "recipe_overrides": {k: list(v) if isinstance(v, tuple) else v
+                                        for k, v in args.suite.recipes[name].items()}, "suite": args.suite.name,
                    "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "wall_minutes": (time.time() - wall0) / 60}
             with args.results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"{name} @ {budget:g} min: {row['steps']} steps, {row['images_seen']} images, accuracy "
                   f"{row['accuracy']:.1%} ± {row['accuracy_se']:.1%}, FD {row['fd']:.1f} ± {row['fd_sd']:.1f}", flush=True)
-    print(report(read_results(args.results), args.plot, reference))
+    print(report(read_results(args.results), args.plot, reference, suite.title))
     return 0
 
 

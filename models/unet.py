@@ -42,6 +42,7 @@ class UNetConfig:
     middle_attention: bool = True  # self-attention in the middle block
     aug_embed: bool = False  # a second timestep-like input: the conditioning-augmentation level (SR models)
     residual: bool = False  # SR models: the network denoises the residual x - upsample(low), not x itself
+    emb_dim: int = 0  # width of the time + text embedding that modulates every block; 0 = 4 x base_channels
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -54,8 +55,8 @@ class UNetConfig:
             )
         if self.base_channels <= 0 or self.num_res_blocks <= 0 or not self.channel_mult:
             raise ValueError("base_channels, num_res_blocks and channel_mult must be positive / non-empty")
-        if self.cond_dim < 0 or self.in_channels <= 0 or self.out_channels <= 0:
-            raise ValueError("cond_dim must be >= 0 and in_channels, out_channels positive")
+        if self.cond_dim < 0 or self.in_channels <= 0 or self.out_channels <= 0 or self.emb_dim < 0:
+            raise ValueError("cond_dim and emb_dim must be >= 0 and in_channels, out_channels positive")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -86,7 +87,7 @@ class ConditionalUNet(nn.Module):
         super().__init__()
         self.config = config
         ch = config.base_channels
-        emb_dim = 4 * ch
+        emb_dim = config.emb_dim or 4 * ch
         self.time_embed = TimestepEmbedder(ch, emb_dim)
         if config.cond_dim > 0:
             self.cond_embed = nn.Sequential(nn.Linear(config.cond_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))

@@ -112,6 +112,17 @@ def test_unet_rejects_bad_sizes_and_configs():
         model(torch.randn(1, 3, 15, 15), torch.tensor([1]), torch.randn(1, 384))
 
 
+def test_embedding_width_is_a_config_choice_and_old_configs_keep_four_times_base():
+    wide = ConditionalUNet(UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), head_channels=8, emb_dim=96))
+    assert wide.cond_embed[-1].out_features == 96 and wide.time_embed(torch.tensor([5])).shape == (1, 96)
+    assert wide(torch.randn(1, 3, 16, 16), torch.tensor([5]), torch.randn(1, 384)).shape == (1, 3, 16, 16)
+    old = UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), head_channels=8).to_dict()
+    del old["emb_dim"]  # a config written before the option existed
+    assert ConditionalUNet(UNetConfig.from_dict(old)).cond_embed[-1].out_features == 64
+    with pytest.raises(ValueError, match="emb_dim"):
+        UNetConfig(image_size=16, emb_dim=-1)
+
+
 def test_gradients_reach_every_parameter():
     model = tiny_unet(16).train()
     x = torch.randn(4, 3, 16, 16)
