@@ -403,14 +403,17 @@ def conditioning_check(features: np.ndarray, pred: np.ndarray, num_classes: int,
     }
 
 
-def read_free_text(path: str | Path, class_names: Sequence[str]) -> list[tuple[str, int]]:
-    """``prompt<TAB>class name`` lines (``#`` comments, blank lines ignored) -> (prompt, class index)."""
+def read_free_text(path: str | Path, class_names: Sequence[str], skip_unknown: bool = False) -> list[tuple[str, int]]:
+    """``prompt<TAB>class name`` lines (``#`` comments, blank lines ignored) -> (prompt, class index).
+    ``skip_unknown``: leave out lines whose class the model does not have (one TSV for several models)."""
     lower = [n.lower() for n in class_names]
     pairs = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         prompt, sep, name = line.partition("\t")
+        if skip_unknown and sep and prompt.strip() and name.strip().lower() not in lower:
+            continue
         if not sep or not prompt.strip() or name.strip().lower() not in lower:
             raise ValueError(f"{path}:{n}: expected 'prompt<TAB>class' with a class of the model "
                              f"({', '.join(class_names)}), got {line!r}")
@@ -734,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of the yardstick classifier (default: beside the model); trained there if missing")
     parser.add_argument("--free-text", default=None,
                         help="TSV of 'prompt<TAB>class' lines: do free-text prompts land on their class?")
+    parser.add_argument("--free-text-skip-unknown", action="store_true",
+                        help="leave out free-text lines whose class the model does not have")
     parser.add_argument("--snap", default="0", metavar="S[,S..]",
                         help="free text also with its embedding pulled toward the model's classes by each strength "
                              "in [0, 1] (e.g. 0,0.5: with and without)")
@@ -771,7 +776,8 @@ def main(argv: list[str] | None = None) -> int:
         data = args.data or lm.config.get("data", {}).get("dir")
         if not data:
             raise ValueError("the model's config names no data folder: pass --data")
-        free_text = read_free_text(args.free_text, lm.class_names) if args.free_text else ()
+        free_text = (read_free_text(args.free_text, lm.class_names, skip_unknown=args.free_text_skip_unknown)
+                     if args.free_text else ())
         result = evaluate(lm, data, parse_settings(args.settings), per_class=args.per_class, guidance=args.guidance,
                           seed=args.seed, batch_size=args.batch_size, classifier_epochs=args.classifier_epochs,
                           retrain_classifier=args.retrain_classifier, inception=args.inception, device=device,

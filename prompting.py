@@ -116,6 +116,18 @@ def snap_to_classes(prompt_embs: np.ndarray, class_embs: np.ndarray, strength: f
     return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
 
+def coverage_similarity(prompt_embs: np.ndarray, class_text_embs: np.ndarray, per_class: bool = False) -> np.ndarray:
+    """How near each prompt is to the classes: the best cosine similarity between the prompt and
+    any of a class's texts. ``class_text_embs``: (classes, texts, dim) unit embeddings of the texts
+    each class was trained under (or (classes, dim): one text per class). Returns (prompts,) best
+    over the classes, or (prompts, classes) with ``per_class``."""
+    texts = np.asarray(class_text_embs, np.float32)
+    if texts.ndim == 2:
+        texts = texts[:, None, :]
+    sims = np.einsum("nd,ctd->nct", np.atleast_2d(np.asarray(prompt_embs, np.float32)), texts).max(axis=2)
+    return sims if per_class else sims.max(axis=1)
+
+
 def coverage_message(matches: Sequence[tuple[str, float]], low: float = 0.5) -> str:
     """A plain sentence about how well the model's classes cover a prompt."""
     if not matches:

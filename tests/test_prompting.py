@@ -67,3 +67,48 @@ def test_nearest_classes_and_snapping():
 def test_coverage_message():
     assert "not seen anything like" in P.coverage_message([("goldfish", 0.21), ("orange", 0.18)])
     assert P.coverage_message([("goldfish", 0.8)]).startswith("Nearest training classes: goldfish (0.80)")
+
+
+STOPWORDS = {"a", "an", "the", "of", "in", "on", "with", "and", "at", "to", "its", "is", "from", "for", "by", "as",
+             "it", "up", "into", "over", "under", "near", "next"}
+
+
+def content_words(text: str) -> set[str]:
+    import re
+
+    return {w for w in re.findall(r"[a-z]+", text.lower()) if w not in STOPWORDS}
+
+
+def tiny200_training_texts() -> list[str]:
+    descriptions = P.read_descriptions(ROOT / "assets/class_descriptions.tsv")
+    texts = []
+    for line in (ROOT / "assets/tiny200_classes.tsv").read_text().splitlines():
+        wnid, names = line.split("\t")
+        texts += P.class_training_prompts(names.split(", "), descriptions.get(wnid, ()))
+    return texts
+
+
+def test_content_words_drop_only_the_glue():
+    assert content_words("A goldfish, in a clear-glass bowl!") == {"goldfish", "clear", "glass", "bowl"}
+
+
+def test_the_unlike_paraphrases_share_under_half_their_words_with_every_training_text():
+    """assets/paraphrases_unlike.tsv measures free text worded unlike the training texts (BENCHMARKS):
+    no prompt may share half of its content words with a class description or a templated name."""
+    import evaluate as E
+
+    texts = [(t, content_words(t)) for t in tiny200_training_texts()]
+    names = [line.split("\t")[1].split(", ")[0] for line in (ROOT / "assets/tiny200_classes.tsv").read_text().splitlines()]
+    pairs = E.read_free_text(ROOT / "assets/paraphrases_unlike.tsv", names)
+    default = [line for line in (ROOT / "assets/default_classes.txt").read_text().splitlines() if line.startswith("n")]
+    assert len(pairs) >= 100 and len({c for _, c in pairs}) >= 40
+    wnids = [line.split("\t")[0] for line in (ROOT / "assets/tiny200_classes.tsv").read_text().splitlines()]
+    assert all(sum(wnids[c] == w for _, c in pairs) >= 4 for w in default)  # every default_model class, 4+ times
+    too_close = []
+    for prompt, _ in pairs:
+        words = content_words(prompt)
+        for text, other in texts:
+            if len(words & other) >= len(words) / 2:
+                too_close.append(f"{prompt!r} ~ {text!r}")
+                break
+    assert not too_close, "\n".join(too_close)
