@@ -565,6 +565,7 @@ def evaluate(
     encode_fn: Callable[[list[str]], np.ndarray] | None = None, classifier_dir: Path | None = None,
     free_text: Sequence[tuple[str, int]] = (), free_text_setting: tuple[str, int] = ("dpm++", 20),
     precision: str = "fp32", snaps: Sequence[float] = (0.0,), guidance_interval: tuple[float, float] | None = None,
+    free_text_per_prompt: int = 0,
 ) -> dict[str, Any]:
     """Run the whole evaluation; returns a dict with the reference figures and one Row per setting."""
     from data import PreprocessedDataset
@@ -640,11 +641,51 @@ def evaluate(
                 from prompting import snapping_encoder
 
                 enc = snapping_encoder(encode_fn or encode_prompts, [c["prompt"] for c in lm.classes], snap)
-            rows = free_text_rows(lm, clf, free_text, per_prompt=per_class, sampler=free_text_setting[0],
+            rows = free_text_rows(lm, clf, free_text, per_prompt=free_text_per_prompt or per_class,
+                                  sampler=free_text_setting[0],
                                   steps=free_text_setting[1], guidance=guidance, seed=seed,
                                   batch_size=batch_size, device=device, encode_fn=enc, yardstick=yardstick)
             result["free_text"] += [dict(r, snap=snap) for r in rows]
     return result
+
+
+def degrade(images: np.ndarray, how: str, seed: int = 0) -> np.ndarray:
+    """Real photos made worse in known ways, to see whether a yardstick can tell: ``down16`` / ``down8``
+    (bicubic down to 16 or 8 px and back: blur), ``noise`` (Gaussian, sd 0.2 of the [-1, 1] range),
+    ``blob`` (every pixel the image's mean colour)."""
+    x = torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2).float()
+    size = x.shape[-1]
+    if how.startswith("down"):
+        small = F.interpolate(x, size=int(how[4:]), mode="bicubic", antialias=True, align_corners=False)
+        x = F.interpolate(small, size=size, mode="bicubic", align_corners=False)
+    elif how == "noise":
+        x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)) * 0.2 * 127.5
+    elif how == "blob":
+        x = x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+    else:
+        raise ValueError(f"unknown degradation {how!r}")
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+DEGRADATIONS = ("down16", "down8", "noise", "blob")
+
+
+def yardstick_check(clf: SmallResNet, train: Any, val: Any, seed: int = 0) -> list[dict[str, Any]]:
+    """Can the yardstick tell good from bad? Top-1/top-5 and FD to the held-out photos of: an equal
+    number of real training photos (the floor), and the held-out photos degraded in each of
+    ``DEGRADATIONS`` (FD against a second real set, so the degraded images are not their own reference)."""
+    val_images, val_labels = np.asarray(val.images), np.asarray(val.labels)
+    train_labels = np.asarray(train.labels)
+    per_class = max(1, len(val_labels) // max(1, train.num_classes))
+    ref = class_balanced_subset(train_labels, per_class, seed)
+    _, ref_feat = predict(clf, np.asarray(train.images)[ref])
+    rows = []
+    for name, images in [("real held-out photos", val_images)] + [(f"held-out, {d}", degrade(val_images, d, seed))
+                                                                   for d in DEGRADATIONS]:
+        logits, feat = predict(clf, images)
+        rows.append({"images": name, "top1": float((logits.argmax(1) == val_labels).mean()),
+                     "top5": top_k_accuracy(logits, val_labels, 5), "fd": frechet_distance(feat, ref_feat)})
+    return rows
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -713,7 +754,7 @@ def format_table(result: dict[str, Any]) -> str:
                   if names and names[0]["accuracy"] > 0 else "")
             lines.append(f"Free text, snap {snap:g}: {len(rows)} prompts land on their class {acc:.1%} of the time{vs}.")
     if result.get("free_text"):
-        lines += ["", f"Free text ({result['free_text_setting']}, {result['per_class']} images per prompt):", "",
+        lines += ["", f"Free text ({result['free_text_setting']}, {result['free_text'][0]['images']} images per prompt):", "",
                   "| prompt | meant class | classified as that class | most often classified as |",
                   "| --- | --- | --- | --- |"]
         lines += [f"| {r['prompt'].replace('|', '/')}{' (snap %g)' % r['snap'] if r.get('snap') else ''} | {r['class']} |"
@@ -737,6 +778,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of the yardstick classifier (default: beside the model); trained there if missing")
     parser.add_argument("--free-text", default=None,
                         help="TSV of 'prompt<TAB>class' lines: do free-text prompts land on their class?")
+    parser.add_argument("--free-text-per-prompt", type=int, default=0, metavar="N",
+                        help="images per free-text prompt (default: --per-class)")
     parser.add_argument("--free-text-skip-unknown", action="store_true",
                         help="leave out free-text lines whose class the model does not have")
     parser.add_argument("--snap", default="0", metavar="S[,S..]",
@@ -755,6 +798,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifier-weight-decay", type=float, default=5e-4)
     parser.add_argument("--classifier-precision", choices=("fp32", "bf16"), default="fp32",
                         help="bf16 autocast for training the classifier (fast on AVX512-BF16/AMX CPUs and GPUs)")
+    parser.add_argument("--yardstick-check", action="store_true",
+                        help="only score --classifier on --data's real held-out photos and on degraded copies of them "
+                             f"({', '.join(DEGRADATIONS)}): can it tell good from bad?")
     parser.add_argument("--inception", default=None, help="pytorch-fid Inception weights (.pth) for standard FID")
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                         help="sampling precision (default fp32; compare with bf16 for parity)")
@@ -771,6 +817,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.classifier_only:
         return _classifier_only(args, device)
+    if args.yardstick_check:
+        return _yardstick_check(args, device)
     try:
         lm = load_model(args.model, store=args.store, device=device)
         data = args.data or lm.config.get("data", {}).get("dir")
@@ -784,7 +832,8 @@ def main(argv: list[str] | None = None) -> int:
                           classifier_dir=Path(args.classifier) if args.classifier else None,
                           free_text=free_text, free_text_setting=parse_settings(args.free_text_setting)[0],
                           precision=args.precision, snaps=parse_snaps(args.snap),
-                          guidance_interval=parse_guidance_interval(args.guidance_interval))
+                          guidance_interval=parse_guidance_interval(args.guidance_interval),
+                          free_text_per_prompt=args.free_text_per_prompt)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -795,6 +844,28 @@ def main(argv: list[str] | None = None) -> int:
     (out / "evaluation.md").write_text(table + "\n")
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out / 'evaluation.md'} and {out / 'evaluation.json'}")
+    return 0
+
+
+def _yardstick_check(args: argparse.Namespace, device: torch.device) -> int:
+    from data import PreprocessedDataset
+
+    if not args.data or not args.classifier:
+        print("error: --yardstick-check needs --data (a preprocessed folder) and --classifier", file=sys.stderr)
+        return 2
+    try:
+        train = PreprocessedDataset(args.data, split="train")
+        val = PreprocessedDataset(args.data, split="val")
+        clf, meta = load_classifier(Path(args.classifier), device)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = yardstick_check(clf, train, val, args.seed)
+    print(f"yardstick {args.classifier} (width {meta['width']}, blocks {meta.get('blocks', [1, 1, 1, 1])}) on "
+          f"{len(val)} held-out photos of {args.data}; FD against as many real training photos\n")
+    print("| images | top-1 | top-5 | FD |\n| --- | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['images']} | {r['top1']:.1%} | {r['top5']:.1%} | {r['fd']:.2f} |")
     return 0
 
 

@@ -6,7 +6,12 @@ the app and the CLI do with a user's prompt before it reaches the network.
   descriptions (``assets/class_descriptions.tsv``), so that free text
   ("a small orange fish in a glass bowl") lands near the class it describes.
 * ``nearest_classes``: the model's training classes closest to a prompt, by
-  cosine similarity of the text embeddings (how well the model covers it).
+  cosine similarity of the text embeddings.
+* ``CoverageIndex``: does the model cover a prompt? The prompt's best similarity
+  to any text a class is known by (its prompt, its WordNet names, its
+  descriptions), against its best similarity to ImageNet-1k classes the model
+  does not have: the app warns when the prompt is nearer something the model
+  never saw (calibrated by ``benchmarks/bench_coverage.py``).
 * ``snap_to_classes``: optionally pull a prompt's embedding toward the class
   embeddings it is nearest to (a model trained on 200 class texts has only
   seen that corner of the embedding space).
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -128,15 +134,93 @@ def coverage_similarity(prompt_embs: np.ndarray, class_text_embs: np.ndarray, pe
     return sims if per_class else sims.max(axis=1)
 
 
-def coverage_message(matches: Sequence[tuple[str, float]], low: float = 0.5) -> str:
-    """A plain sentence about how well the model's classes cover a prompt."""
+ASSETS = Path(__file__).resolve().parent / "assets"
+# Warn when a prompt's best class similarity is below its best similarity to a class the model
+# never saw, minus this margin: with tiny200, 8.3% of assets/paraphrases_unlike.tsv warn and 53.5% of
+# assets/prompts_outside_classes.txt do (BENCHMARKS, "The prompt-coverage warning").
+COVERAGE_MARGIN = -0.01
+
+
+def read_synsets(path: str | Path = ASSETS / "LOC_synset_mapping.txt") -> dict[str, list[str]]:
+    """``n01440764 tench, Tinca tinca`` lines -> {wnid: [names]} (ImageNet-1k's 1000 classes)."""
+    out = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        wnid, _, names = line.strip().partition(" ")
+        if wnid:
+            out[wnid] = [n.strip() for n in names.split(",") if n.strip()]
+    return out
+
+
+def coverage_texts(classes: Sequence[Mapping[str, object]], template: str, synsets: Mapping[str, Sequence[str]],
+                   descriptions: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """The texts each class is known by: its prompt, its other WordNet names ("a photo of a tabby cat"),
+    and its descriptions (by wnid from the shipped assets; a class without a wnid has its prompt)."""
+    out = []
+    for c in classes:
+        wnid = str(c.get("wnid", ""))
+        names = [str(n) for n in (c.get("names") or synsets.get(wnid) or [c["name"]])]
+        texts = [str(c.get("prompt") or class_prompt(str(c["name"]), template))]
+        texts += [class_prompt(n, template) for n in names if n.lower() != str(c["name"]).lower()]
+        texts += list(descriptions.get(wnid, ()))
+        out.append(list(dict.fromkeys(texts)))
+    return out
+
+
+def distractor_prompts(classes: Sequence[Mapping[str, object]], template: str,
+                       synsets: Mapping[str, Sequence[str]]) -> list[str]:
+    """A prompt for each ImageNet-1k class the model does not have (by wnid or name): what a prompt
+    about something outside the model's classes is likely to be nearer to."""
+    wnids = {str(c.get("wnid", "")) for c in classes}
+    names = {str(c["name"]).lower() for c in classes}
+    return [class_prompt(n[0], template) for w, n in synsets.items()
+            if n and w not in wnids and n[0].lower() not in names]
+
+
+@dataclass
+class CoverageIndex:
+    """Embeddings to judge a prompt by: each class's texts (classes, texts, dim; short lists padded by
+    cycling) and the distractors (n, dim), with the classes' names."""
+    class_names: list[str]
+    class_texts: np.ndarray
+    distractors: np.ndarray
+    distractor_names: list[str]
+
+    @classmethod
+    def build(cls, classes: Sequence[Mapping[str, object]], template: str,
+              encode_fn: Callable[[list[str]], np.ndarray], assets: Path = ASSETS) -> "CoverageIndex":
+        synsets = read_synsets(assets / "LOC_synset_mapping.txt")
+        descriptions = read_descriptions(assets / "class_descriptions.tsv")
+        texts = prompt_table(coverage_texts(classes, template, synsets, descriptions))
+        flat = np.asarray(encode_fn([t for row in texts for t in row]), np.float32)
+        others = distractor_prompts(classes, template, synsets)
+        return cls([str(c["name"]) for c in classes], flat.reshape(len(texts), len(texts[0]), -1),
+                   np.asarray(encode_fn(others), np.float32) if others else np.zeros((0, flat.shape[1]), np.float32),
+                   others)
+
+    def judge(self, prompt_emb: np.ndarray, k: int = 3) -> tuple[list[tuple[str, float]], float, str | None]:
+        """(the k nearest classes with their similarity, the margin of the best class over the best
+        distractor, the nearest distractor's prompt or None)."""
+        sims = coverage_similarity(prompt_emb, self.class_texts, per_class=True)[0]
+        order = np.argsort(-sims)[:k]
+        matches = [(self.class_names[i], float(sims[i])) for i in order]
+        if not len(self.distractors):
+            return matches, float("inf"), None
+        dsims = self.distractors @ np.asarray(prompt_emb, np.float32).ravel()
+        j = int(dsims.argmax())
+        return matches, float(sims[order[0]] - dsims[j]), self.distractor_names[j]
+
+
+def coverage_message(matches: Sequence[tuple[str, float]], margin: float = float("inf"),
+                     nearer: str | None = None, warn_below: float = COVERAGE_MARGIN) -> str:
+    """A plain sentence about how well the model's classes cover a prompt (``CoverageIndex.judge``)."""
     if not matches:
         return "This model has no classes to compare with."
-    best_name, best = matches[0]
     near = ", ".join(f"{n} ({s:.2f})" for n, s in matches)
-    if best < low:
-        return (f"The model has not seen anything like this prompt: its nearest class is {best_name} "
-                f"(similarity {best:.2f}). Expect an image of its training classes, not of the prompt. Nearest: {near}")
+    if margin < warn_below:
+        thing = f" (nearest: \"{nearer}\")" if nearer else ""
+        return (f"The model has not seen anything like this prompt: it is nearer to things outside its classes"
+                f"{thing} than to any of them. Expect an image of its training classes, not of the prompt. "
+                f"Nearest classes: {near}")
     return f"Nearest training classes: {near}"
 
 

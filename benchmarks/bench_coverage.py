@@ -16,7 +16,10 @@ separates them:
 * ``training texts - distractors``: that similarity minus the best similarity to the
   ImageNet-1k classes the model does not have ("a photo of a {name}", from
   ``assets/LOC_synset_mapping.txt``): an open-set test, warning when the prompt is
-  nearer something the model never saw (thresholds are then margins).
+  nearer something the model never saw (thresholds are then margins);
+* ``the app``: ``prompting.CoverageIndex``, what the app runs: the same margin with
+  each class judged by its prompt, its other names and its descriptions (the
+  distinct texts; no template variants), built from the shipped assets alone.
 
     python benchmarks/bench_coverage.py --data data/tiny200_32 --log benchmarks/results/coverage.txt
 """
@@ -35,7 +38,7 @@ import evaluate as E  # noqa: E402
 from benchlog import tee_stdout  # noqa: E402
 from data import PreprocessedDataset  # noqa: E402
 from models.text_encoder import class_prompt, encode_prompts  # noqa: E402
-from prompting import coverage_similarity  # noqa: E402
+from prompting import COVERAGE_MARGIN, CoverageIndex, coverage_similarity  # noqa: E402
 
 
 def warn_rates(near: np.ndarray, far: np.ndarray, thresholds: np.ndarray) -> list[tuple[float, float, float]]:
@@ -69,13 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     dis_emb = encode_prompts(distractors)[:, None, :]
     print(f"{len(distractors)} distractors: the ImageNet-1k classes the model does not have")
     thresholds = np.round(np.arange(0.30, 0.71, 0.05), 2)
+    index = CoverageIndex.build(data.classes, "a photo of a {}", encode_prompts)
     for method, embs in (("class prompt", class_emb[:, None, :]), ("training texts", texts_emb),
-                         ("training texts - distractors", texts_emb)):
-        near = coverage_similarity(near_emb, embs)
-        far = coverage_similarity(far_emb, embs)
+                         ("training texts - distractors", texts_emb), ("the app", None)):
+        if method == "the app":
+            near = np.array([index.judge(e)[1] for e in near_emb])
+            far = np.array([index.judge(e)[1] for e in far_emb])
+        else:
+            near = coverage_similarity(near_emb, embs)
+            far = coverage_similarity(far_emb, embs)
         if method.endswith("distractors"):
             near = near - coverage_similarity(near_emb, dis_emb)
             far = far - coverage_similarity(far_emb, dis_emb)
+        if method.endswith("distractors") or method == "the app":
             thresholds = np.round(np.arange(-0.14, 0.05, 0.02), 2)
         print(f"\n{method}: best similarity to the classes, median {np.median(near):.2f} for paraphrases, "
               f"{np.median(far):.2f} for prompts outside")
@@ -89,12 +98,17 @@ def main(argv: list[str] | None = None) -> int:
         if quiet:
             print(f"most outside prompts caught with under 10% of paraphrases warning: {quiet[2]:.1%} at "
                   f"{quiet[0]:.2f} ({quiet[1]:.1%} of paraphrases)")
+    print(f"\nthe app warns below a margin of {COVERAGE_MARGIN:+.2f}: paraphrases "
+          f"{np.mean(near < COVERAGE_MARGIN):.1%}, outside prompts {np.mean(far < COVERAGE_MARGIN):.1%}")
     tabby = encode_prompts(["a tabby cat sleeping on a sofa"])
     for method, embs in (("class prompt", class_emb[:, None, :]), ("training texts", texts_emb)):
         sims = coverage_similarity(tabby, embs, per_class=True)[0]
         top = np.argsort(-sims)[:3]
         print(f"'a tabby cat sleeping on a sofa' by {method}: "
               + ", ".join(f"{names[i]} {sims[i]:.2f}" for i in top))
+    matches, margin, nearer = index.judge(tabby[0])
+    print(f"... by the app: {', '.join(f'{n} {v:.2f}' for n, v in matches)}; margin {margin:+.2f} over "
+          f"{nearer!r}: {'warns' if margin < COVERAGE_MARGIN else 'no warning'}")
     return 0
 
 

@@ -359,3 +359,33 @@ def test_yardstick_blocks_and_a_config_that_is_not_a_yardstick(tmp_path):
     (tmp_path / E.CLASSIFIER_CONFIG).write_text(json.dumps({**cfg, "width": 10 ** 6}))
     with pytest.raises(ValueError, match="not a yardstick config"):
         E.load_classifier(tmp_path)
+
+
+def test_degradations_make_known_changes():
+    x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    blob = E.degrade(x, "blob")
+    assert np.all(blob == blob[:, :1, :1, :]) and np.allclose(blob[:, 0, 0].astype(float), x.mean((1, 2)), atol=0.5)
+    down8 = E.degrade(x, "down8").astype(float)
+    assert np.abs(np.diff(down8, axis=2)).mean() < 0.5 * np.abs(np.diff(x.astype(float), axis=2)).mean()  # blurred
+    noisy = E.degrade(x, "noise").astype(float)
+    assert 15 < np.abs(noisy - x).mean() < 30  # |N(0, 25.5)| has mean 20.3 before clipping
+    with pytest.raises(ValueError, match="unknown degradation"):
+        E.degrade(x, "sepia")
+
+
+def test_yardstick_check_ranks_real_photos_above_their_blobs(tmp_path):
+    """On colour classes the mean colour still tells the class; on texture-free blobs of noise images it
+    cannot: the check must show real photos recognised and FD rising with degradation."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (60, 16, 16, 3), dtype=np.uint8)
+    y = np.repeat(np.arange(3), 20)
+    x[y == 0, ::2] = 0  # class 0: dark stripes; class 1: a bright square; class 2: plain noise
+    x[y == 1, 4:12, 4:12] = 255
+    clf = E.train_classifier(x, y, 3, epochs=15, batch_size=20, width=8)
+    split = SimpleNamespace(images=x, labels=y, num_classes=3)
+    rows = {r["images"]: r for r in E.yardstick_check(clf, split, split)}
+    assert rows["real held-out photos"]["top1"] > 0.9
+    assert rows["held-out, down8"]["fd"] > rows["real held-out photos"]["fd"]
+    assert rows["held-out, blob"]["fd"] > rows["real held-out photos"]["fd"]

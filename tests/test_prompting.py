@@ -65,8 +65,32 @@ def test_nearest_classes_and_snapping():
 
 
 def test_coverage_message():
-    assert "not seen anything like" in P.coverage_message([("goldfish", 0.21), ("orange", 0.18)])
-    assert P.coverage_message([("goldfish", 0.8)]).startswith("Nearest training classes: goldfish (0.80)")
+    far = P.coverage_message([("goldfish", 0.21), ("orange", 0.18)], margin=-0.3, nearer="a photo of a zebra")
+    assert "not seen anything like" in far and '"a photo of a zebra"' in far and "goldfish (0.21)" in far
+    assert P.coverage_message([("goldfish", 0.8)], margin=0.2).startswith("Nearest training classes: goldfish (0.80)")
+    assert P.coverage_message([]) == "This model has no classes to compare with."
+
+
+def test_coverage_index_judges_by_every_text_of_a_class_and_against_classes_it_lacks(tmp_path):
+    """A class is as near as its nearest text (a description counts), and a prompt nearer to an
+    ImageNet class the model lacks than to any of its own gets a negative margin."""
+    (tmp_path / "LOC_synset_mapping.txt").write_text("n1 tabby, tabby cat\nn2 goldfish\nn3 zebra\n")
+    (tmp_path / "class_descriptions.tsv").write_text("n1\ta striped cat asleep on a sofa\n")
+    axes = {"a photo of a tabby": 0, "a photo of a tabby cat": 1, "a striped cat asleep on a sofa": 2,
+            "a photo of a goldfish": 3, "a photo of a zebra": 4}
+    encode = lambda texts: np.stack([np.eye(6)[axes[t]] for t in texts])  # noqa: E731
+    classes = [{"name": "tabby", "wnid": "n1", "prompt": "a photo of a tabby"},
+               {"name": "goldfish", "wnid": "n2", "prompt": "a photo of a goldfish"}]
+    index = P.CoverageIndex.build(classes, "a photo of a {}", encode, assets=tmp_path)
+    assert index.distractor_names == ["a photo of a zebra"] and index.class_texts.shape == (2, 3, 6)
+    sofa = unit([0, 0, 0.9, 0.1, 0.3, 0])  # mostly the tabby description
+    matches, margin, nearer = index.judge(sofa, k=2)
+    assert [n for n, _ in matches] == ["tabby", "goldfish"] and matches[0][1] == pytest.approx(sofa[2])
+    assert margin == pytest.approx(sofa[2] - sofa[4]) and margin > 0
+    zebra = unit([0.1, 0, 0, 0.2, 0.9, 0])
+    _, margin, nearer = index.judge(zebra)
+    assert margin == pytest.approx(zebra[3] - zebra[4]) and margin < P.COVERAGE_MARGIN
+    assert nearer == "a photo of a zebra"
 
 
 STOPWORDS = {"a", "an", "the", "of", "in", "on", "with", "and", "at", "to", "its", "is", "from", "for", "by", "as",

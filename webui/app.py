@@ -51,6 +51,7 @@ class WebApp:
         self._history: "OrderedDict[str, list[tuple[str, str]]]" = OrderedDict()
         self._history_lock = threading.Lock()
         self._class_embs: dict[str, Any] = {}
+        self._coverage: dict[str, Any] = {}
         from webui.cascade import Cascade
         from webui.restore import RecipeActions
         from webui.tab_forward import ForwardTab
@@ -156,6 +157,18 @@ class WebApp:
             texts = [c.get("prompt") or class_prompt(c["name"], lm.prompt_template) for c in lm.classes]
             self._class_embs[key] = np.asarray(encode_prompts(texts), np.float32) if texts else None
         return self._class_embs[key]
+
+    def coverage_index(self, lm):
+        """What the prompt-coverage check judges a prompt by (built once per model: a few seconds of
+        text encoding for tiny200's 200 classes and the 800 ImageNet classes it does not have)."""
+        from models.text_encoder import encode_prompts
+        from prompting import CoverageIndex
+
+        key = str(lm.path)
+        if key not in self._coverage:
+            self._coverage[key] = (CoverageIndex.build(lm.classes, lm.prompt_template, encode_prompts)
+                                   if lm.classes else None)
+        return self._coverage[key]
 
     @staticmethod
     def examples_for(lm) -> list[list[str]]:

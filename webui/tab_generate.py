@@ -25,7 +25,6 @@ from webui.validation import (DEFAULT_PRECISION, GUIDANCE_RANGE, MAX_INTERVAL_CH
 
 log = logging.getLogger("web")
 
-COVERAGE_LOW = 0.5  # below this cosine similarity the prompt is far from every training class
 
 
 class GenerateTab:
@@ -229,7 +228,7 @@ class GenerateTab:
     def coverage(self, prompt, model_choice) -> str:
         """The model's nearest training classes to the prompt (cosine similarity), with a plain warning when far."""
         from models.text_encoder import encode_prompts
-        from prompting import coverage_message, encode_weighted, nearest_classes
+        from prompting import COVERAGE_MARGIN, coverage_message, encode_weighted
 
         with self.app.errors("prompt coverage"):
             lm = self.app._model(model_choice)  # a bad model is an error whatever the prompt
@@ -245,13 +244,12 @@ class GenerateTab:
                 validate_blend(text)
             except InputError as e:
                 return f"⚠ {e}"
-            class_embs = self.app.class_embeddings(lm)
-            if class_embs is None:
+            index = self.app.coverage_index(lm)
+            if index is None:
                 return "This model has no classes to compare with."
-            emb = encode_weighted([text], encode_prompts)[0]
-            matches = [(lm.classes[i]["name"], s) for i, s in nearest_classes(emb, class_embs, k=3)]
-            msg = coverage_message(matches, low=COVERAGE_LOW)
-            return ("⚠ " + msg) if matches and matches[0][1] < COVERAGE_LOW else msg
+            matches, margin, nearer = index.judge(encode_weighted([text], encode_prompts)[0])
+            msg = coverage_message(matches, margin, nearer)
+            return ("⚠ " + msg) if margin < COVERAGE_MARGIN else msg
 
     # ----------------------------------------------------------------- layout
     def build(self, ui) -> None:
