@@ -10,6 +10,7 @@
 Two suites (``--suite``): ``default10`` is the first screen below; ``tiny200`` is the
 same harness on all 200 Tiny ImageNet classes (``data/tiny200_32``), scored with the
 200-class yardstick shipped with tiny200 on 5 images per class (1,000) at guidance 6,
+sampled with precision auto (bf16 autocast where the CPU has AVX512-BF16/AMX, as the app does),
 with top-5 and the conditioning check (the share of class pairs whose images from one
 seed are farther apart than two seeds of one class) beside top-1 and FD.
 
@@ -119,13 +120,14 @@ class Suite:
     guidance: float
     results: str  # stem of the files in benchmarks/results/
     title: str
+    precision: str = "fp32"  # sampling precision of the scored images (auto: bf16 where the CPU is fast at it)
 
 
 SUITES = {
     "default10": Suite("default10", "data/default32", "model_store/default_model", RECIPES_10, 20, 3.0, "speedrun",
                        "10 classes, 32 px, DPM-Solver++ 20, guidance 3"),
     "tiny200": Suite("tiny200", "data/tiny200_32", "model_store/tiny200", RECIPES_200, 5, 6.0, "speedrun200",
-                     "200 classes, 32 px, DPM-Solver++ 20, guidance 6"),
+                     "200 classes, 32 px, DPM-Solver++ 20, guidance 6", precision="auto"),
 }
 
 
@@ -146,7 +148,8 @@ def load_avg() -> float:
 class Yardstick:
     """The classifier, the held-out features, and the class embeddings (no text encoder needed)."""
 
-    def __init__(self, data_dir: Path, classifier_dir: Path, per_class: int, seed: int, guidance: float):
+    def __init__(self, data_dir: Path, classifier_dir: Path, per_class: int, seed: int, guidance: float,
+                 precision: str = "fp32"):
         from data import PreprocessedDataset
 
         self.train = PreprocessedDataset(data_dir, split="train")
@@ -157,7 +160,7 @@ class Yardstick:
         self.real_accuracy = float((self.val_pred == np.asarray(val.labels)).mean())
         self.prompts = [c["prompt"] for c in self.train.classes]
         self.emb = {p: self.train.class_embeddings[i].numpy() for i, p in enumerate(self.prompts)}
-        self.per_class, self.seed, self.guidance = per_class, seed, guidance
+        self.per_class, self.seed, self.guidance, self.precision = per_class, seed, guidance, precision
 
     def encode(self, prompts: list[str]) -> np.ndarray:
         return np.stack([self.emb[p] for p in prompts])
@@ -177,7 +180,8 @@ class Yardstick:
 
 def sample_ours(ckpt: Path, ys: Yardstick) -> tuple[np.ndarray, np.ndarray, float]:
     lm = store.load_model(ckpt)  # a checkpoint folder: its EMA weights
-    return E.generate_per_class(lm, "dpm++", 20, ys.per_class, ys.guidance, ys.seed, 50, torch.device("cpu"), ys.encode)
+    return E.generate_per_class(lm, "dpm++", 20, ys.per_class, ys.guidance, ys.seed, 50, torch.device("cpu"), ys.encode,
+                                precision=ys.precision)
 
 
 # --------------------------------------------------------------------------- ours
@@ -493,12 +497,12 @@ def main(argv: list[str] | None = None) -> int:
     if any(n not in rates for n in names):
         p.error(f"no clean throughput for {[n for n in names if n not in rates]} in {tp_path}: measure it first, "
                 f"on an otherwise idle machine: python benchmarks/bench_speedrun.py --throughput --recipes {','.join(names)}")
-    ys = Yardstick(args.data, args.classifier, args.per_class, args.seed, args.guidance)
+    ys = Yardstick(args.data, args.classifier, args.per_class, args.seed, args.guidance, suite.precision)
     print(f"yardstick: {ys.real_accuracy:.1%} on {len(ys.val_pred)} held-out real images", flush=True)
     if args.reference:
         lm = store.load_model(args.reference)
         images, labels, secs = E.generate_per_class(lm, "dpm++", 20, ys.per_class, ys.guidance, ys.seed, 50,
-                                                    torch.device("cpu"), ys.encode)
+                                                    torch.device("cpu"), ys.encode, precision=ys.precision)
         cfg = lm.config
         row = {"reference": args.reference, "steps": cfg.get("step"), "images_seen": cfg.get("images_seen"),
                "train_minutes": (cfg.get("train_seconds") or 0) / 60, **ys.score(images, labels),
