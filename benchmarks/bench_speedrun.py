@@ -525,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
             batch = PEER["batch_size"] if name == "diffusers" else recipe_config(args.suite, name).batch_size
             steps = max(1, round(budget * 60 * img_s / batch))
             run = train_peer(steps, args) if name == "diffusers" else train_ours(name, steps, args)
+            if run["steps"] < steps:  # stopped early (Ctrl-C, SIGTERM): its checkpoint resumes next time
+                print(f"{name} stopped at step {run['steps']} of {steps}; rerun to resume", flush=True)
+                return 1
             images, labels, secs = (sample_peer if name == "diffusers" else sample_ours)(run["ckpt"], ys)
             row = {"recipe": name, "budget_min": budget, **{k: v for k, v in run.items() if k != "ckpt"},
                    "clean_images_per_s": img_s, "clean_minutes": run["images_seen"] / img_s / 60,

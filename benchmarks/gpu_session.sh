@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU session in one device call (benchmarks/gpu_train.py has the why). Before it, here:
-#   python benchmarks/gpu_train.py pack --data data/tiny200_32 --out .gpu/tiny200_32.npz --megabytes 28 --shards 4
-#   python benchmarks/gpu_train.py pack --data data/tiny200_64 --out .gpu/tiny200_64.npz --megabytes 28
+#   python benchmarks/gpu_train.py pack --data data/tiny200_32 --out .gpu/tiny200_32.npz --shards 4
+#   python benchmarks/gpu_train.py pack --data data/tiny200_64 --out .gpu/tiny200_64.npz
 # then carry the shards in successive calls (each call's carry is capped at 64 MiB with the tree;
 # a warm machine keeps what earlier calls carried), e.g. `ls .gpu` with carry [".gpu/tiny200_32.part1.npz"],
 # then part2, part3, and last this script with carry [".gpu/tiny200_32.part4.npz", ...]:

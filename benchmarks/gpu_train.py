@@ -11,7 +11,7 @@ the class list and the text embeddings (fp16). ``train`` unpacks it into the usu
 preprocessed layout (16 processes decode) and runs the project's own training loop.
 
     # here, before the GPU call (once; .gpu/ is git-ignored):
-    python benchmarks/gpu_train.py pack --data data/tiny200_32 --out .gpu/tiny200_32.npz --megabytes 24
+    python benchmarks/gpu_train.py pack --data data/tiny200_32 --out .gpu/tiny200_32.npz --shards 4
     # the device call (carry .gpu), one command, everything that comes back is under $OUT:
     python3 benchmarks/gpu_train.py train --packed .gpu/tiny200_32.npz --minutes 9 --out $OUT
     # rehearsal on this CPU (one minute of training, the same code path minus CUDA):
@@ -58,6 +58,17 @@ GPU_OVERRIDES = dict(batch_size=512, lr=2e-3, warmup_steps=300, precision="bf16"
 
 
 # --------------------------------------------------------------------------- pack (here)
+DEVICE_TREE_LIMIT_MIB = 64  # what travels to the device machine: tracked files + carried paths
+
+
+def carry_left_mib() -> float:
+    """MiB left for carried files beside the tracked working tree (which always travels)."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    tracked = sum((ROOT / f.decode()).stat().st_size for f in files if f and (ROOT / f.decode()).is_file())
+    return DEVICE_TREE_LIMIT_MIB - tracked / 2 ** 20
+
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "JPEG", quality=quality, subsampling=0)
@@ -233,8 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     pk = sub.add_parser("pack", help="here: the train split as JPEGs in one .npz within a byte budget")
     pk.add_argument("--data", type=Path, required=True)
     pk.add_argument("--out", type=Path, required=True)
-    pk.add_argument("--megabytes", type=float, default=24.0, help="size of the packed file (the carry limit is 64 MiB "
-                    "with the working tree)")
+    pk.add_argument("--megabytes", type=float, default=None,
+                    help="size of each packed file in MiB (default: what the 64 MiB carry leaves beside the tracked "
+                         "files, less 2 MiB)")
     pk.add_argument("--quality", type=int, default=90)
     pk.add_argument("--shards", type=int, default=1, help="files of --megabytes each, carried in successive calls")
     tr = sub.add_parser("train", help="there: unpack and train for --minutes, results into --out")
@@ -249,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command == "pack":
-        pack(args.data, args.out, args.megabytes, args.quality, shards=args.shards)
+        pack(args.data, args.out, args.megabytes or carry_left_mib() - 2, args.quality, shards=args.shards)
         return 0
     train_packed(args.packed, args.out, args.minutes, args.device, not args.no_compile, args.batch_size, args.workers,
                  json.loads(args.recipe))
