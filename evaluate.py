@@ -43,6 +43,7 @@ CLASSIFIER_CONFIG = "classifier.json"
 DEFAULT_SETTINGS = "ddpm:1000,ddim:50,dpm++:20,dpm++:10"
 MAX_CLASSIFIER_WIDTH = 256  # a classifier.json asking for more is refused before any memory is allocated
 MAX_CLASSIFIER_BLOCKS = 8
+CONDITIONING_TARGET = 0.95  # share of class pairs apart that says a model listens to its condition
 
 
 # --------------------------------------------------------------------------- the yardstick classifier
@@ -732,7 +733,9 @@ def format_table(result: dict[str, Any]) -> str:
         if c:
             lines += ["", f"Conditioning check ({r['setting']}, {c['seeds']} seeds x {result['classes']} classes): "
                       f"two classes from one seed are farther apart than two seeds of one class for "
-                      f"**{c['pairs_apart']:.1%}** of {c['class_pairs']} class pairs (target 95%; median distance "
+                      f"**{c['pairs_apart']:.1%}** of {c['class_pairs']} class pairs ("
+                      f"{'meets' if c['pairs_apart'] >= CONDITIONING_TARGET else 'FAILS'} the "
+                      f"{CONDITIONING_TARGET:.0%} target; median distance "
                       f"between classes / within a class {c['distance_ratio']:.2f}); "
                       f"{c['classes_above_chance']:.1%} of classes are put in their own class above chance "
                       + (f"({c['hits_needed']} of {c['seeds']} needed)." if c["hits_needed"]

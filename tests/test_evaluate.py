@@ -169,6 +169,8 @@ def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
     for r in result["rows"]:  # 2 seeds x 3 classes: the conditioning check runs on every setting
         assert r["conditioning"]["class_pairs"] == 3 and r["conditioning"]["seeds"] == 2
         assert f"Conditioning check ({r['setting']}, 2 seeds x 3 classes)" in table
+        verdict = "meets the 95% target" if r["conditioning"]["pairs_apart"] >= 0.95 else "FAILS the 95% target"
+        assert verdict in table
     assert result["real_conditioning"]["seeds"] == 2
     assert result["guidance_interval"] == [0.5, 4.0] and "only for sigma in (0.5, 4]" in table
     ft, snapped = result["free_text"]
