@@ -69,6 +69,7 @@ def carry_left_mib() -> float:
     tracked = sum((ROOT / f.decode()).stat().st_size for f in files if f and (ROOT / f.decode()).is_file())
     return DEVICE_TREE_LIMIT_MIB - tracked / 2 ** 20
 
+
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "JPEG", quality=quality, subsampling=0)
