@@ -386,11 +386,14 @@ def conditioning_check(features: np.ndarray, pred: np.ndarray, num_classes: int,
     between = pairwise(np.swapaxes(grid, 0, 1))  # [seed, class, class]
     iu_c = np.triu_indices(num_classes, 1)
     between_pairs = between[:, iu_c[0], iu_c[1]]  # [seed, class pairs]
-    apart = between_pairs.mean(0) > (typical_within[iu_c[0]] + typical_within[iu_c[1]]) / 2
+    between_mean = between_pairs.mean(0)  # [class pairs]: the two classes' distance, averaged over seeds
+    reference = (typical_within[iu_c[0]] + typical_within[iu_c[1]]) / 2  # a typical pair of seeds of either class
+    apart = between_mean > reference
     hits = (np.asarray(pred).reshape(num_classes, per_class) == np.arange(num_classes)[:, None]).sum(1)
     chance = 1.0 / num_classes if chance is None else chance
     significant = [binomial_tail(int(h), per_class, chance) < alpha for h in hits]
-    worst = np.argsort(between_pairs.mean(0) / ((typical_within[iu_c[0]] + typical_within[iu_c[1]]) / 2))[:5]
+    hits_needed = next((k for k in range(per_class + 1) if binomial_tail(k, per_class, chance) < alpha), None)
+    worst = np.argsort(between_mean / reference)[:5]
     return {
         "seeds": per_class, "class_pairs": int(len(apart)),
         "pairs_apart": float(apart.mean()),
@@ -398,8 +401,7 @@ def conditioning_check(features: np.ndarray, pred: np.ndarray, num_classes: int,
         "median_between_classes": float(np.median(between_pairs)),
         "median_within_class": float(np.median(within_pairs)),
         "classes_above_chance": float(np.mean(significant)),
-        "hits_needed": next(k for k in range(per_class + 1) if binomial_tail(k, per_class, chance) < alpha)
-        if binomial_tail(per_class, per_class, chance) < alpha else None,
+        "hits_needed": hits_needed,
         "closest_pairs": [(int(iu_c[0][i]), int(iu_c[1][i])) for i in worst],
     }
 

@@ -37,8 +37,9 @@ sys.path.insert(0, str(ROOT))
 import evaluate as E  # noqa: E402
 from benchlog import tee_stdout  # noqa: E402
 from data import PreprocessedDataset  # noqa: E402
-from models.text_encoder import class_prompt, encode_prompts  # noqa: E402
-from prompting import COVERAGE_MARGIN, CoverageIndex, coverage_similarity  # noqa: E402
+from models.text_encoder import encode_prompts  # noqa: E402
+from prompting import (COVERAGE_MARGIN, CoverageIndex, coverage_similarity, distractor_prompts,  # noqa: E402
+                       read_synsets)
 
 
 def warn_rates(near: np.ndarray, far: np.ndarray, thresholds: np.ndarray) -> list[tuple[float, float, float]]:
@@ -65,10 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     texts_emb = np.asarray(data.template_embeddings, np.float32)  # (classes, texts, 384), padded by cycling
     print(f"{len(pairs)} paraphrases of {len({c for _, c in pairs})} classes, {len(outside)} prompts outside "
           f"the {len(names)} classes of {args.data}")
-    wnids = {c["wnid"] for c in data.classes}
-    distractors = [class_prompt(rest.split(",")[0].strip()) for w, _, rest in
-                   (line.partition(" ") for line in (ROOT / "assets/LOC_synset_mapping.txt").read_text().splitlines())
-                   if w not in wnids]
+    distractors = distractor_prompts(data.classes, "a photo of a {}", read_synsets())  # as the app's CoverageIndex
     dis_emb = encode_prompts(distractors)[:, None, :]
     print(f"{len(distractors)} distractors: the ImageNet-1k classes the model does not have")
     thresholds = np.round(np.arange(0.30, 0.71, 0.05), 2)
