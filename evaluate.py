@@ -33,8 +33,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
+
+from core.generation import generate_images
+from core.prompting import snapping_encoder
+from core.samplers import SAMPLERS
+from core.sampling import parse_guidance_interval
+from dataprep.dataset import PreprocessedDataset
+from engine.store import CheckpointError, load_model, load_tensors
+from models.text_encoder import encode_prompts
 
 log = logging.getLogger("evaluate")
 
@@ -197,16 +206,12 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
 
 
 def save_classifier(model: SmallResNet, folder: Path, meta: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / CLASSIFIER_WEIGHTS))
     (folder / CLASSIFIER_CONFIG).write_text(json.dumps({**model.config, **meta}, indent=2))
 
 
 def load_classifier(folder: Path, device: str | torch.device = "cpu") -> tuple[SmallResNet, dict[str, Any]]:
-    from model_store import load_tensors
-
     meta = json.loads((folder / CLASSIFIER_CONFIG).read_text())
     width, blocks, classes = meta.get("width"), meta.get("blocks", [1, 1, 1, 1]), meta.get("num_classes")
     if not (isinstance(width, int) and 1 <= width <= MAX_CLASSIFIER_WIDTH and isinstance(classes, int)
@@ -243,8 +248,6 @@ class InceptionFeatures:
 
     def __init__(self, weights_path: str | Path, device: str | torch.device = "cpu"):
         import pytorch_fid.inception as fid_inception
-
-        from model_store import load_tensors
 
         state = load_tensors(weights_path)  # safetensors or weights_only torch.load: never unpickles code
         original = fid_inception.load_state_dict_from_url
@@ -290,7 +293,6 @@ def fd_bootstrap_sd(feat: np.ndarray, ref_feat: np.ndarray, rounds: int = 50, se
 
 def parse_settings(text: str) -> list[tuple[str, int]]:
     """``"ddpm:1000,dpm++:20"`` -> ``[("ddpm", 1000), ("dpm++", 20)]``."""
-    from diffusion import SAMPLERS
 
     out = []
     for part in text.split(","):
@@ -331,7 +333,6 @@ def generate_per_class(lm: Any, sampler: str, steps: int, per_class: int, guidan
     """``per_class`` images of every class prompt (or of each of ``prompts``), the j-th image of
     every prompt from the same seed ``seed + j`` (so the conditioning check can compare classes
     drawn from one noise); returns (images, prompt index of each image, seconds)."""
-    import diffusion as D
 
     prompts = list(prompts) if prompts else [c["prompt"] for c in lm.classes]
     labels = np.repeat(np.arange(len(prompts)), per_class)
@@ -340,7 +341,7 @@ def generate_per_class(lm: Any, sampler: str, steps: int, per_class: int, guidan
     start = time.perf_counter()
     for i in tqdm(range(0, len(labels), batch_size), desc=f"{sampler} {steps}", dynamic_ncols=True):
         chunk = labels[i:i + batch_size]
-        res = D.generate_images(lm.model, lm.diffusion, [prompts[j] for j in chunk], num_images=len(chunk),
+        res = generate_images(lm.model, lm.diffusion, [prompts[j] for j in chunk], num_images=len(chunk),
                                 sampler=sampler, num_steps=steps, guidance_scale=guidance,
                                 seeds=seeds[i:i + batch_size].tolist(), encode_fn=encode_fn, device=device,
                                 precision=precision, guidance_interval=guidance_interval)
@@ -571,7 +572,6 @@ def evaluate(
     free_text_per_prompt: int = 0,
 ) -> dict[str, Any]:
     """Run the whole evaluation; returns a dict with the reference figures and one Row per setting."""
-    from data import PreprocessedDataset
 
     device = torch.device(device)
     train = PreprocessedDataset(data_dir, split="train")
@@ -640,9 +640,6 @@ def evaluate(
         for snap in snaps:  # the same prompts and seeds, with and without pulling them toward the classes
             enc = encode_fn
             if snap > 0:
-                from models.text_encoder import encode_prompts
-                from prompting import snapping_encoder
-
                 enc = snapping_encoder(encode_fn or encode_prompts, [c["prompt"] for c in lm.classes], snap)
             rows = free_text_rows(lm, clf, free_text, per_prompt=free_text_per_prompt or per_class,
                                   sampler=free_text_setting[0],
@@ -816,9 +813,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
-    from diffusion import parse_guidance_interval
-    from model_store import CheckpointError, load_model
-
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.classifier_only:
         return _classifier_only(args, device)
@@ -853,8 +847,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _yardstick_check(args: argparse.Namespace, device: torch.device) -> int:
-    from data import PreprocessedDataset
-
     if not args.data or not args.classifier:
         print("error: --yardstick-check needs --data (a preprocessed folder) and --classifier", file=sys.stderr)
         return 2
@@ -875,8 +867,6 @@ def _yardstick_check(args: argparse.Namespace, device: torch.device) -> int:
 
 
 def _classifier_only(args: argparse.Namespace, device: torch.device) -> int:
-    from data import PreprocessedDataset
-
     if not args.data or not args.classifier:
         print("error: --classifier-only needs --data (a preprocessed folder) and --classifier (where to save it)",
               file=sys.stderr)

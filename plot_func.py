@@ -10,7 +10,7 @@ always closed after use.
 
 This module draws what it is given; it never loads a model. A model's README
 figures (sampling, then these drawings) are ``python diffusion.py figures``
-(figures.py).
+(engine/figures.py).
 
 As a script: ``python plot_func.py --help`` renders a schedule plot and a
 forward strip of an image.
@@ -25,16 +25,17 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-import matplotlib
-
 matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-import diffusion as D  # noqa: E402
+from core.pixels import to_uint8  # noqa: E402
+from core.schedules import DiffusionConfig  # noqa: E402
+from core.traces import noised_versions  # noqa: E402
 
 ImageBatch = np.ndarray | torch.Tensor
 
@@ -56,7 +57,7 @@ def as_uint8(images: ImageBatch) -> np.ndarray:
         if x.dtype == torch.uint8:
             arr = x.permute(0, 2, 3, 1).cpu().numpy()
         else:
-            arr = D.to_uint8(torch.nan_to_num(x.float(), nan=0.0))
+            arr = to_uint8(torch.nan_to_num(x.float(), nan=0.0))
     else:
         arr = np.asarray(images)
         if arr.ndim == 2:
@@ -172,10 +173,10 @@ def forward_diffusion_strip(
 
     The same noise is used at every t, so the strip shows only the schedule.
     """
-    terms = D.DiffusionConfig(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule).terms()
-    xt = D.noised_versions(terms, as_uint8(image)[:1], timesteps, seed=seed)
+    terms = DiffusionConfig(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule).terms()
+    xt = noised_versions(terms, as_uint8(image)[:1], timesteps, seed=seed)
     ts = [int(t) for t in timesteps]
-    frames = [_labelled(f, f"t={t}", min_side) for f, t in zip(D.to_uint8(xt), ts)]
+    frames = [_labelled(f, f"t={t}", min_side) for f, t in zip(to_uint8(xt), ts)]
     out = np.asarray(_stack(frames, horizontal=True))
     _save(out, path)
     return out
@@ -221,7 +222,6 @@ def write_gif(path: str | os.PathLike, pictures: Sequence[np.ndarray], durations
     Each frame gets its own 256-colour palette by Pillow's fast octree quantizer: about 4x
     faster than the default median cut on the app's 1566x412 denoising frames (3.0 -> 0.7 s
     for 20 frames; the app writes one per request), at the same file size."""
-    from PIL import Image
 
     if len(pictures) != len(durations) or not pictures:
         raise ValueError(f"{len(pictures)} pictures but {len(durations)} durations")
@@ -346,7 +346,7 @@ def schedule_plot(
     fig, ax = plt.subplots(figsize=(6, 3.5))
     try:
         for name in schedules:
-            ac = D.DiffusionConfig(num_train_timesteps=num_train_timesteps, beta_schedule=name).terms().alphas_cumprod
+            ac = DiffusionConfig(num_train_timesteps=num_train_timesteps, beta_schedule=name).terms().alphas_cumprod
             ax.plot(np.arange(num_train_timesteps), ac.numpy(), label=name, lw=2)
         for t in timesteps or ():
             ax.axvline(int(t), color="grey", ls=":", lw=1)

@@ -22,8 +22,18 @@ import sys
 
 from webui.jobs import JobCancelled  # noqa: F401
 from webui.models import ModelManager, pick_data_image  # noqa: F401
-from webui.server import (DEFAULT_MODEL, DEFAULT_OUT, NO_MODELS_HELP, ROOT, _pick_model, build_parser,  # noqa: F401
-                          check_args, main, mcp_missing, open_models)
+from webui.server import (  # noqa: F401
+    DEFAULT_MODEL,
+    DEFAULT_OUT,
+    NO_MODELS_HELP,
+    ROOT,
+    _pick_model,
+    build_parser,
+    check_args,
+    main,
+    mcp_missing,
+    open_models,
+)
 from webui.validation import *  # noqa: F401,F403
 from webui.validation import _number, _whole  # noqa: F401
 

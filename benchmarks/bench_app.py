@@ -2,7 +2,7 @@
 """The app's responsiveness with a real model: time to the first preview and to the
 finished images, as a client on loopback sees them.
 
-    python benchmarks/bench_app.py [--model default_model] [--images 4] [--steps 20] [--repeats 7]
+    python -m benchmarks.bench_app [--model default_model] [--images 4] [--steps 20] [--repeats 7]
                                    [--log benchmarks/results/app.txt]
                                    [--browser 3 --screenshot output_ImageNet/default_model/web_app.png]
 
@@ -37,10 +37,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlog import tee_stdout  # noqa: E402
+from benchmarks.benchlog import tee_stdout  # noqa: E402
 
 
 def one_request(client, args: argparse.Namespace, seed: int) -> tuple[float, float, float, int]:
@@ -196,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     tee_stdout(args.log)
 
     import httpx
-    import web_helpers as wh
     from gradio_client import Client
+
+    from benchmarks import app_server as wh
 
     with tempfile.TemporaryDirectory(prefix="bench_app_") as tmp:
         server_args = ["--model", args.model, "--out", str(Path(tmp) / "out")]

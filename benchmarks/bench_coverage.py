@@ -7,7 +7,6 @@ things outside the classes (``assets/prompts_outside_classes.txt``; it should fi
 For each way of measuring how near a prompt is to the classes, the script prints how
 often each set warns at a range of cosine thresholds, and the threshold that best
 separates them:
-
 * ``class prompt``: the similarity to each class's prompt ("a photo of a tabby"), the
   warning as it stood;
 * ``training texts``: the best similarity to any of the texts each class was trained
@@ -21,7 +20,7 @@ separates them:
   each class judged by its prompt, its other names and its descriptions (the
   distinct texts; no template variants), built from the shipped assets alone.
 
-    python benchmarks/bench_coverage.py --data data/tiny200_32 --log benchmarks/results/coverage.txt
+    python -m benchmarks.bench_coverage --data data/tiny200_32 --log benchmarks/results/coverage.txt
 """
 from __future__ import annotations
 
@@ -32,14 +31,18 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import evaluate as E  # noqa: E402
-from benchlog import tee_stdout  # noqa: E402
-from data import PreprocessedDataset  # noqa: E402
+from benchmarks.benchlog import tee_stdout  # noqa: E402
+from core.prompting import (  # noqa: E402
+    COVERAGE_MARGIN,
+    CoverageIndex,
+    coverage_similarity,
+    distractor_prompts,
+    read_synsets,
+)
+from dataprep.dataset import PreprocessedDataset  # noqa: E402
 from models.text_encoder import encode_prompts  # noqa: E402
-from prompting import (COVERAGE_MARGIN, CoverageIndex, coverage_similarity, distractor_prompts,  # noqa: E402
-                       read_synsets)
 
 
 def warn_rates(near: np.ndarray, far: np.ndarray, thresholds: np.ndarray) -> list[tuple[float, float, float]]:

@@ -2,7 +2,6 @@
 """Images/s of preprocess.py against a naive single-process PIL loop, measured in the same run.
 
 Two workloads, from ``../shared/data``:
-
 * ``tiny``: the Tiny ImageNet zip (100,000 64x64 JPEGs, read from the zip);
   ``--tiny-limit N`` uses the first N files of each (sorted) class instead.
 * ``full``: the 66 full-size ILSVRC sample JPEGs repeated ``--copies`` times
@@ -20,8 +19,8 @@ Runs are interleaved (naive, ours, ours-1, naive, ...) and the median is
 reported, since other work may share the CPUs; the ratio within one run is
 what matters.
 
-    python benchmarks/bench_preprocess.py                   # both workloads
-    python benchmarks/bench_preprocess.py --only full --repeats 5
+    python -m benchmarks.bench_preprocess                   # both workloads
+    python -m benchmarks.bench_preprocess --only full --repeats 5
 """
 from __future__ import annotations
 
@@ -43,12 +42,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import preprocess as P  # noqa: E402
-from benchlog import tee_stdout  # noqa: E402
 import models.text_encoder  # noqa: E402,F401  (imported up front so no timed run pays for it)
+from benchmarks.benchlog import tee_stdout  # noqa: E402
+from dataprep.pipeline import default_workers, preprocess  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 SIZE = 64
@@ -152,7 +149,7 @@ def main(argv=None) -> int:
     if not SHARED.is_dir():
         print(f"no data: {SHARED} is missing", file=sys.stderr)
         return 2
-    workers = args.workers or P.default_workers()
+    workers = args.workers or default_workers()
     cpu = platform.processor() or "?"
     try:
         for line in open("/proc/cpuinfo"):
@@ -163,7 +160,7 @@ def main(argv=None) -> int:
         pass
     load0 = os.getloadavg()
     header = (
-        f"machine: {P.default_workers()} cores ({cpu}); python {platform.python_version()}, "
+        f"machine: {default_workers()} cores ({cpu}); python {platform.python_version()}, "
         f"pillow {Image.__version__}, numpy {np.__version__}; ours uses {workers} workers; "
         f"load average at start {load0[0]:.2f}"
     )
@@ -176,7 +173,7 @@ def main(argv=None) -> int:
         def ours(src, w, expect, **kw):
             def go():
                 out = tmp / f"out{next(counter)}"
-                res = P.preprocess(src, out, size=SIZE, workers=w, embed_fn=no_embed, progress=False,
+                res = preprocess(src, out, size=SIZE, workers=w, embed_fn=no_embed, progress=False,
                                    val_fraction=0.0, **kw)
                 counts = res.manifest["counts"]
                 assert counts["skipped"] == 0 and counts["duplicates"] == 0, counts

@@ -1,13 +1,12 @@
 #!/usr/bin/env python3
 """How close one sampling step is to what this CPU can do: the ceiling on any fp32 speed-up.
 
-    python benchmarks/bench_roofline.py [--model tiny200] [--batch 8] [--threads 1] [--rounds 5]
+    python -m benchmarks.bench_roofline [--model tiny200] [--batch 8] [--threads 1] [--rounds 5]
                                         [--log benchmarks/results/roofline.txt]
 
 One guided sampling step is one forward of the network on a batch of 2 x images
 (``--batch`` 8 = 4 images, the app's default). For our network (``--model``) and
 the diffusers peer of the same layout (``bench_sample.peer``), this prints:
-
 * the floating-point work of one forward (``torch.utils.flop_counter``, counted,
   not estimated), and how much of it is convolution;
 * the forward's time, and the time spent in convolution kernels alone
@@ -30,15 +29,12 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sample import NUM_CLASSES, peer, run_ours, run_peer  # noqa: E402
+from benchmarks.bench_sample import NUM_CLASSES, peer, run_ours, run_peer  # noqa: E402
+from benchmarks.benchlog import tee_stdout  # noqa: E402
 from models import count_parameters  # noqa: E402
-from benchlog import tee_stdout  # noqa: E402
 
 MATMUL_N = 1024
 LOOP_STEPS = 10
@@ -97,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     tee_stdout(args.log)
     torch.set_num_threads(args.threads)
 
-    import model_store as store
+    from engine import store
 
     lm = store.load_model(args.model)  # the shipped network at its own size
     net, diffusion = lm.model.eval(), lm.diffusion

@@ -11,7 +11,6 @@ cost, so the peer's are random.
 
 Variants of ours, each measured interleaved with the peer in every round so the
 machine's noise hits all of them alike:
-
 * ``ours fp32``: the plain loop;
 * ``ours bf16``: bf16 autocast + channels_last (only where the hardware has fast
   bf16, ``diffusion.fast_bf16``, unless ``--bf16`` forces it);
@@ -26,8 +25,8 @@ when the app can show something), and each variant's speed-up over the peer
 (median of the per-round ratios). Raw rounds go to ``--out`` (JSON), the table
 to stdout, the plot to ``--plot``.
 
-    python benchmarks/bench_sample.py                  # the full grid (20-40 min on a 2-core CPU)
-    python benchmarks/bench_sample.py --quick          # 32 px, batch 1 and 4, 2 rounds
+    python -m benchmarks.bench_sample                  # the full grid (20-40 min on a 2-core CPU)
+    python -m benchmarks.bench_sample --quick          # 32 px, batch 1 and 4, 2 rounds
 """
 from __future__ import annotations
 
@@ -40,15 +39,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # peer.py
 
-import diffusion as D  # noqa: E402
-import model_store as store  # noqa: E402
+import core as D  # noqa: E402
+from engine import store  # noqa: E402
 from models import ConditionalUNet, UNetConfig, count_parameters  # noqa: E402
 
 GUIDANCE = 3.0
@@ -71,7 +67,7 @@ def ours(size: int, model_name: str) -> tuple[torch.nn.Module, D.DiffusionConfig
 
 def peer(size: int, ours_config: UNetConfig) -> torch.nn.Module:
     """The diffusers UNet2DModel with our network's channels, blocks and attention level."""
-    from peer import peer_unet
+    from benchmarks.peer import peer_unet
 
     u = ours_config
     if list(u.attention_resolutions) != [u.image_size // 2 ** (len(u.channel_mult) - 1)]:

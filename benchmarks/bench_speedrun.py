@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """CPU speedrun: quality per CPU-minute of training recipes, ours against a diffusers peer.
 
-    python benchmarks/bench_speedrun.py --throughput --recipes current,diffusers,fast   # once, on an idle machine
-    python benchmarks/bench_speedrun.py --recipes current,fast --budgets 15,30,60
-    python benchmarks/bench_speedrun.py --report          # table + plot from the results so far
-    python benchmarks/bench_speedrun.py --suite tiny200 --throughput --recipes slim,w48,slim-emb512,diffusers
-    python benchmarks/bench_speedrun.py --suite tiny200 --recipes slim,slim-emb512 --budgets 15,30
+    python -m benchmarks.bench_speedrun --throughput --recipes current,diffusers,fast   # once, on an idle machine
+    python -m benchmarks.bench_speedrun --recipes current,fast --budgets 15,30,60
+    python -m benchmarks.bench_speedrun --report          # table + plot from the results so far
+    python -m benchmarks.bench_speedrun --suite tiny200 --throughput --recipes slim,w48,slim-emb512,diffusers
+    python -m benchmarks.bench_speedrun --suite tiny200 --recipes slim,slim-emb512 --budgets 15,30
 
 Two suites (``--suite``): ``default10`` is the first screen below; ``tiny200`` is the
 same harness on all 200 Tiny ImageNet classes (``data/tiny200_32``), scored with the
@@ -53,12 +53,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-from dataclasses import dataclass
 import json
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +68,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # peer.py
 
 import evaluate as E  # noqa: E402
-import model_store as store  # noqa: E402
+from engine import store  # noqa: E402
 
 # Recipes: overrides of the `default` training preset. "current" is the preset as
 # it stood before this benchmark (the recipe that trained default_model).
@@ -132,7 +130,7 @@ SUITES = {
 
 
 def recipe_config(suite: Suite, name: str) -> Any:
-    import training as T
+    from training import loop as T
 
     return T.make_config("default", **suite.recipes[name])
 
@@ -150,7 +148,7 @@ class Yardstick:
 
     def __init__(self, data_dir: Path, classifier_dir: Path, per_class: int, seed: int, guidance: float,
                  precision: str = "fp32"):
-        from data import PreprocessedDataset
+        from dataprep.dataset import PreprocessedDataset
 
         self.train = PreprocessedDataset(data_dir, split="train")
         val = PreprocessedDataset(data_dir, split="val")
@@ -186,7 +184,7 @@ def sample_ours(ckpt: Path, ys: Yardstick) -> tuple[np.ndarray, np.ndarray, floa
 
 # --------------------------------------------------------------------------- ours
 def train_ours(name: str, budget_steps: int, args: argparse.Namespace) -> dict[str, Any]:
-    import training as T
+    from training import loop as T
 
     cfg = T.make_config("default", **args.suite.recipes[name], run_name=name, data_dir=str(args.data), out_dir=str(args.runs),
                         seed=args.seed, stop_at_step=budget_steps, sample_every=0, ckpt_every=500,
@@ -202,7 +200,7 @@ PEER = dict(batch_size=64, lr=2e-4, warmup_steps=500, label_dropout=0.1, ema_max
 
 
 def peer_unet(num_classes: int) -> torch.nn.Module:
-    from peer import peer_unet as diffusers_unet
+    from benchmarks.peer import peer_unet as diffusers_unet
 
     return diffusers_unet(32, num_classes + 1, dropout=0.1)  # + the null class for guidance
 
@@ -216,7 +214,7 @@ def train_peer(budget_steps: int, args: argparse.Namespace) -> dict[str, Any]:
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
-    from data import PreprocessedDataset
+    from dataprep.dataset import PreprocessedDataset
 
     torch.manual_seed(args.seed)
     data = PreprocessedDataset(args.data, split="train")
@@ -301,10 +299,10 @@ def sample_peer(ckpt: Path, ys: Yardstick) -> tuple[np.ndarray, np.ndarray, floa
 # --------------------------------------------------------------------------- throughput, interleaved
 def step_fns(names: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """One training step per recipe (forward, loss, backward, clip, AdamW), on real batches."""
-    import diffusion as D
-    import training as T
-    from data import PreprocessedDataset
+    import core as D
+    from dataprep.dataset import PreprocessedDataset
     from models import ConditionalUNet
+    from training import loop as T
 
     data = PreprocessedDataset(args.data, split="train")
     images = torch.from_numpy(np.asarray(data.images[:256])).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -496,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     rates = json.loads(tp_path.read_text())["images_per_s"] if tp_path.exists() else {}
     if any(n not in rates for n in names):
         p.error(f"no clean throughput for {[n for n in names if n not in rates]} in {tp_path}: measure it first, "
-                f"on an otherwise idle machine: python benchmarks/bench_speedrun.py --throughput --recipes {','.join(names)}")
+                f"on an otherwise idle machine: python -m benchmarks.bench_speedrun --throughput --recipes {','.join(names)}")
     ys = Yardstick(args.data, args.classifier, args.per_class, args.seed, args.guidance, suite.precision)
     print(f"yardstick: {ys.real_accuracy:.1%} on {len(ys.val_pred)} held-out real images", flush=True)
     if args.reference:

@@ -1,13 +1,12 @@
 #!/usr/bin/env python3
 """The SR stage against bicubic upsampling, on real held-out images shrunk to half size.
 
-    python benchmarks/bench_sr.py --sr sr64 --data data/tiny200_64 --classifier output_ImageNet/tiny200_64_yardstick
+    python -m benchmarks.bench_sr --sr sr64 --data data/tiny200_64 --classifier output_ImageNet/tiny200_64_yardstick
 
 For N held-out images of the data's ``val`` split (64 px), the low-resolution input is
 the image halved exactly as preprocess.py makes 32 px data (box filter, uint8:
 ``diffusion.downsample_box``). Both upscalers get it and are scored against the true
 64 px images:
-
 * PSNR (dB, mean over images, 8-bit, with its standard error): higher is closer to the truth;
 * FD: Frechet distance to the true images in the penultimate features of evaluate.py's
   yardstick classifier trained at 64 px (``evaluate.py --classifier-only --data
@@ -39,8 +38,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import diffusion as D  # noqa: E402
+import core as D  # noqa: E402
 
 log = logging.getLogger("bench_sr")
 
@@ -119,9 +117,9 @@ def format_table(result: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The table's rows (and the figure's example images) for ``main``'s arguments."""
-    from data import PreprocessedDataset
+    from dataprep.dataset import PreprocessedDataset
+    from engine.store import load_sr_model
     from evaluate import frechet_distance, load_classifier, predict
-    from model_store import load_sr_model
 
     torch.set_num_threads(args.threads)
     sr = load_sr_model(args.sr, store=args.store)
@@ -169,8 +167,8 @@ def base_sample_rows(args: argparse.Namespace, sr: Any, val: Any, clf: Any,
                      clf_matches_data: bool) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, np.ndarray]]:
     """The base model's samples upscaled by bicubic and by the SR model, scored against the true
     high-resolution held-out images of the base model's classes."""
+    from engine.store import load_model
     from evaluate import predict
-    from model_store import load_model
 
     lm = load_model(args.base, store=args.store)
     by_wnid = {c.get("wnid"): i for i, c in enumerate(val.classes)}
@@ -209,7 +207,7 @@ def base_sample_rows(args: argparse.Namespace, sr: Any, val: Any, clf: Any,
 def write_figure(rows: list[np.ndarray], path: Path) -> None:
     """One row per setting (low res shown by pixel repetition), one column per image."""
     import plot_func
-    from superres import nearest_resize
+    from engine.upscaling import nearest_resize
 
     size = max(v.shape[1] for v in rows)
     rows = [nearest_resize(v, size) if v.shape[1] != size else v for v in rows]

@@ -3,7 +3,7 @@
 UNet2DModel peer (64/128/128 channels, the net default_model has), the peer, and
 the current default preset's slim net.
 
-    python benchmarks/bench_train.py [--batch 32] [--size 32] [--rounds 4] [--steps 2] [--threads N]
+    python -m benchmarks.bench_train [--batch 32] [--size 32] [--rounds 4] [--steps 2] [--threads N]
                                      [--profile] [--json results.json] [--log output.txt]
 
 Ratios are reported with their spread: the per-round speed-up (both variants ran
@@ -52,12 +52,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.benchlog import tee_stdout  # noqa: E402
 from models import ConditionalUNet, count_parameters  # noqa: E402
-from training import make_config  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlog import tee_stdout  # noqa: E402
+from training.loop import make_config  # noqa: E402
 
 
 @dataclass
@@ -95,7 +92,7 @@ def ours_preset_model(size: int) -> ConditionalUNet:
 
 
 def diffusers_model(size: int) -> torch.nn.Module:
-    from peer import peer_unet
+    from benchmarks.peer import peer_unet
 
     torch.manual_seed(0)
     return peer_unet(size, num_class_embeds=10, dropout=0.1).train()
@@ -184,7 +181,8 @@ def flops_per_step(v: Variant, target: torch.Tensor) -> float:
 
 
 def profile(v: Variant, target: torch.Tensor, rows: int = 15) -> str:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(2):

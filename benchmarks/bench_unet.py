@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Parameter count and CPU forward time of U-Net configs (the default UNetConfig at 64 px first).
 
-    python benchmarks/bench_unet.py [--batch 8] [--repeats 5] [--rounds 3] [--log FILE]
+    python -m benchmarks.bench_unet [--batch 8] [--repeats 5] [--rounds 3] [--log FILE]
 
 Prints, per config: parameters, and forward seconds per batch for fp32 and for
 bf16 autocast + channels_last (median, min-max over every timed forward),
@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlog import tee_stdout  # noqa: E402
+from benchmarks.benchlog import tee_stdout  # noqa: E402
 from models import ConditionalUNet, UNetConfig, count_parameters  # noqa: E402
-from training import make_config  # noqa: E402
+from training.loop import make_config  # noqa: E402
 
 CONFIGS = {
     "default UNetConfig() @64": UNetConfig(),
@@ -63,7 +59,7 @@ def main() -> None:
                         help="time bf16 even where the CPU has no fast bf16 (emulated: many times slower)")
     args = parser.parse_args()
     tee_stdout(args.log)
-    import diffusion as D
+    import core as D
 
     with_bf16 = args.bf16 or D.fast_bf16("cpu")
     configs = {**CONFIGS, "default preset (slim) @32": preset_config()}

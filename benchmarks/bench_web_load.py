@@ -2,7 +2,7 @@
 """Load on the Gradio app: N concurrent gradio_client clients, M generate
 requests each, against web.py on a tiny 16 px untrained model (loopback only).
 
-    python benchmarks/bench_web_load.py [--queues 8 64] [--clients 20] [--requests 3] [--steps 5]
+    python -m benchmarks.bench_web_load [--queues 8 64] [--clients 20] [--requests 3] [--steps 5]
                                         [--timeout 120] [--json results.json]
 
 For each --max-queue value a fresh ``web.py --concurrency 1 --threads 1`` is
@@ -11,7 +11,6 @@ tests use). All clients are created first, then released together (a barrier);
 each sends its requests one after another (DPM-Solver++, 5 steps, 1 or 2
 images, so the device time per job is well under a second). Every request ends
 in exactly one of:
-
     ok          the job finished: "Done" and the right number of images
     queue full  refused at once with gradio's explicit "Queue is full" error
     other       any other error (a failure: nothing else is expected)
@@ -32,7 +31,7 @@ import os
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -265,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
-    import web_helpers as wh
+    from benchmarks import app_server as wh
 
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_web_load_") as tmp:

@@ -11,11 +11,11 @@ the class list and the text embeddings (fp16). ``train`` unpacks it into the usu
 preprocessed layout (16 processes decode) and runs the project's own training loop.
 
     # here, before the GPU call (once; .gpu/ is git-ignored):
-    python benchmarks/gpu_train.py pack --data data/tiny200_32 --out .gpu/tiny200_32.npz --shards 4
+    python -m benchmarks.gpu_train pack --data data/tiny200_32 --out .gpu/tiny200_32.npz --shards 4
     # the device call (carry .gpu), one command, everything that comes back is under $OUT:
-    python3 benchmarks/gpu_train.py train --packed .gpu/tiny200_32.npz --minutes 9 --out $OUT
+    python3 -m benchmarks.gpu_train train --packed .gpu/tiny200_32.npz --minutes 9 --out $OUT
     # rehearsal on this CPU (one minute of training, the same code path minus CUDA):
-    python benchmarks/gpu_train.py train --packed .gpu/tiny200_32.npz --minutes 1 --out /tmp/gpu_rehearsal \\
+    python -m benchmarks.gpu_train train --packed .gpu/tiny200_32.npz --minutes 1 --out /tmp/gpu_rehearsal \\
         --device cpu --no-compile --batch-size 64
 
 MFU is the training FLOPs per image (forward + backward, counted by
@@ -42,12 +42,11 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import training as T  # noqa: E402
-from cli import main as cli_main  # noqa: E402
-from data import PreprocessedDataset  # noqa: E402
+from dataprep.dataset import PreprocessedDataset  # noqa: E402
+from diffusion import main as cli_main  # noqa: E402
 from models import ConditionalUNet, count_parameters  # noqa: E402
+from training import loop as T  # noqa: E402
 
 log = logging.getLogger("gpu_train")
 H200_PEAK_TFLOPS = {"datasheet": 990.0, "measured 8192^3 bf16 matmul": 790.0}
@@ -176,8 +175,8 @@ def sample_grid(model_dir: Path, data_dir: Path, path: Path, device: torch.devic
                 seeds: int = 2) -> None:
     """Samples of evenly spaced classes (a column per seed) from the exported model, conditioned on the
     data's class embeddings (no text encoder needed there), DPM-Solver++ 20 at guidance 6."""
-    import diffusion as D
-    import model_store as store
+    import core as D
+    from engine import store
 
     lm = store.load_model(model_dir, device=device)
     data = PreprocessedDataset(data_dir)

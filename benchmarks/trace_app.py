@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Where the app's first preview spends its time: one request's timeline, server side and client side.
 
-    python benchmarks/trace_app.py [--model tiny200] [--images 4] [--steps 20] [--requests 6] [--threads 1]
+    python -m benchmarks.trace_app [--model tiny200] [--images 4] [--steps 20] [--requests 6] [--threads 1]
                                    [--log benchmarks/results/app_trace.txt]
 
 Runs ``web.py``'s own ``main`` in this process (so the server and the client read
-one clock), with marks on the handler, ``diffusion.generate_images``, the
+one clock), with marks on the handler, ``core.generate_images``, the
 network's forward (``GuidedDenoiser.model_output``) and the first sampler step,
 then sends ``--requests`` generate requests over the queue's protocol, as the
 page does (``bench_app.one_request_sse``'s path: POST queue/join, then the event
@@ -28,10 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # web_helpers
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlog import tee_stdout  # noqa: E402
+from benchmarks.benchlog import tee_stdout  # noqa: E402
 
 MILESTONES = ["join answered", "handler start", "generate_images start", "first forward start",
               "first forward end", "first preview yielded", "client: first status", "client: first preview",
@@ -53,7 +50,7 @@ class Marks:
 
 def instrument(marks: Marks) -> None:
     """Wrap the handler, the generator and the network call with marks (this process only)."""
-    import diffusion as D
+    import core as D
     import webui.tab_generate as tab
 
     generate_images, model_output, handler = D.generate_images, D.GuidedDenoiser.model_output, tab.GenerateTab._generate
@@ -84,7 +81,7 @@ def start_server(args: argparse.Namespace, out: Path) -> str:
     """``web.py``'s main in this process, returning once it serves (launch without blocking)."""
     import gradio as gr
 
-    import web_helpers as wh
+    from benchmarks import app_server as wh
     from webui import server
 
     launch = gr.Blocks.launch
@@ -128,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import httpx
-
     from bench_app import endpoint_index
 
     marks = Marks()

@@ -20,7 +20,7 @@ class UNetConfig:
     ``attention_resolutions`` are feature-map sizes in pixels (for the
     ``image_size`` the network is built for) at which self-attention runs.
 
-    Super-resolution networks (``superres.py``) use three more options:
+    Super-resolution networks (``training/superres.py``) use three more options:
     ``in_channels`` 6 (the noisy image and the upsampled low-resolution image,
     concatenated), ``aug_embed`` (the conditioning-augmentation level is an
     input, embedded like the timestep), ``middle_attention`` False with no

@@ -164,7 +164,7 @@ def status_has(page, elem_id: str, text: str, timeout: int = 120_000) -> None:
 
 def test_restore_from_png_in_chromium(tiny_app, page, tmp_path):
     """Drop a PNG with a recipe: every setting comes back into the form; a PNG without one says so."""
-    from recipe import save_png
+    from engine.recipe import save_png
 
     png = save_png(tmp_path / "made.png", np.zeros((16, 16, 3), np.uint8), "a photo of a jellyfish",
                    {"sampler": "ddim", "steps": 12, "guidance_scale": 4.5, "seed": 4242, "model": "tiny",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import diffusion as D
+import core as D
 from models import ConditionalUNet, UNetConfig
 
 TINY = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), head_channels=8,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import diffusion as D
+import core as D
+import core.sampling
 
 T = 1000
 ATOL = 1e-4
@@ -188,7 +189,7 @@ def run_diffusers_ddpm(sched, x, net, monkeypatch, noise):
 def run_ours_ddpm(denoise, x, steps, monkeypatch, noise):
     feed = NoiseFeed(noise)
     with monkeypatch.context() as m:
-        m.setattr(D, "randn_like_batch", lambda shape, generator, device: feed(shape))
+        m.setattr(core.sampling, "randn_like_batch", lambda shape, generator, device: feed(shape))
         out = D.ddpm_sample(denoise, x, num_steps=steps, timestep_spacing="leading",
                             generator=[torch.Generator().manual_seed(i) for i in range(2)])
     return out, feed.used
@@ -354,12 +355,12 @@ def test_benchmark_peer_has_the_models_size_and_layout(model_name):
     import sys
     from pathlib import Path
 
-    import model_store
+    from engine import store as model_store
 
     bench = Path(__file__).resolve().parents[1] / "benchmarks"
     sys.path.insert(0, str(bench))
     try:
-        import bench_sample
+        from benchmarks import bench_sample
     finally:
         sys.path.remove(str(bench))
     ours, _ = bench_sample.ours(32, model_name)

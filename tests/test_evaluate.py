@@ -113,8 +113,8 @@ def _colour_data(folder: Path) -> list[dict]:
 
 
 def _tiny_model(classes: list[dict], data: Path, store: Path):
-    import diffusion as D
-    import model_store as ms
+    import core as D
+    from engine import store as ms
     from models import ConditionalUNet, UNetConfig
 
     torch.manual_seed(0)
@@ -126,7 +126,7 @@ def _tiny_model(classes: list[dict], data: Path, store: Path):
 
 
 def test_a_yardstick_of_more_classes_scores_the_model_over_all_of_them(tmp_path):
-    from data import PreprocessedDataset
+    from dataprep.dataset import PreprocessedDataset
 
     data = tmp_path / "data"
     classes = _colour_data(data)
@@ -217,7 +217,7 @@ def test_top_k_and_per_class_accuracy_against_hand_counts():
 
 
 def test_snap_strengths_parse_and_snapping_moves_free_text_to_its_nearest_class():
-    from prompting import snapping_encoder
+    from core.prompting import snapping_encoder
 
     assert E.parse_snaps("0,0.5") == [0.0, 0.5]
     for bad in ("", "x", "1.5", "-0.1"):
@@ -316,7 +316,7 @@ def test_real_conditioning_uses_the_first_photos_of_each_class():
 
 
 def test_generate_per_class_draws_every_class_from_the_same_seeds():
-    import diffusion as D
+    import core as D
     from models import ConditionalUNet, UNetConfig
 
     torch.manual_seed(0)

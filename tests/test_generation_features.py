@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-import diffusion as D
-from prompting import encode_weighted, parse_weighted_prompt
+import core as D
+from core.prompting import encode_weighted, parse_weighted_prompt
 from test_core import fake_encode, tiny_unet
 
 CFG = D.DiffusionConfig()

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-import diffusion as D
-import model_store as store
-import training as T
+import core as D
+from engine import store
+from training import loop as T
 from test_core import fake_encode, tiny_unet
 from test_training import ROOT, TINY_NET, assert_bit_identical, ckpt_tensors, make_tiny_dataset, subprocess_env
 

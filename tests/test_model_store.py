@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import model_store as store
-from diffusion import DiffusionConfig
+import engine.request
+from engine import store
+from core import DiffusionConfig
 from models import ConditionalUNet, UNetConfig
 
 TINY = UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
@@ -197,7 +198,7 @@ def test_pickle_renamed_to_safetensors_is_refused(tiny_model, tmp_path, capsys):
             store.load_model("disguised", store=root)
         assert not marker.exists()
     # and the CLI says so in one line, without a traceback
-    import cli
+    import diffusion as cli
 
     assert cli.main(["sample", "--model", str(folder), "--class", "goldfish", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
@@ -252,7 +253,7 @@ def test_absurd_config_is_refused_before_anything_is_allocated(tiny_model, tmp_p
     _edit_config(many, num_res_blocks=10_000_000)  # millions of modules: refused before even the meta build
     script = """
 import json, resource, sys, time
-import model_store as store
+from engine import store
 vm_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:"))
 limit = (vm_kb + 1024 * 1024) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -353,7 +354,7 @@ def test_checkpoints_are_atomic_and_pruned(tiny_model, tmp_path, monkeypatch):
 
 
 def test_pickle_in_a_training_checkpoint_is_skipped(tiny_model, tmp_path):
-    import training
+    from training import loop as training
 
     model, ema = ConditionalUNet(TINY), ConditionalUNet(TINY)
     opt = _optimizer(model)
@@ -369,7 +370,7 @@ def test_pickle_in_a_training_checkpoint_is_skipped(tiny_model, tmp_path):
 
 
 def test_model_card_describes_data_steps_and_compute():
-    import cli
+    import diffusion as cli
 
     cfg = config(images_seen=6400, train_seconds=7200, parameters=1234567,
                  data={"source": "tiny-imagenet-200.zip", "num_images": 5000},
@@ -385,8 +386,8 @@ def test_cli_sample_uses_the_models_sampler_defaults_and_never_overwrites(tiny_m
     """In-process, with generation faked (no text encoder): which recipe the CLI asks for, and file names."""
     import numpy as np
 
-    import cli
-    import diffusion as D
+    import diffusion as cli
+    import core as D
 
     root = tmp_path / "store"
     cfg = config(sampler_defaults={"sampler": "ddim", "steps": 7, "guidance_scale": 1.5, "guidance_interval": "0,100"})
@@ -402,7 +403,7 @@ def test_cli_sample_uses_the_models_sampler_defaults_and_never_overwrites(tiny_m
                                   ["a photo of a goldfish"] * n, [np.zeros((n, 16, 16, 3), np.uint8)] * 2, [999, 0],
                                   recipe)
 
-    monkeypatch.setattr(D, "generate_images", fake_generate)
+    monkeypatch.setattr(engine.request, "generate_images", fake_generate)  # where the CLI's request calls it
     monkeypatch.setattr(cli.time, "strftime", lambda fmt, *a: "20260101-000000")  # all three "in the same second"
     out = tmp_path / "out"
     base = ["sample", "--model", "m", "--store", str(root), "--class", "goldfish", "--n", "1", "--out", str(out),
@@ -418,7 +419,7 @@ def test_cli_sample_uses_the_models_sampler_defaults_and_never_overwrites(tiny_m
     assert cli.main(["sample", "--store", str(root), "--from-png", str(png), *other, "--device", "cpu"]) == 0
     assert calls[-1]["sampler"] == "ddim" and D.parse_guidance_interval(calls[-1]["guidance_interval"]) is None
     assert cli.main([*base, "--sampler", "dpm++", "--guidance", "4"]) == 0  # flags win; ddim's steps do not carry over
-    assert (calls[-1]["sampler"], calls[-1]["num_steps"], calls[-1]["guidance_scale"]) == ("dpm++", None, 4.0)
+    assert (calls[-1]["sampler"], calls[-1]["num_steps"], calls[-1]["guidance_scale"]) == ("dpm++", 20, 4.0)
     assert cli.main([*base, "--sampler", "ddpm", "--gif"]) == 0
     assert calls[-1]["frame_every"] == 25  # 1000 ddpm steps -> ~40 GIF frames, not 1000
     pngs = [p for p in out.glob("*.png") if "_grid" not in p.name]
@@ -471,7 +472,7 @@ def test_a_model_with_unreadable_sampler_defaults_is_refused_at_load(tiny_model,
 def test_the_default_model_is_shipped_and_the_app_opens_with_it():
     """The CLI's and the app's default (one name in two modules: web.py starts before torch) is a
     model of the shipped store."""
-    import model_store as ms
+    from engine import store as ms
     from webui.server import DEFAULT_MODEL
 
     assert DEFAULT_MODEL == ms.DEFAULT_MODEL_NAME
@@ -480,7 +481,7 @@ def test_the_default_model_is_shipped_and_the_app_opens_with_it():
 
 def shipped_evaluations() -> dict[str, dict]:
     """Each shipped model's evaluation.json (evaluate.py's output at the model's own sampler defaults)."""
-    import model_store as ms
+    from engine import store as ms
 
     return {name: json.loads((ms.DEFAULT_STORE / name / "evaluation.json").read_text())
             for name in ms.list_models() if (ms.DEFAULT_STORE / name / "evaluation.json").exists()}
@@ -490,7 +491,7 @@ def test_the_default_is_the_model_the_yardstick_recognises_at_least_half_as_ofte
     """The rule that picks the default: its samples, at its own defaults, scored by the 200-class yardstick
     shipped with tiny200, are recognised at least half as often as real held-out photos. tiny200 is the
     default the day its evaluation passes (then this fails until the default moves back to it)."""
-    import model_store as ms
+    from engine import store as ms
 
     yardstick = json.loads((ms.DEFAULT_STORE / "tiny200" / "classifier.json").read_text())
     assert yardstick["num_classes"] == 200 and yardstick["val_accuracy"] >= 0.45  # a yardstick that can tell
@@ -511,7 +512,7 @@ def test_the_default_is_the_model_the_yardstick_recognises_at_least_half_as_ofte
 def test_tiny200s_band_skips_guidance_only_on_the_pure_noise_step():
     """tiny200 guides from DPM-Solver++'s second step on (BENCHMARKS: at least as good, one forward less):
     of its 20 default steps exactly the first, at t = 999 where x_t holds no trace of the image, is unguided."""
-    import diffusion as D
+    import core as D
 
     lm = store.load_model("tiny200")
     d = lm.sampler_defaults

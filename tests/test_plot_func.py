@@ -143,8 +143,8 @@ def test_denoising_gif_with_a_single_frame(tmp_path):
 
 # ----------------------------------------------------------------- a model's figures
 def _tiny_store_model(tmp_path, names=("goldfish", "pizza"), lively=False):
-    import diffusion as D
-    import model_store as ms
+    import core as D
+    from engine import store as ms
     from models import ConditionalUNet, UNetConfig
 
     torch.manual_seed(0)
@@ -165,7 +165,7 @@ def _tiny_store_model(tmp_path, names=("goldfish", "pizza"), lively=False):
 def test_one_step_x0_by_hand():
     """A fresh U-Net outputs zeros (its last conv starts at zero), so under v-prediction its x_0
     guess is sqrt(alpha_bar_t) x_t, clamped; x_t is q(x_t | x_0) with one noise draw for every t."""
-    import diffusion as D
+    import core as D
     from models import ConditionalUNet, UNetConfig
 
     net = ConditionalUNet(UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
@@ -203,7 +203,7 @@ def test_forward_and_prediction_strip_draws_two_rows(tmp_path):
 def test_model_figures_writes_grid_gif_and_strips(tmp_path):
     import imageio.v2 as imageio
 
-    import figures
+    from engine import figures
 
     lm = _tiny_store_model(tmp_path)
     fake_encode = lambda texts: np.ones((len(texts), 384), np.float32) / np.sqrt(384)  # noqa: E731
@@ -219,8 +219,8 @@ def test_model_figures_writes_grid_gif_and_strips(tmp_path):
 def test_studio_figures_draw_what_the_core_makes(tmp_path):
     """The README's studio pictures: each picture's cells are the core's own images (variation strength 0
     is the seed's image, 1 the variation seed's; the interpolation ends are the two prompts' images)."""
-    import diffusion as D
-    import figures
+    import core as D
+    from engine import figures
 
     names = ("goldfish", "jellyfish", "ladybug", "monarch", "sports car", "coral reef", "school bus")
     lm = _tiny_store_model(tmp_path, names, lively=True)
@@ -252,7 +252,7 @@ def test_studio_figures_draw_what_the_core_makes(tmp_path):
 
 
 def test_figures_command_and_plot_func_only_draws(tmp_path, capsys):
-    import cli
+    import diffusion as cli
 
     _tiny_store_model(tmp_path)
     src = tmp_path / "fish.png"
@@ -270,7 +270,7 @@ def test_figures_command_and_plot_func_only_draws(tmp_path, capsys):
 
 
 def test_pick_classes_spreads_or_names():
-    import figures
+    from engine import figures
 
     classes = [{"index": i, "name": f"c{i}"} for i in range(10)]
     assert [c["index"] for c in figures.pick_classes(classes, 4)] == [0, 3, 6, 9]

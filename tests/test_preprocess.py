@@ -1,4 +1,4 @@
-"""preprocess.py and data.py: layouts, bad files, subsets, determinism, resumption, download, Dataset.
+"""preprocess.py, the dataprep package and its Dataset: layouts, bad files, subsets, determinism, resumption, download, Dataset.
 
 Most tests pass a cheap deterministic ``embed_fn``; one test loads the real
 text encoder. Tests on ``../shared/data`` skip when it is absent.
@@ -27,13 +27,20 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT))
 
-import preprocess as P  # noqa: E402
+import preprocess as preprocess_cli  # noqa: E402
+from dataprep import pipeline  # noqa: E402
+from dataprep.defaults import PreprocessError  # noqa: E402
+from dataprep.download import download  # noqa: E402
+from dataprep.images import decode_image, strict_pil  # noqa: E402
+from dataprep.layout import ClassInfo, select_classes  # noqa: E402
+from dataprep.pipeline import Result, preprocess  # noqa: E402
+from dataprep.sources import FolderSource, NotRegularFileError  # noqa: E402
+from engine.files import exclusive_lock  # noqa: E402
 from conftest import require_environment, shared_data_dir  # noqa: E402
-from data import PreprocessedDataset, load_classes  # noqa: E402
+from dataprep.dataset import PreprocessedDataset, load_classes  # noqa: E402
 from models.text_encoder import PROMPT_TEMPLATES, TEXT_EMBED_DIM  # noqa: E402
-from prompting import RICH_TEMPLATES, prompt_table  # noqa: E402
+from core.prompting import RICH_TEMPLATES, prompt_table  # noqa: E402
 
 TENCH, GOLDFISH, SHARK, TIGER_SHARK = "n01440764", "n01443537", "n01484850", "n01491361"
 
@@ -52,12 +59,12 @@ def shared_data() -> Path:
     return shared_data_dir()
 
 
-def run(src, out, **kw) -> P.Result:
+def run(src, out, **kw) -> Result:
     kw.setdefault("embed_fn", fake_embed)
     kw.setdefault("progress", False)
     kw.setdefault("val_fraction", 0.0)
     kw.setdefault("workers", 2)
-    return P.preprocess(src, out, **kw)
+    return preprocess(src, out, **kw)
 
 
 # --------------------------------------------------------------------------- synthetic files
@@ -178,7 +185,7 @@ def ilsvrc_tree(tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="module")
-def ilsvrc_out(ilsvrc_tree, tmp_path_factory) -> tuple[Path, P.Result, dict]:
+def ilsvrc_out(ilsvrc_tree, tmp_path_factory) -> tuple[Path, Result, dict]:
     base, files = ilsvrc_tree
     out = tmp_path_factory.mktemp("out") / "pre"
     return out, run(base, out), files
@@ -323,9 +330,9 @@ def test_fifos_and_other_special_files_are_skipped_never_opened(tmp_path):
     out = tmp_path / "out"
     # In a subprocess with a time limit: a regression fails here instead of hanging the test run.
     script = (
-        "import sys, json, numpy as np; sys.path.insert(0, sys.argv[3]); import preprocess as P\n"
+        "import sys, json, numpy as np; sys.path.insert(0, sys.argv[3]); from dataprep.pipeline import preprocess\n"
         "embed = lambda ps: np.eye(len(ps), 384, dtype=np.float32)\n"
-        "r = P.preprocess(sys.argv[1], sys.argv[2], embed_fn=embed, progress=False, val_fraction=0.0, workers=1)\n"
+        "r = preprocess(sys.argv[1], sys.argv[2], embed_fn=embed, progress=False, val_fraction=0.0, workers=1)\n"
         "print(json.dumps(r.manifest))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script, str(src), str(out), str(ROOT)], capture_output=True,
@@ -338,8 +345,8 @@ def test_fifos_and_other_special_files_are_skipped_never_opened(tmp_path):
     assert m["counts"]["skipped"] == 2 == m["num_skipped"]
 
     # The reader refuses one on its own too (a file swapped for a pipe after the scan), without opening it.
-    with pytest.raises(P.NotRegularFileError, match=r"not a regular file \(fifo\)"):
-        P.FolderSource(src).read_bytes("cat/pipe.jpg")
+    with pytest.raises(NotRegularFileError, match=r"not a regular file \(fifo\)"):
+        FolderSource(src).read_bytes("cat/pipe.jpg")
 
 
 def make_tiny_zip(path: Path, n_classes: int = 3, per_class: int = 6, size: int = 64) -> tuple[Path, list[str]]:
@@ -420,8 +427,8 @@ def test_resize_quality_and_center_crop(size):
     arr = np.stack([128 + 100 * np.sin(xx / 37.0), 128 + 100 * np.cos(yy / 29.0), 128 + 100 * np.sin((xx + yy) / 50.0)],
                    -1).astype(np.uint8)
     data = jpeg_bytes(Image.fromarray(arr))
-    with P.strict_pil():
-        ours = P.decode_image(io.BytesIO(data), size).astype(int)
+    with strict_pil():
+        ours = decode_image(io.BytesIO(data), size).astype(int)
     gold = lanczos_reference(Image.open(io.BytesIO(data)), size).astype(int)
     guided = guided_diffusion_reference(Image.open(io.BytesIO(data)), size).astype(int)
     assert ours.shape == (size, size, 3)
@@ -434,8 +441,8 @@ def test_resize_quality_and_center_crop(size):
     wide = np.zeros((200, 300, 3), np.uint8)
     wide[:] = (0, 0, 255)
     wide[:, 50:250] = (255, 0, 0)
-    with P.strict_pil():
-        out = P.decode_image(io.BytesIO(png_bytes(Image.fromarray(wide))), size)
+    with strict_pil():
+        out = decode_image(io.BytesIO(png_bytes(Image.fromarray(wide))), size)
     assert (out == np.array([255, 0, 0], np.uint8)).all()
 
 
@@ -474,15 +481,15 @@ def test_classes_max_per_class_val_split_and_determinism(tmp_path):
     c = run(zpath, tmp_path / "c", **{**kw, "seed": 4, "classes": str(listing)})
     assert [x["wnid"] for x in load_classes(tmp_path / "c")] == [GOLDFISH, SHARK, TIGER_SHARK]
     assert not np.array_equal(np.load(tmp_path / "a" / "val_images.npy"), np.load(tmp_path / "c" / "val_images.npy"))
-    with pytest.raises(P.PreprocessError, match="unknown classes: 'unicorn'"):
+    with pytest.raises(PreprocessError, match="unknown classes: 'unicorn'"):
         run(zpath, tmp_path / "d", classes="goldfish,unicorn")
 
 
 def test_ambiguous_class_name_asks_for_a_wnid():
-    classes = [P.ClassInfo("n02012849", ["crane"]), P.ClassInfo("n03126707", ["crane"]), P.ClassInfo("n1", ["x"])]
-    with pytest.raises(P.PreprocessError, match="ambiguous"):
-        P.select_classes(classes, ["crane"])
-    assert [c.wnid for c in P.select_classes(classes, ["N03126707"])] == ["n03126707"]
+    classes = [ClassInfo("n02012849", ["crane"]), ClassInfo("n03126707", ["crane"]), ClassInfo("n1", ["x"])]
+    with pytest.raises(PreprocessError, match="ambiguous"):
+        select_classes(classes, ["crane"])
+    assert [c.wnid for c in select_classes(classes, ["N03126707"])] == ["n03126707"]
 
 
 # --------------------------------------------------------------------------- interruption and re-runs
@@ -493,7 +500,7 @@ def test_interrupted_run_resumes_and_matches_a_clean_run(tmp_path, monkeypatch, 
     base, _ = ilsvrc_tree
     clean_out = ilsvrc_out[0]
     out = tmp_path / "pre"
-    real = P._save_checkpoint
+    real = pipeline._save_checkpoint
     calls = {"n": 0}
 
     def interrupt_after_second_checkpoint(*a, **k):
@@ -502,10 +509,10 @@ def test_interrupted_run_resumes_and_matches_a_clean_run(tmp_path, monkeypatch, 
         if calls["n"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(P, "_save_checkpoint", interrupt_after_second_checkpoint)
+    monkeypatch.setattr(pipeline, "_save_checkpoint", interrupt_after_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         run(base, out, workers=workers, chunk_size=2, checkpoint_seconds=0.0)
-    monkeypatch.setattr(P, "_save_checkpoint", real)
+    monkeypatch.setattr(pipeline, "_save_checkpoint", real)
     partial = tmp_path / "pre.partial"
     assert not out.exists() and partial.is_dir()
     state = json.loads((partial / "state.json").read_text())
@@ -527,7 +534,7 @@ def test_rerun_is_a_no_op_and_other_options_need_overwrite(tmp_path, ilsvrc_tree
     first = run(base, out, size=32)
     again = run(base, out, size=32)
     assert again.skipped_run and again.manifest["config_hash"] == first.manifest["config_hash"]
-    with pytest.raises(P.PreprocessError, match="--overwrite"):
+    with pytest.raises(PreprocessError, match="--overwrite"):
         run(base, out, size=48)
     run(base, out, size=48, overwrite=True)
     assert np.load(out / "train_images.npy", mmap_mode="r").shape[1:] == (48, 48, 3)
@@ -537,12 +544,10 @@ def test_rerun_is_a_no_op_and_other_options_need_overwrite(tmp_path, ilsvrc_tree
 def test_a_second_concurrent_run_is_refused(tmp_path, ilsvrc_tree):
     base, _ = ilsvrc_tree
     out = tmp_path / "pre"
-    held = P._lock_output(out)
-    try:
-        with pytest.raises(P.PreprocessError, match="another preprocess.py run"):
+    # what a running preprocess.py holds (flock conflicts across open() calls, even in one process)
+    with exclusive_lock(tmp_path / "pre.lock", busy=RuntimeError, remove=True):
+        with pytest.raises(PreprocessError, match="another preprocess.py run"):
             run(base, out)
-    finally:
-        P._unlock_output(held)
     run(base, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pre"]
 
@@ -562,13 +567,13 @@ def test_overwrite_never_deletes_folders_it_did_not_write(tmp_path, ilsvrc_tree)
     precious = tmp_path / "home"
     precious.mkdir()
     (precious / "thesis.tex").write_text("do not delete")
-    with pytest.raises(P.PreprocessError, match="refusing to replace"):
+    with pytest.raises(PreprocessError, match="refusing to replace"):
         run(base, precious, overwrite=True)
     assert (precious / "thesis.tex").read_text() == "do not delete"
     other = tmp_path / "x.partial"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(P.PreprocessError, match="refusing to delete"):
+    with pytest.raises(PreprocessError, match="refusing to delete"):
         run(base, tmp_path / "x")
     assert (other / "notes.txt").exists()
 
@@ -633,14 +638,14 @@ def test_dataset_items_flips_pickling_and_errors(tmp_path, ilsvrc_out):
 
 def test_cli_help_and_main(tmp_path, ilsvrc_tree, capsys):
     with pytest.raises(SystemExit) as e:
-        P.main(["--help"])
+        preprocess_cli.main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
     for word in ("ILSVRC", "Tiny ImageNet", "generic", "--val-fraction", "--download", "--prompt-template"):
         assert word in text
     base, _ = ilsvrc_tree
     out = tmp_path / "cli"
-    rc = P.main(["--src", str(base), "--out", str(out), "--size", "32", "--val-fraction", "0.3", "--workers", "2",
+    rc = preprocess_cli.main(["--src", str(base), "--out", str(out), "--size", "32", "--val-fraction", "0.3", "--workers", "2",
                  "--prompt-template", "a blurry photo of a {}", "--classes", "tench,goldfish", "-q"],
                 embed_fn=fake_embed)
     assert rc == 0
@@ -649,8 +654,8 @@ def test_cli_help_and_main(tmp_path, ilsvrc_tree, capsys):
     # 5 + 8 image files in the two classes; the val pick is per class, before decoding
     assert m["counts"]["train"] + m["counts"]["val"] + m["counts"]["skipped"] == 13 and m["counts"]["val"] >= 2
     assert load_classes(out)[1]["prompt"] == "a blurry photo of a goldfish"
-    assert P.main(["--src", str(tmp_path / "nope"), "--out", str(out)], embed_fn=fake_embed) == 2
-    assert P.main(["--src", str(base), "--out", str(tmp_path / "x"), "--prompt-template", "no braces"],
+    assert preprocess_cli.main(["--src", str(tmp_path / "nope"), "--out", str(out)], embed_fn=fake_embed) == 2
+    assert preprocess_cli.main(["--src", str(base), "--out", str(tmp_path / "x"), "--prompt-template", "no braces"],
                   embed_fn=fake_embed) == 2
 
 
@@ -711,7 +716,7 @@ def test_download_resumes_with_range_and_checks_the_checksum(tmp_path, server):
     handler.data = bytes(np.random.default_rng(1).integers(0, 256, 300_000, dtype=np.uint8))
     sha = hashlib.sha256(handler.data).hexdigest()
     handler.drop = 2  # the connection drops twice mid-file
-    dest = P.download(url, tmp_path / "dl" / "f.zip", sha256=sha, progress=False, block_size=4096)
+    dest = download(url, tmp_path / "dl" / "f.zip", sha256=sha, progress=False, block_size=4096)
     assert dest.read_bytes() == handler.data and not (tmp_path / "dl" / "f.zip.part").exists()
     assert handler.ranges[0] is None and all(r and r.startswith("bytes=") for r in handler.ranges[1:])
     assert len(handler.ranges) == 3
@@ -721,20 +726,20 @@ def test_download_resumes_with_range_and_checks_the_checksum(tmp_path, server):
     part = tmp_path / "dl2" / "f.zip.part"
     part.parent.mkdir()
     part.write_bytes(handler.data[:100_000])
-    P.download(url, tmp_path / "dl2" / "f.zip", sha256=sha, progress=False)
+    download(url, tmp_path / "dl2" / "f.zip", sha256=sha, progress=False)
     assert handler.ranges == ["bytes=100000-"]
     # A complete .part gets 416 and is accepted after the checksum check.
     handler.ranges.clear()
     (tmp_path / "dl2" / "f.zip").rename(part)
-    P.download(url, tmp_path / "dl2" / "f.zip", md5=hashlib.md5(handler.data).hexdigest(), progress=False)
+    download(url, tmp_path / "dl2" / "f.zip", md5=hashlib.md5(handler.data).hexdigest(), progress=False)
     assert handler.ranges == ["bytes=300000-"] and (tmp_path / "dl2" / "f.zip").is_file()
     # A finished file that matches is reused without a request.
     handler.ranges.clear()
-    P.download(url, tmp_path / "dl2" / "f.zip", sha256=sha, progress=False)
+    download(url, tmp_path / "dl2" / "f.zip", sha256=sha, progress=False)
     assert handler.ranges == []
 
-    with pytest.raises(P.PreprocessError, match="checksum mismatch"):
-        P.download(url, tmp_path / "dl3" / "f.zip", sha256="0" * 64, progress=False)
+    with pytest.raises(PreprocessError, match="checksum mismatch"):
+        download(url, tmp_path / "dl3" / "f.zip", sha256="0" * 64, progress=False)
     assert not (tmp_path / "dl3" / "f.zip").exists() and (tmp_path / "dl3" / "f.zip.bad").exists()
 
 
@@ -745,7 +750,7 @@ def test_cli_download_then_preprocess(tmp_path, server):
     handler.drop = 1
     sha = hashlib.sha256(handler.data).hexdigest()
     out = tmp_path / "out"
-    rc = P.main(["--download", "tiny-imagenet", "--download-url", url, "--sha256", sha, "--download-dir",
+    rc = preprocess_cli.main(["--download", "tiny-imagenet", "--download-url", url, "--sha256", sha, "--download-dir",
                  str(tmp_path / "downloads"), "--out", str(out), "-q"], embed_fn=fake_embed)
     assert rc == 0
     assert (tmp_path / "downloads" / "tiny-imagenet-200.zip").read_bytes() == handler.data
@@ -796,7 +801,7 @@ def test_real_text_encoder_embeddings(tmp_path, ilsvrc_tree):
 
     base, _ = ilsvrc_tree
     out = tmp_path / "real"
-    res = P.preprocess(base, out, progress=False, val_fraction=0.0, classes=["goldfish", "tench"])
+    res = preprocess(base, out, progress=False, val_fraction=0.0, classes=["goldfish", "tench"])
     assert res.manifest["text_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     emb = np.load(out / "class_embeddings.npy")
     tmpl = np.load(out / "template_embeddings.npy")
@@ -813,7 +818,7 @@ def test_training_text_variants_and_descriptions(tmp_path, ilsvrc_tree):
     base, _ = ilsvrc_tree
     desc = tmp_path / "desc.tsv"
     desc.write_text(f"# test descriptions\n{TENCH}\ta greenish fish held up by an angler\n")
-    rich = P.preprocess(base, tmp_path / "rich", progress=False, embed_fn=fake_embed, descriptions=desc)
+    rich = preprocess(base, tmp_path / "rich", progress=False, embed_fn=fake_embed, descriptions=desc)
     classes = load_classes(tmp_path / "rich")
     tench = next(c for c in classes if c["wnid"] == TENCH)
     assert tench["training_prompts"][: len(RICH_TEMPLATES)] == [t.format("tench") for t in RICH_TEMPLATES]
@@ -824,15 +829,15 @@ def test_training_text_variants_and_descriptions(tmp_path, ilsvrc_tree):
     assert tmpl.shape[1] == rich.manifest["training_prompts_per_class"] == max(len(c["training_prompts"]) for c in classes)
     assert any(np.allclose(r, fake_embed(["a greenish fish held up by an angler"])[0]) for r in tmpl[tench["index"]])
 
-    basic = P.preprocess(base, tmp_path / "basic", progress=False, embed_fn=fake_embed, text_variants="basic")
+    basic = preprocess(base, tmp_path / "basic", progress=False, embed_fn=fake_embed, text_variants="basic")
     assert np.load(tmp_path / "basic" / "template_embeddings.npy").shape[1] == len(PROMPT_TEMPLATES)
     assert basic.manifest["config_hash"] != rich.manifest["config_hash"]
     # other descriptions are other training data: the finished folder is not silently reused
     desc.write_text(f"{TENCH}\ta different description\n")
-    with pytest.raises(P.PreprocessError, match="already exists"):
-        P.preprocess(base, tmp_path / "rich", progress=False, embed_fn=fake_embed, descriptions=desc)
-    with pytest.raises(P.PreprocessError, match="needs --text-variants rich"):
-        P.preprocess(base, tmp_path / "x", progress=False, embed_fn=fake_embed, text_variants="basic", descriptions=desc)
+    with pytest.raises(PreprocessError, match="already exists"):
+        preprocess(base, tmp_path / "rich", progress=False, embed_fn=fake_embed, descriptions=desc)
+    with pytest.raises(PreprocessError, match="needs --text-variants rich"):
+        preprocess(base, tmp_path / "x", progress=False, embed_fn=fake_embed, text_variants="basic", descriptions=desc)
     desc.write_text("no tab on this line\n")
-    with pytest.raises(P.PreprocessError, match="desc.tsv:1"):
-        P.preprocess(base, tmp_path / "y", progress=False, embed_fn=fake_embed, descriptions=desc)
+    with pytest.raises(PreprocessError, match="desc.tsv:1"):
+        preprocess(base, tmp_path / "y", progress=False, embed_fn=fake_embed, descriptions=desc)

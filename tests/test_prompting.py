@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import prompting as P
+from core import prompting as P
 from conftest import ROOT
 from models.text_encoder import PROMPT_TEMPLATES
 

@@ -1,4 +1,4 @@
-"""The super-resolution stage (superres.py, diffusion.upscale): a cascade's 2x upscaler.
+"""The super-resolution stage (training/superres.py, engine/upscaling.py, core.cascade): a cascade's 2x upscaler.
 
 * the SR U-Net: six input channels, an augmentation-level input, no text; trains on crops
   and samples whole images (fully convolutional); base networks are unchanged;
@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import diffusion as D
-import model_store as store
-import superres
-import training as T
+import core as D
+from engine import store
+from training import superres
+from engine import upscaling
+from training import loop as T
 from models import ConditionalUNet, UNetConfig
 from test_training import TINY_NET, assert_bit_identical, ckpt_tensors, make_tiny_dataset, options
 
@@ -304,7 +305,7 @@ def trained(tmp_path_factory):
                                                          batch_size=8, max_steps=4, sample_every=0)))
     sr_ckpt = T.train(T.make_config("sr64", **options(sr_data, root / "runs", "sr", **dict(SR_TRAIN, max_steps=4,
                                                       sample_every=4, sample_classes=2))))
-    import cli
+    import diffusion as cli
 
     st = root / "store"
     assert cli.main(["export", str(base_ckpt.parents[1]), "--name", "tiny", "--store", str(st)]) == 0
@@ -367,9 +368,9 @@ def test_store_refuses_an_sr_config_that_does_not_match(trained, tmp_path, chang
 
 
 def test_cli_upscale_round_trip_with_from_png(trained, tmp_path, capsys):
-    import cli
+    import diffusion as cli
 
-    from recipe import read_png_recipe
+    from engine.recipe import read_png_recipe
 
     st = str(trained["store"])
     out = tmp_path / "up"
@@ -422,8 +423,8 @@ def test_bench_sr_scores_bicubic_and_the_sr_model_on_held_out_images_and_samples
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import bench_sr
-    from data import PreprocessedDataset
+    from benchmarks import bench_sr
+    from dataprep.dataset import PreprocessedDataset
     from evaluate import save_classifier, train_classifier
 
     data = PreprocessedDataset(trained["sr_data"])
@@ -475,14 +476,14 @@ def test_a_text_conditioned_sr_model_takes_the_prompt_embedding_and_guidance():
 def test_upscale_images_uses_the_stored_model_with_its_defaults(trained):
     """What the app calls for "Upscale to 64 px": the same images as the core with the same settings."""
     low = np.random.default_rng(5).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
-    got = superres.upscale_images(low, "sr32", seed=7, store=str(trained["store"]))
+    got = upscaling.upscale_images(low, "sr32", seed=7, store=str(trained["store"]))
     sr = store.load_sr_model("sr32", store=trained["store"])
     ref = D.upscale(sr.model, sr.diffusion, low, steps=D.SR_DEFAULT_STEPS, aug_level=D.SR_DEFAULT_AUG_LEVEL, seed=7)
     np.testing.assert_array_equal(got.images, ref.images)
     assert got.recipe == {"upscaler": "sr32", "upscale_steps": 10, "upscale_aug": 0.05}
-    assert superres.load_upscaler("sr32", store=str(trained["store"])) is superres.load_upscaler(
+    assert upscaling.load_upscaler("sr32", store=str(trained["store"])) is upscaling.load_upscaler(
         "sr32", store=str(trained["store"]))  # loaded once
     previews = []
-    superres.upscale_images(low, "sr32", seed=7, store=str(trained["store"]), steps=3, aug_level=0.2,
+    upscaling.upscale_images(low, "sr32", seed=7, store=str(trained["store"]), steps=3, aug_level=0.2,
                             callback=lambda info: previews.append(info.x0_pred.shape))
     assert previews == [(2, 3, 32, 32)] * 3

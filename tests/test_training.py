@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import torch
 
-import model_store as store
-import training as T
+from engine import store
+from training import loop as T
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("goldfish", "tabby cat", "school bus", "lemon")
@@ -307,20 +307,19 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     assert all(torch.isfinite(v).all() for v in weights.values())
 
 
-# Trains through training.train (training.py untouched) and, on every rank, saves that rank's
+# Trains through training.train (training/loop.py untouched) and, on every rank, saves that rank's
 # final model weights (safetensors) and the examples it saw at each step. Under torchrun each
 # rank has its shard; alone (WORLD_SIZE unset) batch_indices is patched to return the union of
 # both ranks' shards, so the single process sees the same global batch. training.train seeds
 # timesteps and noise per (seed, step, rank), which no 1-process run can reproduce, so here they
-# are made a function of the example instead (its crc32), wrapped around D.training_loss; flips
+# are made a function of the example instead (its crc32), wrapped around the loop's training_loss; flips
 # are drawn per rank too, so the test data is left-right symmetric (a flip changes nothing).
 _DDP_PROBE = """
 import json, os, sys, zlib
 import numpy as np
 import torch
 from safetensors.torch import save_file
-import diffusion as D
-import training as T
+from training import loop as T
 
 opts, out = json.loads(sys.argv[1]), sys.argv[2]
 rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -330,7 +329,7 @@ seen, captured = [], {}
 def key(img):
     return zlib.crc32(((img.float() + 1) * 127.5).round().to(torch.uint8).contiguous().numpy().tobytes())
 
-_loss = D.training_loss
+_loss = T.training_loss  # as the loop looks it up
 def training_loss(model, terms, x0, cond, **kw):
     keys = [key(img) for img in x0]
     seen.append(keys)
@@ -338,7 +337,7 @@ def training_loss(model, terms, x0, cond, **kw):
     kw["noise"] = torch.cat([torch.randn((1, *x0.shape[1:]), generator=torch.Generator().manual_seed(k))
                              for k in keys])
     return _loss(model, terms, x0, cond, **kw)
-D.training_loss = training_loss
+T.training_loss = training_loss
 
 if world == 1:
     _indices = T.batch_indices
@@ -442,7 +441,7 @@ def test_ctrl_c_saves_before_exiting(tiny_data, tmp_path):
 # SIGKILL deterministically lands in the middle of writing it.
 _SLOW_SAVE = """
 import os, sys, time
-import model_store
+from engine import store as model_store
 _save = model_store.save_file
 def save_file(tensors, filename, *a, **k):
     _save(tensors, filename, *a, **k)
@@ -450,7 +449,7 @@ def save_file(tensors, filename, *a, **k):
         open(os.environ["KILL_MARK"], "w").close()
         time.sleep(120)
 model_store.save_file = save_file
-import cli
+import diffusion as cli
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -504,7 +503,7 @@ def test_sigkill_mid_checkpoint_write_then_resume(tiny_data, tmp_path, reference
 
 # --------------------------------------------------------------------------- the command line
 def test_cli_train_help_lists_every_option(capsys):
-    import cli
+    import diffusion as cli
 
     with pytest.raises(SystemExit) as exc:
         cli.main(["train", "--help"])
@@ -519,7 +518,7 @@ def test_cli_train_help_lists_every_option(capsys):
 
 
 def test_cli_without_data_says_how_to_create_it(tmp_path, capsys):
-    import cli
+    import diffusion as cli
 
     assert cli.main(["--data_dir", str(tmp_path / "missing"), "--max_steps", "1"]) == 2  # no subcommand = train
     err = capsys.readouterr().err
@@ -527,8 +526,8 @@ def test_cli_without_data_says_how_to_create_it(tmp_path, capsys):
 
 
 def test_cli_export_list_and_sample(trained, tmp_path, capsys):
-    import cli
-    from recipe import read_png_recipe
+    import diffusion as cli
+    from engine.recipe import read_png_recipe
 
     model_dir = tmp_path / "store"
     assert cli.main(["export", str(trained), "--name", "tiny", "--store", str(model_dir)]) == 0
@@ -584,7 +583,7 @@ def test_a_second_writer_of_a_run_is_refused(tiny_data, tmp_path, capsys):
     with T.run_lock(run):  # another process's lock: flock conflicts across open() calls, even in one process
         with pytest.raises(T.RunLockedError, match=r"already writing .*busy"):
             T.train(T.make_config("smoke", **opts))
-        import cli
+        import diffusion as cli
 
         assert cli.main(["train", "--preset", "smoke", *cli_flags(opts)]) == 2
         assert "another training process" in capsys.readouterr().err
@@ -595,7 +594,7 @@ def test_a_second_writer_of_a_run_is_refused(tiny_data, tmp_path, capsys):
 def test_run_lock_is_released_when_its_holder_is_killed(tmp_path):
     """A crashed trainer never leaves a stale lock (the kernel drops it with the process)."""
     run = tmp_path / "crashed"
-    code = ("import sys, time, training; cm = training.run_lock(__import__('pathlib').Path(sys.argv[1])); "
+    code = ("import sys, time; from training.loop import run_lock; cm = run_lock(__import__('pathlib').Path(sys.argv[1])); "
             "cm.__enter__(); print('locked', flush=True); time.sleep(120)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run)], cwd=ROOT, env=subprocess_env(),
                             stdout=subprocess.PIPE, text=True)
@@ -612,10 +611,10 @@ def test_run_lock_is_released_when_its_holder_is_killed(tmp_path):
 
 
 def test_cli_variations_img2img_and_from_png_regenerate_exactly(trained, tmp_path, capsys):
-    import cli
+    import diffusion as cli
     from PIL import Image
 
-    from recipe import read_png_recipe
+    from engine.recipe import read_png_recipe
 
     store_dir = tmp_path / "store"
     assert cli.main(["export", str(trained), "--name", "tiny", "--store", str(store_dir)]) == 0
@@ -678,7 +677,7 @@ def test_cli_variations_img2img_and_from_png_regenerate_exactly(trained, tmp_pat
 def test_init_from_a_store_model_continues_its_weights_and_totals(trained, tiny_data, tmp_path):
     """A new run started --init_from a shipped model begins at that model's EMA weights
     (fp16 in the store), counts its images and minutes on, and refuses another network."""
-    import cli
+    import diffusion as cli
 
     assert cli.main(["export", str(trained), "--name", "tiny", "--store", str(tmp_path / "store")]) == 0
     source = tmp_path / "store" / "tiny"

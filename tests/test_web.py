@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 
 import web
-from recipe import read_png_recipe
+from dataprep.images import resize_center_crop
+from engine.recipe import read_png_recipe
 pytest.register_assert_rewrite("web_helpers")  # it is also loaded as a plugin below
 from web_helpers import AUTH, ROOT, TINY_SIZE, server_env  # noqa: E402
 
@@ -150,7 +151,7 @@ def test_check_upload(tmp_path):
         web.check_upload(big)
     with pytest.raises(web.InputError):
         web.check_upload(ok, max_pixels=100)
-    img = web.square_resize(web.check_upload(ok), 64)
+    img = resize_center_crop(web.check_upload(ok), 64)
     assert img.size == (64, 64)
 
 
@@ -184,7 +185,7 @@ def test_a_broken_model_in_the_store_is_an_error_and_the_others_still_work(tmp_p
     """A folder whose config asks for a 640 GB network sits in the store (and sorts first)."""
     import gradio as gr
 
-    import model_store as ms
+    from engine import store as ms
     from web_helpers import make_tiny_store
 
     store = tmp_path / "store"

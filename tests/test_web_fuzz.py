@@ -55,7 +55,7 @@ import pytest
 from PIL import Image
 
 import web
-from recipe import read_png_recipe
+from engine.recipe import read_png_recipe
 
 pytest.register_assert_rewrite("web_helpers")
 from web_helpers import ROOT, TEST_MAX_WORK, TINY_CLASSES, TINY_SIZE  # noqa: E402

@@ -23,8 +23,7 @@ import pytest
 pytest.register_assert_rewrite("web_helpers")
 from web_helpers import ROOT, _launch  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import bench_web_load as bench  # noqa: E402
+from benchmarks import bench_web_load as bench  # noqa: E402
 
 pytest_plugins = ["web_helpers"]
 

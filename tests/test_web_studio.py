@@ -19,9 +19,10 @@ import pytest
 import torch
 from PIL import Image
 
-import diffusion as D
+import core as D
+from core import generation
 import plot_func
-from recipe import format_parameters, parse_parameters, save_png
+from engine.recipe import format_parameters, parse_parameters, save_png
 from test_core import fake_encode, tiny_unet
 from webui import validation as V
 
@@ -55,13 +56,13 @@ def test_sdedit_start_is_the_x_the_sampler_starts_from(monkeypatch):
     rng = np.random.default_rng(0)
     init = rng.integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
     captured = {}
-    real = D._run_sampler
+    real = generation.run_sampler
 
     def spy(sampler, denoise, x, timesteps, *a, **kw):
         captured["x"], captured["t"] = x.clone(), (timesteps[0] if timesteps else None)
         return real(sampler, denoise, x, timesteps, *a, **kw)
 
-    monkeypatch.setattr(D, "_run_sampler", spy)
+    monkeypatch.setattr(generation, "run_sampler", spy)  # where generate_images looks it up
     for strength, var in ((0.6, None), (0.3, 77), (1.0, None), (0.0005, None)):
         kw = dict(variation_seed=var, variation_strength=0.4 if var else 0.0)
         gen(model, num_images=2, seed=5, sampler="ddim", num_steps=10, init_images=init, strength=strength, **kw)

@@ -13,17 +13,38 @@ import contextlib
 import logging
 import random
 import threading
-import uuid
 from collections import OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator, Sequence
 
+import gradio as gr
+
+from core.prompting import CoverageIndex
+from engine.request import class_embeddings
+from engine.store import CheckpointError
+from models.text_encoder import class_prompt, encode_prompts
+from webui.cascade import Cascade
 from webui.export import Exporter
 from webui.jobs import JobRunner
 from webui.models import ModelManager
-from webui.validation import (EXAMPLE_PROMPTS, MAX_SEED, SCHEDULES, InputError, default_timesteps, max_images_for,
-                              model_defaults, parse_sampler, steps_range)
+from webui.restore import RecipeActions
+from webui.tab_forward import ForwardTab
+from webui.tab_generate import GenerateTab
+from webui.tab_grid import GridTab
+from webui.tab_interpolate import InterpolateTab
+from webui.tab_learn import LearnTab
+from webui.validation import (
+    EXAMPLE_PROMPTS,
+    MAX_SEED,
+    SCHEDULES,
+    InputError,
+    default_timesteps,
+    max_images_for,
+    model_defaults,
+    parse_sampler,
+    steps_range,
+)
 
 log = logging.getLogger("web")
 
@@ -37,10 +58,6 @@ MAX_HISTORY = 200  # results kept per session
 MAX_SESSIONS = 256  # sessions whose history is kept (LRU)
 
 
-def session_of(request: Any) -> str:
-    return getattr(request, "session_hash", None) or f"anon-{uuid.uuid4().hex}"
-
-
 class WebApp:
     def __init__(self, args: argparse.Namespace, models: ModelManager):
         self.args = args
@@ -52,13 +69,6 @@ class WebApp:
         self._history_lock = threading.Lock()
         self._class_embs: dict[str, Any] = {}
         self._coverage: dict[str, Any] = {}
-        from webui.cascade import Cascade
-        from webui.restore import RecipeActions
-        from webui.tab_forward import ForwardTab
-        from webui.tab_generate import GenerateTab
-        from webui.tab_grid import GridTab
-        from webui.tab_interpolate import InterpolateTab
-        from webui.tab_learn import LearnTab
 
         self.cascade = Cascade(self)
         self.recipe_actions = RecipeActions(self)
@@ -77,9 +87,6 @@ class WebApp:
     @contextlib.contextmanager
     def errors(self, what: str):
         """Bad input -> its own gr.Error; a broken model -> its reason; anything else -> logged, a short gr.Error."""
-        import gradio as gr
-
-        from model_store import CheckpointError
 
         try:
             yield
@@ -106,7 +113,6 @@ class WebApp:
     # ----------------------------------------------------------------- models
     def refresh_models(self, current: Any = None):
         """The model picker's choices, re-read from the store (models added after start-up appear)."""
-        import gradio as gr
 
         values = self.models.choices_values()
         return gr.update(choices=self.models.choices(), value=current if current in values else self.models.first)
@@ -115,9 +121,6 @@ class WebApp:
         return random.SystemRandom().randrange(0, MAX_SEED + 1)
 
     def _model(self, choice: Any):
-        import gradio as gr
-
-        from model_store import CheckpointError
 
         name = str(choice or self.models.first)
         try:
@@ -148,21 +151,15 @@ class WebApp:
 
     def class_embeddings(self, lm):
         """The text embeddings of a model's class prompts (computed once per model)."""
-        import numpy as np
-
-        from models.text_encoder import class_prompt, encode_prompts
 
         key = str(lm.path)
         if key not in self._class_embs:
-            texts = [c.get("prompt") or class_prompt(c["name"], lm.prompt_template) for c in lm.classes]
-            self._class_embs[key] = np.asarray(encode_prompts(texts), np.float32) if texts else None
+            self._class_embs[key] = class_embeddings(lm)
         return self._class_embs[key]
 
     def coverage_index(self, lm):
         """What the prompt-coverage check judges a prompt by (built once per model: a few seconds of
         text encoding for tiny200's 200 classes and the ~800 ImageNet classes it does not have)."""
-        from models.text_encoder import encode_prompts
-        from prompting import CoverageIndex
 
         key = str(lm.path)
         if key not in self._coverage:
@@ -175,9 +172,6 @@ class WebApp:
         return [[c.get("prompt") or c["name"]] for c in lm.classes[:8]] or [[p] for p in EXAMPLE_PROMPTS]
 
     def class_to_prompt(self, class_name: Any, model_choice: Any) -> str:
-        import gradio as gr
-
-        from models.text_encoder import class_prompt
 
         if not class_name:
             return gr.skip()
@@ -192,7 +186,6 @@ class WebApp:
 
     def steps_update(self, label: str, lm, value: Any = None):
         """The steps slider for a sampler on a model: its range, and ``value`` (default: the model's or the sampler's)."""
-        import gradio as gr
 
         T = lm.diffusion.num_train_timesteps
         lo, hi, default = steps_range(label, T)
@@ -203,8 +196,6 @@ class WebApp:
         return gr.update(minimum=lo, maximum=hi, value=max(lo, min(hi, int(value))), info=f"{lo}-{hi} for {label}{note}")
 
     def sampler_changed(self, sampler: Any, model_choice: Any):
-        import gradio as gr
-
         try:
             label = parse_sampler(sampler)
         except InputError as e:
@@ -212,8 +203,6 @@ class WebApp:
         return self.steps_update(label, self._model(model_choice))
 
     def model_changed(self, model_choice: Any):
-        import gradio as gr
-
         lm = self._model(model_choice)
         T = lm.diffusion.num_train_timesteps
         d = model_defaults(lm.sampler_defaults, T)
@@ -269,8 +258,6 @@ class WebApp:
 
     # ----------------------------------------------------------------- layout
     def build(self):
-        import gradio as gr
-
         lm = self._model(self.models.first)
         with gr.Blocks(title="Diffusion image generator", analytics_enabled=False,
                        delete_cache=(3600, 24 * 3600)) as demo:
@@ -322,8 +309,6 @@ class WebApp:
 
     # gradio reads these signatures (type hints, gr.Request / gr.Progress defaults)
     def _stop_fn(self):
-        import gradio as gr
-
         app = self
 
         def stop(request: gr.Request) -> str:
@@ -333,8 +318,6 @@ class WebApp:
         return stop
 
     def history_fn(self):
-        import gradio as gr
-
         app = self
 
         def history(request: gr.Request):

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from webui.jobs import Cancelled, Done, Tick
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from core.cascade import SR_DEFAULT_STEPS
+from engine import upscaling
+from webui.jobs import Cancelled, Done, Tick, session_of
 from webui.uploads import file_path, recipe_of
 from webui.validation import InputError, check_budget, max_images_for, validate_seed
 
@@ -28,12 +34,10 @@ class Cascade:
         if not isinstance(name, str) or name not in self.upscalers():
             raise InputError(f"No upscaler {str(name)[:60]!r} in this store; choose {alternative}"
                              f"{', '.join(self.upscalers()) or 'none (train one with --preset sr64)'}.")
-        import diffusion as D
-        import superres
 
-        sr = superres.load_upscaler(name, store=self.app.args.store, device=self.app.args.device)
+        sr = upscaling.load_upscaler(name, store=self.app.args.store, device=self.app.args.device)
         low = int(sr.config.get("sr", {}).get("low_res_size", sr.image_size // 2))
-        return low, int(sr.sampler_defaults.get("steps", D.SR_DEFAULT_STEPS))
+        return low, int(sr.sampler_defaults.get("steps", SR_DEFAULT_STEPS))
 
     def upscale_selected(self, image, upscaler, request=None, progress=None) -> Iterator[tuple]:
         """Stream (upscaled image, status, files): a result of this app or its CLI (a PNG with its recipe)
@@ -42,12 +46,6 @@ class Cascade:
         yield from self.app.guarded("upscale", self._upscale(image, upscaler, request, progress))
 
     def _upscale(self, image, upscaler, request, progress):
-        import gradio as gr
-        import numpy as np
-        from PIL import Image
-
-        import superres
-        from webui.app import session_of
 
         app = self.app
         r = recipe_of(image, self.app.max_upload)
@@ -60,7 +58,7 @@ class Cascade:
         seed = validate_seed(r.get("seed", 0)) or 0
 
         def work(on_step):
-            return superres.upscale_images(low[None], upscaler, seed=seed, store=app.args.store,
+            return upscaling.upscale_images(low[None], upscaler, seed=seed, store=app.args.store,
                                            device=app.args.device, callback=on_step)
 
         session = session_of(request)
@@ -83,8 +81,6 @@ class Cascade:
                              f"({up.recipe['upscale_steps']} steps, seed {seed})."), [path]
 
     def upscale_fn(self):
-        import gradio as gr
-
         tab = self
 
         def upscale(image, upscaler, request: gr.Request = None, progress=gr.Progress()):

@@ -8,6 +8,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
+import plot_func
+from engine.recipe import save_png
+
 GIF_MIN_SIDE = 384  # the denoising GIF's frames are scaled up (nearest) to at least this: 32 px is a smear otherwise
 STRIP_MIN_SIDE = 128
 
@@ -32,19 +35,14 @@ class Exporter:
     def save_images(self, folder: Path, images: Sequence, prompts: Sequence[str], recipes: Sequence[dict],
                     names: Sequence[str]) -> list[str]:
         """One PNG per image, each with its own recipe in the ``parameters`` chunk."""
-        from recipe import save_png
 
         return [str(save_png(folder / name, img, prompt, recipe))
                 for img, prompt, recipe, name in zip(images, prompts, recipes, names)]
 
     def denoising_gif(self, folder: Path, frames, timesteps, nrow: int, name: str = "denoising.gif") -> str:
-        import plot_func
-
         return str(plot_func.denoising_gif(frames, timesteps, folder / name, nrow=nrow, min_side=GIF_MIN_SIDE))
 
     def denoising_strip(self, folder: Path, frames, timesteps, name: str = "steps.png") -> str:
-        import plot_func
-
         path = folder / name
         plot_func.denoising_strip(frames, timesteps, path=path, min_side=STRIP_MIN_SIDE)
         return str(path)

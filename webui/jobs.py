@@ -1,7 +1,7 @@
 """The job runner: sampling in a worker thread, live previews, Stop.
 
 A handler hands ``JobRunner.run`` a ``work(on_step)`` function that does the
-sampling (one or several ``diffusion.generate_images`` calls, passing
+sampling (one or several ``core.generate_images`` calls, passing
 ``on_step`` as their callback). The worker waits for a device slot (at most
 ``--concurrency`` jobs sample at once), and the handler's generator receives
 ``Tick`` (status text, sometimes preview images), then ``Done`` or
@@ -14,9 +14,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+import core  # a lazy package: torch loads at the first preview, not when web.py starts
 from webui.validation import format_eta
 
 
@@ -95,8 +97,6 @@ class JobRunner:
 
     def _run(self, work, stop: threading.Event, session: str, total: int, start_text: str, progress,
              preview_every: int) -> Iterator[Tick | Done | Cancelled]:
-        import diffusion as D
-
         events: "queue.Queue[tuple]" = queue.Queue()
         done_steps = [0]
 
@@ -107,7 +107,7 @@ class JobRunner:
             k = done_steps[0]
             last = info.step + 1 == info.num_steps
             if info.step == 0 or k % preview_every == 0 or last:
-                events.put(("preview", k, info.timestep, D.to_uint8(info.x0_pred)))
+                events.put(("preview", k, info.timestep, core.to_uint8(info.x0_pred)))
             else:
                 events.put(("step", k, info.timestep, None))
 
@@ -168,3 +168,8 @@ class JobRunner:
             elif kind == "done":
                 yield Done(msg[1], time.monotonic() - t_click)
                 return
+
+
+def session_of(request: Any) -> str:
+    """The browser session a request came from (each REST call without one is its own session)."""
+    return getattr(request, "session_hash", None) or f"anon-{uuid.uuid4().hex}"

@@ -12,6 +12,8 @@ from typing import Any
 
 from webui.validation import InputError, _whole
 
+# Imported when web.py starts, before its --help: torch, the store and the dataset load lazily, in
+# the functions that need them.
 log = logging.getLogger("web")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +23,7 @@ class ModelManager:
 
     def __init__(self, store: str | None, device: str, first: str, max_models: int = 3,
                  data_override: str | None = None):
-        import model_store as ms
+        from engine import store as ms
 
         self.ms = ms
         self.store, self.device, self.max_models = store, device, max_models
@@ -80,7 +82,7 @@ class ModelManager:
         with self._lock:
             if key in self._datasets:
                 return self._datasets[key]
-        from data import PreprocessedDataset
+        from dataprep.dataset import PreprocessedDataset
 
         candidates = []
         if self.data_override:

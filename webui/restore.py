@@ -2,11 +2,25 @@
 or AUTOMATIC1111), ``/reuse_seed``, ``/use_as_init``, and the gallery's selection they act on."""
 from __future__ import annotations
 
+import gradio as gr
+
 from webui.cascade import UPSCALE_OFF
 from webui.uploads import file_path, recipe_of, upload_folder
-from webui.validation import (DEFAULT_PRECISION, GUIDANCE_RANGE, PRECISION_CHOICES, InputError, check_upload,
-                              clean_prompt, interval_text, model_defaults, parse_sampler, steps_range,
-                              validate_guidance_interval, validate_seed, validate_steps)
+from webui.validation import (
+    DEFAULT_PRECISION,
+    GUIDANCE_RANGE,
+    PRECISION_CHOICES,
+    InputError,
+    check_upload,
+    clean_prompt,
+    interval_text,
+    model_defaults,
+    parse_sampler,
+    steps_range,
+    validate_guidance_interval,
+    validate_seed,
+    validate_steps,
+)
 
 DEFAULT_STRENGTH = 0.6  # img2img's denoising strength when a recipe has none
 
@@ -19,7 +33,6 @@ class RecipeActions:
         """A PNG's recipe -> every setting: (model, prompt, sampler, steps, guidance, seed, number of
         images, variation seed, variation strength, denoising strength, snap, precision, guidance
         interval, upscaler, message)."""
-        import gradio as gr
 
         with self.app.errors("restore"):
             r = recipe_of(png, self.app.max_upload)
@@ -110,8 +123,6 @@ class RecipeActions:
         return None
 
     def selected_fn(self):
-        import gradio as gr
-
         tab = self
 
         def selected(evt: gr.SelectData):

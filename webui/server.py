@@ -11,9 +11,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from webui.models import ModelManager
-from webui.validation import (DEFAULT_MAX_BATCH_PIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_MAX_WORK, EXAMPLE_PROMPTS,
-                              InputError, exposure_warning, parse_auth)
+from webui.validation import (
+    DEFAULT_MAX_BATCH_PIXELS,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_MAX_WORK,
+    EXAMPLE_PROMPTS,
+    InputError,
+    exposure_warning,
+    parse_auth,
+)
 
+# Imported when web.py starts: torch, gradio, the store, the text encoder and the app load lazily
+# (in main), so that ``python web.py --help`` answers at once.
 log = logging.getLogger("web")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    import model_store as ms
+    from engine import store as ms
     from models.text_encoder import get_text_encoder
 
     first = _pick_model(args, ms)

@@ -5,9 +5,25 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import gradio as gr
+import numpy as np
+from gradio.utils import get_upload_folder
+from PIL import Image
+
+import plot_func
+from dataprep.images import resize_center_crop
 from webui.models import pick_data_image
-from webui.validation import (FORWARD_SIZE, MAX_SEED, SCHEDULES, InputError, _whole, check_upload, default_timesteps,
-                              parse_timesteps, square_resize, validate_seed)
+from webui.validation import (
+    FORWARD_SIZE,
+    MAX_SEED,
+    SCHEDULES,
+    InputError,
+    _whole,
+    check_upload,
+    default_timesteps,
+    parse_timesteps,
+    validate_seed,
+)
 
 
 class ForwardTab:
@@ -16,8 +32,6 @@ class ForwardTab:
         self._schedule_plots: dict[tuple, object] = {}
 
     def schedule_image(self, T: int, timesteps: Sequence[int] = ()):
-        import plot_func
-
         key = (T, tuple(timesteps))
         if key not in self._schedule_plots:
             if len(self._schedule_plots) > 64:
@@ -36,23 +50,18 @@ class ForwardTab:
 
     def forward(self, image, model_choice, schedule, timesteps, seed):
         """Upload -> (strip of q(x_t | x_0) at the timesteps, alpha-bar plot)."""
-        import numpy as np
-
-        import plot_func
 
         with self.app.errors("making the strip"):
             _, T, ts, s = self._common(model_choice, schedule, timesteps, seed)
-            from gradio.utils import get_upload_folder
 
             img = check_upload(image, max_bytes=self.app.max_upload,
                                upload_dir=get_upload_folder())
-            arr = np.asarray(square_resize(img, FORWARD_SIZE))
+            arr = np.asarray(resize_center_crop(img, FORWARD_SIZE))  # as training data is resized
             strip = plot_func.forward_diffusion_strip(arr, ts, beta_schedule=schedule, num_train_timesteps=T, seed=s)
             return strip, self.schedule_image(T, ts)
 
     def forward_data(self, model_choice, class_name, index, schedule, timesteps, seed):
         """An image from the model's data -> (that image, strip, alpha-bar plot)."""
-        import plot_func
 
         with self.app.errors("making the strip"):
             _, T, ts, s = self._common(model_choice, schedule, timesteps, seed)
@@ -64,8 +73,6 @@ class ForwardTab:
             return arr, strip, self.schedule_image(T, ts)
 
     def schedule_api(self):
-        import gradio as gr
-
         tab = self
 
         def schedule(num_train_timesteps: int = 1000) -> str:
@@ -76,7 +83,6 @@ class ForwardTab:
                     raise InputError("num_train_timesteps must be between 2 and 100000.")
             except InputError as e:
                 raise gr.Error(str(e), print_exception=False) from None
-            from PIL import Image
 
             out = tab.app.out
             out.mkdir(parents=True, exist_ok=True)
@@ -88,8 +94,6 @@ class ForwardTab:
         return schedule
 
     def build(self, ui) -> None:
-        import gradio as gr
-
         lm = ui.lm
         T = lm.diffusion.num_train_timesteps
         ds = self.app.models.dataset(self.app.models.first)

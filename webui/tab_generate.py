@@ -14,14 +14,49 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterator
 
+import gradio as gr
+from PIL import Image
+
+import plot_func
+from core.noise import sdedit_start
+from core.prompting import (
+    COVERAGE_MARGIN,
+    PROMPT_BLEND_HELP,
+    coverage_message,
+    encode_weighted,
+)
+from core.sampling import sampler_timesteps
+from dataprep.images import load_init_image
+from engine.request import Generation, GenerationRequest, generate
+from models.text_encoder import encode_prompts
 from webui.cascade import UPSCALE_OFF
-from webui.jobs import Cancelled, Done, Tick
+from webui.jobs import Cancelled, Done, Tick, session_of
 from webui.restore import DEFAULT_STRENGTH
 from webui.uploads import file_path, upload_folder
-from webui.validation import (DEFAULT_PRECISION, GUIDANCE_RANGE, MAX_INTERVAL_CHARS, MAX_PROMPT_CHARS, MAX_SEED,
-                              PRECISION_CHOICES, SAMPLER_CHOICES, GenerateRequest, InputError, check_upload,
-                              clean_prompt, interval_text, max_images_for, model_defaults, parse_sampler, steps_range,
-                              validate_fraction, validate_request, validate_seed, validate_steps)
+from webui.validation import (
+    DEFAULT_PRECISION,
+    GUIDANCE_RANGE,
+    MAX_INTERVAL_CHARS,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    PRECISION_CHOICES,
+    SAMPLER_CHOICES,
+    GenerateRequest,
+    InputError,
+    check_upload,
+    clean_prompt,
+    interval_text,
+    max_images_for,
+    model_defaults,
+    parse_sampler,
+    steps_range,
+    validate_blend,
+    validate_fraction,
+    validate_request,
+    validate_seed,
+    validate_steps,
+    validate_variation,
+)
 
 log = logging.getLogger("web")
 
@@ -50,9 +85,6 @@ class GenerateTab:
     def _generate(self, prompt, model_choice, sampler, steps, guidance, seed, num_images, show_strip,
                   variation_seed, variation_strength, init_image, strength, snap, precision, guidance_interval,
                   upscale, request, progress):
-        import gradio as gr
-
-        from webui.app import session_of
 
         app = self.app
         lm = app._model(model_choice)
@@ -102,15 +134,12 @@ class GenerateTab:
                        seed_used, gif, strip, files)
 
     def steps_run(self, lm, req: GenerateRequest) -> int:
-        import diffusion as D
-
         if req.strength is None:
             return req.steps
-        return max(1, len(D.sampler_timesteps(lm.diffusion, req.sampler, req.steps, strength=req.strength)))
+        return max(1, len(sampler_timesteps(lm.diffusion, req.sampler, req.steps, strength=req.strength)))
 
     def init_array(self, value: Any, size: int):
         """An uploaded init image as uint8 (size, size, 3), prepared exactly as the CLI's --init-image."""
-        from cli import load_init_image
 
         path = file_path(value)
         check_upload(path, max_bytes=self.app.max_upload, upload_dir=upload_folder())
@@ -119,67 +148,34 @@ class GenerateTab:
         except (OSError, ValueError):
             raise InputError("That file is not an image this app can read; upload a PNG, JPEG or WebP.") from None
 
-    def conditioning(self, lm, prompts: list[str], snap: float):
-        """Text embeddings, snapped toward the model's classes when asked (None: let the core encode)."""
-        if snap <= 0:
-            return None
-        from models.text_encoder import encode_prompts
-        from prompting import encode_weighted, snap_to_classes
-
-        class_embs = self.app.class_embeddings(lm)
-        if class_embs is None:
-            raise InputError("This model has no classes to snap toward; set 'Snap to classes' to 0.")
-        return snap_to_classes(encode_weighted(prompts, encode_prompts), class_embs, snap)
-
     def _work(self, lm, req: GenerateRequest, seed_used: int, var_seed: int | None, init,
               stage2: tuple[str, int] | None = None):
-        import diffusion as D
-        from models.text_encoder import encode_prompts
-
+        """The job: one generation request (``engine.request``), as ``python diffusion.py sample`` makes it."""
         app = self.app
-        frame_every = max(1, req.steps // 40)
-        cond = self.conditioning(lm, [req.prompt] * req.num_images, req.snap)
+        class_embs = None
+        if req.snap > 0:
+            class_embs = app.class_embeddings(lm)  # cached per model
+            if class_embs is None:
+                raise InputError("This model has no classes to snap toward; set 'Snap to classes' to 0.")
+        request = GenerationRequest(
+            prompts=[req.prompt], num_images=req.num_images, seed=seed_used, sampler=req.sampler, steps=req.steps,
+            guidance=req.guidance, guidance_interval=req.guidance_interval or "none", precision=req.precision,
+            variation_seed=var_seed, variation_strength=req.variation_strength, init_image=init,
+            init_name="init.png",  # saved next to the images: --init-image init.png regenerates them
+            strength=req.strength, snap=req.snap, upscale=stage2[0] if stage2 else None)
 
         def work(on_step):
-            res = D.generate_images(
-                lm.model, lm.diffusion, req.prompt, num_images=req.num_images, sampler=req.sampler,
-                num_steps=req.steps, guidance_scale=req.guidance, seed=seed_used, encode_fn=encode_prompts,
-                prompt_template=lm.prompt_template, return_frames=True, frame_every=frame_every, callback=on_step,
-                device=app.args.device, variation_seed=var_seed, variation_strength=req.variation_strength,
-                init_images=init, strength=1.0 if req.strength is None else req.strength, cond=cond,
-                precision=req.precision, guidance_interval=req.guidance_interval)
-            if stage2 is None:
-                return res
-            from superres import upscale_generation
-
-            # the same seeds and precision in the second stage, as the CLI's --upscale does
-            up = upscale_generation(res, stage2[0], store=app.args.store, device=app.args.device,
-                                    precision=res.recipe["precision"], return_frames=True, encode_fn=encode_prompts,
-                                    callback=on_step)
-            res.images, res.frames, res.frame_timesteps = up.images, up.frames, up.frame_timesteps
-            res.recipe = {**res.recipe, **up.recipe}
-            return res
+            return generate(lm, request, store=app.args.store, device=app.args.device, class_embs=class_embs,
+                            return_frames=True, callback=on_step)
         return work
 
-    def _export(self, lm, res, req: GenerateRequest, show_strip: bool, init, var_seed: int | None):
+    def _export(self, lm, res: Generation, req: GenerateRequest, show_strip: bool, init, var_seed: int | None):
         ex = self.app.exporter
         folder = ex.new_folder()
-        recipes, names = [], []
-        for i, s in enumerate(res.seeds):
-            r = dict(res.recipe, seed=s, model=lm.name)
-            if "variation_seed" in r:
-                r["variation_seed"] += i  # image i's variation noise came from variation_seed + i
-            if init is not None:
-                r["init_image"] = "init.png"  # saved next to it: --init-image init.png regenerates it
-            if req.snap > 0:
-                r["snap"] = req.snap
-            recipes.append(r)
-            names.append(f"{i:02d}_seed{s}.png")
-        files = ex.save_images(folder, res.images, res.prompts, recipes, names)
+        names = [f"{i:02d}_seed{s}.png" for i, s in enumerate(res.seeds)]
+        files = ex.save_images(folder, res.images, res.prompts, res.recipes, names)
         gallery = [(p, f"seed {s}") for p, s in zip(files, res.seeds)]
         if init is not None:
-            from PIL import Image
-
             Image.fromarray(init).save(folder / "init.png")
             files.append(str(folder / "init.png"))
         nrow = min(4, len(res.images))
@@ -198,7 +194,6 @@ class GenerateTab:
     def img2img_start(self, init_image, model_choice, sampler, steps, seed, strength, variation_seed=None,
                       variation_strength=0.0):
         """The x_t sampling starts from for these settings (first image), and its t: what the Forward tab shows."""
-        import diffusion as D
 
         with self.app.errors("img2img preview"):
             lm = self.app._model(model_choice)
@@ -206,7 +201,6 @@ class GenerateTab:
             n_steps = validate_steps(steps, label, lm.diffusion.num_train_timesteps)
             s = validate_seed(seed)
             st = validate_fraction(strength, "Denoising strength")
-            from webui.validation import validate_variation
 
             v_seed, v_strength = validate_variation(variation_seed, variation_strength)
             if v_strength > 0 and v_seed is None:
@@ -214,12 +208,11 @@ class GenerateTab:
             if file_path(init_image) is None:
                 raise InputError("Upload an image under 'Start from an image' first.")
             init = self.init_array(init_image, lm.image_size)
-            x, t = D.sdedit_start(lm.diffusion, init, [0 if s is None else s], st, SAMPLER_CHOICES[label][0], n_steps,
+            x, t = sdedit_start(lm.diffusion, init, [0 if s is None else s], st, SAMPLER_CHOICES[label][0], n_steps,
                                   variation_seed=v_seed, variation_strength=v_strength)
-            import plot_func
 
             img = plot_func.as_uint8(x)[0]
-            caption = (f"x_t at t={t}: sampling starts here ({len(D.sampler_timesteps(lm.diffusion, SAMPLER_CHOICES[label][0], n_steps, strength=st))} "
+            caption = (f"x_t at t={t}: sampling starts here ({len(sampler_timesteps(lm.diffusion, SAMPLER_CHOICES[label][0], n_steps, strength=st))} "
                        f"of {n_steps} steps left)" if t is not None else
                        "strength too low to reach a step: the image comes back unchanged")
             return plot_func.upscale_nearest(img, 256), caption
@@ -227,8 +220,6 @@ class GenerateTab:
     # ----------------------------------------------------------------- prompt coverage
     def coverage(self, prompt, model_choice) -> str:
         """The model's nearest training classes to the prompt (cosine similarity), with a plain warning when far."""
-        from models.text_encoder import encode_prompts
-        from prompting import COVERAGE_MARGIN, coverage_message, encode_weighted
 
         with self.app.errors("prompt coverage"):
             lm = self.app._model(model_choice)  # a bad model is an error whatever the prompt
@@ -239,8 +230,6 @@ class GenerateTab:
                     return ""
                 raise
             try:
-                from webui.validation import validate_blend
-
                 validate_blend(text)
             except InputError as e:
                 return f"⚠ {e}"
@@ -253,9 +242,6 @@ class GenerateTab:
 
     # ----------------------------------------------------------------- layout
     def build(self, ui) -> None:
-        import gradio as gr
-
-        from prompting import PROMPT_BLEND_HELP
 
         app, lm = self.app, ui.lm
         recipes = app.recipe_actions
@@ -410,7 +396,6 @@ class GenerateTab:
 
     def model_side_fn(self):
         """After a restore: the model's info, classes and examples (not its sampler defaults: those were restored)."""
-        import gradio as gr
 
         app = self.app
 
@@ -422,8 +407,6 @@ class GenerateTab:
 
     # gradio reads these signatures (type hints, gr.Request / gr.Progress / gr.SelectData defaults)
     def generate_fn(self):
-        import gradio as gr
-
         tab = self
 
         def generate(prompt, model, sampler, steps, guidance, seed, num_images, show_strip, variation_seed=None,

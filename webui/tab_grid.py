@@ -6,9 +6,25 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
-from webui.jobs import Cancelled, Done, Tick
-from webui.validation import (GRID_AXES, GRID_EXAMPLES, GUIDANCE_RANGE, MAX_GRID_CELLS, MAX_PROMPT_CHARS, MAX_SEED,
-                              SAMPLER_CHOICES, GridRequest, model_defaults, steps_range, validate_grid)
+import gradio as gr
+
+import plot_func
+from engine.recipe import save_png
+from engine.request import GenerationRequest, generate
+from webui.jobs import Cancelled, Done, Tick, session_of
+from webui.validation import (
+    GRID_AXES,
+    GRID_EXAMPLES,
+    GUIDANCE_RANGE,
+    MAX_GRID_CELLS,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    SAMPLER_CHOICES,
+    GridRequest,
+    model_defaults,
+    steps_range,
+    validate_grid,
+)
 
 
 def axis_label(axis: str, value) -> str:
@@ -33,9 +49,6 @@ class GridTab:
 
     def _grid(self, prompt, model_choice, sampler, steps, guidance, seed, x_axis, x_values, y_axis, y_values,
               request, progress):
-        import gradio as gr
-
-        from webui.app import session_of
 
         app = self.app
         lm = app._model(model_choice)
@@ -59,25 +72,17 @@ class GridTab:
                 yield image, files, f"Done: {len(cells)} cells in {ev.elapsed:.1f} s."
 
     def _work(self, lm, cells: list[dict]):
-        import diffusion as D
-        from models.text_encoder import encode_prompts
-
         app = self.app
 
         def work(on_step):
             # One cell at a time: cells differ in sampler or steps, which one batch cannot mix. A cell's
             # noise depends only on its seed, so cells that share a seed share their starting noise.
-            return [D.generate_images(lm.model, lm.diffusion, c["prompt"], num_images=1, sampler=c["sampler"],
-                                      num_steps=c["steps"], guidance_scale=c["guidance"], seed=c["seed"],
-                                      encode_fn=encode_prompts, prompt_template=lm.prompt_template,
-                                      callback=on_step, device=app.args.device,
-                                      guidance_interval=lm.guidance_interval) for c in cells]
+            return [generate(lm, GenerationRequest(prompts=[c["prompt"]], seed=c["seed"], sampler=c["sampler"],
+                                                   steps=c["steps"], guidance=c["guidance"], precision="fp32"),
+                             device=app.args.device, callback=on_step) for c in cells]
         return work
 
     def _export(self, lm, req: GridRequest, cells: list[dict], results):
-        import plot_func
-        from recipe import save_png
-
         ex = self.app.exporter
         folder = ex.new_folder()
         ncol = len(req.x_values)
@@ -85,7 +90,7 @@ class GridTab:
         rows = [images[i:i + ncol] for i in range(0, len(images), ncol)]
         files = []
         for k, (c, r) in enumerate(zip(cells, results)):
-            recipe = dict(r.recipe, model=lm.name)
+            recipe = r.recipe
             files.append(str(save_png(folder / f"cell_{k // ncol}_{k % ncol}.png", r.images[0], c["prompt"], recipe)))
         grid_img = plot_func.labelled_grid(
             rows, col_labels=[axis_label(req.x_axis, v) for v in req.x_values],
@@ -94,14 +99,12 @@ class GridTab:
         settings = {"x_axis": req.x_axis, "x_values": req.x_values, "y_axis": req.y_axis, "y_values": req.y_values,
                     "model": lm.name, "cells": [{k: c[k] for k in ("prompt", "sampler", "steps", "guidance", "seed")}
                                                 for c in cells]}
-        base = dict(results[0].recipe, model=lm.name)
+        base = results[0].recipe
         path = save_png(folder / "grid.png", grid_img, cells[0]["prompt"], base, extra={"grid": json.dumps(settings)})
         ex.prune()
         return str(path), [str(path), *files]
 
     def build(self, ui) -> None:
-        import gradio as gr
-
         lm = ui.lm
         T = lm.diffusion.num_train_timesteps
         d = model_defaults(lm.sampler_defaults, T)
@@ -145,8 +148,6 @@ class GridTab:
         ui.stop_buttons.append((stop, status))
 
     def grid_fn(self):
-        import gradio as gr
-
         tab = self
 
         def grid(prompt, model, sampler, steps, guidance, seed, x_axis, x_values, y_axis, y_values,

@@ -6,9 +6,22 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
-from webui.jobs import Cancelled, Done, Tick
-from webui.validation import (GUIDANCE_RANGE, MAX_PROMPT_CHARS, MAX_SEED, SAMPLER_CHOICES, InterpolateRequest,
-                              model_defaults, steps_range, validate_interpolation)
+import gradio as gr
+
+import plot_func
+from engine.recipe import save_png
+from engine.request import generate, interpolation, with_settings
+from webui.jobs import Cancelled, Done, Tick, session_of
+from webui.validation import (
+    GUIDANCE_RANGE,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    SAMPLER_CHOICES,
+    InterpolateRequest,
+    model_defaults,
+    steps_range,
+    validate_interpolation,
+)
 
 
 def interpolation_recipe(req: InterpolateRequest, seed_a: int, seed_b: int, model: str, size: int) -> dict:
@@ -30,9 +43,6 @@ class InterpolateTab:
 
     def _interpolate(self, prompt_a, prompt_b, seed_a, seed_b, frames, model_choice, sampler, steps, guidance,
                      request, progress):
-        import gradio as gr
-
-        from webui.app import session_of
 
         app = self.app
         lm = app._model(model_choice)
@@ -57,29 +67,16 @@ class InterpolateTab:
                                           f"{req.sampler_label}, {req.steps} steps, guidance {req.guidance:g}")
 
     def _work(self, lm, req: InterpolateRequest, seed_a: int, seed_b: int):
-        import diffusion as D
-        from models.text_encoder import encode_prompts
-        from prompting import encode_weighted
-
         app = self.app
 
         def work(on_step):
-            cond = encode_weighted([req.prompt_a, req.prompt_b], encode_prompts)
-            shape = (1, lm.model.config.in_channels, lm.image_size, lm.image_size)
-            na, nb = D.starting_noise(shape, [seed_a]), D.starting_noise(shape, [seed_b])
-            conds, noises, fractions = D.interpolation_inputs(cond[0], cond[1], na, nb, req.frames)
-            labels = [f"{req.prompt_a} -> {req.prompt_b} at {f:.2f}" for f in fractions]
-            res = D.generate_images(lm.model, lm.diffusion, labels, num_images=req.frames, sampler=req.sampler,
-                                    num_steps=req.steps, guidance_scale=req.guidance, seed=seed_a, cond=conds,
-                                    noise=noises, callback=on_step, device=app.args.device,
-                                    guidance_interval=lm.guidance_interval)
-            return res, fractions
+            request, fractions = interpolation(lm, req.prompt_a, req.prompt_b, seed_a, seed_b, req.frames)
+            request = with_settings(request, sampler=req.sampler, steps=req.steps, guidance=req.guidance,
+                                    precision="fp32")
+            return generate(lm, request, device=app.args.device, callback=on_step), fractions
         return work
 
     def _export(self, lm, req: InterpolateRequest, seed_a: int, seed_b: int, res, fractions):
-        import plot_func
-        from recipe import save_png
-
         ex = self.app.exporter
         folder = ex.new_folder()
         labels = [f"{f:.2f}" for f in fractions]
@@ -87,7 +84,7 @@ class InterpolateTab:
         strip_img = plot_func.labelled_grid([list(res.images)], col_labels=labels, min_side=128,
                                             title=f"{req.prompt_a} (seed {seed_a}) -> {req.prompt_b} (seed {seed_b})")
         recipe = interpolation_recipe(req, seed_a, seed_b, lm.name, lm.image_size)
-        base = dict(res.recipe, seed=seed_a, model=lm.name)
+        base = res.recipe  # the first frame's: seed a, and the model
         strip = save_png(folder / "interpolation_strip.png", strip_img, req.prompt_a, base,
                          extra={"interpolation": json.dumps(recipe)})
         (folder / "interpolation.json").write_text(json.dumps(recipe, indent=1))
@@ -95,8 +92,6 @@ class InterpolateTab:
         return str(gif), str(strip), [str(gif), str(strip), str(folder / "interpolation.json")]
 
     def build(self, ui) -> None:
-        import gradio as gr
-
         lm = ui.lm
         T = lm.diffusion.num_train_timesteps
         d = model_defaults(lm.sampler_defaults, T)
@@ -140,8 +135,6 @@ class InterpolateTab:
         ui.stop_buttons.append((stop, status))
 
     def interpolate_fn(self):
-        import gradio as gr
-
         tab = self
 
         def interpolate(prompt_a, prompt_b, seed_a, seed_b, frames, model, sampler, steps, guidance,

@@ -9,11 +9,38 @@
 """
 from __future__ import annotations
 
-from webui.jobs import Cancelled, Done
+import hashlib
+
+import gradio as gr
+from PIL import Image
+
+import plot_func
+from core.generation import generate_images
+from core.prompting import encode_weighted
+from core.sampling import sampler_timesteps
+from core.schedules import log_snr
+from core.traces import trace_denoising
+from engine import upscaling
+from models.text_encoder import encode_prompts
 from webui.cascade import UPSCALE_OFF
-from webui.validation import (GUIDANCE_RANGE, MAX_PROMPT_CHARS, MAX_SEED, SAMPLER_CHOICES, InputError, check_budget,
-                              clean_prompt, model_defaults, parse_guidance_list, parse_sampler, steps_range,
-                              validate_blend, validate_guidance, validate_seed, validate_steps)
+from webui.jobs import Cancelled, Done, session_of
+from webui.validation import (
+    GUIDANCE_RANGE,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    SAMPLER_CHOICES,
+    InputError,
+    check_budget,
+    clean_prompt,
+    model_defaults,
+    parse_guidance_list,
+    parse_sampler,
+    steps_range,
+    validate_blend,
+    validate_guidance,
+    validate_seed,
+    validate_steps,
+)
 
 MAX_STEP_COLUMNS = 10  # the per-step table shows at most this many steps (spread evenly, first and last kept)
 
@@ -37,18 +64,15 @@ class LearnTab:
 
     def schedule(self, model_choice, sampler, steps):
         """log-SNR(t) of the model's schedule, the sampler's timesteps marked."""
-        import diffusion as D
-        import plot_func
 
         with self.app.errors("the schedule plot"):
             lm, label, name, n = self._settings(model_choice, sampler, steps)
-            ts = D.sampler_timesteps(lm.diffusion, name, n)
-            return plot_func.log_snr_plot(D.log_snr(lm.diffusion), ts, label=f"{label}, {n} steps",
+            ts = sampler_timesteps(lm.diffusion, name, n)
+            return plot_func.log_snr_plot(log_snr(lm.diffusion), ts, label=f"{label}, {n} steps",
                                           title=f"{lm.name}: {lm.diffusion.beta_schedule} schedule, log-SNR over t")
 
     def _run(self, work, total: int, request, what: str):
         """A job through the shared runner (device slots, Stop), waited for: its result."""
-        from webui.app import session_of
 
         for ev in self.app.jobs.run(work, session=session_of(request), total_steps=total, start_text=what):
             if isinstance(ev, Cancelled):
@@ -61,9 +85,6 @@ class LearnTab:
         """(table of x_t / x_0 estimate / predicted noise per step, caption); with an upscaler (an SR
         model of the store, as Generate's "Then upscale"), a second table traces the cascade's second
         stage on the first stage's image."""
-        import diffusion as D
-        import plot_func
-        from models.text_encoder import encode_prompts
 
         with self.app.errors("the step table"):
             lm, label, name, n = self._settings(model_choice, sampler, steps)
@@ -75,16 +96,14 @@ class LearnTab:
             stage2 = self.app.cascade.stage(upscaler, lm, 1)
 
             def work(on_step):
-                first = D.trace_denoising(lm.model, lm.diffusion, text, callback=on_step, sampler=name, num_steps=n,
+                first = trace_denoising(lm.model, lm.diffusion, text, callback=on_step, sampler=name, num_steps=n,
                                           guidance_scale=g, seed=s, encode_fn=encode_prompts,
                                           prompt_template=lm.prompt_template, device=self.app.args.device,
                                           guidance_interval=lm.guidance_interval)
                 if stage2 is None:
                     return first, None
-                import superres
-                from prompting import encode_weighted
 
-                second = superres.trace_upscale_image(
+                second = upscaling.trace_upscale_image(
                     first.result.images[0], stage2[0], seed=s, store=self.app.args.store,
                     device=self.app.args.device, cond=encode_weighted(first.result.prompts, encode_prompts),
                     callback=on_step)
@@ -110,15 +129,11 @@ class LearnTab:
             return plot_func.stack_pictures(tables), caption
 
     def _residual(self, upscaler: str) -> bool:
-        import superres
-
-        sr = superres.load_upscaler(upscaler, store=self.app.args.store, device=self.app.args.device)
+        sr = upscaling.load_upscaler(upscaler, store=self.app.args.store, device=self.app.args.device)
         return bool(getattr(sr.model.config, "residual", False))
 
     @staticmethod
     def step_table(tr, title: str, row_labels: list[str]):
-        import plot_func
-
         cols = pick_columns(len(tr.timesteps))
         return plot_func.labelled_grid(
             [[tr.x_t[i] for i in cols], [tr.x0[i] for i in cols], [tr.eps[i] for i in cols]],
@@ -127,9 +142,6 @@ class LearnTab:
 
     def guidance(self, prompt, model_choice, sampler, steps, seed, scales, request=None):
         """(one row: the same noise under each guidance scale, caption)."""
-        import diffusion as D
-        import plot_func
-        from models.text_encoder import encode_prompts
 
         with self.app.errors("the guidance comparison"):
             lm, label, name, n = self._settings(model_choice, sampler, steps)
@@ -140,7 +152,7 @@ class LearnTab:
             check_budget(len(ws), lm.image_size, n, self.app.args.max_work)
 
             def work(on_step):
-                return [D.generate_images(lm.model, lm.diffusion, text, num_images=1, sampler=name, num_steps=n,
+                return [generate_images(lm.model, lm.diffusion, text, num_images=1, sampler=name, num_steps=n,
                                           guidance_scale=w, seed=s, encode_fn=encode_prompts,
                                           prompt_template=lm.prompt_template, callback=on_step,
                                           device=self.app.args.device,
@@ -153,8 +165,6 @@ class LearnTab:
                            "model, larger w pushes harder toward the prompt (and, too far, to saturated colours).")
 
     def build(self, ui) -> None:
-        import gradio as gr
-
         lm = ui.lm
         T = lm.diffusion.num_train_timesteps
         d = model_defaults(lm.sampler_defaults, T)
@@ -203,9 +213,6 @@ class LearnTab:
 
         def learn_schedule(model: str = "", sampler: str = "DPM-Solver++", steps: float = 20) -> str:
             """log-SNR over t with the sampler's timesteps marked, as a PNG file path."""
-            from PIL import Image
-
-            import hashlib
 
             img = tab.schedule(model or None, sampler, steps)
             tab.app.out.mkdir(parents=True, exist_ok=True)
@@ -217,8 +224,6 @@ class LearnTab:
         return learn_schedule
 
     def steps_fn(self):
-        import gradio as gr
-
         tab = self
 
         def learn_steps(prompt, model, sampler, steps, guidance, seed, upscaler="off", request: gr.Request = None):
@@ -228,8 +233,6 @@ class LearnTab:
         return learn_steps
 
     def guidance_fn(self):
-        import gradio as gr
-
         tab = self
 
         def learn_guidance(prompt, model, sampler, steps, seed, scales, request: gr.Request = None):

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gradio.utils import get_upload_folder
+
+from engine.recipe import RecipeError, load_recipe
 from webui.validation import InputError, check_upload
 
 RESTORE_MISSING = ("Drop a PNG written by this app, its CLI or AUTOMATIC1111 (it carries the settings in a "
@@ -19,14 +22,11 @@ def file_path(value: Any) -> str | None:
 
 
 def upload_folder() -> str:
-    from gradio.utils import get_upload_folder
-
     return get_upload_folder()
 
 
 def recipe_of(value: Any, max_bytes: int) -> dict[str, Any]:
     """The recipe of an uploaded PNG (a file in gradio's upload folder), or InputError with a plain reason."""
-    from recipe import RecipeError, load_recipe
 
     path = file_path(value)
     if not path:

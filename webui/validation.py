@@ -11,9 +11,12 @@ import argparse
 import ipaddress
 import math
 import unicodedata
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+from core.samplers import SAMPLER_DEFAULTS
 
 # --------------------------------------------------------------------------- limits and defaults
 MAX_PROMPT_CHARS = 500
@@ -34,16 +37,15 @@ MAX_GRID_VALUES = 8  # values on one grid axis
 GRID_AXES = ("guidance", "steps", "sampler", "seed", "prompt")
 
 # UI label -> (generate_images name, (min steps, max steps, default steps))
+# label -> (sampler, (min, max, default steps)), from the core's one table, fastest first
 SAMPLER_CHOICES: dict[str, tuple[str, tuple[int, int, int]]] = {
-    "DPM-Solver++": ("dpm++", (5, 50, 20)),
-    "DDIM": ("ddim", (5, 250, 50)),
-    # The DDPM paper samples all 1000 steps; on a CPU that is a long first
-    # wait, so the default is 250 (up to 1000 allowed).
-    "DDPM": ("ddpm", (10, 1000, 250)),
+    SAMPLER_DEFAULTS[name].label: (name, (SAMPLER_DEFAULTS[name].min_steps, SAMPLER_DEFAULTS[name].max_steps,
+                                          SAMPLER_DEFAULTS[name].app_steps))
+    for name in ("dpm++", "ddim", "ddpm")
 }
 FALLBACK_DEFAULTS = {"sampler": "dpm++", "steps": 20, "guidance_scale": 3.0}
 SCHEDULES = ("linear", "cosine")
-PRECISION_CHOICES = ("fp32", "auto", "bf16")  # as diffusion.PRECISIONS; auto = bf16 where the hardware is fast at it
+PRECISION_CHOICES = ("fp32", "auto", "bf16")  # as core.precision.PRECISIONS; auto = bf16 where the hardware is fast at it
 # The app samples in fp32 unless asked: its grid, interpolation and /generate then agree pixel for pixel
 # on every machine (bf16 images differ slightly; BENCHMARKS.md has the parity figures).
 DEFAULT_PRECISION = "fp32"
@@ -225,8 +227,6 @@ def check_upload(path: Any, max_bytes: int = DEFAULT_MAX_UPLOAD_MB * 2**20, max_
     With ``upload_dir``, only files inside it are opened: an API caller can
     send any ``{"path": ...}`` (gradio checks only payloads that carry its
     ``meta`` tag), and that must not read the server's own files."""
-    import warnings
-
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(path, dict):  # a gradio FileData payload
@@ -269,20 +269,10 @@ def check_upload(path: Any, max_bytes: int = DEFAULT_MAX_UPLOAD_MB * 2**20, max_
     return rgb
 
 
-def square_resize(image, size: int = FORWARD_SIZE):
-    """Centre-crop a PIL image to a square and resize it (Lanczos)."""
-    from PIL import Image
-
-    w, h = image.size
-    s = min(w, h)
-    box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
-    return image.crop(box).resize((size, size), Image.LANCZOS)
-
-
 def validate_blend(text: str) -> str:
     """A (clean) prompt that may blend parts, ``goldfish:0.7 | coral reef:0.3``: its syntax checked
     with the core's own parser, so what passes here is what the sampler accepts."""
-    from prompting import parse_weighted_prompt
+    from core.prompting import parse_weighted_prompt
 
     try:
         parse_weighted_prompt(text)
@@ -349,7 +339,9 @@ def validate_guidance_interval(value: Any) -> tuple[float, float] | None:
     text = str(value)
     if len(text) > MAX_INTERVAL_CHARS:
         raise InputError(f"Guidance interval is too long ({len(text)} characters); write it as LO,HI.")
-    from diffusion import parse_guidance_interval  # the one parser the CLI and recipes use (imports torch)
+    from core.sampling import (
+        parse_guidance_interval,  # the one parser the CLI and recipes use (imports torch)
+    )
 
     try:
         return parse_guidance_interval(text)

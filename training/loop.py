@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,21 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import diffusion as D
-import model_store as store
+import plot_func
+from core.generation import generate_images
+from core.loss import TIMESTEP_SAMPLINGS, sample_timesteps, training_loss
+from core.precision import fast_bf16
+from core.schedules import DiffusionConfig
+from dataprep.dataset import PreprocessedDataset
+from engine import store
+from engine.files import exclusive_lock
 from models import ConditionalUNet, UNetConfig, count_parameters
-from models.text_encoder import TEXT_EMBED_DIM
+from models.text_encoder import DEFAULT_PROMPT_TEMPLATE, TEXT_EMBED_DIM
+from training import superres
 
 log = logging.getLogger("train")
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = "data/preprocessed"
 
 
@@ -100,7 +107,7 @@ class TrainConfig:
     # its EMA; a fresh optimizer). Continues a shipped model across machines where the run folder is
     # gone. Ignored when the run already has a checkpoint to resume.
     init_from: str = ""
-    # super-resolution stage (superres.py): task sr trains a 2x upscaler on the data's images
+    # super-resolution stage (training/superres.py): task sr trains a 2x upscaler on the data's images
     task: str = "base"  # base (text-to-image) | sr (super-resolution: data at the high resolution)
     middle_attention: bool = True  # self-attention in the U-Net's middle block (sr64: off, fully convolutional)
     sr_crop: int = 0  # sr: train on random crops of this size (0 = whole images); samples whole images
@@ -109,8 +116,8 @@ class TrainConfig:
     sr_residual: bool = True  # sr: diffuse the residual x - bicubic(low) (starts at bicubic quality), not x
 
     def __post_init__(self) -> None:
-        if self.timestep_sampling not in D.TIMESTEP_SAMPLINGS:
-            raise ValueError(f"timestep_sampling must be one of {D.TIMESTEP_SAMPLINGS}, got {self.timestep_sampling!r}")
+        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLINGS}, got {self.timestep_sampling!r}")
         if self.task not in ("base", "sr"):
             raise ValueError(f"task must be base or sr, got {self.task!r}")
         if self.task == "sr" and (self.sr_crop % 2 ** (len(self.channel_mult) - 1) or not 0 <= self.sr_aug_max <= 1):
@@ -126,8 +133,8 @@ class TrainConfig:
             emb_dim=self.emb_dim, **(sr if self.task == "sr" else {}),
         )
 
-    def diffusion_config(self) -> D.DiffusionConfig:
-        return D.DiffusionConfig(num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
+    def diffusion_config(self) -> DiffusionConfig:
+        return DiffusionConfig(num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
                                  prediction_type=self.prediction_type)
 
     @property
@@ -155,7 +162,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                        attention_resolutions=(32, 16, 8), head_channels=64, dropout=0.1, batch_size=2048,
                        lr=3e-4, warmup_steps=2000, max_steps=400_000, ema_decay=0.9999, weight_decay=0.0,
                        sample_every=5000, ckpt_every=2500, compile=True),
-    # The 64 px super-resolution stage for the 32 px models (superres.py): a fully convolutional
+    # The 64 px super-resolution stage for the 32 px models (training/superres.py): a fully convolutional
     # slim U-Net (no attention, no text) trained on 32 px crops of 64 px images, with conditioning
     # augmentation. Data: `python preprocess.py --src ../shared/data/tiny-imagenet-200.zip --size 64
     #        --val-fraction 0.02 --out data/tiny200_64`; then `export sr64 --name sr64`. 8000 steps = 256k crops
@@ -258,8 +265,6 @@ class Batches:
 
 
 def classes_template(data_dir: str) -> str:
-    from models.text_encoder import DEFAULT_PROMPT_TEMPLATE
-
     try:
         return json.loads((Path(data_dir) / "classes.json").read_text()).get("prompt_template", DEFAULT_PROMPT_TEMPLATE)
     except (OSError, json.JSONDecodeError):
@@ -273,13 +278,11 @@ def data_summary(data_dir: str, data: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- periodic outputs
-def write_samples(cfg: TrainConfig, ema: ConditionalUNet, diffusion: D.DiffusionConfig, classes: list[dict],
+def write_samples(cfg: TrainConfig, ema: ConditionalUNet, diffusion: DiffusionConfig, classes: list[dict],
                   class_emb: torch.Tensor, step: int, device: torch.device) -> None:
     """A grid (fixed seeds, a few classes, EMA weights) and a denoising GIF."""
-    import plot_func
 
     if cfg.task == "sr":  # held-out images: low res, bicubic, upscaled, truth
-        import superres
 
         superres.write_sr_samples(cfg.run_dir, ema, diffusion, cfg.data_dir, step, device, n=cfg.sample_classes)
         return
@@ -288,7 +291,7 @@ def write_samples(cfg: TrainConfig, ema: ConditionalUNet, diffusion: D.Diffusion
     encode = lambda prompts: np.stack([by_prompt[p] for p in prompts])  # noqa: E731 - no text encoder in training
     chosen = classes[: cfg.sample_classes]
     prompts = [c["prompt"] for c in chosen]
-    res = D.generate_images(ema, diffusion, prompts, num_images=len(prompts), sampler="dpm++",
+    res = generate_images(ema, diffusion, prompts, num_images=len(prompts), sampler="dpm++",
                             num_steps=cfg.sample_steps, guidance_scale=cfg.sample_guidance, seed=1234,
                             encode_fn=encode, return_frames=True, device=device)
     out = cfg.run_dir / "samples"
@@ -299,8 +302,6 @@ def write_samples(cfg: TrainConfig, ema: ConditionalUNet, diffusion: D.Diffusion
 
 
 def write_loss_curve(cfg: TrainConfig) -> None:
-    import plot_func
-
     path = cfg.run_dir / "metrics.csv"
     rows = list(csv.DictReader(path.open())) if path.exists() else []
     if rows:
@@ -313,39 +314,15 @@ class RunLockedError(RuntimeError):
     """Another training process is already writing this run folder."""
 
 
-@contextlib.contextmanager
 def run_lock(run_dir: Path) -> Any:
     """Hold ``<run_dir>/.train.lock`` for the whole run, so a run folder never has two writers.
 
-    Two processes on one run would write the same ``ckpt-NNNNNNN`` folders and
-    replace each other's ``metrics.csv``. The lock is an OS file lock (released
-    by the kernel if the process dies, so a crash never leaves a stale lock);
-    the file keeps the holder's pid for the message.
+    Two processes on one run would write the same ``ckpt-NNNNNNN`` folders and replace each
+    other's ``metrics.csv``. The lock is the project's file lock (``engine.files.exclusive_lock``).
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no locking
-        yield
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / ".train.lock"
-    f = open(path, "a+")
-    try:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise RunLockedError(
-                f"another training process (pid {holder}) is already writing {run_dir}: wait for it to finish, "
-                "stop it, or give this run another --run_name") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        yield
-    finally:
-        f.close()  # closing releases the lock
+    return exclusive_lock(run_dir / ".train.lock", busy=lambda pid: RunLockedError(
+        f"another training process (pid {pid}) is already writing {run_dir}: wait for it to finish, "
+        "stop it, or give this run another --run_name"))
 
 
 def init_weights_from(source: str, model: torch.nn.Module, ema: torch.nn.Module,
@@ -381,8 +358,6 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def _train(cfg: TrainConfig) -> Path:
-    from data import PreprocessedDataset
-
     # ---- processes and device
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if ddp:
@@ -399,7 +374,7 @@ def _train(cfg: TrainConfig) -> Path:
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world})")
     per_rank = cfg.batch_size // world
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and D.fast_bf16(device))
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and fast_bf16(device))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -544,11 +519,10 @@ def _train(cfg: TrainConfig) -> Path:
             else:
                 cond = class_emb[labels]
             drop = torch.rand(b, device=device, generator=g) < cfg.cond_drop_prob
-            t = D.sample_timesteps(cfg.num_train_timesteps, b, method=cfg.timestep_sampling, logit_mean=cfg.logit_mean,
+            t = sample_timesteps(cfg.num_train_timesteps, b, method=cfg.timestep_sampling, logit_mean=cfg.logit_mean,
                                    logit_std=cfg.logit_std, device=device, generator=g)
             with autocast:
-                if cfg.task == "sr":  # crops of x paired with their low-resolution counterparts (superres.py)
-                    import superres
+                if cfg.task == "sr":  # crops of x paired with their low-resolution counterparts (training/superres.py)
 
                     loss = superres.sr_training_loss(
                         fwd_model, terms, x, cond if cfg.sr_text else None, crop=cfg.sr_crop, aug_max=cfg.sr_aug_max,
@@ -556,7 +530,7 @@ def _train(cfg: TrainConfig) -> Path:
                         min_snr_gamma=cfg.min_snr_gamma or None, t=t, generator=g, channels_last=cfg.channels_last,
                         residual=cfg.sr_residual)
                 else:
-                    loss = D.training_loss(fwd_model, terms, x, cond, prediction_type=cfg.prediction_type,
+                    loss = training_loss(fwd_model, terms, x, cond, prediction_type=cfg.prediction_type,
                                            drop_cond=drop, min_snr_gamma=cfg.min_snr_gamma or None, t=t, generator=g)
             loss.backward()
             if cfg.grad_clip > 0:

@@ -134,7 +134,7 @@ def coverage_similarity(prompt_embs: np.ndarray, class_text_embs: np.ndarray, pe
     return sims if per_class else sims.max(axis=1)
 
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 # Warn when a prompt's best class similarity is below its best similarity to a class the model
 # never saw, minus this margin: with tiny200, 8.3% of assets/paraphrases_unlike.tsv warn and 53.5% of
 # assets/prompts_outside_classes.txt do (BENCHMARKS, "The prompt-coverage warning").

@@ -1,7 +1,6 @@
 """Generation recipes in PNG metadata, AUTOMATIC1111 style.
 
 Every PNG the CLI and the app write carries a ``parameters`` text chunk::
-
     a photo of a goldfish
     Steps: 20, Sampler: dpm++, CFG scale: 3.0, Seed: 1234, Size: 32x32, Model: default_model, Timestep spacing: trailing, Eta: 0.0
 

@@ -16,8 +16,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-import diffusion as D
 import plot_func
+from core.traces import one_step_x0
+from dataprep.dataset import PreprocessedDataset
+from dataprep.images import load_init_image
+from engine.request import GenerationRequest, generate, interpolation, with_settings
+from engine.store import load_model
+from models.text_encoder import encode_prompts
 
 FORWARD_TIMESTEPS = (0, 100, 250, 500, 750, 999)
 
@@ -39,10 +44,6 @@ def model_figures(
     """Write the figures into ``out_dir``; return their paths by kind (grid, gif, strip, forward).
 
     ``classes``: the grid's rows (class names; default every class of the model)."""
-    d = lm.sampler_defaults
-    sampler = sampler or d.get("sampler", "dpm++")
-    num_steps = num_steps or d.get("steps")
-    guidance_scale = guidance_scale if guidance_scale is not None else d.get("guidance_scale", 3.0)
     matches = [c for c in lm.classes if c["name"].lower() == gif_class.lower()]
     if not matches:
         raise ValueError(f"{gif_class!r} is not one of the model's classes: {', '.join(lm.class_names)}")
@@ -51,21 +52,22 @@ def model_figures(
         raise ValueError(f"--per-class must be at least 1, got {per_class}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kw = dict(sampler=sampler, num_steps=num_steps, guidance_scale=guidance_scale, encode_fn=encode_fn,
-              guidance_interval=lm.guidance_interval)
+    # the model's defaults for what is not given; fp32, so the figures are the same on every machine
+    base = GenerationRequest(sampler=sampler, steps=num_steps, guidance=guidance_scale, precision="fp32")
     paths: dict[str, Path] = {}
 
     images = []
     for c in rows:  # seeds differ per class (by its index), so rows are independent draws
-        images.append(D.generate_images(lm.model, lm.diffusion, [c["prompt"]], num_images=per_class,
-                                        seed=seed + 1000 * int(c["index"]), **kw).images)
+        images.append(generate(lm, with_settings(base, prompts=[c["prompt"]], num_images=per_class,
+                                                 seed=seed + 1000 * int(c["index"])), encode_fn=encode_fn).images)
     labels = [c["name"] if j == 0 else "" for c in rows for j in range(per_class)]
     paths["grid"] = out / "per_class_grid.png"
     plot_func.sample_grid(np.concatenate(images), nrow=per_class, labels=labels, path=paths["grid"])
 
     c = matches[0]
     stem = c["name"].replace(" ", "_")
-    res = D.generate_images(lm.model, lm.diffusion, [c["prompt"]], num_images=4, seed=seed, return_frames=True, **kw)
+    res = generate(lm, with_settings(base, prompts=[c["prompt"]], num_images=4, seed=seed), encode_fn=encode_fn,
+                   return_frames=True)
     paths["gif"] = plot_func.denoising_gif(res.frames, res.frame_timesteps, out / f"{stem}_denoising.gif", nrow=4,
                                            fps=6)
     paths["strip"] = out / f"{stem}_denoising_strip.png"
@@ -73,8 +75,8 @@ def model_figures(
 
     if real_image is not None:
         if encode_fn is None:
-            from models.text_encoder import encode_prompts as encode_fn
-        noisy, guesses = D.one_step_x0(lm.model, lm.diffusion, real_image, encode_fn([c["prompt"]]),
+            encode_fn = encode_prompts
+        noisy, guesses = one_step_x0(lm.model, lm.diffusion, real_image, encode_fn([c["prompt"]]),
                                        FORWARD_TIMESTEPS, seed=seed)
         paths["forward"] = out / f"{stem}_forward_strip.png"
         plot_func.forward_and_prediction_strip(noisy, guesses, FORWARD_TIMESTEPS, path=paths["forward"])
@@ -92,21 +94,20 @@ def studio_figures(
     with the default model's classes: variations, blended prompts, img2img (from ``init_image``, a
     school bus), an interpolation (GIF and strip) and a guidance x steps grid."""
     if encode_fn is None:
-        from models.text_encoder import encode_prompts as encode_fn
+        encode_fn = encode_prompts
     prompt = {c["name"]: c["prompt"] for c in lm.classes}
     needed = {"monarch", "goldfish", "coral reef", "jellyfish", "ladybug", "sports car"}
     if not needed <= set(prompt):
         raise ValueError(f"--studio draws {', '.join(sorted(needed))}; {lm.name} lacks "
                          f"{', '.join(sorted(needed - set(prompt)))}")
-    d = lm.sampler_defaults
-    kw = dict(sampler=d.get("sampler", "dpm++"), num_steps=d.get("steps"), encode_fn=encode_fn,
-              guidance_scale=d.get("guidance_scale", 3.0), guidance_interval=lm.guidance_interval)
+    base = GenerationRequest(precision="fp32")  # the model's defaults; fp32: the same on every machine
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
 
-    def one(text: str, seed: int, **extra: Any) -> np.ndarray:
-        return D.generate_images(lm.model, lm.diffusion, [text], num_images=1, seed=seed, **{**kw, **extra}).images[0]
+    def one(text: str, seed: int, **settings: Any) -> np.ndarray:
+        request = with_settings(base, prompts=[text], seed=seed, **settings)
+        return generate(lm, request, encode_fn=encode_fn).images[0]
 
     strengths = (0, 0.1, 0.2, 0.35, 0.6, 1)
     row = [one(prompt["monarch"], 3, variation_seed=40, variation_strength=s) for s in strengths]
@@ -123,19 +124,15 @@ def studio_figures(
 
     if init_image is not None:
         strengths = (0.2, 0.4, 0.6, 0.8, 1)
-        row = [np.asarray(init_image)] + [one(prompt["sports car"], 0, init_images=np.asarray(init_image)[None],
+        row = [np.asarray(init_image)] + [one(prompt["sports car"], 0, init_image=np.asarray(init_image),
                                               strength=s) for s in strengths]
         paths["img2img"] = out / "studio_img2img.png"
         plot_func.labelled_grid([row], col_labels=["init"] + [f"s={s:g}" for s in strengths], min_side=96,
                                 path=paths["img2img"],
                                 title=f"img2img: a school bus, prompted {prompt['sports car']!r}")
 
-    cond = encode_fn([prompt["goldfish"], prompt["jellyfish"]])
-    shape = (1, lm.model.config.in_channels, lm.image_size, lm.image_size)
-    conds, noises, fractions = D.interpolation_inputs(cond[0], cond[1], D.starting_noise(shape, [1]),
-                                                      D.starting_noise(shape, [2]), 8)
-    frames = D.generate_images(lm.model, lm.diffusion, [f"{f:.2f}" for f in fractions], num_images=len(fractions),
-                               seed=1, cond=conds, noise=noises, **kw).images
+    request, fractions = interpolation(lm, prompt["goldfish"], prompt["jellyfish"], 1, 2, 8, encode_fn)
+    frames = generate(lm, with_settings(request, precision=base.precision), encode_fn=encode_fn).images
     labels = [f"{f:.2f}" for f in fractions]
     paths["interpolation_gif"] = plot_func.frames_gif(frames, out / "studio_interpolation.gif", labels=labels,
                                                       min_side=256)
@@ -144,7 +141,7 @@ def studio_figures(
                             title="goldfish (seed 1) -> jellyfish (seed 2)")
 
     guidances, steps = (1, 3, 7), (8, 20)
-    rows = [[one(prompt["ladybug"], 9, guidance_scale=g, num_steps=n, sampler="dpm++") for g in guidances]
+    rows = [[one(prompt["ladybug"], 9, guidance=g, steps=n, sampler="dpm++") for g in guidances]
             for n in steps]
     paths["grid"] = out / "studio_grid.png"
     plot_func.labelled_grid(rows, col_labels=[f"w={g}" for g in guidances], row_labels=[f"{n} steps" for n in steps],
@@ -170,7 +167,6 @@ def pick_classes(classes: list[dict], wanted: Sequence[str] | int | None) -> lis
 
 def real_class_image(data_dir: str | os.PathLike, class_name: str) -> np.ndarray:
     """The first held-out (else training) image of a class from preprocessed data."""
-    from data import PreprocessedDataset
 
     for split in ("val", "train"):
         try:
@@ -186,12 +182,10 @@ def real_class_image(data_dir: str | os.PathLike, class_name: str) -> np.ndarray
 
 def cmd_figures(args: Any) -> int:
     """``python diffusion.py figures``: load the model, find a real image, write and print the figures."""
-    from cli import load_init_image  # centre crop and resize, as preprocess.py prepares training data
-    from model_store import load_model
 
     lm = load_model(args.model, store=args.store)
     if args.image:
-        image = load_init_image(args.image, lm.image_size)
+        image = load_init_image(args.image, lm.image_size, flag="--image")
     elif lm.config.get("data", {}).get("dir") and Path(lm.config["data"]["dir"]).exists():
         image = real_class_image(lm.config["data"]["dir"], args.gif_class)
     else:

@@ -12,7 +12,7 @@ model card). The shipped model is ``default_model``.
 
 Every model has a type, ``model_type`` in its config: ``base`` (absent in
 older configs) generates images from text; ``sr`` is a super-resolution stage
-(``superres.py``) that upscales a base model's images (``sample --upscale``).
+(``training/superres.py``, ``engine/upscaling.py``) that upscales a base model's images (``sample --upscale``).
 ``list_models`` and ``load_model`` deal in base models unless asked for
 another type, so an SR model never shows up as a base model in the app.
 """
@@ -33,13 +33,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from diffusion import DiffusionConfig
+from core.sampling import parse_guidance_interval
+from core.schedules import DiffusionConfig
 from models import ConditionalUNet, UNetConfig
 from models.text_encoder import DEFAULT_PROMPT_TEMPLATE, TEXT_MODEL_NAME
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = ROOT / "model_store"
 # What the app and `diffusion.py sample` open with: the shipped model whose samples the 200-class yardstick
 # recognises at least half as often as real photos, at its own defaults (tests/test_model_store.py checks it
@@ -127,15 +128,6 @@ def weight_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
         raise _not_safetensors(path, e) from e
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -179,7 +171,6 @@ class LoadedModel:
 
         Every sampling path that takes the model's defaults (the CLI's sample, each tab of the
         app) uses this one value, so the same settings give the same pixels everywhere."""
-        from diffusion import parse_guidance_interval
 
         return parse_guidance_interval(self.sampler_defaults.get("guidance_interval"))  # checked at load
 
@@ -386,7 +377,6 @@ def check_sampler_defaults(config: dict[str, Any], where: str | os.PathLike) -> 
     defaults = config.get("sampler_defaults", {})
     if not isinstance(defaults, dict):
         raise CheckpointError(f"{where}: sampler_defaults must be a JSON object")
-    from diffusion import parse_guidance_interval
 
     try:
         parse_guidance_interval(defaults.get("guidance_interval"))

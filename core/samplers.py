@@ -1,0 +1,32 @@
+"""The table of samplers and their defaults, the one place each sampler's default steps and spacing
+are written (the core, the CLI, the app and ``evaluate.py`` read it). Imports nothing heavy, so the
+app's input checks can use it without loading torch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One sampler's defaults: the one table the core, the CLI, the app and ``evaluate.py`` read."""
+
+    label: str  # its name in the app
+    steps: int | None  # default steps (None: every training timestep, as the DDPM paper samples)
+    spacing: str  # default timestep spacing (diffusers' names)
+    min_steps: int  # the app's slider range (capped at the model's T)
+    max_steps: int
+    app_steps: int  # the app's default: DDPM's T steps are a long first wait on a CPU, so 250 there
+
+
+SAMPLER_DEFAULTS: dict[str, SamplerSpec] = {
+    "ddpm": SamplerSpec("DDPM", None, "leading", 10, 1000, 250),
+    "ddim": SamplerSpec("DDIM", 50, "trailing", 5, 250, 50),
+    "dpm++": SamplerSpec("DPM-Solver++", 20, "trailing", 5, 50, 20),
+}
+SAMPLERS = tuple(SAMPLER_DEFAULTS)
+
+
+def default_steps(sampler: str, num_train_timesteps: int) -> int:
+    """A sampler's default number of steps (``SAMPLER_DEFAULTS``) for a model with T timesteps."""
+    steps = SAMPLER_DEFAULTS[sampler].steps
+    return num_train_timesteps if steps is None else steps

@@ -1,0 +1,318 @@
+"""Samplers (DDPM, DDIM, DPM-Solver++) and what they share: the timestep table, the guided
+denoiser (classifier-free guidance with an optional guidance interval), step reports.
+
+``SAMPLER_DEFAULTS`` is the one table of each sampler's default steps and spacing: the CLI,
+the app and ``evaluate.py`` read it (``default_steps``)."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from core.loss import eps_from_x0, predict_x0_eps
+from core.samplers import SAMPLER_DEFAULTS, SAMPLERS, default_steps
+from core.schedules import TIMESTEP_SPACINGS, DiffusionConfig, DiffusionTerms
+
+
+# --------------------------------------------------------------------------- sampling helpers
+@dataclass
+class StepInfo:
+    """What a sampler reports after each step (for previews, GIF frames, progress)."""
+
+    step: int  # 0-based index of the finished step
+    num_steps: int
+    timestep: int  # the model's timestep at this step
+    x: torch.Tensor  # the sample after the step
+    x0_pred: torch.Tensor  # the model's current estimate of the clean image
+
+
+StepCallback = Callable[[StepInfo], None]
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn_like_batch(shape: Sequence[int], generator: Generators, device: torch.device | str) -> torch.Tensor:
+    """Standard normal noise on ``device``, drawn on each generator's own device.
+
+    With one generator per image, each image's noise depends only on its own
+    seed, so image i is the same whatever the batch; with CPU generators (what
+    ``generate_images`` uses) it is also the same on a CPU and on a GPU.
+    """
+    if generator is None:
+        return torch.randn(tuple(shape), device=device)
+    if isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, device=generator.device).to(device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=g.device) for g in generator]).to(device)
+
+
+def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "trailing") -> list[int]:
+    """The model timesteps a reduced-step sampler visits, in decreasing order.
+
+    Same definitions as diffusers: ``linspace`` = round(linspace(0, T-1, n)),
+    ``leading`` = arange(n) * (T // n), ``trailing`` = round(arange(T, 0, -T/n)) - 1.
+    ``trailing`` starts at t = T-1, where the model sees (almost) pure noise,
+    which is why it is our default (Lin et al. 2024).
+    """
+    T = num_train_timesteps
+    if not 1 <= num_steps <= T:
+        raise ValueError(f"num_steps must be in [1, {T}], got {num_steps}")
+    if spacing == "linspace":
+        ts = np.linspace(0, T - 1, num_steps).round()
+    elif spacing == "leading":
+        ts = np.arange(num_steps) * (T // num_steps)
+    elif spacing == "trailing":
+        ts = np.round(np.arange(T, 0, -T / num_steps)) - 1
+        ts = np.sort(ts)
+    else:
+        raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
+    return [int(v) for v in ts[::-1]]
+
+
+def noise_level(terms: DiffusionTerms, t: int) -> float:
+    """EDM's sigma at timestep t: ``sqrt((1 - ab) / ab)``, the noise-to-signal ratio (schedule-independent)."""
+    ab = float(terms.alphas_cumprod[t])
+    return math.sqrt((1.0 - ab) / ab)
+
+
+NO_INTERVAL = ("", "none")  # guidance interval spellings for "guide at every step"
+
+
+def parse_guidance_interval(text: str | Sequence[float] | None) -> tuple[float, float] | None:
+    """``"0.28,2.9"`` (or a pair) -> ``(0.28, 2.9)``: the sigma band where guidance applies.
+
+    None, "" and "none" mean guidance at every step ("none" overrides a model's default band)."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in NO_INTERVAL):
+        return None
+    if isinstance(text, str):  # "LO,HI", or "LO-HI" as recipes store it (a '-' after e/E is an exponent's sign)
+        parts = text.split(",") if "," in text else re.split(r"(?<![eE])-", text)
+        parts = [p for p in parts if p.strip()]
+    else:
+        parts = list(text)
+    try:
+        lo, hi = (float(v) for v in parts)
+    except (ValueError, TypeError):
+        raise ValueError(f"guidance interval must be two noise levels 'LO,HI' (EDM sigma), got {text!r}") from None
+    if not (0 <= lo < hi) or not math.isfinite(lo):
+        raise ValueError(f"guidance interval needs 0 <= LO < HI, got {lo}, {hi}")
+    return lo, hi
+
+
+class GuidedDenoiser:
+    """Calls the network with classifier-free guidance and returns ``(x_0, eps)``.
+
+    The conditional and null branches run as one batched forward. Guidance 1.0
+    needs no null branch, so it costs a single plain conditional forward.
+    ``guidance_interval`` (LO, HI) applies guidance only where the noise level
+    sigma(t) is in (LO, HI] (Kynkaanniemi et al. 2024, "Applying guidance in a
+    limited interval"): at high noise guidance mostly costs diversity, at low
+    noise it does little; outside the band a step costs one forward, not two.
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., torch.Tensor],
+        terms: DiffusionTerms,
+        cond: torch.Tensor,
+        prediction_type: str,
+        guidance_scale: float = 1.0,
+        clip_denoised: bool = True,
+        guidance_interval: tuple[float, float] | None = None,
+    ):
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
+        self.model, self.terms, self.cond = model, terms, cond
+        self.prediction_type, self.guidance_scale, self.clip_denoised = prediction_type, guidance_scale, clip_denoised
+        self.guidance_interval = guidance_interval
+
+    def guided_at(self, t: int) -> bool:
+        """Whether step t runs classifier-free guidance (both branches)."""
+        if self.guidance_scale == 1.0:
+            return False
+        if self.guidance_interval is None:
+            return True
+        lo, hi = self.guidance_interval
+        return lo < noise_level(self.terms, t) <= hi
+
+    def model_output(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        b = x.shape[0]
+        if not self.guided_at(t):
+            ts = torch.full((b,), t, device=x.device, dtype=torch.long)
+            return self.model(x, ts, self.cond, None).float()
+        ts = torch.full((2 * b,), t, device=x.device, dtype=torch.long)
+        drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x.device)
+        out = self.model(torch.cat([x, x]), ts, torch.cat([self.cond, self.cond]), drop).float()
+        cond_out, null_out = out.chunk(2)
+        return null_out + self.guidance_scale * (cond_out - null_out)
+
+    def __call__(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        x0, eps = predict_x0_eps(self.terms, x, tt, self.model_output(x, t), self.prediction_type)
+        if self.clip_denoised:
+            # Keep x_0 in the data range and make eps agree with it (guided-diffusion).
+            x0 = x0.clamp(-1, 1)
+            eps = eps_from_x0(self.terms, x, tt, x0)
+        return x0, eps
+
+
+def _report(callback: StepCallback | None, i: int, n: int, t: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+    if callback is not None:
+        callback(StepInfo(step=i, num_steps=n, timestep=t, x=x, x0_pred=x0))
+
+
+# --------------------------------------------------------------------------- samplers
+@torch.no_grad()
+def ddpm_sample(
+    denoise: GuidedDenoiser,
+    x: torch.Tensor,
+    *,
+    num_steps: int | None = None,
+    timestep_spacing: str = "leading",
+    generator: Generators = None,
+    callback: StepCallback | None = None,
+    timesteps: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Ancestral sampling: x_{s} ~ q(x_s | x_t, x_0 = model's x_0).
+
+    With ``num_steps=None`` it visits all T timesteps (the DDPM paper's
+    sampler, with the posterior variance, diffusers' "fixed_small"); fewer
+    steps use the same posterior between the visited timesteps. An explicit
+    decreasing ``timesteps`` list (e.g. the tail of one, to start from a
+    partly noised image) replaces ``num_steps`` and ``timestep_spacing``.
+    """
+    terms = denoise.terms
+    T = terms.num_train_timesteps
+    timesteps = list(timesteps) if timesteps is not None else make_timesteps(T, num_steps or T, timestep_spacing)
+    ac = terms.alphas_cumprod
+    for i, t in enumerate(timesteps):
+        prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        x0, _ = denoise(x, t)
+        ab_t = ac[t].item()
+        ab_prev = ac[prev].item() if prev >= 0 else 1.0
+        beta = 1.0 - ab_t / ab_prev  # the effective beta of the jump t -> prev
+        coef_x0 = math.sqrt(ab_prev) * beta / (1.0 - ab_t)
+        coef_xt = math.sqrt(1.0 - beta) * (1.0 - ab_prev) / (1.0 - ab_t)
+        mean = coef_x0 * x0 + coef_xt * x
+        if prev >= 0:
+            var = max((1.0 - ab_prev) / (1.0 - ab_t) * beta, 1e-20)
+            x = mean + math.sqrt(var) * randn_like_batch(x.shape, generator, x.device)
+        else:
+            x = mean
+        _report(callback, i, len(timesteps), t, x, x0)
+    return x
+
+
+@torch.no_grad()
+def ddim_sample(
+    denoise: GuidedDenoiser,
+    x: torch.Tensor,
+    *,
+    num_steps: int = 50,
+    eta: float = 0.0,
+    timestep_spacing: str = "trailing",
+    generator: Generators = None,
+    callback: StepCallback | None = None,
+    timesteps: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """DDIM (Song et al.): deterministic at ``eta=0``, DDPM-like at ``eta=1``.
+
+    The step after the last visited timestep goes to alpha-bar = 1 (the clean
+    image), as diffusers' ``set_alpha_to_one=True``. ``timesteps``: as in ``ddpm_sample``.
+    """
+    terms = denoise.terms
+    timesteps = (list(timesteps) if timesteps is not None
+                 else make_timesteps(terms.num_train_timesteps, num_steps, timestep_spacing))
+    ac = terms.alphas_cumprod
+    for i, t in enumerate(timesteps):
+        prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        x0, eps = denoise(x, t)
+        ab_t = ac[t].item()
+        ab_prev = ac[prev].item() if prev >= 0 else 1.0
+        sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))
+        x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            x = x + sigma * randn_like_batch(x.shape, generator, x.device)
+        _report(callback, i, len(timesteps), t, x, x0)
+    return x
+
+
+@torch.no_grad()
+def dpm_solver_pp_sample(
+    denoise: GuidedDenoiser,
+    x: torch.Tensor,
+    *,
+    num_steps: int = 20,
+    timestep_spacing: str = "trailing",
+    generator: Generators = None,  # unused: the solver is deterministic; kept for a uniform signature
+    callback: StepCallback | None = None,
+    timesteps: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep in log-SNR,
+    on the model's x_0 prediction; first order at the first step and at the
+    last (which lands on sigma = 0, the clean image), as diffusers'
+    ``DPMSolverMultistepScheduler`` with ``solver_type="midpoint"``.
+    ``timesteps``: as in ``ddpm_sample``.
+    """
+    terms = denoise.terms
+    timesteps = (list(timesteps) if timesteps is not None
+                 else make_timesteps(terms.num_train_timesteps, num_steps, timestep_spacing))
+    ac = terms.alphas_cumprod
+    alpha = lambda t: math.sqrt(ac[t].item())  # noqa: E731 - tiny local helpers
+    sigma = lambda t: math.sqrt(1 - ac[t].item())  # noqa: E731
+    lam = lambda t: math.log(alpha(t)) - math.log(sigma(t))  # noqa: E731 - log-SNR / 2
+    x0_prev, t_prev = None, None
+    for i, t in enumerate(timesteps):
+        x0, _ = denoise(x, t)
+        if i + 1 == len(timesteps):
+            x_next = x0  # sigma_next = 0: the first-order update returns x_0 exactly
+        else:
+            s = timesteps[i + 1]
+            h = lam(s) - lam(t)
+            phi = math.expm1(-h)  # exp(-h) - 1
+            d = x0
+            if x0_prev is not None:
+                r = (lam(t) - lam(t_prev)) / h
+                d = x0 + 0.5 * (x0 - x0_prev) / r
+            x_next = (sigma(s) / sigma(t)) * x - alpha(s) * phi * d
+        x0_prev, t_prev, x = x0, t, x_next
+        _report(callback, i, len(timesteps), t, x, x0)
+    return x
+
+def img2img_timesteps(timesteps: Sequence[int], strength: float, num_train_timesteps: int) -> list[int]:
+    """The tail of a sampler's timesteps that starts at or below ``t = strength * T`` (SDEdit).
+
+    ``strength`` 1 keeps them all (pure noise: plain generation); 0 keeps none
+    (the image comes back unchanged).
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    t_start = round(strength * num_train_timesteps) - 1
+    return [int(t) for t in timesteps if t <= t_start]
+
+
+def run_sampler(sampler: str, denoise: GuidedDenoiser, x: torch.Tensor, timesteps: list[int], eta: float,
+                 generators: Generators, on_step: StepCallback) -> torch.Tensor:
+    if not timesteps:  # img2img at a strength too low to reach any step
+        return x
+    if sampler == "ddpm":
+        return ddpm_sample(denoise, x, timesteps=timesteps, generator=generators, callback=on_step)
+    if sampler == "ddim":
+        return ddim_sample(denoise, x, eta=eta, timesteps=timesteps, generator=generators, callback=on_step)
+    return dpm_solver_pp_sample(denoise, x, timesteps=timesteps, callback=on_step)
+
+
+
+
+def sampler_timesteps(diffusion: DiffusionConfig, sampler: str, num_steps: int | None = None,
+                      timestep_spacing: str | None = None, strength: float = 1.0) -> list[int]:
+    """The model timesteps ``generate_images`` visits for these settings (the SDEdit tail when ``strength`` < 1)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    T = diffusion.num_train_timesteps
+    ts = make_timesteps(T, default_steps(sampler, T) if num_steps is None else int(num_steps),
+                        timestep_spacing or SAMPLER_DEFAULTS[sampler].spacing)
+    return ts if strength == 1.0 else img2img_timesteps(ts, strength, diffusion.num_train_timesteps)

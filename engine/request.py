@@ -1,0 +1,215 @@
+"""One generation request: what the CLI, every app tab and the figures ask the core for.
+
+A ``GenerationRequest`` holds what a user chose; what they left as ``None`` is the model's own
+default (its ``sampler_defaults`` and guidance band), else the core's (``core.sampling``).
+``generate(lm, request)`` resolves those defaults, the snapping toward the model's classes, the
+img2img start and the optional second stage (an upscaler), runs ``core.generate_images`` once,
+and returns the images with each image's own recipe: the PNG metadata that regenerates it.
+Equal requests give equal pixels by construction, wherever they come from.
+
+    lm = engine.store.load_model("default_model")
+    gen = generate(lm, GenerationRequest(class_names=["goldfish"], num_images=4, seed=3))
+    gen.images, gen.recipes[0]   # uint8 (4, 32, 32, 3); {"sampler": "dpm++", "steps": 20, "seed": 3, ...}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from core.generation import GenerationResult, generate_images, resolve_prompts
+from core.noise import interpolation_inputs, starting_noise
+from core.prompting import encode_weighted, snap_to_classes
+from core.sampling import (
+    NO_INTERVAL,
+    SAMPLERS,
+    StepCallback,
+    default_steps,
+    parse_guidance_interval,
+)
+from engine.store import LoadedModel
+from engine.upscaling import upscale_generation
+from models.text_encoder import class_prompt, encode_prompts
+
+EncodeFn = Callable[[list[str]], np.ndarray]
+DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale when neither the user nor the model names one
+
+
+@dataclass
+class GenerationRequest:
+    """What to generate. ``None`` means "the model's default" (then the core's)."""
+
+    prompts: Sequence[str] | None = None  # free text, cycled over the images (blends: "a:0.7 | b:0.3")
+    class_names: Sequence[str] | None = None  # or class names, turned into the model's prompts
+    num_images: int = 1
+    seed: int = 0  # image i starts from seed + i
+    sampler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    guidance_interval: str | Sequence[float] | None = None  # None: the model's band; "none": every step
+    eta: float = 0.0
+    spacing: str | None = None
+    precision: str = "auto"
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
+    init_image: np.ndarray | None = None  # uint8 (H, W, 3) or (N, H, W, 3), at the model's size
+    init_name: str | None = None  # the init image's file name, recorded in each recipe
+    strength: float | None = None  # img2img denoising strength (with init_image; None = 1)
+    snap: float = 0.0  # pull the conditioning toward the model's classes by this much
+    cond: np.ndarray | torch.Tensor | None = None  # explicit conditioning (N, D): replaces the prompts' encoding
+    noise: torch.Tensor | None = None  # explicit starting noise (N, C, H, W): replaces the seeds' noise
+    upscale: str | None = None  # an SR model of the store: the cascade's second stage
+    upscale_steps: int | None = None
+    upscale_aug: float | None = None
+
+
+@dataclass
+class Generation:
+    """The images of one request, with what made each of them."""
+
+    images: np.ndarray  # (N, H, W, 3) uint8 (the second stage's when upscaled)
+    prompts: list[str]
+    seeds: list[int]
+    recipes: list[dict[str, Any]]  # one per image: what regenerates it (the PNG's parameters)
+    frames: list[np.ndarray] = field(default_factory=list)  # x_0 estimates over the run (both stages)
+    frame_timesteps: list[int] = field(default_factory=list)
+    first_stage: GenerationResult | None = None  # the core's result before any upscaling
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The first image's recipe (what a grid cell or a single image records)."""
+        return self.recipes[0]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A request's sampler settings with the model's defaults filled in."""
+
+    sampler: str
+    steps: int
+    guidance: float
+    guidance_interval: tuple[float, float] | None
+
+
+def resolve_settings(lm: LoadedModel, request: GenerationRequest) -> Settings:
+    """What the user gave wins; then the model's ``sampler_defaults`` (its steps only for its own
+    sampler); then the core's table (``core.sampling.SAMPLER_DEFAULTS``)."""
+    defaults = lm.sampler_defaults
+    sampler = request.sampler or str(defaults.get("sampler") or "dpm++").lower()
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    steps = request.steps
+    if steps is None and defaults.get("sampler", sampler) == sampler:
+        steps = defaults.get("steps")
+    if steps is None:
+        steps = default_steps(sampler, lm.diffusion.num_train_timesteps)
+    guidance = request.guidance if request.guidance is not None else float(
+        defaults.get("guidance_scale", DEFAULT_GUIDANCE))
+    interval = request.guidance_interval
+    if interval is None:
+        interval = lm.guidance_interval
+    elif isinstance(interval, str) and interval.strip().lower() in NO_INTERVAL:
+        interval = None
+    return Settings(sampler, int(steps), float(guidance), parse_guidance_interval(interval))
+
+
+def class_embeddings(lm: LoadedModel, encode_fn: EncodeFn = encode_prompts) -> np.ndarray | None:
+    """The text embeddings of the model's class prompts (None for a model without classes)."""
+    texts = [c.get("prompt") or class_prompt(c["name"], lm.prompt_template) for c in lm.classes]
+    return np.asarray(encode_fn(texts), np.float32) if texts else None
+
+
+def conditioning(lm: LoadedModel, texts: list[str], snap: float, encode_fn: EncodeFn,
+                 class_embs: np.ndarray | None = None) -> np.ndarray | None:
+    """The prompts' embeddings snapped toward the model's classes (blend first, then snap); None when
+    ``snap`` is 0 (the core encodes the prompts itself)."""
+    if snap <= 0:
+        return None
+    if not 0 < snap <= 1:
+        raise ValueError(f"snap strength must be in (0, 1], got {snap}")
+    if class_embs is None:
+        class_embs = class_embeddings(lm, encode_fn)
+    if class_embs is None:
+        raise ValueError(f"{lm.name} has no classes to snap toward")
+    return snap_to_classes(encode_weighted(texts, encode_fn), class_embs, snap)
+
+
+def generate(
+    lm: LoadedModel,
+    request: GenerationRequest,
+    *,
+    store: str | None = None,
+    device: torch.device | str | None = None,
+    encode_fn: EncodeFn | None = None,
+    class_embs: np.ndarray | None = None,
+    return_frames: bool = False,
+    callback: StepCallback | None = None,
+) -> Generation:
+    """Run one request on a loaded model (and, with ``request.upscale``, its second stage).
+
+    ``class_embs``: the model's class embeddings when the caller caches them (the app), for snapping.
+    ``callback`` sees every step of both stages; frames are kept every ``steps // 40`` steps."""
+    encode_fn = encode_fn or encode_prompts
+    settings = resolve_settings(lm, request)
+    texts = resolve_prompts(request.prompts, request.class_names, request.num_images, lm.prompt_template)
+    cond = request.cond
+    if cond is None:
+        cond = conditioning(lm, texts, request.snap, encode_fn, class_embs)
+    init = request.init_image
+    if init is not None and init.ndim == 3:
+        init = init[None]
+    res = generate_images(
+        lm.model, lm.diffusion, request.prompts, class_names=request.class_names,
+        num_images=request.num_images, sampler=settings.sampler, num_steps=settings.steps,
+        guidance_scale=settings.guidance, seed=request.seed, eta=request.eta, timestep_spacing=request.spacing,
+        encode_fn=encode_fn, prompt_template=lm.prompt_template, return_frames=return_frames,
+        frame_every=max(1, settings.steps // 40), callback=callback, device=device,  # <= ~40 frames
+        variation_seed=request.variation_seed, variation_strength=request.variation_strength,
+        init_images=init, strength=1.0 if request.strength is None else request.strength, cond=cond,
+        noise=request.noise, precision=request.precision, guidance_interval=settings.guidance_interval)
+    gen = Generation(res.images, res.prompts, res.seeds, [], res.frames, res.frame_timesteps, res)
+    stage2: dict[str, Any] = {}
+    if request.upscale:  # the same seeds and precision in the second stage
+        up = upscale_generation(res, request.upscale, store=store, steps=request.upscale_steps,
+                                aug_level=request.upscale_aug, device=device or "cpu",
+                                precision=res.recipe["precision"], return_frames=return_frames,
+                                encode_fn=encode_fn, callback=callback)
+        gen.images, gen.frames, gen.frame_timesteps, stage2 = up.images, up.frames, up.frame_timesteps, up.recipe
+    gen.recipes = image_recipes(res, lm.name, request, stage2)
+    return gen
+
+
+def image_recipes(res: GenerationResult, model_name: str, request: GenerationRequest,
+                  stage2: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Each image's recipe: the run's settings with its own seed (and variation seed), the model,
+    the init image's name, the snap and the second stage's settings."""
+    recipes = []
+    for i, seed in enumerate(res.seeds):
+        r = dict(res.recipe, seed=seed, model=model_name, **(stage2 or {}))
+        if "variation_seed" in r:
+            r["variation_seed"] += i  # image i's variation noise came from variation_seed + i
+        if request.init_image is not None and request.init_name:
+            r["init_image"] = request.init_name
+        if request.snap > 0:
+            r["snap"] = float(request.snap)
+        recipes.append(r)
+    return recipes
+
+
+def interpolation(lm: LoadedModel, prompt_a: str, prompt_b: str, seed_a: int, seed_b: int, frames: int,
+                  encode_fn: EncodeFn | None = None) -> tuple[GenerationRequest, list[float]]:
+    """A request for ``frames`` images from (prompt a, seed a) to (prompt b, seed b): the starting noise
+    and the text embedding both slerped (``core.noise.interpolation_inputs``); and the fractions."""
+    cond = encode_weighted([prompt_a, prompt_b], encode_fn or encode_prompts)
+    shape = (1, lm.model.config.in_channels, lm.image_size, lm.image_size)
+    conds, noises, fractions = interpolation_inputs(cond[0], cond[1], starting_noise(shape, [seed_a]),
+                                                    starting_noise(shape, [seed_b]), frames)
+    labels = [f"{prompt_a} -> {prompt_b} at {f:.2f}" for f in fractions]
+    return GenerationRequest(prompts=labels, num_images=frames, seed=seed_a, cond=conds, noise=noises), fractions
+
+
+def with_settings(request: GenerationRequest, **changes: Any) -> GenerationRequest:
+    """A copy of ``request`` with some fields changed (a grid cell, a figure's column)."""
+    return replace(request, **changes)

@@ -1,0 +1,1 @@
+"""Training: the loop (CPU, one GPU, or many with torchrun/DDP) and the super-resolution stage's batches."""
