@@ -2,7 +2,8 @@
 """Set up the project's environment and run it: the two commands in the README.
 
     python3 dev.py web [web.py options]     # set up, then launch the app
-    python3 dev.py test [pytest options]    # set up (with test tools), then run the tests
+    python3 dev.py test [pytest options]    # set up (with test tools), then run the fast tests (minutes)
+    python3 dev.py test --full [options]    # every test: the slow set too (browser, load, fuzz, DDP); CI runs this
 
 Setup creates ``.venv`` next to this file and installs the locked
 requirements (``requirements*.lock``: every package pinned with its hashes,
@@ -28,6 +29,7 @@ UV_VERSION = "0.13.9"
 MIN_PYTHON = (3, 11)  # the pinned packages (imageio 2.38, numpy 2.4) need 3.11
 MIN_PYTHON_TEXT = ".".join(map(str, MIN_PYTHON))
 CHROMIUM = "/usr/bin/chromium"
+FAST_SET = "not slow and not gpu"  # what `dev.py test` runs without --full
 
 
 def say(msg: str) -> None:
@@ -133,10 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     ensure_venv(with_tests=True)
     if opts.command == "setup":
         return 0
-    if not ensure_chromium() and in_ci():
+    args = list(opts.args)
+    full = "--full" in args
+    args = [a for a in args if a != "--full"]
+    if in_ci() and not full:
+        say("CI=true runs every test: use `python3 dev.py test --full` (as .ci/run does)")
+        return 2
+    if full and not ensure_chromium() and in_ci():
         say("CI=true and chromium could not be installed: stopping (the browser test must run in CI)")
         return 1
-    return subprocess.call([str(PY), "-m", "pytest", *(opts.args or ["-q"])], cwd=ROOT, env=env)
+    # The fast set (markers in pytest.ini): everything but the slow and GPU tests. --full: all of them.
+    select = [] if full else ["-m", FAST_SET]
+    return subprocess.call([str(PY), "-m", "pytest", *select, *(args or ["-q"])], cwd=ROOT, env=env)
 
 
 if __name__ == "__main__":

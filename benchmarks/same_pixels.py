@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -123,7 +124,8 @@ def record(repo: Path, out: Path, with_app: bool) -> None:
             for f in sorted((work / name).iterdir()):
                 prints[f"{name}_{f.name.split('_', 1)[1]}"] = fingerprint(f)
         # img2img from the first goldfish PNG above, and regenerating a PNG from its own recipe
-        init = sorted((work / "cli_dpm").glob("*_00_seed3.png"))[0]
+        init = work / "init.png"  # a fixed name: each recipe records the init image's file name
+        shutil.copyfile(sorted((work / "cli_dpm").glob("*_00_seed3.png"))[0], init)
         run([sys.executable, "diffusion.py", "sample", *INIT_RUN, "--init-image", str(init), "--out",
              str(work / "cli_img2img")], repo, env)
         for f in sorted((work / "cli_img2img").iterdir()):

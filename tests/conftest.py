@@ -1,4 +1,4 @@
-"""Shared test setup: repo root on sys.path, offline Hugging Face, small thread pool.
+"""Shared test setup: offline Hugging Face, the markers' rules, what CI may not skip.
 
 Two rules keep a green run honest:
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -41,13 +40,25 @@ def missing_test_requirements() -> list[str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "gpu: needs a CUDA device (tests/test_gpu.py; skipped without one)")
+    if in_ci() and (config.option.markexpr or config.option.keyword):
+        raise pytest.UsageError(
+            f"CI=true runs every test, but this run selects some (-m {config.option.markexpr!r} "
+            f"-k {config.option.keyword!r}): CI calls `python3 dev.py test --full`")
     missing = missing_test_requirements()
     if missing:
         raise pytest.UsageError(
             f"test requirements missing: {', '.join(missing)}. Run the tests with `python3 dev.py test` "
             "(it installs them into .venv), or `pip install -r requirements-test.txt` first."
         )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that read ../shared/data are ``real_data``; browser tests are ``slow`` as well."""
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_data)
+        if item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)
 
 
 def require_environment(reason: str) -> None:

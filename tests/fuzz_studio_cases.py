@@ -1,4 +1,4 @@
-"""Fuzz cases for the studio endpoints, with an independent oracle.
+"""Fuzz cases for every endpoint that takes user input, with an independent oracle.
 
 The verdict of every input is written here by hand, per field: a table of
 ``(value, verdict, words)`` rows, where ``words`` must appear in the error
@@ -106,6 +106,46 @@ GUIDANCE_VALUES = [  # x values when the x axis is guidance
     ("1, 30", ERR, "between 0 and 20"), ("nan", ERR, "finite"), (None, ERR, "must be text"), ({}, ERR, "must be text"),
     ("1,2,3,4,5", ERR, "limit is 16"),  # x 4 steps values below: 20 cells
 ]
+NUM_IMAGES = [  # 16 px images: the memory cap is 16 (at most 16 anyway); 5 steps are far from the work cap
+    (1, OK, None), (2, OK, None), ("3", OK, None), (16, OK, None), (0, ERR, "between 1 and 16"),
+    (17, ERR, "between 1 and 16"), (-1, ERR, "between 1 and 16"), (10**9, ERR, "between 1 and 16"),
+    (2.5, ERR, "whole number"), (None, ERR, "required"), ("many", ERR, "must be a number"), ("inf", ERR, "finite"),
+    (True, ERR, "required"), ([2], ERR, "must be a number"),
+]
+SHOW_STRIP = [(True, OK, None), (False, OK, None), (None, OK, None)]  # a tick box: anything truthy ticks it
+SCHEDULE = [
+    ("linear", OK, None), ("cosine", OK, None), ("", ERR, "Schedule must be one of"),
+    ("Linear", ERR, "Schedule must be one of"), ("quadratic", ERR, "Schedule must be one of"),
+    (None, ERR, "Schedule must be one of"), ("cosine\x00", ERR, "Schedule must be one of"),
+    ("x" * 10_000, ERR, "Schedule must be one of"),
+]
+TIMESTEPS = [  # for T = 1000: each in [0, 999], at most 12 of them, separated by commas, semicolons or spaces
+    ("0", OK, None), ("0, 999", OK, None), ("0;1;2", OK, None), ("0 1 2", OK, None), (" 7 ", OK, None),
+    ("", ERR, "at least one timestep"), (",,,", ERR, "at least one timestep"), (None, ERR, "at least one timestep"),
+    ("-1", ERR, "between 0 and 999"), ("1000", ERR, "between 0 and 999"), ("999.5", ERR, "whole number"),
+    ("abc", ERR, "must be a number"), ("0," * 13, ERR, "At most 12 timesteps"), ("nan", ERR, "finite"),
+]
+DATA_MODEL = [  # /forward_data: tiny has its data folder on this machine, tiny_b has none
+    ("tiny", OK, None), (None, OK, None), (" tiny ", OK, None), ("tiny_b", ERR, "not on this machine"),
+    ("nope", ERR, "Unknown model"), ("../etc", ERR, "Unknown model"), (5, ERR, "Unknown model"),
+]
+DATA_CLASS = [  # no class: any image of the data (12 of them; 4 per class)
+    ("goldfish", OK, None), ("ladybug", OK, None), (None, OK, None), ("", OK, None),
+    ("shark", ERR, "Unknown class"), ("Goldfish", ERR, "Unknown class"), ("goldfish\x00", ERR, "Unknown class"),
+    ("x" * 10_000, ERR, "Unknown class"),
+]
+DATA_INDEX = [  # invalid whatever the class: 12 is past every pool (4 per class, 12 in all)
+    (0, OK, None), (3, OK, None), ("2", OK, None), (None, OK, None), ("", OK, None),
+    (12, ERR, "Image number must be between 0 and"), (-1, ERR, "Image number must be between 0 and"),
+    (10**9, ERR, "Image number must be between 0 and"), (1.5, ERR, "whole number"), ("x", ERR, "must be a number"),
+    ("nan", ERR, "finite"), (True, ERR, "required"),
+]
+NUM_TRAIN_TIMESTEPS = [  # /schedule
+    (2, OK, None), (1000, OK, None), (100_000, OK, None), ("1000", OK, None), (1, ERR, "between 2 and 100000"),
+    (0, ERR, "between 2 and 100000"), (-5, ERR, "between 2 and 100000"), (100_001, ERR, "between 2 and 100000"),
+    (2.5, ERR, "whole number"), (None, ERR, "required"), ("abc", ERR, "must be a number"), ("nan", ERR, "finite"),
+    (True, ERR, "required"), ("", ERR, "required"),
+]
 SCALES = [  # the Learn tab's guidance list
     ("1, 3, 7", OK, None), ("2", OK, None), ("", ERR, "at least one"), ("1, x", ERR, "must be a number"),
     ("1, 21", ERR, "between 0 and 20"), ("1,2,3,4,5,6,7,8,9", ERR, "At most 8 values"), (None, ERR, "must be text"),
@@ -189,7 +229,19 @@ def endpoints(f: dict[str, Path], handle) -> list[Endpoint]:
     # with an init image, so that the strength field is checked (without one it is ignored)
     gen_base = ["a photo of a goldfish", "tiny", "DDIM", 5, 3.0, 7, 1, False, -1, 0.0, handle(str(f["jpeg"])), 0.6, 0.0,
                 "fp32", "", "off"]
+    upload = handle(str(f["jpeg"]))
     return [
+        # the original endpoints (tests/test_web_fuzz.py adds random inputs to these, judged for clarity only)
+        Endpoint("/generate", ["a photo of a goldfish", "tiny", "DDIM", 5, 3.0, 7, 1, False],
+                 {0: ("prompt", PROMPT), 1: ("model", MODEL), 2: ("sampler", SAMPLER), 3: ("steps", STEPS),
+                  4: ("guidance", GUIDANCE), 5: ("seed", SEED), 6: ("number of images", NUM_IMAGES),
+                  7: ("show strip", SHOW_STRIP)}),
+        Endpoint("/forward", [upload, "tiny", "cosine", "0, 500", 0],
+                 {1: ("model", MODEL), 2: ("schedule", SCHEDULE), 3: ("timesteps", TIMESTEPS), 4: ("seed", SEED)}),
+        Endpoint("/forward_data", ["tiny", "jellyfish", 1, "cosine", "0, 500, 999", 0],
+                 {0: ("model", DATA_MODEL), 1: ("class", DATA_CLASS), 2: ("index", DATA_INDEX),
+                  3: ("schedule", SCHEDULE), 4: ("timesteps", TIMESTEPS), 5: ("seed", SEED)}),
+        Endpoint("/schedule", [1000], {0: ("num_train_timesteps", NUM_TRAIN_TIMESTEPS)}),
         Endpoint("/generate_studio", gen_base, {8: ("variation seed", SEED), 9: ("variation strength", fr_none0),
                                          10: ("init image", init_table), 11: ("strength", FRACTION),
                                          12: ("snap", fr_none0), 13: ("precision", PRECISION),
@@ -294,3 +346,83 @@ def judge(case: StudioCase, outcome: str, message: str) -> str | None:
     if not any(w and w in message for w in case.words):
         return f"expected an error naming one of {case.words}, got {message[:200]!r}"
     return None
+
+
+# ---------------------------------------------------------------- what a valid request must return
+FORWARD_SIZE = 128  # the Forward tab draws an upload at 128 px, strips with a 2 px gap and a 16 px caption row
+DATA_FRAME = 96  # a 16 px image of the model's data is drawn at 96 px (plot_func's smallest frame)
+TINY = 16  # the test store's models make 16 px images; its SR model makes 32 px
+
+
+def _size(path: Any) -> tuple[int, int]:
+    with Image.open(str(path)) as im:
+        im.load()
+        return im.size
+
+
+def _count(text: Any, sep: str = r"[,; ]") -> int:
+    import re
+
+    return len([p for p in re.split(sep, str(text)) if p.strip()])
+
+
+def _files_are_images(files: Any) -> None:
+    assert files, "no files"
+    for f in files:
+        if str(f).endswith((".png", ".gif")):
+            assert min(_size(f)) > 0, f
+
+
+def check_result(endpoint: str, args: list):
+    """An independent check of a valid request's result (sizes and counts from the request itself)."""
+    def check(out: Any) -> None:
+        if endpoint == "/generate_studio":
+            gallery, status, _seed, gif, _strip, files = out
+            n, side = int(float(args[6])), TINY * (2 if args[15] == "tiny_sr" else 1)
+            assert str(status).startswith("Done") and len(gallery) == n, (status, gallery)
+            assert all(_size(g["image"]) == (side, side) for g in gallery)
+            _files_are_images(files)
+        elif endpoint == "/forward":
+            strip, plot = out
+            k = _count(args[3])
+            assert _size(strip) == (k * FORWARD_SIZE + (k - 1) * 2, FORWARD_SIZE + 16) and min(_size(plot)) > 0
+        elif endpoint == "/forward_data":
+            image, strip, plot = out
+            k = _count(args[4])
+            assert _size(image) == (TINY, TINY) and min(_size(plot)) > 0
+            assert _size(strip) == (k * DATA_FRAME + (k - 1) * 2, DATA_FRAME + 16)
+        elif endpoint in ("/schedule", "/learn_schedule"):
+            w, h = _size(out)
+            assert w > h > 100, (w, h)  # a plot, wider than tall
+        elif endpoint == "/restore":
+            assert len(out) == 15 and isinstance(out[-1], str) and out[-1].strip(), out
+        elif endpoint == "/reuse_seed":
+            assert isinstance(out, int) and 0 <= out < 2**32, out
+        elif endpoint == "/use_as_init":
+            assert min(_size(out)) > 0
+        elif endpoint == "/img2img_start":
+            image, caption = out
+            assert _size(image) == (256, 256) and ("x_t" in caption or "unchanged" in caption), caption
+        elif endpoint == "/prompt_coverage":
+            assert isinstance(out, str), out
+        elif endpoint == "/interpolate":
+            gif, strip, files, status = out
+            assert str(status).startswith("Done") and _size(gif)[0] >= 256, status
+            _files_are_images(files)
+        elif endpoint == "/grid":
+            image, files, status = out
+            cells = _count(args[7], r"[,;]") * max(1, _count(args[9], r"[,;]") if args[8] != "none" else 1)
+            assert str(status).startswith(f"Done: {cells} cells"), (status, cells)
+            assert len([f for f in files if "cell_" in str(f)]) == cells
+            _files_are_images(files)
+        elif endpoint == "/upscale":
+            image, status, files = out
+            assert _size(image) == (2 * TINY, 2 * TINY), _size(image)
+        elif endpoint in ("/learn_steps", "/learn_guidance"):
+            table, caption = out
+            assert min(_size(table)) > 0 and isinstance(caption, str) and caption.strip()
+        elif endpoint == "/history":  # this session's results so far: pictures with their captions
+            assert isinstance(out, list) and all(min(_size(item["image"])) > 0 for item in out), out
+        else:
+            raise AssertionError(f"no result check for {endpoint}")
+    return check

@@ -22,6 +22,8 @@ from conftest import require_environment  # noqa: E402
 from web_helpers import ROOT  # noqa: E402
 
 # One shared server per test session (fixtures registered once, not per module).
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # Chromium flows: dev.py test --full
+
 pytest_plugins = ["web_helpers"]
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -33,12 +35,19 @@ LOADED_IMAGES_JS = """(sel) => [...document.querySelectorAll(sel + ' img')]
     .filter(i => i.complete && i.naturalWidth > 0).length"""
 
 
+# The first gallery images to finish loading (decoded, not only in the DOM), and the status line at
+# that moment: a live preview is seen while the run is still going.
 WATCH_FIRST_IMAGES_JS = """() => {
     window.__firstGallerySrcs = null;
+    window.__statusAtFirst = null;
     const seen = () => {
-        const imgs = [...document.querySelectorAll('#gallery img')];
-        if (window.__firstGallerySrcs === null && imgs.length) window.__firstGallerySrcs = imgs.map(i => i.src);
+        const imgs = [...document.querySelectorAll('#gallery img')].filter(i => i.complete && i.naturalWidth > 0);
+        if (window.__firstGallerySrcs === null && imgs.length) {
+            window.__firstGallerySrcs = imgs.map(i => i.src);
+            window.__statusAtFirst = document.querySelector('#status')?.innerText || '';
+        }
     };
+    document.addEventListener('load', seen, true);  // image loads do not bubble: listen while capturing
     new MutationObserver(seen).observe(document.body, {childList: true, subtree: true, attributes: true});
 }"""
 GALLERY_SRCS_JS = "() => [...document.querySelectorAll('#gallery img')].map(i => i.src)"
@@ -92,7 +101,9 @@ def test_generate_in_chromium(tiny_app, page, tmp_path, record_property):
     done = time.monotonic() - t0
     page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gallery') >= 4")
     first, final = page.evaluate("() => window.__firstGallerySrcs"), page.evaluate(GALLERY_SRCS_JS)
+    status_then = page.evaluate("() => window.__statusAtFirst")
     assert first and len(final) == 4 and not set(first) & set(final), (first, final)
+    assert status_then and "Done" not in status_then, status_then  # seen mid-run: a live preview
     page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gallery') >= 4")
     page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gif') >= 1")
     status = page.locator("#status").inner_text()
@@ -149,7 +160,7 @@ def test_stop_in_chromium(tiny_app, page):
     page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').includes('Done')")
     status = page.locator("#status").inner_text()
     assert "DPM-Solver++, 20 steps" in status and "8 image(s)" in status
-    assert time.monotonic() - t0 < 20, "the stopped job kept the device busy"
+    assert time.monotonic() - t0 < 60, "the stopped job kept the device busy"  # loose; the job alone takes minutes
 
 
 # =============================================================== the studio flows

@@ -49,6 +49,7 @@ def _colour_images(n_per_class: int, size: int = 16, seed: int = 0):
     return np.concatenate(imgs), np.array(labels)
 
 
+@pytest.mark.slow
 def test_classifier_learns_and_round_trips(tmp_path):
     x, y = _colour_images(40)
     clf = E.train_classifier(x, y, 3, epochs=8, batch_size=32, width=8)
@@ -147,6 +148,7 @@ def test_a_yardstick_of_more_classes_scores_the_model_over_all_of_them(tmp_path)
                    classifier_dir=tmp_path / "clf")
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
     data = tmp_path / "data"
     classes = _colour_data(data)

@@ -762,6 +762,7 @@ def test_cli_download_then_preprocess(tmp_path, server):
 # --------------------------------------------------------------------------- real data and the real encoder
 
 
+@pytest.mark.real_data
 def test_shared_tiny_imagenet_ten_class_subset(tmp_path):
     zpath = shared_data() / "tiny-imagenet-200.zip"
     if not zpath.is_file():
@@ -779,6 +780,7 @@ def test_shared_tiny_imagenet_ten_class_subset(tmp_path):
     assert 40 < ds.images[:].mean() < 200  # real photos, not zeros
 
 
+@pytest.mark.real_data
 def test_shared_imagenet_sample_full_size_jpegs(tmp_path):
     src = shared_data() / "imagenet-sample"
     if not (src / "train").is_dir():

@@ -419,6 +419,7 @@ def test_sr_training_learns_the_residual_when_asked(trained, tmp_path):
     assert first[True] < 0.9 * first[False]  # (the same seeds: equal losses if the flag were ignored)
 
 
+@pytest.mark.slow
 def test_bench_sr_scores_bicubic_and_the_sr_model_on_held_out_images_and_samples(trained, tmp_path):
     import sys
 

@@ -1,4 +1,4 @@
-"""Fuzz the running app: 500+ bad (and odd-but-valid) inputs over every API endpoint.
+"""Fuzz the running app: 1000+ bad (and odd-but-valid) inputs over every API endpoint.
 
 A seeded generator (deterministic: the same cases on every run) mutates a
 valid request for each endpoint with values from pools of bad inputs (empty,
@@ -13,15 +13,18 @@ Most cases go through ``gradio_client`` like any API user. Values it cannot
 send (JSON NaN / Infinity, lone surrogates, which it refuses locally) and file
 payloads it would upload for us (a server-side ``{"path": ...}``) go through
 the REST API (``/gradio_api/call/<name>``) with the same JSON a client could
-post. Each case has an expected outcome from an oracle: the same pure
-validation functions web.py uses (``web.validate_request``, ``parse_timesteps``
-...), run here on the JSON round-trip of the inputs. Then:
+post. The oracle is written by hand and calls none of the app's code: the tables of
+``tests/fuzz_studio_cases.py`` give every field of every endpoint rows of (value,
+verdict, words the error must contain), and the hostile uploads carry their
+declared outcome. The random inputs (no oracle) must each get a valid result or
+a clear error. Then:
 
-* a valid input must give a valid result (checked: image count, sizes, the
-  PNG's recipe prompt = ``clean_prompt`` of what was sent ...);
+* a valid input must give a valid result, checked by what came back, through the
+  client or the REST API alike (image count and sizes, each PNG's recipe, the
+  status line; the strips' and plots' sizes ...);
 * a bad input must give an error whose message is a clear sentence (no
-  traceback, not gradio's generic "has raised an exception" text), and where
-  the oracle knows the message, exactly that message;
+  traceback, not gradio's generic "has raised an exception" text), naming what
+  the table says is wrong (or exactly the declared message);
 * gradio's generic refusal is accepted only for payloads gradio itself
   rejects before web.py runs (a file input that is not a file object, a
   server-side path carrying gradio's ``meta`` tag, a URL: its SSRF guard);
@@ -58,7 +61,7 @@ import web
 from engine.recipe import read_png_recipe
 
 pytest.register_assert_rewrite("web_helpers")
-from web_helpers import ROOT, TEST_MAX_WORK, TINY_CLASSES, TINY_SIZE  # noqa: E402
+from web_helpers import ROOT, TINY_CLASSES, TINY_SIZE  # noqa: E402
 
 import fuzz_studio_cases  # noqa: E402
 
@@ -151,70 +154,13 @@ def roundtrip(args: list) -> list:
     return json.loads(json.dumps(args))
 
 
-# =============================================================== the oracle (web.py's own pure checks)
-def model_error(choice: Any) -> str | None:
-    """WebApp._model: ``str(choice or first)``, stripped, must be a store name."""
-    s = str(choice or MODELS[0]).strip()
-    return None if s in MODELS else f"Unknown model {s[:80]!r}; available: {', '.join(MODELS)}."
-
-
-def resolved_model(choice: Any) -> str:
-    return str(choice or MODELS[0]).strip()
-
-
-def expect_generate(args: list) -> tuple[str, str | None, Any]:
-    prompt, model, sampler, steps, guidance, seed, num, _ = roundtrip(args)
-    if (e := model_error(model)) is not None:
-        return ERROR, e, None
-    try:
-        req = web.validate_request(prompt, sampler, steps, guidance, seed, num, image_size=TINY_SIZE,
-                                   num_train_timesteps=1000, max_work=TEST_MAX_WORK)
-    except web.InputError as e:
-        return ERROR, str(e), None
-    return OK, None, req
-
-
-def forward_common_error(model, schedule, timesteps, seed) -> str | None:
-    """WebApp._forward_common, in its order."""
-    if (e := model_error(model)) is not None:
-        return e
-    if schedule not in web.SCHEDULES:
-        return f"Schedule must be one of {', '.join(web.SCHEDULES)}, got {str(schedule)[:40]!r}."
-    try:
-        web.parse_timesteps(timesteps, 1000)
-        web.validate_seed(seed)
-    except web.InputError as e:
-        return str(e)
-    return None
-
-
-# The server's val split for "tiny" (tests/web_helpers.make_tiny_data: 4 images per class).
-FAKE_DS = SimpleNamespace(labels=np.repeat(np.arange(len(CLASSES)), 4), classes=TINY_CLASSES,
-                          images=np.zeros((4 * len(CLASSES), TINY_SIZE, TINY_SIZE, 3), np.uint8))
-
-
-def expect_forward_data(args: list) -> tuple[str, str | None]:
-    model, cls, index, schedule, timesteps, seed = roundtrip(args)
-    if (e := forward_common_error(model, schedule, timesteps, seed)) is not None:
-        return ERROR, e
-    if resolved_model(model) != "tiny":
-        return ERROR, "This model's training data is not on this machine; upload an image instead."
-    try:
-        web.pick_data_image(FAKE_DS, cls, index)
-    except web.InputError as e:
-        return ERROR, str(e)
-    return OK, None
-
-
-def expect_schedule(T: Any) -> tuple[str, str | None]:
-    (T,) = roundtrip([T])
-    try:
-        t = web._whole(T, "num_train_timesteps")
-    except web.InputError as e:
-        return ERROR, str(e)
-    if not 2 <= t <= 100_000:
-        return ERROR, "num_train_timesteps must be between 2 and 100000."
-    return OK, None
+# =============================================================== expectations
+# Exact verdicts come from the hand-written tables in tests/fuzz_studio_cases.py (every endpoint that
+# takes user input, the original four included). The random inputs below have no oracle of their own:
+# each must get a valid result or a clear error (ANY), never a crash, a hang or gradio's generic text.
+def timestep_count(text: Any) -> int:
+    """How many timesteps a valid field names (commas, semicolons or spaces between them)."""
+    return len([p for p in re.split(r"[,; ]", str(text)) if p.strip()])
 
 
 def choice_expect(values: list, choices_per_arg: list[tuple], none_ok: tuple[bool, ...] = (True, True)) -> str:
@@ -243,34 +189,51 @@ def gallery_paths(gallery) -> list[str]:
     return [item["image"] if isinstance(item, dict) else item[0] for item in gallery]
 
 
-def check_generate(req: web.GenerateRequest) -> Callable[[Any], None]:
+def check_generate(args: list) -> Callable[[Any], None]:
+    """A /generate result for these inputs: one 16 px PNG per image, each with its recipe (the steps asked
+    for, its own seed), and the status line."""
     def check(out) -> None:
         gallery, status, seed, gif, _strip, files = out
         paths = gallery_paths(gallery)
-        assert len(paths) == req.num_images, out
         assert str(status).startswith("Done"), status
-        assert image_size(paths[0]) == (TINY_SIZE, TINY_SIZE)
-        recipe = read_png_recipe(paths[0])
-        assert recipe["prompt"] == req.prompt and recipe["steps"] == req.steps, recipe
-        assert req.seed is None or int(seed) == req.seed, (seed, req.seed)
-        assert 0 <= int(seed) <= web.MAX_SEED
+        assert len(paths) == int(float(args[6])), out
+        assert 0 <= int(seed) <= 2**32 - 1
+        for i, p in enumerate(paths):
+            assert image_size(p) == (TINY_SIZE, TINY_SIZE)
+            recipe = read_png_recipe(p)
+            assert recipe["steps"] == int(float(args[3])) and recipe["seed"] == int(seed) + i, recipe
+        assert gif and image_size(gif)[0] >= TINY_SIZE
     return check
+
+
+FORWARD_SIZE = 128  # the Forward tab draws uploads at 128 px, with a 2 px gap and a 16 px caption row
+DATA_FRAME = 96  # ... and a 16 px image of the model's data at 96 px (plot_func's smallest frame)
+
+
+def is_plot(path: Any) -> bool:
+    w, h = image_size(path)
+    return w > h > 100  # a matplotlib figure, wider than tall
 
 
 def check_forward(timesteps: Any) -> Callable[[Any], None]:
-    k = len(web.parse_timesteps(roundtrip([timesteps])[0], 1000))
+    k = timestep_count(timesteps)
 
     def check(out) -> None:
         strip, plot = out
-        assert image_size(strip) == (k * web.FORWARD_SIZE + (k - 1) * 2, web.FORWARD_SIZE + 16)
-        assert image_size(plot)[0] > 100
+        assert image_size(strip) == (k * FORWARD_SIZE + (k - 1) * 2, FORWARD_SIZE + 16)
+        assert is_plot(plot)
     return check
 
 
-def check_forward_data(out) -> None:
-    image, strip, plot = out
-    assert image_size(image) == (TINY_SIZE, TINY_SIZE)
-    assert image_size(strip)[0] >= 96 and image_size(plot)[0] > 100
+def check_forward_data(timesteps: Any) -> Callable[[Any], None]:
+    k = timestep_count(timesteps)
+
+    def check(out) -> None:
+        image, strip, plot = out
+        assert image_size(image) == (TINY_SIZE, TINY_SIZE)
+        assert image_size(strip) == (k * DATA_FRAME + (k - 1) * 2, DATA_FRAME + 16)
+        assert is_plot(plot)
+    return check
 
 
 def check_class_prompt(cls: Any) -> Callable[[Any], None]:
@@ -305,7 +268,7 @@ def check_list_models(out) -> None:
 
 
 def check_schedule(out) -> None:
-    assert image_size(out)[0] > 100
+    assert is_plot(out)
 
 
 def check_random_seed(out) -> None:
@@ -342,8 +305,8 @@ def image_file(path: Path, mode: str, size: tuple[int, int], fmt: str, **save) -
 
 def make_uploads(d: Path) -> list[tuple[str, Path, str, str | None]]:
     """(category, file, declared outcome, message) for the forward tab. The expected
-    message is web.check_upload's on the same bytes (see upload_expectation); the
-    declared outcome (OK / ERROR / ANY / CLIENT) must agree with it."""
+    declared outcome (OK / ERROR / ANY / CLIENT) and message are written by hand: what a person reading
+    the bytes expects (ANY where PIL's reading of a broken header is its own choice)."""
     d.mkdir(parents=True, exist_ok=True)
     out: list[tuple[str, Path, str, str | None]] = []
 
@@ -412,27 +375,10 @@ def make_uploads(d: Path) -> list[tuple[str, Path, str, str | None]]:
 
 
 # =============================================================== building the cases
-def upload_expectation(path: Path, declared: str, message: str | None) -> tuple[str, str | None]:
-    """web.check_upload on this machine decides (the server gets the same bytes);
-    over the size limit, gradio_client refuses before sending."""
-    if declared == CLIENT:
-        return CLIENT, message
-    try:
-        web.check_upload(path)
-    except web.InputError as e:
-        expect, msg = ERROR, str(e)
-    else:
-        expect, msg = OK, None
-    assert declared in (ANY, expect), f"{path.name}: declared {declared}, but check_upload says {expect} {msg}"
-    assert message is None or msg is None or message in msg, (path.name, message, msg)
-    return expect, msg
-
-
 def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: str,
                 studio_dir: Path | None = None) -> list[Case]:
     rng = random.Random(SEED)
     cases: list[Case] = []
-    valid_generate = 0
 
     # ---------------------------------------------------------------- /generate (client)
     base = ["a photo of a goldfish", "tiny", "DPM-Solver++", 5, 3.0, 7, 1, False]
@@ -463,20 +409,17 @@ def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: st
                 args[i] = num_pool(rng)
             else:
                 args[i] = rng.choice(pool)
-        case = _generate_case(args, f"generate: {fields[picked[0]][0]}" if k == 1 else "generate: 2-3 fields")
-        if case.expect == OK:
-            req = expect_generate(args)[2]
-            if valid_generate >= 30 or req.num_images > 4 or req.steps * req.num_images > 60:  # cheap runs only
-                continue
-            valid_generate += 1
-        cases.append(case)
+        if not cheap(args):  # a request that may be valid and costly: the tables cover the valid ones
+            continue
+        cases.append(_generate_case(args, f"generate: {fields[picked[0]][0]}" if k == 1 else "generate: 2-3 fields"))
 
     # ---------------------------------------------------------------- /generate (REST: NaN, Infinity, surrogates)
     for i, name in ((3, "steps"), (4, "guidance"), (5, "seed"), (6, "num_images")):
         for v in NON_FINITE:
             args = list(base)
             args[i] = v
-            cases.append(_generate_case(args, f"generate: {name} non-finite (REST)", via="raw"))
+            cases.append(_generate_case(args, f"generate: {name} non-finite (REST)", via="raw", expect=ERROR,
+                                        message="must be a finite number"))
     for p in SURROGATE_PROMPTS:
         args = list(base)
         args[0] = p
@@ -491,27 +434,19 @@ def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: st
 
     ok_png = next(p for _, p, _, _ in uploads if p.name == "ok.png")
     big = next(p for _, p, _, _ in uploads if p.name == "big.png")
-    for cat, path, declared, msg in uploads:
-        expect, msg = upload_expectation(path, declared, msg)
+    for cat, path, expect, msg in uploads:
         cases.append(Case("/forward", [handle_file(str(path)), "tiny", "cosine", "0, 500", 0], cat, expect,
                           message=msg, check=check_forward("0, 500")))
     cases.append(Case("/forward", [None, "tiny", "cosine", "0", 0], "upload: none", ERROR,
                       message="Upload an image first (or pick one from the model's data)."))
     fwd_fields = {1: MODEL_VALUES, 2: SCHEDULE_VALUES, 3: TIMESTEP_VALUES, 4: None}
-    n_forward_ok = 0
     while sum(c.endpoint == "/forward" and c.category.startswith("forward:") for c in cases) < 45:
         args = [None, "tiny", "linear", "0, 999", 3]
         i = rng.choice(list(fwd_fields))
         args[i] = num_pool(rng) if fwd_fields[i] is None else rng.choice(fwd_fields[i])
-        err = forward_common_error(*args[1:])
-        if err is None:
-            if n_forward_ok >= 12:
-                continue
-            n_forward_ok += 1
         args[0] = handle_file(str(ok_png))
-        cases.append(Case("/forward", args, f"forward: {('model', 'schedule', 'timesteps', 'seed')[i - 1]}",
-                          OK if err is None else ERROR, message=err, check=check_forward(args[3]) if not err
-                          else None))
+        cases.append(Case("/forward", args, f"forward: {('model', 'schedule', 'timesteps', 'seed')[i - 1]}", ANY,
+                          check=check_forward(args[3])))
     # payloads gradio_client would never send: server paths, not-a-file values, URLs (REST)
     outside = "Upload the image to this app; a file path on the server is not accepted."
     for cat, image, expect, msg in [
@@ -538,23 +473,16 @@ def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: st
     # ---------------------------------------------------------------- /forward_data
     fd_fields = {0: MODEL_VALUES, 1: CLASSES + ["", None, "Goldfish", "shark", 5, [], {}, ["goldfish"], "x" * 10_000],
                  2: None, 3: SCHEDULE_VALUES, 4: TIMESTEP_VALUES, 5: None}
-    n_fd_ok = 0
     while sum(c.endpoint == "/forward_data" for c in cases) < 60:
         args = ["tiny", "jellyfish", 1, "cosine", "0, 500, 999", 0]
         for i in rng.sample(list(fd_fields), 1 if rng.random() < 0.8 else 2):
             args[i] = num_pool(rng) if fd_fields[i] is None else rng.choice(fd_fields[i])
-        expect, msg = expect_forward_data(args)
-        if expect == OK:
-            if n_fd_ok >= 12:
-                continue
-            n_fd_ok += 1
-        cases.append(Case("/forward_data", args, "forward_data", expect, message=msg, check=check_forward_data))
+        cases.append(Case("/forward_data", args, "forward_data", ANY, check=check_forward_data(args[4])))
     for i, v in ((2, float("nan")), (2, float("inf")), (5, float("-inf")), (1, "\udcff"), (4, "\udcff")):
         args = ["tiny", "jellyfish", 1, "cosine", "0, 500", 0]
         args[i] = v
-        expect, msg = expect_forward_data(args)
-        cases.append(Case("/forward_data", args, "forward_data (REST)", expect, message=msg, via="raw",
-                          check=check_forward_data))
+        cases.append(Case("/forward_data", args, "forward_data (REST)", ANY, via="raw",
+                          check=check_forward_data(args[4])))
 
     # ---------------------------------------------------------------- helper endpoints
     odd = [None, "", " ", "x" * 10_000, "\x00", 5, 1.5, True, [], {}, {"a": 1}, "goldfish\x00"]
@@ -576,22 +504,10 @@ def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: st
     for _ in range(15):
         m = rng.choice(MODEL_VALUES + odd)
         cases.append(Case("/list_models", [m], "list_models", choice_expect([m], [MODELS]), check=check_list_models))
-    n_sched_ok = 0
-    for T in [2, 1000, 100_000] + [None, 1, 0, -5, 100_001, 10**9, 2.5, "1000", "abc", "", [], {}, True, "1e3",
-                                   "\u0663\u0663"]:
-        expect, msg = expect_schedule(T)
-        cases.append(Case("/schedule", [T], "schedule", expect, message=msg, check=check_schedule))
-    while sum(c.endpoint == "/schedule" for c in cases) < 30:
-        T = num_pool(rng)
-        expect, msg = expect_schedule(T)
-        if expect == OK:
-            if n_sched_ok >= 3:
-                continue
-            n_sched_ok += 1
-        cases.append(Case("/schedule", [T], "schedule", expect, message=msg, check=check_schedule))
+    for T in [10**9, [], {}, "1e3", "\u0663\u0663"] + [num_pool(rng) for _ in range(15)]:
+        cases.append(Case("/schedule", [T], "schedule", ANY, check=check_schedule))
     for T in NON_FINITE:
-        expect, msg = expect_schedule(T)
-        cases.append(Case("/schedule", [T], "schedule (REST)", expect, message=msg, via="raw"))
+        cases.append(Case("/schedule", [T], "schedule (REST)", ERROR, message="must be a finite number", via="raw"))
     for _ in range(10):  # no inputs: extra junk arguments are ignored
         junk = [rng.choice(WRONG_TYPES + NUM_STRINGS) for _ in range(rng.randint(0, 3))]
         cases.append(Case("/random_seed", junk, "random_seed", OK, check=check_random_seed))
@@ -608,16 +524,27 @@ def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: st
     # ---------------------------------------------------------------- the studio endpoints (their own oracle)
     if studio_dir is not None:
         for sc in fuzz_studio_cases.build(fuzz_studio_cases.files(studio_dir), handle_file, random.Random(SEED + 1)):
-            cases.append(Case(sc.endpoint, sc.args, sc.category, OK if sc.expect == "ok" else ERROR, words=sc.words))
+            check = check_generate(sc.args) if sc.endpoint == "/generate" else None  # else check_result's
+            cases.append(Case(sc.endpoint, sc.args, sc.category, OK if sc.expect == "ok" else ERROR, words=sc.words,
+                              check=check))
         for _ in range(5):
-            cases.append(Case("/history", [], "history", OK, words=[]))
+            cases.append(Case("/history", [], "history", OK, words=[]))  # checked by check_result
     return cases
 
 
-def _generate_case(args: list, category: str, via: str = "client") -> Case:
-    expect, msg, req = expect_generate(args)
-    return Case("/generate", args, category, expect, message=msg, via=via,
-                check=check_generate(req) if req is not None else None)
+def cheap(args: list) -> bool:
+    """False for inputs that could pass as many images or many steps (a random case must stay quick)."""
+    def at_most(v: Any, limit: float) -> bool:
+        try:
+            return not float(v) > limit  # NaN and junk are refused before any work
+        except (TypeError, ValueError, OverflowError):
+            return True
+    return at_most(args[6], 4) and at_most(args[3], 50) and (at_most(args[6], 1) or at_most(args[3], 15))
+
+
+def _generate_case(args: list, category: str, via: str = "client", expect: str = ANY,
+                   message: str | None = None) -> Case:
+    return Case("/generate", args, category, expect, message=message, via=via, check=check_generate(args))
 
 
 # =============================================================== running a case
@@ -669,6 +596,21 @@ def raw_call(url: str, name: str, body: bytes, timeout: float) -> tuple[str, Any
     return "stream", stream[-300:]
 
 
+def as_client_value(data: list) -> Any:
+    """A REST result (the event stream's JSON list) as gradio_client returns it: file payloads as their
+    paths (the server is on this machine), one output as itself, several as a tuple."""
+    def files_to_paths(v: Any) -> Any:
+        if isinstance(v, dict) and isinstance(v.get("path"), str) and ("url" in v or "meta" in v):
+            return v["path"]
+        if isinstance(v, dict):
+            return {k: files_to_paths(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [files_to_paths(x) for x in v]
+        return v
+    out = files_to_paths(data)
+    return out[0] if len(out) == 1 else tuple(out)
+
+
 def run_case(case: Case, client, url: str) -> Result:
     from gradio_client.exceptions import AppError
 
@@ -716,10 +658,16 @@ def run_case(case: Case, client, url: str) -> Result:
 
 def judge(case: Case, outcome: str, message: str, value: Any) -> str | None:
     """None if the outcome is acceptable for this case, else what is wrong."""
-    if case.words is not None:  # a studio case: the table's verdict, and a clear sentence
+    if case.words is not None:  # a table case: the table's verdict, a clear sentence, a result that holds up
         if outcome == ERROR and not is_clear(message):
             return f"unclear error message: {message[:200]!r}"
-        return fuzz_studio_cases.judge(SimpleNamespace(expect=case.expect, words=case.words), outcome, message)
+        problem = fuzz_studio_cases.judge(SimpleNamespace(expect=case.expect, words=case.words), outcome, message)
+        if problem is None and outcome == OK:
+            try:
+                (case.check or fuzz_studio_cases.check_result(case.endpoint, case.args))(value)
+            except Exception as e:  # noqa: BLE001
+                return f"invalid result ({type(e).__name__}: {str(e)[:200]}): {repr(value)[:200]}"
+        return problem
     if outcome == SCHEMA:  # gradio's generic refusal, before web.py: only where gradio itself must refuse
         if case.expect in (SCHEMA, HTTP_4XX):
             return None
@@ -732,9 +680,9 @@ def judge(case: Case, outcome: str, message: str, value: Any) -> str | None:
                 return f"expected error {case.message[:150]!r}, got {message[:150]!r}"
         return None
     if outcome == OK and case.expect in (OK, ANY):
-        if case.check is not None and case.via == "client":
+        if case.check is not None:
             try:
-                case.check(value)
+                case.check(value if case.via == "client" else as_client_value(value))
             except Exception as e:  # noqa: BLE001
                 return f"invalid result ({type(e).__name__}: {str(e)[:200]}): {repr(value)[:200]}"
         return None
@@ -748,6 +696,7 @@ def judge(case: Case, outcome: str, message: str, value: Any) -> str | None:
 
 
 # =============================================================== the test
+@pytest.mark.slow
 def test_fuzz_every_endpoint(tiny_app, tmp_path):
     from gradio_client import Client
 

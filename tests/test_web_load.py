@@ -16,14 +16,15 @@ benchmarks/bench_web_load.py, which prints the same figures as a table.
 """
 from __future__ import annotations
 
-import sys
 
 import pytest
 
 pytest.register_assert_rewrite("web_helpers")
-from web_helpers import ROOT, _launch  # noqa: E402
+from web_helpers import _launch  # noqa: E402
 
 from benchmarks import bench_web_load as bench  # noqa: E402
+
+pytestmark = pytest.mark.slow  # load storms: dev.py test --full
 
 pytest_plugins = ["web_helpers"]
 

@@ -340,6 +340,7 @@ def test_mcp_flag_without_the_extra_is_a_clear_error(tmp_path):
     assert "gradio[mcp]" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_mcp_server_serves_generate_over_loopback(tmp_path):
     """python web.py --mcp: a real MCP client lists the tools and calls generate (``mcp`` comes with
     the pinned ``gradio[mcp]``, so this never skips)."""
@@ -399,7 +400,7 @@ def test_upscale_a_result_with_a_store_sr_model(client, tiny_app, tmp_path):
 
     with pytest.raises(AppError, match="No upscaler 'tiny'"):  # a base model is not an upscaler
         client.predict(handle_file(low_png), "tiny", api_name="/upscale")
-    big = png_with(tmp_path / "big.png", f"a photo of a goldfish\nSteps: 5, Sampler: DDIM, Seed: 1, Model: tiny",
+    big = png_with(tmp_path / "big.png", "a photo of a goldfish\nSteps: 5, Sampler: DDIM, Seed: 1, Model: tiny",
                    size=2 * TINY_SIZE)
     with pytest.raises(AppError, match="upscales 16 px images to 32 px"):
         client.predict(handle_file(str(big)), "tiny_sr", api_name="/upscale")
