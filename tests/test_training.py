@@ -294,26 +294,7 @@ def test_exact_resume_n_plus_n_equals_2n(tiny_data, tmp_path, reference_run):
 
 
 # --------------------------------------------------------------------------- processes
-@pytest.mark.slow
-def test_ddp_two_processes_gloo(tiny_data, tmp_path):
-    opts = options(tiny_data, tmp_path, "ddp", **TINY_NET, dropout=0.0, batch_size=8, max_steps=6, log_every=1,
-                   ckpt_every=3, sample_every=0)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "diffusion.py"), "train", "--preset", "smoke", *cli_flags(opts)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = tmp_path / "ddp"
-    last = store.latest_checkpoint(run / "checkpoints")
-    assert last.name == "ckpt-0000006"
-    cfg = json.loads((last / store.CONFIG_FILE).read_text())
-    assert cfg["hardware"].startswith("2 process(es)")
-    assert cfg["images_seen"] == 6 * 8  # batch_size is global: 4 per process
-    assert [int(r["step"]) for r in metric_rows(run)] == list(range(1, 7))
-    weights = store.load_tensors(last / store.WEIGHTS_FILE)
-    assert all(torch.isfinite(v).all() for v in weights.values())
-
-
-# Trains through training.train (training/loop.py untouched) and, on every rank, saves that rank's
+# Trains through `diffusion.py train` (training/loop.py untouched) and, on every rank, saves that rank's
 # final model weights (safetensors) and the examples it saw at each step. Under torchrun each
 # rank has its shard; alone (WORLD_SIZE unset) batch_indices is patched to return the union of
 # both ranks' shards, so the single process sees the same global batch. training.train seeds
@@ -327,7 +308,7 @@ import torch
 from safetensors.torch import save_file
 from training import loop as T
 
-opts, out = json.loads(sys.argv[1]), sys.argv[2]
+flags, out = json.loads(sys.argv[1]), sys.argv[2]
 rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 torch.set_num_threads(1)
 seen, captured = [], {}
@@ -356,7 +337,8 @@ def update_ema(ema, model, step, decay):
     _ema(ema, model, step, decay)
 T.update_ema = update_ema
 
-T.train(T.make_config("smoke", **opts))
+import diffusion  # the real entry point: `torchrun diffusion.py train ...`, with the hooks above in place
+assert diffusion.main(["train", "--preset", "smoke", *flags]) == 0
 state = {k: v.detach().contiguous().clone() for k, v in captured["model"].state_dict().items()}
 save_file(state, os.path.join(out, f"world{world}-rank{rank}.safetensors"))
 with open(os.path.join(out, f"world{world}-rank{rank}.json"), "w") as f:
@@ -366,10 +348,11 @@ with open(os.path.join(out, f"world{world}-rank{rank}.json"), "w") as f:
 
 @pytest.mark.slow
 def test_ddp_synchronises_gradients_like_one_process(tmp_path):
-    """DDP really averages gradients: after 6 steps (a) both ranks hold bit-identical
-    weights although every step their local batches are disjoint, and (b) they equal a
-    single process trained on the same global batch (the union of the two shards) with
-    the same per-example timesteps and noise, within float tolerance."""
+    """`torchrun --nproc_per_node 2 diffusion.py train` writes a normal run, and DDP really averages
+    gradients: after 6 steps (a) both ranks hold bit-identical weights although every step their
+    local batches are disjoint, and (b) they equal a single process trained on the same global
+    batch (the union of the two shards) with the same per-example timesteps and noise, within
+    float tolerance."""
     from safetensors.torch import load_file
 
     data = make_tiny_dataset(tmp_path / "sym")
@@ -385,8 +368,8 @@ def test_ddp_synchronises_gradients_like_one_process(tmp_path):
                   lr=1e-3, warmup_steps=1, max_steps=6, log_every=1, ckpt_every=6, sample_every=0, seed=3)
     runs = {
         2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-            json.dumps(options(data, tmp_path, "ddp2", **common)), str(out)],
-        1: [sys.executable, str(script), json.dumps(options(data, tmp_path, "ddp1", **common)), str(out)],
+            json.dumps(cli_flags(options(data, tmp_path, "ddp2", **common))), str(out)],
+        1: [sys.executable, str(script), json.dumps(cli_flags(options(data, tmp_path, "ddp1", **common))), str(out)],
     }
     for cmd in runs.values():
         env = {k: v for k, v in subprocess_env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
@@ -425,6 +408,14 @@ def test_ddp_synchronises_gradients_like_one_process(tmp_path):
     assert len(losses) == 6 and np.isfinite(losses).all()
     # the logged loss (mean over ranks) is the single process's loss over the same 8 examples
     np.testing.assert_allclose(losses, [float(r["loss"]) for r in metric_rows(tmp_path / "ddp1")], rtol=0, atol=3e-6)
+    # and the run folder torchrun wrote, as `torchrun diffusion.py train` users get it
+    last = store.latest_checkpoint(tmp_path / "ddp2" / "checkpoints")
+    assert last.name == "ckpt-0000006"
+    cfg = json.loads((last / store.CONFIG_FILE).read_text())
+    assert cfg["hardware"].startswith("2 process(es)")
+    assert cfg["images_seen"] == 6 * 8  # batch_size is global: 4 per process
+    assert [int(r["step"]) for r in metric_rows(tmp_path / "ddp2")] == list(range(1, 7))
+    assert all(torch.isfinite(v).all() for v in store.load_tensors(last / store.WEIGHTS_FILE).values())
 
 
 @pytest.mark.slow
