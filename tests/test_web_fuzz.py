@@ -420,6 +420,9 @@ def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: st
             args[i] = v
             cases.append(_generate_case(args, f"generate: {name} non-finite (REST)", via="raw", expect=ERROR,
                                         message="must be a finite number"))
+    # valid requests through the REST API too: what comes back is checked as a client's result is
+    for args in (list(base), [*base[:6], 2, base[7]]):
+        cases.append(_generate_case(args, "generate: valid (REST)", via="raw", expect=OK))
     for p in SURROGATE_PROMPTS:
         args = list(base)
         args[0] = p
@@ -478,6 +481,9 @@ def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: st
         for i in rng.sample(list(fd_fields), 1 if rng.random() < 0.8 else 2):
             args[i] = num_pool(rng) if fd_fields[i] is None else rng.choice(fd_fields[i])
         cases.append(Case("/forward_data", args, "forward_data", ANY, check=check_forward_data(args[4])))
+    for args in (["tiny", "jellyfish", 1, "cosine", "0, 500", 0], ["tiny", None, 7, "linear", "999", 3]):
+        cases.append(Case("/forward_data", args, "forward_data: valid (REST)", OK, via="raw",
+                          check=check_forward_data(args[4])))
     for i, v in ((2, float("nan")), (2, float("inf")), (5, float("-inf")), (1, "\udcff"), (4, "\udcff")):
         args = ["tiny", "jellyfish", 1, "cosine", "0, 500", 0]
         args[i] = v
@@ -508,6 +514,7 @@ def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: st
         cases.append(Case("/schedule", [T], "schedule", ANY, check=check_schedule))
     for T in NON_FINITE:
         cases.append(Case("/schedule", [T], "schedule (REST)", ERROR, message="must be a finite number", via="raw"))
+    cases.append(Case("/schedule", [1000], "schedule: valid (REST)", OK, via="raw", check=check_schedule))
     for _ in range(10):  # no inputs: extra junk arguments are ignored
         junk = [rng.choice(WRONG_TYPES + NUM_STRINGS) for _ in range(rng.randint(0, 3))]
         cases.append(Case("/random_seed", junk, "random_seed", OK, check=check_random_seed))
