@@ -35,7 +35,7 @@ from engine import store
 from engine.figures import cmd_figures
 from engine.model_card import COMPANION_FILES, model_card
 from engine.recipe import load_recipe, save_png
-from engine.request import GenerationRequest, generate
+from engine.request import UNCONDITIONAL, GenerationRequest, generate
 from engine.store import DEFAULT_MODEL_NAME, CheckpointError, load_model
 from training.loop import (
     PRESETS,
@@ -115,7 +115,9 @@ def apply_png_recipe(args: argparse.Namespace, explicit: set[str]) -> None:
             # a recipe names its band when it had one: none named is guidance at every step, not the model's default
             "guidance_interval": r.get("guidance_interval") or "none",
             "upscale": r.get("upscaler"), "upscale_steps": r.get("upscale_steps"), "upscale_aug": r.get("upscale_aug"),
-            "snap": r.get("snap")}
+            "snap": r.get("snap"),
+            # a recipe names its guide model when it had one: none named is classifier-free guidance
+            "guide": r.get("guide") or UNCONDITIONAL}
     for key, value in fill.items():
         if value is not None and key not in explicit:
             setattr(args, key, value)
@@ -164,7 +166,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         variation_strength=args.variation_strength or 0.0,
         init_image=load_init_image(args.init_image, lm.image_size) if args.init_image else None,
         init_name=Path(args.init_image).name if args.init_image else None, strength=args.strength,
-        snap=args.snap or 0.0, upscale=args.upscale, upscale_steps=args.upscale_steps, upscale_aug=args.upscale_aug)
+        snap=args.snap or 0.0, guide=None if args.guide in (None, UNCONDITIONAL) else args.guide,
+        upscale=args.upscale, upscale_steps=args.upscale_steps, upscale_aug=args.upscale_aug)
     gen = generate(lm, request, store=args.store, device=device, return_frames=args.gif)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -284,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snap", type=float, default=None, metavar="S",
                    help="pull the prompt's embedding toward the model's nearest classes by S in (0, 1] "
                         "(free text the model never saw lands on the class it means)")
+    p.add_argument("--guide", default=None, metavar="MODEL",
+                   help="guide with: 'unconditional' (classifier-free guidance, the default) or a weaker model "
+                        "of the store with the same image size and schedule (autoguidance, Karras et al. 2024: "
+                        "an early checkpoint or a smaller network)")
     p.add_argument("--upscale", default=None, metavar="SR_MODEL",
                    help="upscale with a super-resolution model, e.g. sr64 (32 px -> 64 px; a cascade's second stage)")
     p.add_argument("--upscale-steps", type=int, default=None, metavar="N",

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from core.autoguidance import AutoGuidedDenoiser, check_guide_schedule
 from core.loss import q_sample
 from core.noise import starting_noise
 from core.pixels import images_to_tensor, to_uint8
@@ -96,6 +97,8 @@ def generate_images(
     precision: str = "fp32",
     guidance_interval: tuple[float, float] | None = None,
     seeds: Sequence[int] | None = None,
+    guide_model: torch.nn.Module | None = None,
+    guide_diffusion: DiffusionConfig | None = None,
 ) -> GenerationResult:
     """Prompts or class names in, uint8 images (and optional denoising frames) out.
 
@@ -117,6 +120,8 @@ def generate_images(
     * ``precision``: ``fp32``, ``bf16`` (the network under bf16 autocast; the
       sampler's own arithmetic stays fp32) or ``auto`` (``resolve_precision``).
     * ``guidance_interval``: (LO, HI) in EDM sigma; guidance only there (``GuidedDenoiser``).
+    * ``guide_model`` (with its ``guide_diffusion``, default the model's): autoguidance, a weaker model
+      of the same schedule in place of the unconditional branch (``core.autoguidance``).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -170,8 +175,15 @@ def generate_images(
     elif strength != 1.0:
         raise ValueError("strength applies to init images only (img2img)")
     guidance_interval = parse_guidance_interval(guidance_interval)
-    denoise = GuidedDenoiser(model, terms, cond, diffusion.prediction_type, guidance_scale,
-                             guidance_interval=guidance_interval)
+    if guide_model is None:
+        denoise = GuidedDenoiser(model, terms, cond, diffusion.prediction_type, guidance_scale,
+                                 guidance_interval=guidance_interval)
+    else:
+        guide_diffusion = guide_diffusion or diffusion
+        check_guide_schedule(diffusion, guide_diffusion)
+        denoise = AutoGuidedDenoiser(model, guide_model, terms, cond, diffusion.prediction_type,
+                                     guide_diffusion.prediction_type, guidance_scale,
+                                     guidance_interval=guidance_interval)
 
     frames: list[np.ndarray] = []
     frame_ts: list[int] = []
@@ -184,14 +196,17 @@ def generate_images(
         if callback is not None:
             callback(info)
 
-    was_training = model.training
-    model.eval()
+    nets = [model] + ([guide_model] if guide_model is not None and guide_model is not model else [])
+    was_training = [net.training for net in nets]
+    for net in nets:
+        net.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     try:
         with autocast:
             out = run_sampler(sampler, denoise, x, timesteps, eta, generators, on_step)
     finally:
-        model.train(was_training)
+        for net, mode in zip(nets, was_training):
+            net.train(mode)
     recipe = {
         "sampler": sampler, "steps": num_steps, "guidance_scale": guidance_scale, "seed": seeds[0] if seeds else int(seed),
         "eta": eta, "timestep_spacing": spacing, "size": size, "precision": precision,

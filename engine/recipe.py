@@ -41,6 +41,7 @@ _FIELDS = {
     "Upscale steps": ("upscale_steps", int),
     "Upscale noise": ("upscale_aug", float),
     "Class snap": ("snap", float),  # the app's "snap to known classes" (prompting.snap_to_classes)
+    "Guide": ("guide", str),  # autoguidance: the weaker model guiding in place of the unconditional branch
 }
 # AUTOMATIC1111 sampler names -> ours (the same solver; others have no counterpart here)
 A1111_SAMPLERS = {"dpm++ 2m": "dpm++", "dpm++ 2m karras": "dpm++", "dpm++ 2m sde": "dpm++", "ddim": "ddim",

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from core.autoguidance import check_guide_schedule
 from core.generation import GenerationResult, generate_images, resolve_prompts
 from core.noise import interpolation_inputs, starting_noise
 from core.prompting import encode_weighted, snap_to_classes
@@ -29,11 +30,12 @@ from core.sampling import (
     default_steps,
     parse_guidance_interval,
 )
-from engine.store import LoadedModel
+from engine.store import LoadedModel, load_model, model_type_of
 from engine.upscaling import upscale_generation
 from models.text_encoder import class_prompt, encode_prompts
 
 EncodeFn = Callable[[list[str]], np.ndarray]
+UNCONDITIONAL = "unconditional"  # "guide with" the model's own null branch: classifier-free guidance
 DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale when neither the user nor the model names one
 
 
@@ -60,6 +62,7 @@ class GenerationRequest:
     snap: float = 0.0  # pull the conditioning toward the model's classes by this much
     cond: np.ndarray | torch.Tensor | None = None  # explicit conditioning (N, D): replaces the prompts' encoding
     noise: torch.Tensor | None = None  # explicit starting noise (N, C, H, W): replaces the seeds' noise
+    guide: str | None = None  # autoguidance: a weaker model of the store in place of the unconditional branch
     upscale: str | None = None  # an SR model of the store: the cascade's second stage
     upscale_steps: int | None = None
     upscale_aug: float | None = None
@@ -146,10 +149,12 @@ def generate(
     class_embs: np.ndarray | None = None,
     return_frames: bool = False,
     callback: StepCallback | None = None,
+    load_guide: Callable[[str], LoadedModel] | None = None,
 ) -> Generation:
     """Run one request on a loaded model (and, with ``request.upscale``, its second stage).
 
     ``class_embs``: the model's class embeddings when the caller caches them (the app), for snapping.
+    ``load_guide``: how to load ``request.guide`` (the app's model cache); default: from ``store``.
     ``callback`` sees every step of both stages; frames are kept every ``steps // 40`` steps."""
     encode_fn = encode_fn or encode_prompts
     settings = resolve_settings(lm, request)
@@ -157,6 +162,10 @@ def generate(
     cond = request.cond
     if cond is None:
         cond = conditioning(lm, texts, request.snap, encode_fn, class_embs)
+    guide = None
+    if request.guide:
+        guide = (load_guide or (lambda name: load_model(name, store=store, device=device or "cpu")))(request.guide)
+        check_guide(lm, guide)
     init = request.init_image
     if init is not None and init.ndim == 3:
         init = init[None]
@@ -168,7 +177,8 @@ def generate(
         frame_every=max(1, settings.steps // 40), callback=callback, device=device,  # <= ~40 frames
         variation_seed=request.variation_seed, variation_strength=request.variation_strength,
         init_images=init, strength=1.0 if request.strength is None else request.strength, cond=cond,
-        noise=request.noise, precision=request.precision, guidance_interval=settings.guidance_interval)
+        noise=request.noise, precision=request.precision, guidance_interval=settings.guidance_interval,
+        guide_model=guide.model if guide else None, guide_diffusion=guide.diffusion if guide else None)
     gen = Generation(res.images, res.prompts, res.seeds, [], res.frames, res.frame_timesteps, res)
     stage2: dict[str, Any] = {}
     if request.upscale:  # the same seeds and precision in the second stage
@@ -179,6 +189,16 @@ def generate(
         gen.images, gen.frames, gen.frame_timesteps, stage2 = up.images, up.frames, up.frame_timesteps, up.recipe
     gen.recipes = image_recipes(res, lm.name, request, stage2)
     return gen
+
+
+def check_guide(lm: LoadedModel, guide: LoadedModel) -> None:
+    """A guide for autoguidance: a base model that makes images of the same size on the same schedule."""
+    if model_type_of(guide.config) != "base":
+        raise ValueError(f"{guide.name} is a super-resolution model; a guide is a base model of the store")
+    if guide.image_size != lm.image_size:
+        raise ValueError(f"the guide {guide.name} makes {guide.image_size} px images; {lm.name} makes "
+                         f"{lm.image_size} px")
+    check_guide_schedule(lm.diffusion, guide.diffusion)
 
 
 def image_recipes(res: GenerationResult, model_name: str, request: GenerationRequest,
@@ -194,6 +214,8 @@ def image_recipes(res: GenerationResult, model_name: str, request: GenerationReq
             r["init_image"] = request.init_name
         if request.snap > 0:
             r["snap"] = float(request.snap)
+        if request.guide:
+            r["guide"] = request.guide
         recipes.append(r)
     return recipes
 
