@@ -54,6 +54,12 @@ THEN_UPSCALE = [  # "off" (or empty) keeps the first stage; else an SR model of 
     ("nope", ERR, "No upscaler"), (5, ERR, "No upscaler"), ("../tiny_sr", ERR, "No upscaler"),
     ("tiny_sr\x00", ERR, "No upscaler"), ("OFF", ERR, "No upscaler"),
 ]
+GUIDE = [  # "unconditional" (or nothing) = classifier-free guidance; else a base model of the store (16 px)
+    ("unconditional", OK, None), (None, OK, None), ("", OK, None), ("tiny_b", OK, None), ("tiny", OK, None),
+    ("tiny_sr", ERR, "Guide with must be"), ("nope", ERR, "Guide with must be"), (5, ERR, "Guide with must be"),
+    ("../tiny_b", ERR, "Guide with must be"), ("Unconditional", ERR, "Guide with must be"),
+    (["tiny_b"], ERR, "Guide with must be"),
+]
 PRECISION = [  # case and surrounding spaces do not matter; empty = fp32
     ("fp32", OK, None), ("auto", OK, None), ("bf16", OK, None), (None, OK, None), ("", OK, None), (" FP32 ", OK, None),
     ("fp16", ERR, "Precision must be one of"), ("fp32\x00", ERR, "Precision must be one of"),
@@ -228,7 +234,7 @@ def endpoints(f: dict[str, Path], handle) -> list[Endpoint]:
     init_table = image_file_table(f, handle, "unused")[:-1] + [(None, OK, None)]  # no init image: plain generation
     # with an init image, so that the strength field is checked (without one it is ignored)
     gen_base = ["a photo of a goldfish", "tiny", "DDIM", 5, 3.0, 7, 1, False, -1, 0.0, handle(str(f["jpeg"])), 0.6, 0.0,
-                "fp32", "", "off"]
+                "fp32", "", "off", "unconditional"]
     upload = handle(str(f["jpeg"]))
     return [
         # the original endpoints (tests/test_web_fuzz.py adds random inputs to these, judged for clarity only)
@@ -245,7 +251,8 @@ def endpoints(f: dict[str, Path], handle) -> list[Endpoint]:
         Endpoint("/generate_studio", gen_base, {8: ("variation seed", SEED), 9: ("variation strength", fr_none0),
                                          10: ("init image", init_table), 11: ("strength", FRACTION),
                                          12: ("snap", fr_none0), 13: ("precision", PRECISION),
-                                         14: ("guidance interval", INTERVAL), 15: ("then upscale", THEN_UPSCALE)}),
+                                         14: ("guidance interval", INTERVAL), 15: ("then upscale", THEN_UPSCALE),
+                                         16: ("guide with", GUIDE)}),
         Endpoint("/restore", [handle(str(f["a1111"])), "tiny"],  # its model (sd15) is not here: the picker's is used
                  # (not the "recipe" file here: its model is in the store, so the picker's would not matter)
                  {0: ("file", recipe_file_table(f, handle)[1:]), 1: ("model", MODEL)}),
@@ -395,7 +402,7 @@ def check_result(endpoint: str, args: list):
             w, h = _size(out)
             assert w > h > 100, (w, h)  # a plot, wider than tall
         elif endpoint == "/restore":
-            assert len(out) == 15 and isinstance(out[-1], str) and out[-1].strip(), out
+            assert len(out) == 16 and isinstance(out[-1], str) and out[-1].strip(), out
         elif endpoint == "/reuse_seed":
             assert isinstance(out, int) and 0 <= out < 2**32, out
         elif endpoint == "/use_as_init":

@@ -32,7 +32,7 @@ BASE = dict(prompt="a photo of a goldfish", model="tiny", sampler="DDIM", steps=
 def generate(client, **kw):
     d = dict(BASE, **kw)
     extra = {k: d[k] for k in ("variation_seed", "variation_strength", "init_image", "strength", "snap", "precision",
-                               "guidance_interval", "upscale") if k in d}
+                               "guidance_interval", "upscale", "guide") if k in d}
     args = [d[k] for k in ("prompt", "model", "sampler", "steps", "guidance", "seed", "num_images", "show_strip")]
     return client.predict(*args, **extra, api_name="/generate_studio")
 
@@ -74,8 +74,8 @@ def test_restore_brings_every_setting_back_and_regenerates_the_same_pixels(clien
     second = paths(out[0])[1]
     restored = client.predict(handle_file(second), "tiny_b", api_name="/restore")
     model, prompt, sampler, steps, guidance, seed, num, vseed, vstrength, strength, snap, *rest = restored
-    precision, interval, upscale, message = rest
-    assert (precision, interval, upscale) == ("fp32", "", "off")
+    precision, interval, upscale, guide, message = rest
+    assert (precision, interval, upscale, guide) == ("fp32", "", "off", "unconditional")
     assert model["value"] == "tiny" and prompt == "a photo of a goldfish" and sampler == "DPM-Solver++"
     assert steps["value"] == 9 and (steps["minimum"], steps["maximum"]) == (5, 50)
     assert (guidance, seed, num, vseed, vstrength) == (4.5, 22, 1, 301, 0.25)  # image 1: seed + 1, variation + 1
@@ -84,6 +84,26 @@ def test_restore_brings_every_setting_back_and_regenerates_the_same_pixels(clien
                      variation_seed=vseed, variation_strength=vstrength)
     np.testing.assert_array_equal(pixels(paths(again[0])[0]), pixels(second))
     assert client.predict(handle_file(second), api_name="/reuse_seed") == 22
+
+
+def test_guide_with_a_weaker_model_is_recorded_restored_and_repeatable(client):
+    """"Guide with" another model of the store (autoguidance): the PNG names it, Restore brings it back,
+    and the restored settings make the same pixels; unconditional guidance makes other ones."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    out = generate(client, seed=5, guide="tiny_b")
+    png = paths(out[0])[0]
+    assert read_png_recipe(png)["guide"] == "tiny_b" and "guided by tiny_b" in out[1]
+    restored = client.predict(handle_file(png), "tiny", api_name="/restore")
+    assert restored[-2] == "tiny_b"
+    again = generate(client, seed=5, guide=restored[-2])
+    np.testing.assert_array_equal(pixels(paths(again[0])[0]), pixels(png))
+    plain = generate(client, seed=5, guide="unconditional")
+    assert "guide" not in read_png_recipe(paths(plain[0])[0])
+    assert np.abs(pixels(paths(plain[0])[0]).astype(int) - pixels(png).astype(int)).mean() > 1
+    with pytest.raises(AppError, match="Guide with must be"):
+        generate(client, guide="tiny_sr")  # an upscaler is not a guide
 
 
 def test_restore_reads_an_automatic1111_chunk(client, tmp_path):
@@ -432,7 +452,7 @@ def test_then_upscale_runs_both_stages_in_one_job(client, tiny_app):
     with Image.open(gif) as g:  # DDIM 6 steps, then 3 SR steps, every frame at 32 px
         assert g.n_frames == 6 + 3
     restored = client.predict(handle_file(paths(gallery)[1]), "tiny", api_name="/restore")
-    assert restored[-2] == "tiny_sr" and "upscaled by tiny_sr" in restored[-1]
+    assert restored[-3] == "tiny_sr" and restored[-2] == "unconditional" and "upscaled by tiny_sr" in restored[-1]
 
     from gradio_client.exceptions import AppError
 

@@ -9,6 +9,7 @@ from webui.uploads import file_path, recipe_of, upload_folder
 from webui.validation import (
     DEFAULT_PRECISION,
     GUIDANCE_RANGE,
+    GUIDE_UNCONDITIONAL,
     PRECISION_CHOICES,
     InputError,
     check_upload,
@@ -32,7 +33,7 @@ class RecipeActions:
     def restore(self, png, model_choice):
         """A PNG's recipe -> every setting: (model, prompt, sampler, steps, guidance, seed, number of
         images, variation seed, variation strength, denoising strength, snap, precision, guidance
-        interval, upscaler, message)."""
+        interval, upscaler, guide, message)."""
 
         with self.app.errors("restore"):
             r = recipe_of(png, self.app.max_upload)
@@ -88,6 +89,13 @@ class RecipeActions:
                                  "(the CLI's --from-png repeats them exactly)")
                 else:
                     notes.append(f"its upscaler {str(r['upscaler'])[:60]!r} is not in this store; upscaling is off")
+            guide = GUIDE_UNCONDITIONAL
+            if r.get("guide"):
+                if r["guide"] in self.app.models.choices_values():
+                    guide = r["guide"]
+                else:
+                    notes.append(f"its guide model {str(r['guide'])[:60]!r} is not in this store; guiding with "
+                                 "the unconditional branch")
             prompt = clean_prompt(r["prompt"])
             message = (f"Restored: {prompt[:80]!r}, {lm.name}, {label} {steps} steps, guidance {guidance:g}, "
                        f"seed {seed}" + (f", variation seed {var_seed} at {var_strength:g}" if var_seed is not None
@@ -97,7 +105,7 @@ class RecipeActions:
             return (gr.update(value=model), prompt, label, self.app.steps_update(label, lm, steps), guidance, seed, 1,
                     -1 if var_seed is None else int(var_seed), var_strength,
                     DEFAULT_STRENGTH if strength is None else float(strength), float(r.get("snap", 0.0)),
-                    precision, interval, upscaler, message)
+                    precision, interval, upscaler, guide, message)
 
     def reuse_seed(self, image) -> int:
         """The seed in a result's recipe (the gallery's selected image)."""

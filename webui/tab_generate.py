@@ -27,7 +27,7 @@ from core.prompting import (
 )
 from core.sampling import sampler_timesteps
 from dataprep.images import load_init_image
-from engine.request import Generation, GenerationRequest, generate
+from engine.request import Generation, GenerationRequest, check_guide, generate
 from models.text_encoder import encode_prompts
 from webui.cascade import UPSCALE_OFF
 from webui.jobs import Cancelled, Done, Tick, session_of
@@ -36,6 +36,7 @@ from webui.uploads import file_path, upload_folder
 from webui.validation import (
     DEFAULT_PRECISION,
     GUIDANCE_RANGE,
+    GUIDE_UNCONDITIONAL,
     MAX_INTERVAL_CHARS,
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -52,6 +53,7 @@ from webui.validation import (
     steps_range,
     validate_blend,
     validate_fraction,
+    validate_guide,
     validate_request,
     validate_seed,
     validate_steps,
@@ -69,8 +71,8 @@ class GenerateTab:
     # ----------------------------------------------------------------- generate
     def generate(self, prompt, model_choice, sampler, steps, guidance, seed, num_images, show_strip,
                  variation_seed=None, variation_strength=0.0, init_image=None, strength=DEFAULT_STRENGTH,
-                 snap=0.0, precision=DEFAULT_PRECISION, guidance_interval=None, upscale=UPSCALE_OFF, request=None,
-                 progress=None) -> Iterator[tuple]:
+                 snap=0.0, precision=DEFAULT_PRECISION, guidance_interval=None, upscale=UPSCALE_OFF,
+                 guide=GUIDE_UNCONDITIONAL, request=None, progress=None) -> Iterator[tuple]:
         """Stream (gallery, status, seed, gif, strip, files): previews while sampling, then the results.
 
         With ``upscale`` (an SR model of the store) the cascade runs both stages in one job, as
@@ -79,12 +81,12 @@ class GenerateTab:
         None (``/generate``, which has no such input) is the model's own default band; "" is none."""
         yield from self.app.guarded("generation", self._generate(
             prompt, model_choice, sampler, steps, guidance, seed, num_images, show_strip, variation_seed,
-            variation_strength, init_image, strength, snap, precision, guidance_interval, upscale, request,
+            variation_strength, init_image, strength, snap, precision, guidance_interval, upscale, guide, request,
             progress))
 
     def _generate(self, prompt, model_choice, sampler, steps, guidance, seed, num_images, show_strip,
                   variation_seed, variation_strength, init_image, strength, snap, precision, guidance_interval,
-                  upscale, request, progress):
+                  upscale, guide, request, progress):
 
         app = self.app
         lm = app._model(model_choice)
@@ -98,13 +100,14 @@ class GenerateTab:
                                strength=strength if has_init else None, snap=snap, precision=precision,
                                guidance_interval=guidance_interval)
         stage2 = app.cascade.stage(upscale, lm, req.num_images)
+        guide_name = validate_guide(guide, app.models.choices_values())
         init = self.init_array(init_image, lm.image_size) if has_init else None
         seed_used = req.seed if req.seed is not None else app.random_seed()
         var_seed = req.variation_seed
         if req.variation_strength > 0 and var_seed is None:
             var_seed = app.random_seed()
         session = session_of(request)
-        work = self._work(lm, req, seed_used, var_seed, init, stage2)
+        work = self._work(lm, req, seed_used, var_seed, init, stage2, guide_name)
         what = (f"Sampling {req.num_images} image(s) with {req.sampler_label}, {req.steps} steps"
                 + (f" from an image at strength {req.strength:g}" if init is not None else "")
                 + (f", then upscaling with {stage2[0]} ({stage2[1]} steps)" if stage2 else "") + "...")
@@ -130,6 +133,7 @@ class GenerateTab:
                        + (f" · guidance only for sigma in ({req.guidance_interval[0]:g}, "
                           f"{req.guidance_interval[1]:g}]" if req.guidance_interval else "")
                        + (f" · {ev.result.recipe['precision']}" if req.precision != "fp32" else "")
+                       + (f" · guided by {guide_name}" if guide_name else "")
                        + (f" · upscaled to {ev.result.images.shape[2]} px by {stage2[0]}" if stage2 else ""),
                        seed_used, gif, strip, files)
 
@@ -149,7 +153,7 @@ class GenerateTab:
             raise InputError("That file is not an image this app can read; upload a PNG, JPEG or WebP.") from None
 
     def _work(self, lm, req: GenerateRequest, seed_used: int, var_seed: int | None, init,
-              stage2: tuple[str, int] | None = None):
+              stage2: tuple[str, int] | None = None, guide: str | None = None):
         """The job: one generation request (``engine.request``), as ``python diffusion.py sample`` makes it."""
         app = self.app
         class_embs = None
@@ -162,11 +166,16 @@ class GenerateTab:
             guidance=req.guidance, guidance_interval=req.guidance_interval or "none", precision=req.precision,
             variation_seed=var_seed, variation_strength=req.variation_strength, init_image=init,
             init_name="init.png",  # saved next to the images: --init-image init.png regenerates them
-            strength=req.strength, snap=req.snap, upscale=stage2[0] if stage2 else None)
+            strength=req.strength, snap=req.snap, guide=guide, upscale=stage2[0] if stage2 else None)
+        if guide:  # load it now: a guide that does not fit this model is the user's error, before the queue
+            try:
+                check_guide(lm, app._model(guide))
+            except ValueError as e:
+                raise InputError(f"Guide with {guide}: {e}.") from None
 
         def work(on_step):
             return generate(lm, request, store=app.args.store, device=app.args.device, class_embs=class_embs,
-                            return_frames=True, callback=on_step)
+                            return_frames=True, callback=on_step, load_guide=app._model)
         return work
 
     def _export(self, lm, res: Generation, req: GenerateRequest, show_strip: bool, init, var_seed: int | None):
@@ -309,6 +318,11 @@ class GenerateTab:
                                             elem_id="guidance-interval",
                                             info="guidance only for noise levels in (LO, HI]: fewer network calls; "
                                                  "empty = at every step; a model may bring its own (BENCHMARKS.md)")
+                    guide = gr.Dropdown([GUIDE_UNCONDITIONAL, *app.models.choices_values()], value=GUIDE_UNCONDITIONAL,
+                                        label="Guide with", elem_id="guide-with",
+                                        info="unconditional = classifier-free guidance; a weaker model of the same "
+                                             "size = autoguidance (Karras et al. 2024): an early checkpoint or a "
+                                             "smaller network")
                     upscale = gr.Dropdown([UPSCALE_OFF, *sr_models], value=UPSCALE_OFF, elem_id="then-upscale",
                                           label="Then upscale 2x with (the cascade's second stage)",
                                           info="the results are the upscaled images; previews show both stages",
@@ -349,7 +363,7 @@ class GenerateTab:
                     restore_md = gr.Markdown("", elem_id="restore-status")
 
         inputs = [prompt, ui.model, sampler, steps, guidance, seed, num, show_strip, var_seed, var_strength,
-                  init_image, strength, snap, precision, g_interval, upscale]
+                  init_image, strength, snap, precision, g_interval, upscale, guide]
         outputs = [gallery, status, seed, gif, strip, files]
         common = dict(preprocess=False, concurrency_limit=app.args.concurrency, concurrency_id="sampling",
                       show_progress="full", show_progress_on=[status], time_limit=app.args.time_limit)
@@ -369,7 +383,7 @@ class GenerateTab:
                       trigger_mode="always_last", show_progress="hidden", concurrency_limit=2,
                       concurrency_id="coverage")
         restore_out = [ui.model, prompt, sampler, steps, guidance, seed, num, var_seed, var_strength, strength, snap,
-                       precision, g_interval, upscale, restore_md]
+                       precision, g_interval, upscale, guide, restore_md]
         restore_event = restore_file.upload(recipes.restore, [restore_file, ui.model], restore_out, api_name="restore",
                                             preprocess=False, concurrency_limit=2, concurrency_id="restore")
         restore_sel = restore_sel_btn.click(recipes.restore, [selected, ui.model], restore_out,
@@ -411,13 +425,15 @@ class GenerateTab:
 
         def generate(prompt, model, sampler, steps, guidance, seed, num_images, show_strip, variation_seed=None,
                      variation_strength=None, init_image=None, strength=None, snap=None, precision=None,
-                     guidance_interval=None, upscale=None, request: gr.Request = None, progress=gr.Progress()):
+                     guidance_interval=None, upscale=None, guide=None, request: gr.Request = None,
+                     progress=gr.Progress()):
             yield from tab.generate(prompt, model, sampler, steps, guidance, seed, num_images, show_strip,
                                     -1 if variation_seed is None else variation_seed,
                                     0.0 if variation_strength is None else variation_strength, init_image,
                                     DEFAULT_STRENGTH if strength is None else strength, 0.0 if snap is None else snap,
                                     DEFAULT_PRECISION if precision is None else precision, guidance_interval,
-                                    UPSCALE_OFF if upscale is None else upscale, request=request, progress=progress)
+                                    UPSCALE_OFF if upscale is None else upscale,
+                                    GUIDE_UNCONDITIONAL if guide is None else guide, request=request, progress=progress)
 
         generate.__annotations__["request"] = gr.Request  # a class, not a string: gradio injects it
         return generate

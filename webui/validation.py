@@ -553,3 +553,17 @@ def parse_guidance_list(text: Any, max_count: int = MAX_GRID_VALUES) -> list[flo
     if len(values) > max_count:
         raise InputError(f"At most {max_count} guidance scales, got {len(values)}.")
     return values
+
+
+GUIDE_UNCONDITIONAL = "unconditional"  # "guide with" the model's own null branch: classifier-free guidance
+
+
+def validate_guide(value: Any, models: Sequence[str]) -> str | None:
+    """The "Guide with" choice: None for classifier-free guidance ("unconditional", or nothing), else a
+    base model of this store (autoguidance; whether it fits the model is checked when it is loaded)."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", GUIDE_UNCONDITIONAL)):
+        return None
+    if not isinstance(value, str) or value not in models:
+        raise InputError(f"Guide with must be '{GUIDE_UNCONDITIONAL}' or a model of this store "
+                         f"({', '.join(models) or 'none'}), got {str(value)[:60]!r}.")
+    return value
