@@ -12,7 +12,14 @@ import torch.nn.functional as F
 from core.loss import q_sample
 from core.pixels import images_to_tensor, to_uint8
 from core.precision import resolve_precision
-from core.sampling import GuidedDenoiser, StepCallback, StepInfo, dpm_solver_pp_sample, make_timesteps, randn_like_batch
+from core.sampling import (
+    GuidedDenoiser,
+    StepCallback,
+    StepInfo,
+    dpm_solver_pp_sample,
+    make_timesteps,
+    randn_like_batch,
+)
 from core.schedules import DiffusionConfig, DiffusionTerms
 
 # --------------------------------------------------------------------------- super-resolution (a cascade's second stage)
