@@ -42,6 +42,7 @@ from core.prompting import snapping_encoder
 from core.samplers import SAMPLERS
 from core.sampling import parse_guidance_interval
 from dataprep.dataset import PreprocessedDataset
+from engine.request import check_guide
 from engine.store import CheckpointError, load_model, load_tensors
 from models.text_encoder import encode_prompts
 
@@ -329,10 +330,12 @@ def generate_per_class(lm: Any, sampler: str, steps: int, per_class: int, guidan
                        batch_size: int, device: torch.device,
                        encode_fn: Callable[[list[str]], np.ndarray] | None = None,
                        prompts: Sequence[str] | None = None, precision: str = "fp32",
-                       guidance_interval: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+                       guidance_interval: tuple[float, float] | None = None,
+                       guide: Any = None) -> tuple[np.ndarray, np.ndarray, float]:
     """``per_class`` images of every class prompt (or of each of ``prompts``), the j-th image of
     every prompt from the same seed ``seed + j`` (so the conditioning check can compare classes
-    drawn from one noise); returns (images, prompt index of each image, seconds)."""
+    drawn from one noise); returns (images, prompt index of each image, seconds). ``guide``: a
+    weaker ``LoadedModel`` guiding in place of the unconditional branch (autoguidance)."""
 
     prompts = list(prompts) if prompts else [c["prompt"] for c in lm.classes]
     labels = np.repeat(np.arange(len(prompts)), per_class)
@@ -344,7 +347,9 @@ def generate_per_class(lm: Any, sampler: str, steps: int, per_class: int, guidan
         res = generate_images(lm.model, lm.diffusion, [prompts[j] for j in chunk], num_images=len(chunk),
                                 sampler=sampler, num_steps=steps, guidance_scale=guidance,
                                 seeds=seeds[i:i + batch_size].tolist(), encode_fn=encode_fn, device=device,
-                                precision=precision, guidance_interval=guidance_interval)
+                                precision=precision, guidance_interval=guidance_interval,
+                                guide_model=guide.model if guide else None,
+                                guide_diffusion=guide.diffusion if guide else None)
         images.append(res.images)
     return np.concatenate(images), labels, time.perf_counter() - start
 
@@ -569,7 +574,7 @@ def evaluate(
     encode_fn: Callable[[list[str]], np.ndarray] | None = None, classifier_dir: Path | None = None,
     free_text: Sequence[tuple[str, int]] = (), free_text_setting: tuple[str, int] = ("dpm++", 20),
     precision: str = "fp32", snaps: Sequence[float] = (0.0,), guidance_interval: tuple[float, float] | None = None,
-    free_text_per_prompt: int = 0,
+    free_text_per_prompt: int = 0, guide: Any = None,
 ) -> dict[str, Any]:
     """Run the whole evaluation; returns a dict with the reference figures and one Row per setting."""
 
@@ -606,6 +611,7 @@ def evaluate(
     result: dict[str, Any] = {
         "model": lm.name, "data": str(data_dir), "per_class": per_class, "seed": seed, "guidance": guidance,
         "precision": precision, "guidance_interval": list(guidance_interval) if guidance_interval else None,
+        "guide": guide.name if guide else None,
         "classes": len(lm.classes), "yardstick_classes": len(clf_names), "real_val_images": int(len(val_labels)),
         "real_val_accuracy": float((val_pred == val_labels).mean()),
         "real_val_top5": top_k_accuracy(val_logits, yardstick.of_model[val_labels], 5),
@@ -619,7 +625,8 @@ def evaluate(
         result["real_vs_real_fid"] = frechet_distance(inc(train_images[ref_idx]), inc_val)
     for sampler, steps in settings:
         images, labels, secs = generate_per_class(lm, sampler, steps, per_class, guidance, seed, batch_size, device,
-                                                  encode_fn, precision=precision, guidance_interval=guidance_interval)
+                                                  encode_fn, precision=precision, guidance_interval=guidance_interval,
+                                                  guide=guide)
         logits, feat = predict(clf, images)
         pred = yardstick.to_model(logits.argmax(1))
         acc = float((pred == labels).mean())
@@ -808,6 +815,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="sampling precision (default fp32; compare with bf16 for parity)")
     parser.add_argument("--guidance-interval", default=None, metavar="LO,HI",
                         help="apply guidance only for noise levels sigma in (LO, HI] (default: everywhere)")
+    parser.add_argument("--guide", default=None, metavar="MODEL",
+                        help="autoguidance: guide with this weaker model of the store instead of the unconditional "
+                             "branch (same image size and schedule)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default=None, help="write the table (Markdown) and JSON here (default output_ImageNet/eval/<model>)")
     args = parser.parse_args(argv)
@@ -823,6 +833,9 @@ def main(argv: list[str] | None = None) -> int:
         data = args.data or lm.config.get("data", {}).get("dir")
         if not data:
             raise ValueError("the model's config names no data folder: pass --data")
+        guide = load_model(args.guide, store=args.store, device=device) if args.guide else None
+        if guide:
+            check_guide(lm, guide)
         free_text = (read_free_text(args.free_text, lm.class_names, skip_unknown=args.free_text_skip_unknown)
                      if args.free_text else ())
         result = evaluate(lm, data, parse_settings(args.settings), per_class=args.per_class, guidance=args.guidance,
@@ -832,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
                           free_text=free_text, free_text_setting=parse_settings(args.free_text_setting)[0],
                           precision=args.precision, snaps=parse_snaps(args.snap),
                           guidance_interval=parse_guidance_interval(args.guidance_interval),
-                          free_text_per_prompt=args.free_text_per_prompt)
+                          free_text_per_prompt=args.free_text_per_prompt, guide=guide)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

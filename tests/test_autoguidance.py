@@ -128,3 +128,23 @@ def test_cli_guides_with_a_store_model_records_it_and_regenerates_it(tmp_path, c
         assert cli.main(["sample", "--model", "tiny", "--store", str(store), "--class", "goldfish", "--n", "1",
                          "--guide", bad, "--out", str(tmp_path / "bad")]) == 2
         assert words in capsys.readouterr().err
+
+
+def test_evaluate_samples_with_the_guide_it_is_given():
+    """evaluate.py --guide: its per-class generation passes the guide on (a guide equal to the model
+    is no guidance at all, so guidance 4 with it is guidance 1 without)."""
+    from types import SimpleNamespace
+
+    from evaluate import generate_per_class
+
+    main = tiny_unet(0)
+    lm = SimpleNamespace(model=main, diffusion=DiffusionConfig(),
+                         classes=[{"prompt": "a photo of a goldfish"}, {"prompt": "a photo of a ladybug"}])
+    kw = dict(sampler="dpm++", steps=5, per_class=2, seed=0, batch_size=4, device=torch.device("cpu"),
+              encode_fn=fake_encode)
+    guided, labels, _ = generate_per_class(lm, guidance=4.0, guide=SimpleNamespace(model=main,
+                                                                                   diffusion=lm.diffusion), **kw)
+    plain, _, _ = generate_per_class(lm, guidance=1.0, **kw)
+    cfg, _, _ = generate_per_class(lm, guidance=12.0, **kw)  # without the guide: classifier-free guidance
+    np.testing.assert_allclose(guided.astype(int), plain.astype(int), atol=1)
+    assert labels.tolist() == [0, 0, 1, 1] and np.abs(cfg.astype(int) - plain.astype(int)).max() > 10
