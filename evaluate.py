@@ -248,7 +248,7 @@ class InceptionFeatures:
     """pytorch-fid's FID Inception (2048-d pool features) from a local weights file."""
 
     def __init__(self, weights_path: str | Path, device: str | torch.device = "cpu"):
-        import pytorch_fid.inception as fid_inception
+        import pytorch_fid.inception as fid_inception  # lazy: only for --inception (a test requirement)
 
         state = load_tensors(weights_path)  # safetensors or weights_only torch.load: never unpickles code
         original = fid_inception.load_state_dict_from_url

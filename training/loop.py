@@ -40,7 +40,7 @@ from core.precision import fast_bf16
 from core.schedules import DiffusionConfig
 from dataprep.dataset import PreprocessedDataset
 from engine import store
-from engine.files import exclusive_lock
+from engine.files import atomic_write_text, exclusive_lock
 from models import ConditionalUNet, UNetConfig, count_parameters
 from models.text_encoder import DEFAULT_PROMPT_TEMPLATE, TEXT_EMBED_DIM
 from training import superres
@@ -619,9 +619,7 @@ def truncate_metrics(path: Path, step: int) -> None:
         except ValueError:  # a half-written last line
             continue
     if keep != lines:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(keep))
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(keep))
 
 
 def remove_stale_temp(ckpt_root: Path) -> None:
