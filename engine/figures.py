@@ -11,6 +11,7 @@ Sampler, steps, guidance and its interval default to the model's ``sampler_defau
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +21,7 @@ import plot_func
 from core.traces import one_step_x0
 from dataprep.dataset import PreprocessedDataset
 from dataprep.images import load_init_image
-from engine.request import GenerationRequest, generate, interpolation, with_settings
+from engine.request import GenerationRequest, generate, interpolation
 from engine.store import load_model
 from models.text_encoder import encode_prompts
 
@@ -58,7 +59,7 @@ def model_figures(
 
     images = []
     for c in rows:  # seeds differ per class (by its index), so rows are independent draws
-        images.append(generate(lm, with_settings(base, prompts=[c["prompt"]], num_images=per_class,
+        images.append(generate(lm, replace(base, prompts=[c["prompt"]], num_images=per_class,
                                                  seed=seed + 1000 * int(c["index"])), encode_fn=encode_fn).images)
     labels = [c["name"] if j == 0 else "" for c in rows for j in range(per_class)]
     paths["grid"] = out / "per_class_grid.png"
@@ -66,7 +67,7 @@ def model_figures(
 
     c = matches[0]
     stem = c["name"].replace(" ", "_")
-    res = generate(lm, with_settings(base, prompts=[c["prompt"]], num_images=4, seed=seed), encode_fn=encode_fn,
+    res = generate(lm, replace(base, prompts=[c["prompt"]], num_images=4, seed=seed), encode_fn=encode_fn,
                    return_frames=True)
     paths["gif"] = plot_func.denoising_gif(res.frames, res.frame_timesteps, out / f"{stem}_denoising.gif", nrow=4,
                                            fps=6)
@@ -106,7 +107,7 @@ def studio_figures(
     paths: dict[str, Path] = {}
 
     def one(text: str, seed: int, **settings: Any) -> np.ndarray:
-        request = with_settings(base, prompts=[text], seed=seed, **settings)
+        request = replace(base, prompts=[text], seed=seed, **settings)
         return generate(lm, request, encode_fn=encode_fn).images[0]
 
     strengths = (0, 0.1, 0.2, 0.35, 0.6, 1)
@@ -132,7 +133,7 @@ def studio_figures(
                                 title=f"img2img: a school bus, prompted {prompt['sports car']!r}")
 
     request, fractions = interpolation(lm, prompt["goldfish"], prompt["jellyfish"], 1, 2, 8, encode_fn)
-    frames = generate(lm, with_settings(request, precision=base.precision), encode_fn=encode_fn).images
+    frames = generate(lm, replace(request, precision=base.precision), encode_fn=encode_fn).images
     labels = [f"{f:.2f}" for f in fractions]
     paths["interpolation_gif"] = plot_func.frames_gif(frames, out / "studio_interpolation.gif", labels=labels,
                                                       min_side=256)

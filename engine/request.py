@@ -13,7 +13,7 @@ Equal requests give equal pixels by construction, wherever they come from.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -24,7 +24,6 @@ from core.generation import GenerationResult, generate_images, resolve_prompts
 from core.noise import interpolation_inputs, starting_noise
 from core.prompting import encode_weighted, snap_to_classes
 from core.sampling import (
-    NO_INTERVAL,
     SAMPLERS,
     StepCallback,
     default_steps,
@@ -78,7 +77,6 @@ class Generation:
     recipes: list[dict[str, Any]]  # one per image: what regenerates it (the PNG's parameters)
     frames: list[np.ndarray] = field(default_factory=list)  # x_0 estimates over the run (both stages)
     frame_timesteps: list[int] = field(default_factory=list)
-    first_stage: GenerationResult | None = None  # the core's result before any upscaling
 
     @property
     def recipe(self) -> dict[str, Any]:
@@ -110,12 +108,8 @@ def resolve_settings(lm: LoadedModel, request: GenerationRequest) -> Settings:
         steps = default_steps(sampler, lm.diffusion.num_train_timesteps)
     guidance = request.guidance if request.guidance is not None else float(
         defaults.get("guidance_scale", DEFAULT_GUIDANCE))
-    interval = request.guidance_interval
-    if interval is None:
-        interval = lm.guidance_interval
-    elif isinstance(interval, str) and interval.strip().lower() in NO_INTERVAL:
-        interval = None
-    return Settings(sampler, int(steps), float(guidance), parse_guidance_interval(interval))
+    interval = lm.guidance_interval if request.guidance_interval is None else request.guidance_interval
+    return Settings(sampler, int(steps), float(guidance), parse_guidance_interval(interval))  # "none": every step
 
 
 def class_embeddings(lm: LoadedModel, encode_fn: EncodeFn = encode_prompts) -> np.ndarray | None:
@@ -179,7 +173,7 @@ def generate(
         init_images=init, strength=1.0 if request.strength is None else request.strength, cond=cond,
         noise=request.noise, precision=request.precision, guidance_interval=settings.guidance_interval,
         guide_model=guide.model if guide else None, guide_diffusion=guide.diffusion if guide else None)
-    gen = Generation(res.images, res.prompts, res.seeds, [], res.frames, res.frame_timesteps, res)
+    gen = Generation(res.images, res.prompts, res.seeds, [], res.frames, res.frame_timesteps)
     stage2: dict[str, Any] = {}
     if request.upscale:  # the same seeds and precision in the second stage
         up = upscale_generation(res, request.upscale, store=store, steps=request.upscale_steps,
@@ -230,8 +224,3 @@ def interpolation(lm: LoadedModel, prompt_a: str, prompt_b: str, seed_a: int, se
                                                     starting_noise(shape, [seed_b]), frames)
     labels = [f"{prompt_a} -> {prompt_b} at {f:.2f}" for f in fractions]
     return GenerationRequest(prompts=labels, num_images=frames, seed=seed_a, cond=conds, noise=noises), fractions
-
-
-def with_settings(request: GenerationRequest, **changes: Any) -> GenerationRequest:
-    """A copy of ``request`` with some fields changed (a grid cell, a figure's column)."""
-    return replace(request, **changes)

@@ -4,13 +4,14 @@ as a GIF and a strip whose PNG carries the settings. Endpoint: ``/interpolate``.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Iterator
 
 import gradio as gr
 
 import plot_func
 from engine.recipe import save_png
-from engine.request import generate, interpolation, with_settings
+from engine.request import generate, interpolation
 from webui.jobs import Cancelled, Done, Tick, session_of
 from webui.validation import (
     GUIDANCE_RANGE,
@@ -71,7 +72,7 @@ class InterpolateTab:
 
         def work(on_step):
             request, fractions = interpolation(lm, req.prompt_a, req.prompt_b, seed_a, seed_b, req.frames)
-            request = with_settings(request, sampler=req.sampler, steps=req.steps, guidance=req.guidance,
+            request = replace(request, sampler=req.sampler, steps=req.steps, guidance=req.guidance,
                                     precision="fp32")
             return generate(lm, request, device=app.args.device, callback=on_step), fractions
         return work

@@ -227,7 +227,10 @@ def check_upload(path: Any, max_bytes: int = DEFAULT_MAX_UPLOAD_MB * 2**20, max_
     With ``upload_dir``, only files inside it are opened: an API caller can
     send any ``{"path": ...}`` (gradio checks only payloads that carry its
     ``meta`` tag), and that must not read the server's own files."""
-    from PIL import Image, UnidentifiedImageError  # lazy, as this module's other heavy imports: see its docstring
+    from PIL import (  # lazy, as this module's other heavy imports: see its docstring
+        Image,
+        UnidentifiedImageError,
+    )
 
     if isinstance(path, dict):  # a gradio FileData payload
         path = path.get("path")
