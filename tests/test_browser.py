@@ -89,7 +89,7 @@ def keep(shot: Path, name: str) -> Path:
 def test_generate_in_chromium(tiny_app, page, tmp_path, record_property):
     page.goto(tiny_app.url)
     page.wait_for_selector("#generate")
-    page.locator("#prompt textarea").fill("a photo of a ladybug")
+    fill_text(page, "#prompt textarea", "a photo of a ladybug")
     # Watch the page from before the click: the first images to land in the gallery. A live preview
     # lands strictly before the results: its images are other files than the finished PNGs.
     page.evaluate(WATCH_FIRST_IMAGES_JS)
@@ -138,16 +138,16 @@ def test_forward_tab_in_chromium(tiny_app, page, tmp_path):
 
 
 def set_number(page, elem_id: str, value: int) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
+    selector = f"#{elem_id} input[type=number]"
+    fill_text(page, selector, str(value))
+    page.locator(selector).press("Enter")
 
 
 def test_stop_in_chromium(tiny_app, page):
     """Stop ends a long job at its next step: the next job does not wait for it."""
     page.goto(tiny_app.url)
     page.wait_for_selector("#generate")
-    page.locator("#prompt textarea").fill("a photo of a goldfish")
+    fill_text(page, "#prompt textarea", "a photo of a goldfish")
     page.locator("#sampler").get_by_label("DDPM").check()
     page.wait_for_function("() => document.querySelector('#steps input[type=number]')?.value === '250'")
     set_number(page, "steps", 1000)
@@ -171,9 +171,42 @@ def open_accordion(page, label: str) -> None:
     page.get_by_role("button", name=label).first.click()
 
 
+# An error reaches the page as a toast, and the status line keeps its old text: wait for either, so a
+# failure says what the page showed instead of timing out in silence.
+TOASTS_JS = "() => [...document.querySelectorAll('.toast-body.error')].map(t => t.innerText.trim()).filter(Boolean)"
+
+
 def status_has(page, elem_id: str, text: str, timeout: int = 120_000) -> None:
-    page.wait_for_function(
-        f"() => (document.querySelector('#{elem_id}')?.innerText || '').includes({text!r})", timeout=timeout)
+    """Wait until the status box ``#elem_id`` contains ``text``; fail at once on an error toast."""
+    found = f"(document.querySelector('#{elem_id}')?.innerText || '').includes({text!r})"
+    try:
+        page.wait_for_function(f"() => {found} || ({TOASTS_JS})().length > 0", timeout=timeout)
+    except Exception as e:  # playwright's TimeoutError: say what the page showed at that moment
+        raise AssertionError(f"#{elem_id} never showed {text!r}: {page_state(page, elem_id)}") from e
+    if not page.evaluate(f"() => {found}"):
+        raise AssertionError(f"an error instead of {text!r}: {page_state(page, elem_id)}")
+
+
+def page_state(page, elem_id: str) -> str:
+    """The status box's text (with Gradio's queue/progress overlay) and every error toast, for a failure message."""
+    status = page.evaluate(f"() => document.querySelector('#{elem_id}')?.innerText ?? '(no such element)'")
+    return f"status {status!r}, toasts {page.evaluate(TOASTS_JS)!r}"
+
+
+def fill_text(page, selector: str, text: str, attempts: int = 5) -> None:
+    """Type into a Gradio box and make sure the page keeps it: a tab or accordion that renders on its
+    first visit can replace a box filled in the same instant, so fill again until the value stays."""
+    box = page.locator(selector).first
+    for _ in range(attempts):
+        box.fill(text)
+        try:  # kept for a moment, not only written
+            page.wait_for_timeout(200)
+            page.wait_for_function("([sel, want]) => document.querySelector(sel)?.value === want",
+                                   arg=[selector, text], timeout=2_000)
+            return
+        except Exception:
+            continue
+    raise AssertionError(f"{selector} did not keep {text!r} (it holds {box.input_value()!r})")
 
 
 def test_restore_from_png_in_chromium(tiny_app, page, tmp_path):
@@ -207,7 +240,7 @@ def test_restore_from_png_in_chromium(tiny_app, page, tmp_path):
 def test_variation_and_reuse_seed_in_chromium(tiny_app, page, tmp_path):
     page.goto(tiny_app.url)
     page.wait_for_selector("#generate")
-    page.locator("#prompt textarea").fill("a photo of a goldfish")
+    fill_text(page, "#prompt textarea", "a photo of a goldfish")
     set_number(page, "seed", 77)
     set_number(page, "num-images", 2)
     open_accordion(page, "Variations")
@@ -215,6 +248,7 @@ def test_variation_and_reuse_seed_in_chromium(tiny_app, page, tmp_path):
     set_number(page, "variation-strength", 0.3)
     page.locator("#generate").click()
     status_has(page, "status", "variation seed 50 at 0.3")
+    status_has(page, "status", "Done: 2 image(s)")
     page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gallery') >= 2")
     # select the second image, reuse its seed (78)
     set_number(page, "seed", 1)
@@ -229,7 +263,7 @@ def test_img2img_in_chromium(tiny_app, page, tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(src)
     page.goto(tiny_app.url)
     page.wait_for_selector("#generate")
-    page.locator("#prompt textarea").fill("a photo of a ladybug")
+    fill_text(page, "#prompt textarea", "a photo of a ladybug")
     open_accordion(page, "Start from an image (img2img)")
     page.locator("#init-image input[type=file]").set_input_files(str(src))
     page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#init-image') >= 1")
@@ -238,6 +272,7 @@ def test_img2img_in_chromium(tiny_app, page, tmp_path):
     page.wait_for_function("() => /sampling starts here/.test(document.body.innerText)")
     page.locator("#generate").click()
     status_has(page, "status", "from an image at strength 0.6")
+    status_has(page, "status", "Done: 4 image(s)")
     page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gallery') >= 4")
     shot = tmp_path / "web_img2img.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -247,8 +282,8 @@ def test_img2img_in_chromium(tiny_app, page, tmp_path):
 def test_interpolation_in_chromium(tiny_app, page, tmp_path):
     page.goto(tiny_app.url)
     page.get_by_role("tab", name="Interpolate").click()
-    page.locator("#interp-prompt-a textarea").fill("a photo of a goldfish")
-    page.locator("#interp-prompt-b textarea").fill("a photo of a ladybug")
+    fill_text(page, "#interp-prompt-a textarea", "a photo of a goldfish")
+    fill_text(page, "#interp-prompt-b textarea", "a photo of a ladybug")
     page.locator("#interpolate").click()
     status_has(page, "interp-status", "Done: 8 frames")
     page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#interp-gif') >= 1")
@@ -265,10 +300,10 @@ def test_then_upscale_in_chromium(tiny_app, page, tmp_path):
     model makes 16 px ones), and the status names the upscaler and the guidance interval."""
     page.goto(tiny_app.url)
     page.wait_for_selector("#generate")
-    page.locator("#prompt textarea").fill("a photo of a goldfish")
+    fill_text(page, "#prompt textarea", "a photo of a goldfish")
     set_number(page, "num-images", 2)
     open_accordion(page, "Speed, precision and upscaling")
-    page.locator("#guidance-interval textarea, #guidance-interval input").first.fill("0.28,5.42")
+    fill_text(page, "#guidance-interval textarea, #guidance-interval input", "0.28,5.42")
     page.locator("#then-upscale input").click()
     page.get_by_role("option", name="tiny_sr").click()
     page.locator("#generate").click()
