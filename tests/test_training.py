@@ -699,3 +699,10 @@ def test_init_from_a_store_model_continues_its_weights_and_totals(trained, tiny_
     wider = dict(opts, run_name="wider", base_channels=24)
     with pytest.raises(ValueError, match="network"):
         T.train(T.make_config("smoke", **wider))
+
+    # A model saved before a network field existed (tiny200's config has no emb_dim) is the same
+    # network as a run that leaves that field at its default.
+    old = json.loads((source / store.CONFIG_FILE).read_text())
+    assert old["unet"].pop("emb_dim") == 0
+    (source / store.CONFIG_FILE).write_text(json.dumps(old))
+    T.train(T.make_config("smoke", **dict(opts, run_name="continued_old")))

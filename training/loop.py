@@ -333,9 +333,9 @@ def init_weights_from(source: str, model: torch.nn.Module, ema: torch.nn.Module,
     loaded); returns its (images seen, training seconds) so the new run's totals go on
     from there."""
     lm = store.load_model(source, model_type=None)
-    if lm.config.get("unet") != config_json.get("unet"):
-        raise ValueError(f"--init_from {source}: its network {lm.config.get('unet')} is not this run's "
-                         f"{config_json.get('unet')}")
+    # compared as networks, not as JSON: a model saved before a field existed has that field's default
+    if lm.model.config != model.config:
+        raise ValueError(f"--init_from {source}: its network {lm.model.config} is not this run's {model.config}")
     if [c.get("prompt") for c in lm.classes] != [c.get("prompt") for c in config_json.get("classes", [])]:
         raise ValueError(f"--init_from {source}: its classes are not this run's data's classes")
     state = lm.model.state_dict()
