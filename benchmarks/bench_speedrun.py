@@ -97,6 +97,8 @@ RECIPES_10: dict[str, dict[str, Any]] = {
 RECIPES_200: dict[str, dict[str, Any]] = {
     "slim": {},
     "slim-emb512": dict(emb_dim=512),  # a 4x wider time + text embedding (the conditioning path)
+    # the text embedding at unit-variance entries (x sqrt(384)): the condition learns as fast as the timestep
+    "slim-condscale": dict(cond_scale=384 ** 0.5),
     "w48": dict(base_channels=48),  # capacity: 48/96/192 channels
     "w64": dict(base_channels=64),
     "slim-attn16": dict(attention_resolutions=(16, 8)),

@@ -43,6 +43,10 @@ class UNetConfig:
     aug_embed: bool = False  # a second timestep-like input: the conditioning-augmentation level (SR models)
     residual: bool = False  # SR models: the network denoises the residual x - upsample(low), not x itself
     emb_dim: int = 0  # width of the time + text embedding that modulates every block; 0 = 4 x base_channels
+    # The text embedding is multiplied by this before its MLP. MiniLM's embeddings are unit vectors
+    # (entries ~ 1/sqrt(384)), so at 1.0 the condition enters ~20x weaker than the timestep and, under
+    # Adam, learns ~20x slower; sqrt(cond_dim) gives it unit-variance entries (see BENCHMARKS.md).
+    cond_scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -55,6 +59,8 @@ class UNetConfig:
             )
         if self.base_channels <= 0 or self.num_res_blocks <= 0 or not self.channel_mult:
             raise ValueError("base_channels, num_res_blocks and channel_mult must be positive / non-empty")
+        if not self.cond_scale > 0:
+            raise ValueError(f"cond_scale must be positive, got {self.cond_scale}")
         if self.cond_dim < 0 or self.in_channels <= 0 or self.out_channels <= 0 or self.emb_dim < 0:
             raise ValueError("cond_dim and emb_dim must be >= 0 and in_channels, out_channels positive")
 
@@ -168,6 +174,8 @@ class ConditionalUNet(nn.Module):
             cond = cond.to(self.null_cond.dtype)
             if drop_cond is not None:
                 cond = torch.where(drop_cond[:, None], self.null_cond.expand_as(cond), cond)
+            if self.config.cond_scale != 1.0:
+                cond = cond * self.config.cond_scale
             emb = emb + self.cond_embed(cond)
         if self.config.aug_embed:
             if aug_level is None:

@@ -123,6 +123,32 @@ def test_embedding_width_is_a_config_choice_and_old_configs_keep_four_times_base
         UNetConfig(image_size=16, emb_dim=-1)
 
 
+def test_cond_scale_multiplies_the_text_embedding_and_the_null_stays_the_null():
+    """cond_scale s on the network is the same network fed s x the embedding; old configs mean 1."""
+    cfg = dict(image_size=16, base_channels=16, channel_mult=(1, 2), head_channels=8)
+    torch.manual_seed(0)
+    scaled = ConditionalUNet(UNetConfig(**cfg, cond_scale=19.6)).eval()
+    plain = ConditionalUNet(UNetConfig(**cfg)).eval()
+    with torch.no_grad():  # no zero-initialised layers (they would hide the condition), a non-zero null
+        for q in scaled.parameters():
+            q.add_(0.05 * torch.randn_like(q))
+    plain.load_state_dict(scaled.state_dict())
+    with torch.no_grad():  # the null goes through the same scaling as any row the MLP sees
+        plain.null_cond.copy_(scaled.null_cond * 19.6)
+    x, t, c = torch.randn(3, 3, 16, 16), torch.tensor([5, 500, 900]), torch.randn(3, 384)
+    drop = torch.tensor([False, True, False])
+    with torch.no_grad():
+        got = scaled(x, t, c, drop)
+        want = plain(x, t, c * 19.6, drop)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, plain(x, t, c, drop).detach())
+    old = UNetConfig(**cfg).to_dict()
+    del old["cond_scale"]  # a config written before the option existed
+    assert UNetConfig.from_dict(old).cond_scale == 1.0
+    with pytest.raises(ValueError, match="cond_scale"):
+        UNetConfig(image_size=16, cond_scale=0.0)
+
+
 def test_gradients_reach_every_parameter():
     model = tiny_unet(16).train()
     x = torch.randn(4, 3, 16, 16)
