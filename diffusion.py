@@ -33,7 +33,7 @@ from core.schedules import TIMESTEP_SPACINGS
 from dataprep.images import load_init_image
 from engine import store
 from engine.figures import cmd_figures
-from engine.model_card import COMPANION_FILES, model_card
+from engine.export import ExportError, export_run
 from engine.recipe import load_recipe, save_png
 from engine.request import UNCONDITIONAL, GenerationRequest, generate
 from engine.store import DEFAULT_MODEL_NAME, CheckpointError, load_model
@@ -41,7 +41,6 @@ from training.loop import (
     PRESETS,
     RunLockedError,
     TrainConfig,
-    latest_checkpoint_usable,
     make_config,
     train,
 )
@@ -189,34 +188,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     run = Path(args.run)
     if not run.exists():
         run = Path(args.out_dir) / args.run
-    # The newest checkpoint that loads: a damaged one (a crash, a full disk) is skipped with a warning.
-    ckpt = Path(args.checkpoint) if args.checkpoint else latest_checkpoint_usable(run / "checkpoints")
-    if ckpt is None or not ckpt.is_dir():
-        print(f"error: no checkpoint found for run {args.run!r} (looked in {run / 'checkpoints'})", file=sys.stderr)
+    try:
+        defaults = json.loads(args.sampler_defaults) if args.sampler_defaults else None
+    except ValueError as e:
+        print(f"error: --sampler_defaults is not valid JSON: {e}", file=sys.stderr)
         return 2
-    config = json.loads((ckpt / store.CONFIG_FILE).read_text())
-    tensors = store.load_tensors(ckpt / store.WEIGHTS_FILE)
-    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-    keep = ("format_version", "unet", "diffusion", "image_size", "text_model", "prompt_template", "classes",
-            "data", "step", "images_seen", "train_seconds", "hardware", "parameters", "train", "model_type", "sr")
-    out_cfg = {k: config[k] for k in keep if k in config}
-    out_cfg["source_checkpoint"] = str(ckpt)
-    if args.sampler_defaults:
-        try:
-            out_cfg["sampler_defaults"] = json.loads(args.sampler_defaults)
-        except ValueError as e:
-            print(f"error: --sampler_defaults is not valid JSON: {e}", file=sys.stderr)
-            return 2
-        try:
-            store.check_sampler_defaults(out_cfg, "--sampler_defaults")
-        except store.CheckpointError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    evaluation = Path(args.evaluation).read_text() if args.evaluation else None
-    notes = Path(args.notes).read_text() if args.notes else None
-    folder = store.save_to_store(args.name, ema, out_cfg, model_card(args.name, out_cfg, evaluation, notes),
-                                 store=args.store, dtype=torch.float32 if args.fp32 else torch.float16,
-                                 overwrite=args.overwrite, keep_files=COMPANION_FILES)
+    try:
+        folder, ckpt = export_run(
+            run, args.name, store_root=args.store, checkpoint=args.checkpoint, sampler_defaults=defaults,
+            evaluation=Path(args.evaluation).read_text() if args.evaluation else None,
+            notes=Path(args.notes).read_text() if args.notes else None, fp32=args.fp32, overwrite=args.overwrite)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     size = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
     print(f"exported {ckpt} (EMA weights, {'fp32' if args.fp32 else 'fp16'}) to {folder} ({size:.1f} MB)")
     return 0

@@ -211,6 +211,24 @@ class TinyApp:
 TEST_MAX_WORK = 8 * TINY_SIZE * TINY_SIZE * 1000 + 1
 
 
+def make_picture_folders(root: Path, classes: tuple[str, ...] = ("red_disc", "blue_square"), per_class: int = 8,
+                         size: int = 20) -> Path:
+    """A user's folder of pictures for the Train tab: one sub-folder per class, small PNGs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = np.full((size, size, 3), 235, np.uint8) + rng.integers(0, 20, (size, size, 3), dtype=np.uint8)
+            c, r = size / 2 + rng.uniform(-2, 2), size / 4 + rng.uniform(-1, 1)
+            mask = (np.hypot(yy - c, xx - c) < r) if k % 2 == 0 else ((abs(yy - c) < r) & (abs(xx - c) < r))
+            img[mask] = (200, 40, 40) if k % 2 == 0 else (40, 60, 200)
+            Image.fromarray(img).save(root / name / f"{i:02d}.png")
+    return root
+
+
 def _launch(tmp: Path, extra_args: list[str], auth: tuple[str, str] | None = None) -> TinyApp:
     store, out, data = tmp / "store", tmp / "out", tmp / "data"
     make_tiny_data(data)
@@ -218,8 +236,10 @@ def _launch(tmp: Path, extra_args: list[str], auth: tuple[str, str] | None = Non
     make_tiny_store(store, "tiny_b", seed=1, sampler_defaults={"sampler": "ddim", "steps": 10,
                                                                 "guidance_scale": 2.0, "guidance_interval": "0,100"})
     make_tiny_sr_store(store)
+    make_picture_folders(tmp / "train_data" / "shapes")
     args = ["--store", str(store), "--model", "tiny", "--out", str(out), "--threads", "1",
-            "--max-work", str(TEST_MAX_WORK), *extra_args]
+            "--max-work", str(TEST_MAX_WORK), "--data-root", str(tmp / "train_data"), "--runs-dir", str(tmp / "runs"),
+            *extra_args]
     if auth:
         args += ["--auth", f"{auth[0]}:{auth[1]}"]
     server = WebServer(args, tmp).start()

@@ -585,3 +585,17 @@ def load_checkpoint(
 def latest_checkpoint(ckpt_root: str | os.PathLike) -> Path | None:
     dirs = checkpoint_dirs(ckpt_root)
     return dirs[-1] if dirs else None
+
+
+def latest_checkpoint_usable(ckpt_root: str | os.PathLike) -> Path | None:
+    """The newest checkpoint that loads; a damaged one is skipped with a warning."""
+    for path in reversed(checkpoint_dirs(ckpt_root)):
+        try:
+            cfg = json.loads((path / CONFIG_FILE).read_text())
+            load_tensors(path / WEIGHTS_FILE)
+            load_tensors(path / STATE_FILE)
+            int(cfg["step"])
+            return path
+        except Exception as e:  # noqa: BLE001 - any damage means: try the previous one
+            log.warning("skipping unusable checkpoint %s: %s", path, e)
+    return None

@@ -47,6 +47,7 @@ def test_start_watch_stop_resume_and_reconnect(data, tmp_path):
     assert runner.wait(60) in (0, 130)
     st = runner.status("cats")
     assert st.state == "stopped" and st.checkpoints and st.checkpoints[-1] == st.step < 400
+    assert int(st.curve[-1]["step"]) == st.step, "a stop writes the checkpoint's step to metrics.csv"
     assert "finished at step" in st.log_tail
     assert runner.stop() == "Nothing is training."
 

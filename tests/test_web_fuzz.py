@@ -520,6 +520,35 @@ def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: st
         cases.append(Case("/random_seed", junk, "random_seed", OK, check=check_random_seed))
         cases.append(Case("/stop", list(junk), "stop", OK, check=check_stop))
 
+    # ---------------------------------------------------------------- the Train tab: hostile paths and names
+    hostile = ["../", "..", "/etc", "/etc/passwd", "shapes/../../x", "shapes/..", "a\\b", "~", "", "   ", "\x00",
+               "x" * 500, "shapes/red_disc/../../..", "%2e%2e%2f"]
+    for name in hostile + WRONG_TYPES:
+        cases.append(Case("/train_prepare", [name, 16, 0.25], "train_prepare: hostile folder", ERROR))
+        cases.append(Case("/train_start", ["fuzz_run", name, "smoke", 1, 5, "fp32", 5, True],
+                          "train_start: hostile data folder", ERROR))
+    for args in (["shapes", 13, 0.25], ["shapes", "big", 0.25], ["shapes", 16, 0.9], ["shapes", 16, -1],
+                 ["shapes", 16, "nan"], ["nonexistent", 16, 0.1]):
+        cases.append(Case("/train_prepare", list(args), "train_prepare: bad option", ERROR))
+    # "shapes" holds pictures, not prepared: Start refuses it (no run is ever started by the fuzz)
+    for run in hostile[:10] + [None, 5, ["a"], "ok_name"]:
+        cases.append(Case("/train_start", [run, "shapes", "smoke", 1, 5, "fp32", 5, True],
+                          "train_start: run name / unprepared data", ERROR))
+    for field, value in ((2, "imagenet64"), (2, None), (3, -5), (4, -1), (5, "fp8"), (6, "often"), (3, "nan")):
+        args = ["fuzz_run", "shapes", "smoke", 1, 5, "fp32", 5, True]
+        args[field] = value
+        cases.append(Case("/train_start", args, "train_start: bad option", ERROR))
+    for run in hostile[:8] + WRONG_TYPES[:4] + ["no_such_run", "my_model"]:
+        ok = isinstance(run, str) and re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", run.strip() or "my_model")
+        cases.append(Case("/train_status", [run], "train_status", OK if ok else ANY))
+        cases.append(Case("/train_export", [run, "fuzz_model", "tiny"], "train_export: nothing to export", ERROR))
+    for model in ("../x", "/etc", "", "a b", None):
+        cases.append(Case("/train_export", ["my_model", model, "tiny"], "train_export: bad model name", ERROR))
+    for _ in range(5):
+        junk = [rng.choice(WRONG_TYPES + NUM_STRINGS) for _ in range(rng.randint(0, 2))]
+        cases.append(Case("/train_stop", junk, "train_stop: nothing running", OK))
+        cases.append(Case("/train_folders", [rng.choice(["shapes", None, "../", 5])], "train_folders", OK))
+
     # ---------------------------------------------------------------- malformed HTTP bodies
     for body in (b"not json", b"{", b"[]", b'{"data": 5}', b"{}", b'{"data": null}', b'{"data": []}',
                  b'{"data": ["only one"]}', b'{"data": [' + b'"x",' * 20 + b'"x"]}', b"\xff\xfe\x00garbage",

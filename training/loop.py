@@ -41,6 +41,7 @@ from core.schedules import DiffusionConfig
 from dataprep.dataset import PreprocessedDataset
 from engine import store
 from engine.files import atomic_write_text, exclusive_lock
+from engine.store import latest_checkpoint_usable  # noqa: F401 - also used as training.latest_checkpoint_usable
 from models import ConditionalUNet, UNetConfig, count_parameters
 from models.text_encoder import DEFAULT_PROMPT_TEMPLATE, TEXT_EMBED_DIM
 from training import superres
@@ -558,7 +559,9 @@ def _train(cfg: TrainConfig) -> Path:
                 flag = torch.tensor([1.0 if stop["flag"] else 0.0], device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 stop["flag"] = bool(flag.item())
-            if step % cfg.log_every == 0 or step == end_step:
+            # a row at every log_every steps, at the end, and at a stop (the checkpoint's step, so
+            # whoever reads metrics.csv sees where a resume will start)
+            if step % cfg.log_every == 0 or step == end_step or stop["flag"]:
                 ips = window_n * cfg.batch_size / max(1e-9, now - window_t)
                 mean_loss = window_loss / window_n
                 if ddp:
@@ -644,17 +647,3 @@ def set_aside_unusable(ckpt_root: Path, resume_from: Path | None) -> None:
             aside = path.with_name(f".unusable-{path.name}-{time.strftime('%Y%m%d-%H%M%S')}")
             log.warning("setting aside unusable checkpoint %s as %s", path, aside.name)
             os.replace(path, aside)
-
-
-def latest_checkpoint_usable(ckpt_root: Path) -> Path | None:
-    """The newest checkpoint that loads; a damaged one is skipped with a warning."""
-    for path in reversed(store.checkpoint_dirs(ckpt_root)):
-        try:
-            cfg = json.loads((path / store.CONFIG_FILE).read_text())
-            store.load_tensors(path / store.WEIGHTS_FILE)
-            store.load_tensors(path / store.STATE_FILE)
-            int(cfg["step"])
-            return path
-        except Exception as e:  # noqa: BLE001 - any damage means: try the previous one
-            log.warning("skipping unusable checkpoint %s: %s", path, e)
-    return None

@@ -20,9 +20,11 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 from training.loop import PRESETS
 
@@ -51,6 +53,7 @@ class RunSpec:
     precision: str = "auto"
     resume: bool = True
     sample_every: int = 0  # 0 = the preset's
+    batch_size: int = 0  # 0 = the preset's (``start`` lowers it for a data set smaller than one batch)
 
     def argv(self, runs_root: Path, python: str = sys.executable) -> list[str]:
         """The command line: exactly what a user would run by hand."""
@@ -63,6 +66,8 @@ class RunSpec:
             cmd += ["--max_steps", str(self.steps)]
         if self.sample_every:
             cmd += ["--sample_every", str(self.sample_every)]
+        if self.batch_size:
+            cmd += ["--batch_size", str(self.batch_size)]
         return cmd
 
 
@@ -244,6 +249,8 @@ class TrainingRunner:
                 st.state = "finished" if st.max_steps and st.checkpoints[-1] >= st.max_steps else "stopped"
             else:
                 st.state = "stopped" if (run_dir / TRAIN_LOG).exists() else "none"
+        if not st.running and st.checkpoints:  # where a resume starts, even if the last row was not written
+            st.step = max(st.step, st.checkpoints[-1])
         if st.running and st.images_per_s and st.max_steps:
             batch = self._batch_size(run_dir)
             if batch:
@@ -276,6 +283,11 @@ class TrainingRunner:
             raise RunError("minutes, steps and the sample interval must be >= 0")
         if not (Path(spec.data_dir) / "train_images.npy").exists():
             raise RunError(f"{spec.data_dir} is not a preprocessed data folder (no train_images.npy): prepare it first")
+        num_images = len(np.load(Path(spec.data_dir) / "train_labels.npy", mmap_mode="r"))
+        if num_images < 1:
+            raise RunError(f"{spec.data_dir} has no training images")
+        if not spec.batch_size and num_images < PRESETS[spec.preset]["batch_size"]:
+            spec = replace(spec, batch_size=num_images)  # 16 pictures still train: a batch is all of them
         run_dir = self.run_dir(name)
         has_checkpoints = any((run_dir / "checkpoints").glob("ckpt-*"))
         if not spec.resume and has_checkpoints:

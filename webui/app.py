@@ -34,6 +34,7 @@ from webui.tab_generate import GenerateTab
 from webui.tab_grid import GridTab
 from webui.tab_interpolate import InterpolateTab
 from webui.tab_learn import LearnTab
+from webui.tab_train import TrainTab
 from webui.validation import (
     EXAMPLE_PROMPTS,
     MAX_SEED,
@@ -77,6 +78,7 @@ class WebApp:
         self.interpolate_tab = InterpolateTab(self)
         self.grid_tab = GridTab(self)
         self.learn_tab = LearnTab(self)
+        self.train_tab = TrainTab(self)
 
     @property
     def max_upload(self) -> int:
@@ -269,7 +271,7 @@ class WebApp:
                                        filterable=True)
                 model_md = gr.Markdown(self.model_info(lm), elem_id="model-info")
             ui = SimpleNamespace(model=model_dd, model_md=model_md, lm=lm, result_events=[], cancellable=[],
-                                 stop_buttons=[])
+                                 stop_buttons=[], demo=demo)
             with gr.Tab("Generate", id="generate"):
                 self.generate_tab.build(ui)
             with gr.Tab("Interpolate", id="interpolate"):
@@ -280,6 +282,8 @@ class WebApp:
                 self.forward_tab.build(ui)
             with gr.Tab("Learn", id="learn"):
                 self.learn_tab.build(ui)
+            with gr.Tab("Train", id="train"):
+                self.train_tab.build(ui)
             with gr.Tab("History", id="history"):
                 gr.Markdown("Every result of this session, newest first. Each PNG carries its recipe: download "
                             "it, or drop it on *Restore from PNG*.")

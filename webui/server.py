@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="preprocessed data folder for the Forward tab (default: the "
                                                 "model's training data, if present)")
     p.add_argument("--max-models", type=int, default=3, help="models kept loaded at once (LRU)")
+    p.add_argument("--data-root", default="data",
+                   help="the Train tab's data: folders of pictures (one sub-folder per class) and prepared folders; "
+                        "nothing outside it is read (default data/)")
+    p.add_argument("--runs-dir", default="output_ImageNet",
+                   help="where the Train tab's runs go, as diffusion.py train --out_dir (default output_ImageNet)")
     p.add_argument("--mcp", action="store_true",
                    help="also serve the app's endpoints (generate, interpolate, grid ...) as MCP tools at "
                         "/gradio_api/mcp/ (Gradio's MCP server; needs the gradio[mcp] extra)")

@@ -1,0 +1,263 @@
+"""The Train tab: pick or prepare a folder of pictures, train on it, watch the loss fall and the
+same seeds' samples sharpen, stop, resume, and export the model into the store (it appears in the
+model picker at once).
+
+Training runs as a separate ``diffusion.py train`` process (``training.runner``): the app stays
+responsive, one run trains at a time, and the page reads the run back from its folder, so a
+reloaded page or a second browser shows the running job. Endpoints: ``/train_folders``,
+``/train_prepare``, ``/train_start``, ``/train_stop``, ``/train_status``, ``/train_export``.
+On a non-loopback host or with ``--share`` the tab needs ``--auth`` (training writes files and
+spends the machine's CPU for minutes).
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+import pandas as pd
+
+from engine import store
+from engine.export import ExportError, export_run
+from training.runner import TAB_PRESETS, RunError, RunSpec, RunStatus, TrainingRunner, check_run_name, newest_grids
+from webui import train_data
+from webui.validation import InputError, exposure_warning
+
+REFRESH_SECONDS = 2.0
+DEFAULT_RUN = "my_model"
+
+
+def train_disabled_reason(args: Any) -> str | None:
+    """Why the Train tab is off here (None when it is on): reachable by others without a login."""
+    warning = exposure_warning(args.host, args.share, args.auth)
+    if warning:
+        return ("Training is off: this app is reachable by others without a login, and training writes files and "
+                "uses the machine for minutes. Start it with `--auth user:password` (or on the default "
+                "`--host 127.0.0.1` without `--share`) to train here.")
+    return None
+
+
+class TrainTab:
+    def __init__(self, app):
+        self.app = app
+        args = app.args
+        self.data_root = Path(getattr(args, "data_root", None) or "data")
+        self.runner = TrainingRunner(Path(getattr(args, "runs_dir", None) or "output_ImageNet"))
+
+    @contextlib.contextmanager
+    def errors(self, what: str) -> Iterator[None]:
+        """The app's error handling, with the runner's refusals shown as they are (not as a crash)."""
+        with self.app.errors(what):
+            try:
+                yield
+            except RunError as e:
+                raise InputError(str(e)) from None
+
+    # ----------------------------------------------------------------- data
+    def folder_choices(self) -> list[tuple[str, str]]:
+        return [(d.label, d.name) for d in train_data.list_data(self.data_root)]
+
+    def folders(self, current: Any = None):
+        choices = self.folder_choices()
+        names = [v for _, v in choices]
+        return gr.update(choices=choices, value=current if current in names else (names[0] if names else None))
+
+    def show_folder(self, name: Any) -> tuple[str, list]:
+        name = train_data.parse_folder_choice(name)
+        if not name:
+            return f"No folder picked. Put a folder of pictures (one sub-folder per class) in `{self.data_root}`.", []
+        path = train_data.resolve_under(self.data_root, name)
+        if not path.is_dir():
+            raise InputError(f"{name!r} is not a folder under the data root")
+        if not (path / "train_images.npy").exists():
+            return (f"**{name}** holds pictures, not prepared yet: choose a size and press *Prepare*. Each "
+                    "sub-folder is a class (its name is the class name); a folder of pictures alone is one class."), []
+        return train_data.summary(path), train_data.examples(path)
+
+    def prepare(self, name: Any, size: Any, val_fraction: Any, progress=None):
+        name = train_data.parse_folder_choice(name)
+        try:
+            size, val_fraction = int(size), float(val_fraction)
+        except (TypeError, ValueError):
+            raise InputError("size and held-out fraction must be numbers") from None
+        out = train_data.prepare(self.data_root, name, size, val_fraction, embed_fn=None)
+        summary, examples = self.show_folder(out.name)
+        return self.folders(out.name), summary, examples
+
+    # ----------------------------------------------------------------- runs
+    def run_choices(self) -> list[str]:
+        return self.runner.runs()
+
+    def runs_update(self, current: Any = None):
+        """The run picker: the run training now, else the one shown, else the newest."""
+        runs = self.run_choices()
+        value = self.runner.active() or (current if current else (runs[0] if runs else DEFAULT_RUN))
+        return gr.update(choices=runs or [DEFAULT_RUN], value=value)
+
+    def start(self, run_name: Any, data_name: Any, preset: Any, minutes: Any, steps: Any, precision: Any,
+              sample_every: Any, resume: Any) -> str:
+        data_name = train_data.parse_folder_choice(data_name)
+        data = train_data.resolve_under(self.data_root, data_name)
+        if not (data / "train_images.npy").exists():
+            raise InputError(f"{data_name!r} is not prepared yet: press Prepare first")
+        try:
+            spec = RunSpec(check_run_name(str(run_name or "")), data, preset=str(preset),
+                           minutes=float(minutes or 0), steps=int(steps or 0), precision=str(precision or "auto"),
+                           resume=bool(resume), sample_every=int(sample_every or 0))
+        except (TypeError, ValueError) as e:
+            raise InputError(str(e)) from None
+        if spec.precision not in ("auto", "bf16", "fp32"):
+            raise InputError(f"precision {spec.precision!r}: choose auto, bf16 or fp32")
+        st = self.runner.start(spec)
+        return f"Started {spec.run_name} ({spec.preset} preset on {data_name}). " + st.summary()
+
+    def stop(self) -> str:
+        return self.runner.stop()
+
+    def status(self, run_name: Any) -> tuple[str, Any, Any, list, str]:
+        """(status text, loss curve, newest sample grid, the timeline of grids, the log's last lines)."""
+        name = str(run_name or "").strip() or self.runner.active() or DEFAULT_RUN
+        st = self.runner.status(check_run_name(name))
+        return (self._status_text(st), self._curve(st), str(st.grids[-1][1]) if st.grids else None,
+                [(str(p), f"step {step:,}") for step, p in newest_grids(st)], st.log_tail)
+
+    @staticmethod
+    def _status_text(st: RunStatus) -> str:
+        text = st.summary()
+        if st.state == "failed":
+            text += "\n\nThe training process ended with an error; the log below says why. Any checkpoints are kept: " \
+                    "fix the cause and press Start to resume."
+        elif st.state == "stopped":
+            text += "\n\nStopped: press Start to resume from the last checkpoint, or Export to use it."
+        elif st.state == "finished":
+            text += "\n\nFinished: Export it to generate with it."
+        return text
+
+    @staticmethod
+    def _curve(st: RunStatus) -> pd.DataFrame:
+        rows = [{"step": r["step"], "loss": r["loss"]} for r in st.curve if "step" in r and "loss" in r]
+        return pd.DataFrame(rows or {"step": [], "loss": []})
+
+    def export(self, run_name: Any, model_name: Any, current_model: Any):
+        name = check_run_name(str(run_name or ""))
+        model_name = str(model_name or "").strip() or name
+        try:
+            store.validate_model_name(model_name)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        st = self.runner.status(name)
+        if st.state == "none" or not st.checkpoints:
+            raise InputError(f"run {name} has no checkpoint yet: train it first")
+        try:
+            folder, ckpt = export_run(st.run_dir, model_name, store_root=self.app.args.store, overwrite=True)
+        except (ExportError, ValueError) as e:
+            raise InputError(str(e)) from None
+        msg = (f"Exported {name} (step {store.checkpoint_step(ckpt):,}, EMA weights) as **{model_name}** in "
+               f"`{folder.parent}`: pick it in the model picker above to generate with it.")
+        return msg, self.app.refresh_models(current_model)
+
+    # ----------------------------------------------------------------- layout
+    def build(self, ui) -> None:
+        reason = train_disabled_reason(self.app.args)
+        if reason:
+            gr.Markdown(reason, elem_id="train-disabled")
+            return
+        app = self.app
+        gr.Markdown(
+            f"Train a model on your own pictures. **Data**: folders in `{self.data_root}` (one sub-folder per class, "
+            "named after it; a folder of pictures alone is one class). **Run**: training runs as a separate "
+            "`python diffusion.py train` process; the loss and the same seeds' samples update as it learns. "
+            "**Export** puts it in the model picker.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                gr.Markdown("### 1. Data")
+                with gr.Row():
+                    # custom values allowed: the list changes under the page (Prepare, new folders), and
+                    # every name is checked here (train_data.resolve_under) rather than against a stale list
+                    folder = gr.Dropdown(self.folder_choices(), label="Data folder", elem_id="train-folder",
+                                         scale=4, allow_custom_value=True)
+                    refresh = gr.Button("Refresh", size="sm", scale=1)
+                with gr.Row():
+                    size = gr.Radio([16, 32, 64], value=32, label="Image size (px)", elem_id="train-size")
+                    val_fraction = gr.Number(0.05, minimum=0, maximum=0.49, step=0.01, label="Held-out fraction")
+                prepare = gr.Button("Prepare", elem_id="train-prepare")
+                gr.Markdown("### 2. Run")
+                run_name = gr.Dropdown(self.run_choices() or [DEFAULT_RUN], value=self.runner.active() or DEFAULT_RUN,
+                                       allow_custom_value=True, label="Run name (a new name starts a new run)",
+                                       elem_id="train-run")
+                with gr.Row():
+                    preset = gr.Radio(list(TAB_PRESETS), value="smoke", label="Preset",
+                                      info="smoke: minutes, proves the pipeline; default: the shipped CPU recipe")
+                    precision = gr.Radio(["auto", "bf16", "fp32"], value="auto", label="Precision")
+                with gr.Row():
+                    minutes = gr.Number(10, minimum=0, label="Minutes (0 = no limit)", elem_id="train-minutes")
+                    steps = gr.Number(0, minimum=0, precision=0, label="Steps (0 = the preset's)",
+                                      elem_id="train-steps")
+                    sample_every = gr.Number(50, minimum=0, precision=0, label="Samples every N steps",
+                                             elem_id="train-sample-every")
+                resume = gr.Checkbox(True, label="Resume from the run's last checkpoint", elem_id="train-resume")
+                with gr.Row():
+                    start = gr.Button("Start", variant="primary", elem_id="train-start")
+                    stop = gr.Button("Stop (saves a checkpoint)", variant="stop", elem_id="train-stop")
+                gr.Markdown("### 3. Export")
+                with gr.Row():
+                    model_name = gr.Textbox(label="Model name in the store (default: the run's)",
+                                            elem_id="train-model-name", scale=3)
+                    export = gr.Button("Export", elem_id="train-export", scale=1)
+                export_md = gr.Markdown(elem_id="train-export-status")
+            with gr.Column(scale=2):
+                data_md = gr.Markdown("Pick a data folder.", elem_id="train-data")
+                data_gallery = gr.Gallery(label="An example per class", columns=8, height="auto",
+                                          elem_id="train-examples", elem_classes=["pixelated"])
+                status = gr.Markdown("No run yet.", elem_id="train-status")
+                curve = gr.LinePlot(x="step", y="loss", title="Training loss", elem_id="train-loss", height=260)
+                grid = gr.Image(label="Newest samples (the same seeds every time)", type="filepath",
+                                elem_id="train-grid", elem_classes=["pixelated"])
+                timeline = gr.Gallery(label="What it is learning: the same seeds over training", columns=6,
+                                      height="auto", elem_id="train-timeline", elem_classes=["pixelated"])
+                with gr.Accordion("Log", open=False):
+                    log_box = gr.Textbox(lines=10, max_lines=20, show_label=False, elem_id="train-log")
+        timer = gr.Timer(REFRESH_SECONDS)
+
+        guarded = self.errors
+        outputs = [status, curve, grid, timeline, log_box]
+
+        def status_fn(run):
+            with guarded("training status"):
+                return self.status(run)
+
+        def show_fn(name):
+            with guarded("data folder"):
+                return self.show_folder(name)
+
+        def prepare_fn(name, size_, frac, progress=gr.Progress(track_tqdm=True)):
+            with guarded("preparing data"):
+                return self.prepare(name, size_, frac, progress)
+
+        def start_fn(run, data, preset_, minutes_, steps_, precision_, every, resume_):
+            with guarded("starting training"):
+                return self.start(run, data, preset_, minutes_, steps_, precision_, every, resume_)
+
+        def stop_fn():
+            with guarded("stopping training"):
+                return self.stop()
+
+        def export_fn(run, name, current):
+            with guarded("export"):
+                return self.export(run, name, current)
+
+        refresh.click(self.folders, [folder], [folder], api_name="train_folders", queue=False)
+        # a page opened later sees today's folders and runs (and the running job: reconnect)
+        ui.demo.load(self.folders, [folder], [folder], api_visibility="private", queue=False)
+        ui.demo.load(self.runs_update, [run_name], [run_name], api_visibility="private", queue=False)
+        folder.change(show_fn, [folder], [data_md, data_gallery], api_visibility="private", queue=False)
+        prepare.click(prepare_fn, [folder, size, val_fraction], [folder, data_md, data_gallery],
+                      api_name="train_prepare", concurrency_limit=1, concurrency_id="train_prepare")
+        start.click(start_fn, [run_name, folder, preset, minutes, steps, precision, sample_every, resume], [status],
+                    api_name="train_start", queue=False).then(status_fn, [run_name], outputs, queue=False)
+        stop.click(stop_fn, None, [status], api_name="train_stop", queue=False)
+        timer.tick(status_fn, [run_name], outputs, api_visibility="private", queue=False, show_progress="hidden")
+        run_name.change(status_fn, [run_name], outputs, api_name="train_status", queue=False)
+        export.click(export_fn, [run_name, model_name, ui.model], [export_md, ui.model], api_name="train_export",
+                     queue=False)
