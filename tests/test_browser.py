@@ -315,3 +315,54 @@ def test_then_upscale_in_chromium(tiny_app, page, tmp_path):
     shot = tmp_path / "web_then_upscale.png"
     page.screenshot(path=str(shot), full_page=True)
     keep(shot, "web_then_upscale.png")
+
+
+def test_train_tab_in_chromium(tiny_app, page, tmp_path):
+    """The Train tab from a folder of pictures to generating with the new model: Prepare (2 classes
+    x 8 pictures), Start (smoke), a loss point and a sample grid appear, Stop, Start again (resumes),
+    Export, then Generate with it."""
+    page.goto(tiny_app.url)
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#train-folder input").click()
+    page.get_by_role("option", name="shapes (pictures: prepare first)").click()
+    status_has(page, "train-data", "holds pictures, not prepared yet")
+    page.locator("#train-size").get_by_label("16").check()
+    fill_text(page, "#train-val-fraction input[type=number]", "0.25")  # as the endpoint test: one prepared folder
+    page.locator("#train-prepare").click()
+    status_has(page, "train-data", "2 class(es), 12 training + 4 held-out images at 16 px")
+    page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#train-examples') >= 2")
+
+    fill_text(page, "#train-run input", "browser_run")
+    page.locator("#train-run input").press("Enter")
+    set_number(page, "train-minutes", 0)
+    set_number(page, "train-steps", 3000)
+    set_number(page, "train-sample-every", 5)
+    page.locator("#train-start").click()
+    status_has(page, "train-status", "browser_run: running")
+    page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#train-grid') >= 1", timeout=120_000)
+    page.wait_for_function("() => /loss \\d/.test(document.querySelector('#train-status')?.innerText || '')")
+    shot = tmp_path / "web_train_running.png"
+    page.screenshot(path=str(shot), full_page=True)
+    keep(shot, "web_train.png")
+    page.locator("#train-stop").click()
+    status_has(page, "train-status", "browser_run: stopped")
+    stopped_at = int(re.search(r"step ([\d,]+)/", page.locator("#train-status").inner_text()).group(1).replace(",", ""))
+
+    set_number(page, "train-steps", stopped_at + 5)  # Start again: resumes from the checkpoint
+    page.locator("#train-start").click()
+    status_has(page, "train-status", f"browser_run: finished · step {stopped_at + 5:,}/{stopped_at + 5:,}")
+    page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#train-timeline') >= 2")
+
+    fill_text(page, "#train-model-name textarea, #train-model-name input", "browser_model")
+    page.locator("#train-export").click()
+    status_has(page, "train-export-status", "as browser_model")
+
+    page.get_by_role("tab", name="Generate").click()
+    page.get_by_label("Model").first.click()
+    page.get_by_role("option", name="browser_model").click()
+    status_has(page, "model-info", "browser_model")
+    fill_text(page, "#prompt textarea", "a photo of a red disc")
+    set_number(page, "num-images", 2)
+    page.locator("#generate").click()
+    status_has(page, "status", "Done: 2 image(s)")
+    page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gallery') >= 2")

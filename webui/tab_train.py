@@ -180,7 +180,8 @@ class TrainTab:
                     refresh = gr.Button("Refresh", size="sm", scale=1)
                 with gr.Row():
                     size = gr.Radio([16, 32, 64], value=32, label="Image size (px)", elem_id="train-size")
-                    val_fraction = gr.Number(0.05, minimum=0, maximum=0.49, step=0.01, label="Held-out fraction")
+                    val_fraction = gr.Number(0.05, minimum=0, maximum=0.49, step=0.01, label="Held-out fraction",
+                                             elem_id="train-val-fraction")
                 prepare = gr.Button("Prepare", elem_id="train-prepare")
                 gr.Markdown("### 2. Run")
                 run_name = gr.Dropdown(self.run_choices() or [DEFAULT_RUN], value=self.runner.active() or DEFAULT_RUN,
@@ -212,7 +213,7 @@ class TrainTab:
                                           elem_id="train-examples", elem_classes=["pixelated"])
                 status = gr.Markdown("No run yet.", elem_id="train-status")
                 curve = gr.LinePlot(x="step", y="loss", title="Training loss", elem_id="train-loss", height=260)
-                grid = gr.Image(label="Newest samples (the same seeds every time)", type="filepath",
+                grid = gr.Image(label="Newest samples (the same seeds every time)", type="filepath", height=240,
                                 elem_id="train-grid", elem_classes=["pixelated"])
                 timeline = gr.Gallery(label="What it is learning: the same seeds over training", columns=6,
                                       height="auto", elem_id="train-timeline", elem_classes=["pixelated"])
@@ -247,11 +248,13 @@ class TrainTab:
             with guarded("export"):
                 return self.export(run, name, current)
 
-        refresh.click(self.folders, [folder], [folder], api_name="train_folders", queue=False)
+        refresh.click(self.folders, [folder], [folder], api_name="train_folders", queue=False).then(
+            show_fn, [folder], [data_md, data_gallery], api_visibility="private", queue=False)
         # a page opened later sees today's folders and runs (and the running job: reconnect)
-        ui.demo.load(self.folders, [folder], [folder], api_visibility="private", queue=False)
+        ui.demo.load(self.folders, [folder], [folder], api_visibility="private", queue=False).then(
+            show_fn, [folder], [data_md, data_gallery], api_visibility="private", queue=False)
         ui.demo.load(self.runs_update, [run_name], [run_name], api_visibility="private", queue=False)
-        folder.change(show_fn, [folder], [data_md, data_gallery], api_visibility="private", queue=False)
+        folder.input(show_fn, [folder], [data_md, data_gallery], api_visibility="private", queue=False)
         prepare.click(prepare_fn, [folder, size, val_fraction], [folder, data_md, data_gallery],
                       api_name="train_prepare", concurrency_limit=1, concurrency_id="train_prepare")
         start.click(start_fn, [run_name, folder, preset, minutes, steps, precision, sample_every, resume], [status],
