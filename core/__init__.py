@@ -2,7 +2,7 @@
 the cascade's super-resolution math and the studio's traces; no app, CLI or store code.
 
     core.schedules   beta schedules, DiffusionConfig / DiffusionTerms, log_snr
-    core.loss        q_sample, the network's parameterisations (epsilon, v), training_loss
+    core.loss        q_sample, the network's parameterisations (epsilon, v), training_loss, per_sample_loss
     core.samplers    the table of samplers and their default steps (no torch: the app's checks read it)
     core.sampling    timesteps, the guided denoiser, DDPM / DDIM / DPM-Solver++
     core.precision   bf16 autocast where the hardware is fast at it
@@ -50,6 +50,7 @@ _EXPORTS = {  # public name -> the module that defines it
             "snr",
             "sample_timesteps",
             "training_loss",
+            "per_sample_loss",
         ),
         "loss",
     ),

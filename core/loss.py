@@ -1,7 +1,7 @@
 """The forward process q(x_t | x_0), the network's parameterisations and the training loss."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,12 @@ def sample_timesteps(
     raise ValueError(f"timestep sampling must be one of {TIMESTEP_SAMPLINGS}, got {method!r}")
 
 
-def training_loss(
+def training_loss(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """The batch's mean of ``per_sample_loss`` (same arguments): what training minimises."""
+    return per_sample_loss(*args, **kwargs).mean()
+
+
+def per_sample_loss(
     model: Callable[..., torch.Tensor],
     terms: DiffusionTerms,
     x0: torch.Tensor,
@@ -84,7 +89,7 @@ def training_loss(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Mean squared error of the network's epsilon / v prediction at random t.
+    """Each image's mean squared error of the network's epsilon / v prediction at random t, shape (B,).
 
     With ``min_snr_gamma`` the per-sample loss is weighted by Min-SNR-gamma
     (Hang et al. 2023), written for the chosen target: ``min(snr, g) / snr``
@@ -110,4 +115,4 @@ def training_loss(
         clipped = torch.clamp(s, max=min_snr_gamma)
         weight = clipped / s if prediction_type == "epsilon" else clipped / (s + 1)
         per_sample = per_sample * weight
-    return per_sample.mean()
+    return per_sample

@@ -166,6 +166,31 @@ def trained(tiny_data, tmp_path_factory) -> Path:
 
 
 # --------------------------------------------------------------------------- pure pieces
+def test_metrics_split_the_loss_by_noise_level(trained):
+    """metrics.csv: the loss in four bands of t beside the total; the total (a mean over the same
+    images) lies between the bands' means, and uniform t fills every band over a 16-image row."""
+    rows = list(csv.DictReader((trained / "metrics.csv").open()))
+    assert list(rows[0]) == ["step", "loss", "lr", "images_per_s", "elapsed_s",
+                             "loss_t0_250", "loss_t250_500", "loss_t500_750", "loss_t750_1000"]
+    filled = 0
+    for r in rows:
+        bands = [float(r[k]) for k in r if k.startswith("loss_t") and r[k]]
+        assert bands, r
+        assert min(bands) - 1e-5 <= float(r["loss"]) <= max(bands) + 1e-5, r
+        filled += len(bands) == 4
+    assert filled >= len(rows) // 2  # 16 uniform draws miss a band now and then, not usually
+
+
+def test_a_metrics_file_from_before_the_bands_gets_the_new_header_on_resume(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,loss,lr,images_per_s,elapsed_s\n10,0.5,1e-3,9.0,1.0\n20,0.4,1e-3,9.0,2.0\n30,0.3")
+    header = T.metrics_header(1000)
+    T.truncate_metrics(path, 20, header)
+    rows = list(csv.DictReader(path.open()))
+    assert list(rows[0]) == header and [r["step"] for r in rows] == ["10", "20"]
+    assert rows[1]["loss"] == "0.4" and rows[1]["loss_t750_1000"] == ""
+
+
 def test_batch_indices_shard_the_data_disjointly_and_deterministically():
     n, batch, world, seed = 70, 4, 3, 5
     per_rank = n // world
@@ -212,7 +237,7 @@ def test_presets_and_config_validation():
 # --------------------------------------------------------------------------- a real (tiny) run
 def test_loss_falls_and_periodic_outputs_are_written(trained):
     rows = metric_rows(trained)
-    assert list(rows[0]) == ["step", "loss", "lr", "images_per_s", "elapsed_s"]
+    assert list(rows[0])[:5] == ["step", "loss", "lr", "images_per_s", "elapsed_s"]  # then the loss by t
     assert [int(r["step"]) for r in rows] == list(range(1, 61))
     loss = np.array([float(r["loss"]) for r in rows])
     assert np.isfinite(loss).all()

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 import plot_func
 from core.generation import generate_images
-from core.loss import TIMESTEP_SAMPLINGS, sample_timesteps, training_loss
+from core.loss import TIMESTEP_SAMPLINGS, per_sample_loss, sample_timesteps
 from core.precision import fast_bf16
 from core.schedules import DiffusionConfig
 from dataprep.dataset import PreprocessedDataset
@@ -483,14 +483,16 @@ def _train(cfg: TrainConfig) -> Path:
         remove_stale_temp(ckpt_root)
     metrics_path = run_dir / "metrics.csv"
     metrics = None
+    header = metrics_header(cfg.num_train_timesteps)
+    band_sum, band_n = torch.zeros(NOISE_BANDS), torch.zeros(NOISE_BANDS)
     if master:
         new = not metrics_path.exists() or step == 0
         if not new:
-            truncate_metrics(metrics_path, step)  # rows past the checkpoint were lost with the steps
+            truncate_metrics(metrics_path, step, header)  # rows past the checkpoint were lost with the steps
         metrics = metrics_path.open("w" if new else "a", newline="")
         writer = csv.writer(metrics)
         if new:
-            writer.writerow(["step", "loss", "lr", "images_per_s", "elapsed_s"])
+            writer.writerow(header)
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not master, desc=cfg.run_name, dynamic_ncols=True)
     last_ckpt = None
     end_step = min(cfg.max_steps, cfg.stop_at_step) if cfg.stop_at_step > 0 else cfg.max_steps
@@ -531,9 +533,12 @@ def _train(cfg: TrainConfig) -> Path:
                         prediction_type=cfg.prediction_type, drop_cond=drop if cfg.sr_text else None,
                         min_snr_gamma=cfg.min_snr_gamma or None, t=t, generator=g, channels_last=cfg.channels_last,
                         residual=cfg.sr_residual)
+                    per_image = None
                 else:
-                    loss = training_loss(fwd_model, terms, x, cond, prediction_type=cfg.prediction_type,
-                                           drop_cond=drop, min_snr_gamma=cfg.min_snr_gamma or None, t=t, generator=g)
+                    per_image = per_sample_loss(fwd_model, terms, x, cond, prediction_type=cfg.prediction_type,
+                                                drop_cond=drop, min_snr_gamma=cfg.min_snr_gamma or None, t=t,
+                                                generator=g)
+                    loss = per_image.mean()
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -548,6 +553,10 @@ def _train(cfg: TrainConfig) -> Path:
             # ---- bookkeeping
             window_loss += loss.item()
             window_n += 1
+            if per_image is not None:  # the loss by noise level (this process's images): what is learnt when
+                band = (t * NOISE_BANDS // cfg.num_train_timesteps).clamp(max=NOISE_BANDS - 1).cpu()
+                band_sum.index_add_(0, band, per_image.detach().float().cpu())
+                band_n.index_add_(0, band, torch.ones_like(band, dtype=torch.float32))
             now = time.time()
             train_seconds += now - started
             started = now
@@ -569,11 +578,15 @@ def _train(cfg: TrainConfig) -> Path:
                     dist.all_reduce(t)
                     mean_loss = t.item() / world
                 if master:
+                    bands = [f"{v:.6f}" if n > 0 else "" for v, n in zip((band_sum / band_n.clamp(min=1)).tolist(),
+                                                                         band_n.tolist())]
                     writer.writerow([step, f"{mean_loss:.6f}", f"{lr_at(cfg, step - 1):.3e}", f"{ips:.1f}",
-                                     f"{train_seconds:.1f}"])
+                                     f"{train_seconds:.1f}", *bands])
                     metrics.flush()
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.1f}")
                 window_loss, window_n, window_t = 0.0, 0, now
+                band_sum.zero_()
+                band_n.zero_()
             bar.update(1)
             pause = time.time()
             if master and step % cfg.ckpt_every == 0:
@@ -612,8 +625,19 @@ def _train(cfg: TrainConfig) -> Path:
     return last_ckpt if last_ckpt is not None else ckpt_root
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop the rows of ``metrics.csv`` after ``step`` (written by steps a crash took back)."""
+NOISE_BANDS = 4  # metrics.csv splits the loss over this many equal ranges of t
+
+
+def metrics_header(num_train_timesteps: int) -> list[str]:
+    """``metrics.csv``'s columns: the loss, then the loss in each band of t (``loss_t0_250`` ...)."""
+    edges = [round(k * num_train_timesteps / NOISE_BANDS) for k in range(NOISE_BANDS + 1)]
+    return ["step", "loss", "lr", "images_per_s", "elapsed_s",
+            *(f"loss_t{lo}_{hi}" for lo, hi in zip(edges, edges[1:]))]
+
+
+def truncate_metrics(path: Path, step: int, header: list[str] | None = None) -> None:
+    """Drop the rows of ``metrics.csv`` after ``step`` (written by steps a crash took back); with
+    ``header``, a file written before a column existed gets today's header, its old rows empty there."""
     lines = path.read_text().splitlines(keepends=True)
     keep = lines[:1]
     for line in lines[1:]:
@@ -622,6 +646,10 @@ def truncate_metrics(path: Path, step: int) -> None:
                 keep.append(line)
         except ValueError:  # a half-written last line
             continue
+    if header and lines and lines[0].strip().split(",") != header:
+        old_width = len(lines[0].strip().split(","))
+        keep = [",".join(header) + "\n"] + [line.rstrip("\r\n") + "," * (len(header) - old_width) + "\n"
+                                            for line in keep[1:]]
     if keep != lines:
         atomic_write_text(path, "".join(keep))
 

@@ -136,8 +136,19 @@ class TrainTab:
 
     @staticmethod
     def _curve(st: RunStatus) -> pd.DataFrame:
-        rows = [{"step": r["step"], "loss": r["loss"]} for r in st.curve if "step" in r and "loss" in r]
-        return pd.DataFrame(rows or {"step": [], "loss": []})
+        """The loss over steps, overall and in each band of noise levels (metrics.csv's loss_tLO_HI
+        columns): high t (mostly noise: the layout) is learnt early, low t (fine detail) late."""
+        rows = []
+        for r in st.curve:
+            if "step" not in r:
+                continue
+            for col, value in r.items():
+                if col == "loss":
+                    rows.append({"step": r["step"], "loss": value, "noise level": "all t"})
+                elif col.startswith("loss_t"):
+                    lo, hi = col[len("loss_t"):].split("_")
+                    rows.append({"step": r["step"], "loss": value, "noise level": f"t {lo}-{hi}"})
+        return pd.DataFrame(rows, columns=["step", "loss", "noise level"])
 
     def export(self, run_name: Any, model_name: Any, current_model: Any):
         name = check_run_name(str(run_name or ""))
@@ -212,7 +223,8 @@ class TrainTab:
                 data_gallery = gr.Gallery(label="An example per class", columns=8, height="auto",
                                           elem_id="train-examples", elem_classes=["pixelated"])
                 status = gr.Markdown("No run yet.", elem_id="train-status")
-                curve = gr.LinePlot(x="step", y="loss", title="Training loss", elem_id="train-loss", height=260)
+                curve = gr.LinePlot(x="step", y="loss", color="noise level", elem_id="train-loss", height=280,
+                                    title="Training loss, overall and by noise level t")
                 grid = gr.Image(label="Newest samples (the same seeds every time)", type="filepath", height=240,
                                 elem_id="train-grid", elem_classes=["pixelated"])
                 timeline = gr.Gallery(label="What it is learning: the same seeds over training", columns=6,
