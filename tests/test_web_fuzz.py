@@ -544,6 +544,13 @@ def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: st
         cases.append(Case("/train_export", [run, "fuzz_model", "tiny"], "train_export: nothing to export", ERROR))
     for model in ("../x", "/etc", "", "a b", None):
         cases.append(Case("/train_export", ["my_model", model, "tiny"], "train_export: bad model name", ERROR))
+    cases.append(Case("/train_upload", [handle_file(str(ok_png))], "train_upload: a PNG, not a zip", ERROR))
+    cases.append(Case("/train_upload", [None], "train_upload: nothing", ERROR))
+    for v in WRONG_TYPES[1:6]:
+        cases.append(Case("/train_upload", [v], "train_upload: wrong type", ANY))
+    for path in ("/etc/passwd", "/nonexistent/x.zip", "../../x.zip"):
+        cases.append(Case("/train_upload", [{"path": path, "meta": {"_type": "gradio.FileData"}}],
+                          "train_upload: server path (REST)", ERROR, via="raw"))
     for _ in range(5):
         junk = [rng.choice(WRONG_TYPES + NUM_STRINGS) for _ in range(rng.randint(0, 2))]
         cases.append(Case("/train_stop", junk, "train_stop: nothing running", OK))

@@ -94,3 +94,26 @@ def test_train_tab_needs_a_login_when_others_can_reach_the_app(host, share, auth
     assert (reason is not None) == off
     if off:
         assert "--auth" in reason
+
+
+def test_zip_uploads_are_checked_then_kept_and_listed(tiny_app, tmp_path):
+    import zipfile
+
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    c = tiny_app.client()
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../../escape.png", b"x")
+    with pytest.raises(AppError, match="outside its own folder"):
+        call(c, "/train_upload", handle_file(str(evil)))
+    good = tmp_path / "zipped shapes.zip"
+    shapes = tiny_app.data.parent / "train_data" / "shapes"
+    with zipfile.ZipFile(good, "w") as z:
+        for f in sorted(shapes.rglob("*.png")):
+            z.write(f, f.relative_to(shapes).as_posix())
+    folder, summary, _ = call(c, "/train_upload", handle_file(str(good)))
+    assert folder["value"].startswith("zipped_shapes") and folder["value"].endswith(".zip")
+    assert "an uploaded zip of pictures" in summary
+    assert not (tiny_app.data.parent / "train_data" / "escape.png").exists()

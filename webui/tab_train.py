@@ -22,6 +22,7 @@ from engine import store
 from engine.export import ExportError, export_run
 from training.runner import TAB_PRESETS, RunError, RunSpec, RunStatus, TrainingRunner, check_run_name, newest_grids
 from webui import train_data
+from webui.uploads import file_path, upload_folder
 from webui.validation import InputError, exposure_warning
 
 REFRESH_SECONDS = 2.0
@@ -68,6 +69,9 @@ class TrainTab:
         if not name:
             return f"No folder picked. Put a folder of pictures (one sub-folder per class) in `{self.data_root}`.", []
         path = train_data.resolve_under(self.data_root, name)
+        if path.is_file() and path.suffix.lower() == ".zip":
+            return (f"**{name}**: an uploaded zip of pictures, not prepared yet: choose a size and press "
+                    "*Prepare* (it is read in place, never extracted)."), []
         if not path.is_dir():
             raise InputError(f"{name!r} is not a folder under the data root")
         if not (path / "train_images.npy").exists():
@@ -84,6 +88,24 @@ class TrainTab:
         out = train_data.prepare(self.data_root, name, size, val_fraction, embed_fn=None)
         summary, examples = self.show_folder(out.name)
         return self.folders(out.name), summary, examples
+
+    def upload(self, file: Any):
+        """An uploaded zip of class folders: checked (size, entries, names, compression ratio), kept in
+        the data root, and picked."""
+        path = file_path(file)
+        if not path:
+            raise InputError("Upload a .zip of class folders of pictures first.")
+        p = Path(path)
+        try:
+            inside = p.resolve().is_relative_to(Path(upload_folder()).resolve())
+        except (OSError, RuntimeError, ValueError):
+            inside = False
+        if not inside or not p.is_file():
+            raise InputError("Upload the zip to this app; a file path on the server is not accepted.")
+        original = file.get("orig_name") if isinstance(file, dict) else None
+        name = train_data.accept_zip(self.data_root, p, original or p.name, self.app.max_upload)
+        summary, examples = self.show_folder(name)
+        return self.folders(name), summary, examples
 
     # ----------------------------------------------------------------- runs
     def run_choices(self) -> list[str]:
@@ -193,6 +215,9 @@ class TrainTab:
                     size = gr.Radio([16, 32, 64], value=32, label="Image size (px)", elem_id="train-size")
                     val_fraction = gr.Number(0.05, minimum=0, maximum=0.49, step=0.01, label="Held-out fraction",
                                              elem_id="train-val-fraction")
+                with gr.Accordion("Or upload a zip of class folders", open=False):
+                    zip_in = gr.File(label=".zip (size-limited, checked, read in place)", file_types=[".zip"],
+                                     type="filepath", elem_id="train-zip")
                 prepare = gr.Button("Prepare", elem_id="train-prepare")
                 gr.Markdown("### 2. Run")
                 run_name = gr.Dropdown(self.run_choices() or [DEFAULT_RUN], value=self.runner.active() or DEFAULT_RUN,
@@ -248,6 +273,10 @@ class TrainTab:
             with guarded("preparing data"):
                 return self.prepare(name, size_, frac, progress)
 
+        def upload_fn(file):
+            with guarded("zip upload"):
+                return self.upload(file)
+
         def start_fn(run, data, preset_, minutes_, steps_, precision_, every, resume_):
             with guarded("starting training"):
                 return self.start(run, data, preset_, minutes_, steps_, precision_, every, resume_)
@@ -267,6 +296,8 @@ class TrainTab:
             show_fn, [folder], [data_md, data_gallery], api_visibility="private", queue=False)
         ui.demo.load(self.runs_update, [run_name], [run_name], api_visibility="private", queue=False)
         folder.input(show_fn, [folder], [data_md, data_gallery], api_visibility="private", queue=False)
+        zip_in.upload(upload_fn, [zip_in], [folder, data_md, data_gallery], api_name="train_upload",
+                      preprocess=False, concurrency_limit=1, concurrency_id="train_prepare")
         prepare.click(prepare_fn, [folder, size, val_fraction], [folder, data_md, data_gallery],
                       api_name="train_prepare", concurrency_limit=1, concurrency_id="train_prepare")
         start.click(start_fn, [run_name, folder, preset, minutes, steps, precision, sample_every, resume], [status],

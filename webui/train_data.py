@@ -10,6 +10,8 @@ import json
 import os
 import re
 import shutil
+import stat
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +36,9 @@ class DataFolder:
 
     @property
     def label(self) -> str:
-        return f"{self.name} (prepared)" if self.prepared else f"{self.name} (pictures: prepare first)"
+        if self.prepared:
+            return f"{self.name} (prepared)"
+        return f"{self.name} ({'uploaded zip' if self.name.lower().endswith('.zip') else 'pictures'}: prepare first)"
 
 
 def resolve_under(root: Path, name: str) -> Path:
@@ -58,9 +62,12 @@ def list_data(root: Path) -> list[DataFolder]:
     found = []
     resolved_root = root.resolve()
     for p in sorted(root.iterdir(), key=lambda p: p.name.lower())[: 4 * MAX_LISTED]:
-        if not p.is_dir() or p.name.startswith(".") or p.name.endswith(".partial"):
+        if p.name.startswith(".") or not p.resolve().is_relative_to(resolved_root):  # a symlink out: not listed
             continue
-        if not p.resolve().is_relative_to(resolved_root):  # a symlink out of the root is not listed
+        if p.is_file() and p.suffix.lower() == ".zip" and NAME.match(p.name):
+            found.append(DataFolder(p.name, p, False))
+            continue
+        if not p.is_dir() or p.name.endswith(".partial"):
             continue
         if (p / "train_images.npy").exists():
             found.append(DataFolder(p.name, p, True))
@@ -80,7 +87,70 @@ def _has_pictures(folder: Path, limit: int = 2000) -> bool:
 
 
 def prepared_name(name: str, size: int) -> str:
-    return f"{name}_{size}{PREPARED_SUFFIX}"
+    stem = name[:-len(".zip")] if name.lower().endswith(".zip") else name
+    return f"{stem}_{size}{PREPARED_SUFFIX}"
+
+
+# An uploaded zip is checked before it is kept, and read in place by preprocess (never extracted).
+MAX_ZIP_FILES = 50_000
+MAX_ZIP_RATIO = 200  # uncompressed / compressed, per member and overall: more is a zip bomb
+MAX_ZIP_UNPACKED = 8 * 2**30
+
+
+def check_zip(path: Path, max_bytes: int) -> list[str]:
+    """Refuse anything but a plain zip of pictures: too large, not a zip, too many files, a member
+    that would land outside the folder (absolute, ``..``, a symlink), or a compression ratio only a
+    zip bomb has. Returns the picture names."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise InputError(f"the zip is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB (--max-upload-mb)")
+    if not zipfile.is_zipfile(path):
+        raise InputError("that file is not a zip archive: upload a .zip of class folders of pictures")
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise InputError(f"the zip cannot be read ({e})") from None
+    if len(infos) > MAX_ZIP_FILES:
+        raise InputError(f"the zip holds {len(infos):,} entries; at most {MAX_ZIP_FILES:,} are accepted")
+    total = 0
+    pictures = []
+    for info in infos:
+        name = info.filename
+        parts = Path(name.replace("\\", "/")).parts
+        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+            raise InputError(f"the zip has an entry outside its own folder ({name!r}): refused")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise InputError(f"the zip has a symbolic link ({name!r}): refused")
+        if info.flag_bits & 0x1:
+            raise InputError("the zip is encrypted: upload an unencrypted one")
+        total += info.file_size
+        if info.file_size > 2**20 and info.file_size > MAX_ZIP_RATIO * max(1, info.compress_size):
+            raise InputError(f"{name!r} expands {info.file_size / max(1, info.compress_size):.0f}x: refused as a "
+                             "zip bomb")
+        if not info.is_dir() and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+            pictures.append(name)
+    if total > MAX_ZIP_UNPACKED or total > MAX_ZIP_RATIO * max(size, 1) and total > 64 * 2**20:
+        raise InputError(f"the zip expands to {total / 2**20:.0f} MB: refused as a zip bomb")
+    if not pictures:
+        raise InputError("the zip holds no pictures (.jpg, .png, .webp ...)")
+    return pictures
+
+
+def accept_zip(root: Path, upload: Path, original_name: str, max_bytes: int) -> str:
+    """Check an uploaded zip and keep it in the data root as ``<name>.zip`` (a new name if taken);
+    returns that name, which Prepare then reads in place."""
+    check_zip(upload, max_bytes)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(original_name or "upload").stem).strip("._-")[:60] or "upload"
+    root.mkdir(parents=True, exist_ok=True)
+    if shutil.disk_usage(root).free < upload.stat().st_size + 256 * 2**20:
+        raise InputError("not enough free disk space under the data root for that zip")
+    name, k = f"{stem}.zip", 1
+    while (root / name).exists() or (root / prepared_name(name, 32)).exists():
+        k += 1
+        name = f"{stem}_{k}.zip"
+    shutil.copyfile(upload, root / name)
+    return name
 
 
 def prepare(root: Path, name: str, size: int, val_fraction: float, embed_fn: Callable | None = None,
@@ -91,8 +161,9 @@ def prepare(root: Path, name: str, size: int, val_fraction: float, embed_fn: Cal
     from dataprep.pipeline import preprocess
 
     src = resolve_under(root, name)
-    if not src.is_dir():
-        raise InputError(f"{name!r} is not a folder under the data root")
+    is_zip = src.is_file() and src.suffix.lower() == ".zip"
+    if not (src.is_dir() or is_zip):
+        raise InputError(f"{name!r} is not a folder (or an uploaded zip) under the data root")
     if (src / "train_images.npy").exists():
         raise InputError(f"{name!r} is already prepared: pick it to train")
     if size not in (16, 32, 64):
@@ -104,7 +175,7 @@ def prepare(root: Path, name: str, size: int, val_fraction: float, embed_fn: Cal
         raise InputError(f"only {free / 2**20:.0f} MB free under the data root: preparing needs "
                          f"{min_free_bytes / 2**20:.0f} MB")
     out = resolve_under(root, prepared_name(src.name, size))
-    single = _single_class_view(src)
+    single = None if is_zip else _single_class_view(src)
     try:
         preprocess(single or src, out, size=size, val_fraction=val_fraction, embed_fn=embed_fn, progress=True,
                    workers=1 if single else None)

@@ -1,0 +1,125 @@
+"""The Train tab's data handling: paths stay under the data root, uploaded zips are checked before
+they are kept (traversal names, symlinks, zip bombs, non-zips), and preparing a folder, a single
+folder of pictures or a zip runs the project's preprocess."""
+from __future__ import annotations
+
+import io
+import json
+import stat
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.app_server import make_picture_folders
+from webui import train_data as td
+from webui.validation import InputError
+
+
+def fake_embed(prompts):
+    rng = np.random.default_rng(len(prompts))
+    v = rng.normal(size=(len(prompts), 384)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def png_bytes(color) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((12, 12, 3), color, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_zip(path: Path, members: dict[str, bytes], symlink: str | None = None) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            z.writestr(info, "/etc/passwd")
+    return path
+
+
+@pytest.fixture()
+def root(tmp_path) -> Path:
+    r = tmp_path / "data"
+    make_picture_folders(r / "shapes")
+    return r
+
+
+def test_names_must_stay_under_the_data_root(root, tmp_path):
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    (root / "escape").symlink_to(outside)
+    for bad in ["../secret", "/etc", "shapes/../../secret", "escape", "", "  ", "a\\b", "."]:
+        with pytest.raises(InputError):
+            td.resolve_under(root, bad)
+    assert td.resolve_under(root, "shapes") == (root / "shapes").resolve()
+    assert [d.name for d in td.list_data(root)] == ["shapes"]  # the symlink out is not listed
+
+
+def test_prepare_a_folder_of_class_folders_and_a_single_folder_of_pictures(root):
+    out = td.prepare(root, "shapes", 16, 0.25, embed_fn=fake_embed)
+    assert out == (root / "shapes_16px").resolve()
+    summary = td.summary(out)
+    assert "2 class(es), 12 training + 4 held-out images at 16 px" in summary and "| red disc | 6 | 2 |" in summary
+    assert [c for _, c in td.examples(out)] == ["blue square", "red disc"]
+    listed = td.list_data(root)
+    assert [(d.name, d.prepared) for d in listed] == [("shapes_16px", True), ("shapes", False)]
+    with pytest.raises(InputError, match="already prepared"):
+        td.prepare(root, "shapes_16px", 16, 0.1, embed_fn=fake_embed)
+
+    cats = root / "my cats"
+    cats.mkdir()
+    for i in range(5):
+        (cats / f"{i}.png").write_bytes(png_bytes((200, 150 + i, 100)))
+    out = td.prepare(root, "my cats", 16, 0.0, embed_fn=fake_embed)
+    classes = json.loads((out / "classes.json").read_text())["classes"]
+    assert [c["name"] for c in classes] == ["my cats"] and len(np.load(out / "train_labels.npy")) == 5
+
+
+@pytest.mark.parametrize("size, frac, message", [(13, 0.1, "image size"), (16, 0.5, "held-out"),
+                                                 (16, -0.1, "held-out")])
+def test_bad_prepare_options_are_refused(root, size, frac, message):
+    with pytest.raises(InputError, match=message):
+        td.prepare(root, "shapes", size, frac, embed_fn=fake_embed)
+    assert not (root / f"shapes_{size}px").exists()
+
+
+def test_a_good_zip_is_kept_and_prepared_in_place(root, tmp_path):
+    z = make_zip(tmp_path / "pets.zip", {"cat/a.png": png_bytes((250, 0, 0)), "cat/b.png": png_bytes((240, 10, 0)),
+                                         "dog/a.png": png_bytes((0, 0, 250)), "dog/b.png": png_bytes((0, 10, 240)),
+                                         "readme.txt": b"hello"})
+    name = td.accept_zip(root, z, "My Pets!.zip", max_bytes=2**20)
+    assert name == "My_Pets.zip" and (root / name).exists()
+    assert td.accept_zip(root, z, "My Pets!.zip", max_bytes=2**20) == "My_Pets_2.zip"  # never overwrites
+    assert ("My_Pets.zip", False) in [(d.name, d.prepared) for d in td.list_data(root)]
+    out = td.prepare(root, name, 16, 0.0, embed_fn=fake_embed)
+    assert out.name == "My_Pets_16px" and len(np.load(out / "train_labels.npy")) == 4
+
+
+@pytest.mark.parametrize("members, symlink, message", [
+    ({"../evil.png": b"x"}, None, "outside its own folder"),
+    ({"/abs/evil.png": b"x"}, None, "outside its own folder"),
+    ({"a/../../evil.png": b"x"}, None, "outside its own folder"),
+    ({"C:/evil.png": b"x"}, None, "outside its own folder"),
+    ({"a/ok.png": b"x"}, "a/link.png", "symbolic link"),
+    ({"bomb/big.png": b"\0" * (64 * 2**20)}, None, "zip bomb"),
+    ({"notes/a.txt": b"no pictures here"}, None, "no pictures"),
+])
+def test_hostile_zips_are_refused_before_they_are_kept(root, tmp_path, members, symlink, message):
+    z = make_zip(tmp_path / "bad.zip", members, symlink)
+    with pytest.raises(InputError, match=message):
+        td.accept_zip(root, z, "bad.zip", max_bytes=2**30)
+    assert not list(root.glob("*.zip"))
+
+
+def test_not_a_zip_and_too_large_are_refused(root, tmp_path):
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"PK\x03\x04 this is not really a zip")
+    with pytest.raises(InputError, match="not a zip"):
+        td.accept_zip(root, junk, "junk.zip", max_bytes=2**20)
+    z = make_zip(tmp_path / "ok.zip", {"a/x.png": png_bytes((1, 2, 3))})
+    with pytest.raises(InputError, match="limit"):
+        td.accept_zip(root, z, "ok.zip", max_bytes=10)
