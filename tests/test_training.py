@@ -181,6 +181,18 @@ def test_metrics_split_the_loss_by_noise_level(trained):
     assert filled >= len(rows) // 2  # 16 uniform draws miss a band now and then, not usually
 
 
+def test_a_training_run_writes_its_loss_and_samples_for_tensorboard(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # the oracle
+
+    acc = EventAccumulator(str(trained / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    rows = list(csv.DictReader((trained / "metrics.csv").open()))
+    loss = acc.Scalars("train/loss")
+    assert [e.step for e in loss] == [int(r["step"]) for r in rows]
+    assert np.allclose([e.value for e in loss], [float(r["loss"]) for r in rows], rtol=1e-5)
+    assert {"train/lr", "train/images_per_s", "train/loss_t750_1000"} <= set(acc.Tags()["scalars"])
+    assert [i.step for i in acc.Images("samples/grid")] == [60]  # sample_every=60 in the fixture run
+
+
 def test_a_metrics_file_from_before_the_bands_gets_the_new_header_on_resume(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("step,loss,lr,images_per_s,elapsed_s\n10,0.5,1e-3,9.0,1.0\n20,0.4,1e-3,9.0,2.0\n30,0.3")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -45,6 +46,7 @@ from engine.store import latest_checkpoint_usable  # noqa: F401 - also used as t
 from models import ConditionalUNet, UNetConfig, count_parameters
 from models.text_encoder import DEFAULT_PROMPT_TEMPLATE, TEXT_EMBED_DIM
 from training import superres
+from training.tensorboard import EventWriter
 
 log = logging.getLogger("train")
 
@@ -99,6 +101,7 @@ class TrainConfig:
     # logging, samples, checkpoints
     log_every: int = 25
     sample_every: int = 1000  # 0 disables periodic samples
+    report_to: str = "tensorboard"  # tensorboard (event files in <run>/tensorboard, as diffusers' scripts) | none
     ckpt_every: int = 500
     keep_checkpoints: int = 3
     sample_classes: int = 8
@@ -120,6 +123,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
             raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLINGS}, got {self.timestep_sampling!r}")
+        if self.report_to not in ("tensorboard", "none"):
+            raise ValueError(f"report_to must be tensorboard or none, got {self.report_to!r}")
         if self.task not in ("base", "sr"):
             raise ValueError(f"task must be base or sr, got {self.task!r}")
         if self.task == "sr" and (self.sr_crop % 2 ** (len(self.channel_mult) - 1) or not 0 <= self.sr_aug_max <= 1):
@@ -485,6 +490,7 @@ def _train(cfg: TrainConfig) -> Path:
     metrics = None
     header = metrics_header(cfg.num_train_timesteps)
     band_sum, band_n = torch.zeros(NOISE_BANDS), torch.zeros(NOISE_BANDS)
+    board = EventWriter(run_dir / "tensorboard") if master and cfg.report_to == "tensorboard" else None
     if master:
         new = not metrics_path.exists() or step == 0
         if not new:
@@ -584,6 +590,10 @@ def _train(cfg: TrainConfig) -> Path:
                                      f"{train_seconds:.1f}", *bands])
                     metrics.flush()
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.1f}")
+                    if board:
+                        board.scalars(step, {"train/loss": mean_loss, "train/lr": lr_at(cfg, step - 1),
+                                             "train/images_per_s": ips,
+                                             **{f"train/{name}": float(v) for name, v in zip(header[5:], bands) if v}})
                 window_loss, window_n, window_t = 0.0, 0, now
                 band_sum.zero_()
                 band_n.zero_()
@@ -594,6 +604,9 @@ def _train(cfg: TrainConfig) -> Path:
             if master and cfg.sample_every and step % cfg.sample_every == 0:
                 write_samples(cfg, ema, diffusion, classes, class_emb, step, device)
                 write_loss_curve(cfg)
+                grid = run_dir / "samples" / f"grid_{step:07d}.png"
+                if board and grid.exists():
+                    board.image(step, "samples/grid", np.asarray(Image.open(grid).convert("RGB")))
             paused = time.time() - pause  # checkpoints and samples are neither training time nor images/s
             started += paused
             window_t += paused
@@ -613,6 +626,8 @@ def _train(cfg: TrainConfig) -> Path:
                                 "checkpoint is %s", step, last_ckpt or store.latest_checkpoint(ckpt_root))
             if metrics:
                 metrics.close()
+            if board:
+                board.close()
             write_loss_curve(cfg)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

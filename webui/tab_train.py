@@ -147,6 +147,8 @@ class TrainTab:
     @staticmethod
     def _status_text(st: RunStatus) -> str:
         text = st.summary()
+        if (st.run_dir / "tensorboard").is_dir():
+            text += f"\n\nIn TensorBoard: `tensorboard --logdir {st.run_dir / 'tensorboard'}`"
         if st.state == "failed":
             text += "\n\nThe training process ended with an error; the log below says why. Any checkpoints are kept: " \
                     "fix the cause and press Start to resume."
