@@ -39,6 +39,7 @@ from engine.request import UNCONDITIONAL, GenerationRequest, generate
 from engine.store import DEFAULT_MODEL_NAME, CheckpointError, load_model
 from training.loop import (
     PRESETS,
+    DiskSpaceError,
     RunLockedError,
     TrainConfig,
     make_config,
@@ -93,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     try:
         train(cfg)
-    except RunLockedError as e:
+    except (RunLockedError, DiskSpaceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

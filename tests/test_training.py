@@ -193,6 +193,25 @@ def test_a_training_run_writes_its_loss_and_samples_for_tensorboard(trained):
     assert [i.step for i in acc.Images("samples/grid")] == [60]  # sample_every=60 in the fixture run
 
 
+def test_a_full_disk_stops_before_a_checkpoint_and_keeps_the_last_one(tiny_data, tmp_path, monkeypatch):
+    """No checkpoint is started that cannot fit: the run stops with a clear error, the previous
+    checkpoint stays whole, and the same command resumes once there is room."""
+    opts = options(tiny_data, tmp_path, "full", **TINY_NET, batch_size=8, max_steps=4, ckpt_every=2, sample_every=0,
+                   report_to="none")
+    T.train(T.make_config("smoke", **dict(opts, stop_at_step=2)))
+    ckpts = tmp_path / "full" / "checkpoints"
+    assert [p.name for p in store.checkpoint_dirs(ckpts)] == ["ckpt-0000002"]
+    real = T.shutil.disk_usage
+    monkeypatch.setattr(T.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(T.DiskSpaceError, match="MB free"):
+        T.train(T.make_config("smoke", **opts))
+    assert [p.name for p in store.checkpoint_dirs(ckpts)] == ["ckpt-0000002"]
+    assert T.latest_checkpoint_usable(ckpts).name == "ckpt-0000002"
+    monkeypatch.setattr(T.shutil, "disk_usage", real)
+    T.train(T.make_config("smoke", **opts))
+    assert store.checkpoint_dirs(ckpts)[-1].name == "ckpt-0000004"
+
+
 def test_a_metrics_file_from_before_the_bands_gets_the_new_header_on_resume(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("step,loss,lr,images_per_s,elapsed_s\n10,0.5,1e-3,9.0,1.0\n20,0.4,1e-3,9.0,2.0\n30,0.3")

@@ -316,6 +316,27 @@ def write_loss_curve(cfg: TrainConfig) -> None:
                              cfg.run_dir / "loss_curve.png")
 
 
+# --------------------------------------------------------------------------- disk space
+class DiskSpaceError(RuntimeError):
+    """Too little free disk space for the next checkpoint (the previous one is kept)."""
+
+
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """What one checkpoint takes: the weights, their EMA and AdamW's two moments, in fp32."""
+    return 4 * 4 * count_parameters(model)
+
+
+def check_disk_space(folder: Path, need: int) -> None:
+    """Refuse to start a checkpoint that cannot fit (twice its size: it is written beside the old
+    ones, then renamed), rather than die half-way through writing it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < 2 * need:
+        raise DiskSpaceError(f"only {free / 2**20:.0f} MB free in {folder}: a checkpoint needs {2 * need / 2**20:.0f} MB. "
+                             "Free some space (or lower --keep_checkpoints) and run the same command to resume "
+                             "from the last checkpoint")
+
+
 # --------------------------------------------------------------------------- one writer per run
 class RunLockedError(RuntimeError):
     """Another training process is already writing this run folder."""
@@ -461,6 +482,7 @@ def _train(cfg: TrainConfig) -> Path:
                  hardware_description(device, world), "bf16 autocast" if use_bf16 else "fp32")
 
     def save(at_step: int) -> Path:
+        check_disk_space(ckpt_root, checkpoint_bytes(model))
         meta = dict(config_json, images_seen=images_seen, train_seconds=round(train_seconds, 1),
                     hardware=hardware_description(device, world), parameters=count_parameters(model),
                     rng={"scheme": "per-step seeds from (seed, step, rank)", "seed": cfg.seed})
@@ -617,10 +639,14 @@ def _train(cfg: TrainConfig) -> Path:
     finally:
         bar.close()
         batches.close()
+        no_room = None  # a full disk at the last checkpoint: reported after the files are closed
         if master:
             if step > 0 and (last_ckpt is None or last_ckpt.name != f"ckpt-{step:07d}"):
                 if consistent:
-                    last_ckpt = save(step)
+                    try:
+                        last_ckpt = save(step)
+                    except DiskSpaceError as e:
+                        no_room = e
                 else:  # stopped inside an optimizer/EMA update: that state must not be saved
                     log.warning("stopped in the middle of an update at step %d: not saving it; the last "
                                 "checkpoint is %s", step, last_ckpt or store.latest_checkpoint(ckpt_root))
@@ -634,6 +660,8 @@ def _train(cfg: TrainConfig) -> Path:
         if ddp:
             dist.barrier()
             dist.destroy_process_group()
+        if no_room is not None:
+            raise no_room
     if master:
         log.info("finished at step %d (%d images seen, %.1f min of training); checkpoint: %s",
                  step, images_seen, train_seconds / 60, last_ckpt)
