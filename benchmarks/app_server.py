@@ -239,6 +239,7 @@ def _launch(tmp: Path, extra_args: list[str], auth: tuple[str, str] | None = Non
     make_picture_folders(tmp / "train_data" / "shapes")
     args = ["--store", str(store), "--model", "tiny", "--out", str(out), "--threads", "1",
             "--max-work", str(TEST_MAX_WORK), "--data-root", str(tmp / "train_data"), "--runs-dir", str(tmp / "runs"),
+            "--tiny-imagenet-url", "http://127.0.0.1:9/tiny-imagenet-200.zip",  # refused at once: no downloads
             *extra_args]
     if auth:
         args += ["--auth", f"{auth[0]}:{auth[1]}"]

@@ -123,3 +123,37 @@ def test_not_a_zip_and_too_large_are_refused(root, tmp_path):
     z = make_zip(tmp_path / "ok.zip", {"a/x.png": png_bytes((1, 2, 3))})
     with pytest.raises(InputError, match="limit"):
         td.accept_zip(root, z, "ok.zip", max_bytes=10)
+
+
+def test_tiny_imagenet_classes_by_name_from_its_zip_downloaded_from_a_local_server(root, tmp_path):
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    from test_preprocess import make_tiny_zip
+
+    with pytest.raises(InputError, match="no tiny-imagenet-200.zip"):
+        td.prepare_tiny_imagenet(root, "goldfish", 16, 0.0, embed_fn=fake_embed)
+    served = tmp_path / "mirror"
+    served.mkdir()
+    zpath, wnids = make_tiny_zip(served / "tiny-imagenet-200.zip", n_classes=3, per_class=4, size=24)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/tiny-imagenet-200.zip"
+    try:
+        with pytest.raises(InputError, match="download failed"):  # a wrong checksum is refused, nothing kept
+            td.download_tiny_imagenet(root, url=url, md5="0" * 32)
+        assert td.tiny_imagenet_zip(root) is None
+        md5 = hashlib.md5(zpath.read_bytes()).hexdigest()
+        assert td.download_tiny_imagenet(root, url=url, md5=md5) == root / "tiny-imagenet-200.zip"
+    finally:
+        httpd.shutdown()
+    out = td.prepare_tiny_imagenet(root, "goldfish, great white shark", 16, 0.0, embed_fn=fake_embed)
+    names = [c["name"] for c in json.loads((out / "classes.json").read_text())["classes"]]
+    assert out.name == "tiny_goldfish-great-white-shark_16px" and sorted(names) == ["goldfish", "great white shark"]
+    with pytest.raises(InputError, match="no_such_class|unknown|not found|No class"):
+        td.prepare_tiny_imagenet(root, "no_such_class", 16, 0.0, embed_fn=fake_embed)
+    with pytest.raises(InputError, match="Name some"):
+        td.prepare_tiny_imagenet(root, " , ", 16, 0.0, embed_fn=fake_embed)

@@ -544,6 +544,9 @@ def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: st
         cases.append(Case("/train_export", [run, "fuzz_model", "tiny"], "train_export: nothing to export", ERROR))
     for model in ("../x", "/etc", "", "a b", None):
         cases.append(Case("/train_export", ["my_model", model, "tiny"], "train_export: bad model name", ERROR))
+    cases.append(Case("/train_download_tiny", [], "train_download_tiny: unreachable mirror", ERROR))
+    for names in ["goldfish, tabby", "", "   ", ",,,", None, 5, ["goldfish"], "x" * 5000, "../etc"]:
+        cases.append(Case("/train_prepare_tiny", [names, 16, 0.1], "train_prepare_tiny: no zip / bad names", ERROR))
     cases.append(Case("/train_upload", [handle_file(str(ok_png))], "train_upload: a PNG, not a zip", ERROR))
     cases.append(Case("/train_upload", [None], "train_upload: nothing", ERROR))
     for v in WRONG_TYPES[1:6]:

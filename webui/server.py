@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="data",
                    help="the Train tab's data: folders of pictures (one sub-folder per class) and prepared folders; "
                         "nothing outside it is read (default data/)")
+    p.add_argument("--tiny-imagenet-url", default=None,
+                   help="where the Train tab downloads Tiny ImageNet from (default: the official URL, checked "
+                        "against its MD5; a mirror's file is not checked)")
     p.add_argument("--runs-dir", default="output_ImageNet",
                    help="where the Train tab's runs go, as diffusion.py train --out_dir (default output_ImageNet)")
     p.add_argument("--mcp", action="store_true",

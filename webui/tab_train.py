@@ -89,6 +89,19 @@ class TrainTab:
         summary, examples = self.show_folder(out.name)
         return self.folders(out.name), summary, examples
 
+    def prepare_tiny(self, names: Any, size: Any, val_fraction: Any, progress=None):
+        try:
+            size, val_fraction = int(size), float(val_fraction)
+        except (TypeError, ValueError):
+            raise InputError("size and held-out fraction must be numbers") from None
+        out = train_data.prepare_tiny_imagenet(self.data_root, names, size, val_fraction)
+        summary, examples = self.show_folder(out.name)
+        return self.folders(out.name), summary, examples
+
+    def download_tiny(self, progress=None) -> str:
+        path = train_data.download_tiny_imagenet(self.data_root, url=getattr(self.app.args, "tiny_imagenet_url", None))
+        return f"Tiny ImageNet is in `{path}`: name classes and press *Prepare these classes*."
+
     def upload(self, file: Any):
         """An uploaded zip of class folders: checked (size, entries, names, compression ratio), kept in
         the data root, and picked."""
@@ -220,6 +233,16 @@ class TrainTab:
                 with gr.Accordion("Or upload a zip of class folders", open=False):
                     zip_in = gr.File(label=".zip (size-limited, checked, read in place)", file_types=[".zip"],
                                      type="filepath", elem_id="train-zip")
+                with gr.Accordion("Or Tiny ImageNet classes, by name", open=False):
+                    tiny_names = gr.Textbox(label="Classes (comma-separated names or wnids)",
+                                            placeholder="goldfish, tabby, school bus", elem_id="train-tiny-names")
+                    with gr.Row():
+                        tiny_download = gr.Button("Download Tiny ImageNet (237 MB, checksummed)", size="sm")
+                        tiny_prepare = gr.Button("Prepare these classes", size="sm", elem_id="train-tiny-prepare")
+                    tiny_md = gr.Markdown(
+                        f"Reads `{train_data.TINY_IMAGENET_ZIP}` in the data root"
+                        + (" (found)." if train_data.tiny_imagenet_zip(self.data_root) else
+                           " (not there yet: Download it, or copy it there)."))
                 prepare = gr.Button("Prepare", elem_id="train-prepare")
                 gr.Markdown("### 2. Run")
                 run_name = gr.Dropdown(self.run_choices() or [DEFAULT_RUN], value=self.runner.active() or DEFAULT_RUN,
@@ -275,6 +298,14 @@ class TrainTab:
             with guarded("preparing data"):
                 return self.prepare(name, size_, frac, progress)
 
+        def tiny_prepare_fn(names, size_, frac, progress=gr.Progress(track_tqdm=True)):
+            with guarded("preparing Tiny ImageNet classes"):
+                return self.prepare_tiny(names, size_, frac, progress)
+
+        def tiny_download_fn(progress=gr.Progress(track_tqdm=True)):
+            with guarded("downloading Tiny ImageNet"):
+                return self.download_tiny(progress)
+
         def upload_fn(file):
             with guarded("zip upload"):
                 return self.upload(file)
@@ -300,6 +331,10 @@ class TrainTab:
         folder.input(show_fn, [folder], [data_md, data_gallery], api_visibility="private", queue=False)
         zip_in.upload(upload_fn, [zip_in], [folder, data_md, data_gallery], api_name="train_upload",
                       preprocess=False, concurrency_limit=1, concurrency_id="train_prepare")
+        tiny_prepare.click(tiny_prepare_fn, [tiny_names, size, val_fraction], [folder, data_md, data_gallery],
+                           api_name="train_prepare_tiny", concurrency_limit=1, concurrency_id="train_prepare")
+        tiny_download.click(tiny_download_fn, None, [tiny_md], api_name="train_download_tiny", concurrency_limit=1,
+                            concurrency_id="train_prepare")
         prepare.click(prepare_fn, [folder, size, val_fraction], [folder, data_md, data_gallery],
                       api_name="train_prepare", concurrency_limit=1, concurrency_id="train_prepare")
         start.click(start_fn, [run_name, folder, preset, minutes, steps, precision, sample_every, resume], [status],

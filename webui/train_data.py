@@ -187,6 +187,69 @@ def prepare(root: Path, name: str, size: int, val_fraction: float, embed_fn: Cal
     return out
 
 
+TINY_IMAGENET_ZIP = "tiny-imagenet-200.zip"
+
+
+def tiny_imagenet_zip(root: Path) -> Path | None:
+    """Tiny ImageNet's zip in the data root (downloaded there, or put there by hand), if present."""
+    path = root / TINY_IMAGENET_ZIP
+    return path if path.is_file() and path.resolve().is_relative_to(root.resolve()) else None
+
+
+def download_tiny_imagenet(root: Path, url: str | None = None, md5: str | None = None,
+                           min_free_bytes: int = 600 * 2**20) -> Path:
+    """Fetch Tiny ImageNet's zip into the data root (resumable; the official URL's MD5 is checked, a
+    mirror's only when ``md5`` is given); a zip already there is kept."""
+    from dataprep.defaults import DOWNLOADS
+    from dataprep.download import download
+
+    if (have := tiny_imagenet_zip(root)) is not None:
+        return have
+    spec = DOWNLOADS["tiny-imagenet"]
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if free < min_free_bytes:
+        raise InputError(f"only {free / 2**20:.0f} MB free under the data root: Tiny ImageNet needs "
+                         f"{min_free_bytes / 2**20:.0f} MB")
+    try:
+        url = url or spec["url"]
+        return download(url, root / spec["filename"], md5=md5 or (spec["md5"] if url == spec["url"] else None),
+                        progress=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise InputError(f"the Tiny ImageNet download failed: {e}") from None
+
+
+def prepare_tiny_imagenet(root: Path, class_names: str, size: int, val_fraction: float,
+                          embed_fn: Callable | None = None) -> Path:
+    """Tiny ImageNet classes picked by name (or wnid), comma-separated, from its zip in the data root,
+    into ``tiny_<names>_<size>px``."""
+    from dataprep.defaults import PreprocessError
+    from dataprep.pipeline import preprocess
+
+    names = [n.strip() for n in str(class_names or "").split(",") if n.strip()]
+    if not names:
+        raise InputError("Name some Tiny ImageNet classes, comma-separated (e.g. goldfish, tabby, school bus).")
+    if len(names) > 200:
+        raise InputError(f"{len(names)} classes: Tiny ImageNet has 200")
+    if size not in (16, 32, 64):
+        raise InputError(f"image size {size}: choose 16, 32 or 64")
+    if not 0 <= val_fraction < 0.5:
+        raise InputError(f"held-out fraction {val_fraction}: choose from 0 up to 0.5")
+    src = tiny_imagenet_zip(root)
+    if src is None:
+        raise InputError(f"no {TINY_IMAGENET_ZIP} in the data root: press Download (237 MB, checksummed) or "
+                         "copy it there")
+    slug = re.sub(r"[^a-z0-9]+", "-", "_".join(names[:3]).lower()).strip("-")[:40] or "classes"
+    slug += f"-and-{len(names) - 3}-more" if len(names) > 3 else ""
+    out = resolve_under(root, f"tiny_{slug}_{size}{PREPARED_SUFFIX}")
+    try:
+        preprocess(src, out, size=size, classes=names, val_fraction=val_fraction, embed_fn=embed_fn, progress=True,
+                   overwrite=True)
+    except PreprocessError as e:
+        raise InputError(str(e)) from None
+    return out
+
+
 def _single_class_view(src: Path) -> Path | None:
     """For a folder of pictures with no class folders: a temporary ``<tmp>/view/<folder name>/`` of
     symlinks to them, so it trains as one class named after the folder (someone's cat photos)."""
