@@ -549,11 +549,12 @@ def build_cases(uploads: list[tuple[str, Path, str, str | None]], server_url: st
         cases.append(Case("/train_prepare_tiny", [names, 16, 0.1], "train_prepare_tiny: no zip / bad names", ERROR))
     cases.append(Case("/train_upload", [handle_file(str(ok_png))], "train_upload: a PNG, not a zip", ERROR))
     cases.append(Case("/train_upload", [None], "train_upload: nothing", ERROR))
+    # a gr.File input: gradio validates the payload as FileData (and its path) before web.py runs
     for v in WRONG_TYPES[1:6]:
-        cases.append(Case("/train_upload", [v], "train_upload: wrong type", ANY))
+        cases.append(Case("/train_upload", [v], "train_upload: gradio refuses a wrong type", SCHEMA))
     for path in ("/etc/passwd", "/nonexistent/x.zip", "../../x.zip"):
         cases.append(Case("/train_upload", [{"path": path, "meta": {"_type": "gradio.FileData"}}],
-                          "train_upload: server path (REST)", ERROR, via="raw"))
+                          "train_upload: gradio refuses a server path (REST)", SCHEMA, via="raw"))
     for _ in range(5):
         junk = [rng.choice(WRONG_TYPES + NUM_STRINGS) for _ in range(rng.randint(0, 2))]
         cases.append(Case("/train_stop", junk, "train_stop: nothing running", OK))

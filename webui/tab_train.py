@@ -12,6 +12,7 @@ spends the machine's CPU for minutes).
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,6 +38,19 @@ def train_disabled_reason(args: Any) -> str | None:
                 "uses the machine for minutes. Start it with `--auth user:password` (or on the default "
                 "`--host 127.0.0.1` without `--share`) to train here.")
     return None
+
+
+def number(value: Any, name: str, integer: bool = False) -> float:
+    """A finite number (>= 0) from a form field or an API caller's value, or InputError naming the field."""
+    try:
+        x = float(value if value not in (None, "") else 0)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {str(value)[:40]!r}") from None
+    if not math.isfinite(x) or x < 0:
+        raise InputError(f"{name} must be a finite number >= 0, got {str(value)[:40]!r}")
+    if integer and x != int(x):
+        raise InputError(f"{name} must be a whole number, got {str(value)[:40]!r}")
+    return int(x) if integer else x
 
 
 class TrainTab:
@@ -81,19 +95,13 @@ class TrainTab:
 
     def prepare(self, name: Any, size: Any, val_fraction: Any, progress=None):
         name = train_data.parse_folder_choice(name)
-        try:
-            size, val_fraction = int(size), float(val_fraction)
-        except (TypeError, ValueError):
-            raise InputError("size and held-out fraction must be numbers") from None
+        size, val_fraction = number(size, "image size", integer=True), number(val_fraction, "held-out fraction")
         out = train_data.prepare(self.data_root, name, size, val_fraction, embed_fn=None)
         summary, examples = self.show_folder(out.name)
         return self.folders(out.name), summary, examples
 
     def prepare_tiny(self, names: Any, size: Any, val_fraction: Any, progress=None):
-        try:
-            size, val_fraction = int(size), float(val_fraction)
-        except (TypeError, ValueError):
-            raise InputError("size and held-out fraction must be numbers") from None
+        size, val_fraction = number(size, "image size", integer=True), number(val_fraction, "held-out fraction")
         out = train_data.prepare_tiny_imagenet(self.data_root, names, size, val_fraction)
         summary, examples = self.show_folder(out.name)
         return self.folders(out.name), summary, examples
@@ -136,12 +144,12 @@ class TrainTab:
         data = train_data.resolve_under(self.data_root, data_name)
         if not (data / "train_images.npy").exists():
             raise InputError(f"{data_name!r} is not prepared yet: press Prepare first")
-        try:
-            spec = RunSpec(check_run_name(str(run_name or "")), data, preset=str(preset),
-                           minutes=float(minutes or 0), steps=int(steps or 0), precision=str(precision or "auto"),
-                           resume=bool(resume), sample_every=int(sample_every or 0))
-        except (TypeError, ValueError) as e:
-            raise InputError(str(e)) from None
+        if not isinstance(resume, bool):
+            raise InputError(f"resume must be true or false, got {str(resume)[:40]!r}")
+        spec = RunSpec(check_run_name(str(run_name or "")), data, preset=str(preset),
+                       minutes=number(minutes, "minutes"), steps=number(steps, "steps", integer=True),
+                       precision=str(precision or "auto"), resume=resume,
+                       sample_every=number(sample_every, "samples every N steps", integer=True))
         if spec.precision not in ("auto", "bf16", "fp32"):
             raise InputError(f"precision {spec.precision!r}: choose auto, bf16 or fp32")
         st = self.runner.start(spec)
@@ -332,13 +340,16 @@ class TrainTab:
         zip_in.upload(upload_fn, [zip_in], [folder, data_md, data_gallery], api_name="train_upload",
                       preprocess=False, concurrency_limit=1, concurrency_id="train_prepare")
         tiny_prepare.click(tiny_prepare_fn, [tiny_names, size, val_fraction], [folder, data_md, data_gallery],
-                           api_name="train_prepare_tiny", concurrency_limit=1, concurrency_id="train_prepare")
+                           api_name="train_prepare_tiny", concurrency_limit=1, concurrency_id="train_prepare",
+                           preprocess=False)
         tiny_download.click(tiny_download_fn, None, [tiny_md], api_name="train_download_tiny", concurrency_limit=1,
                             concurrency_id="train_prepare")
         prepare.click(prepare_fn, [folder, size, val_fraction], [folder, data_md, data_gallery],
-                      api_name="train_prepare", concurrency_limit=1, concurrency_id="train_prepare")
+                      api_name="train_prepare", concurrency_limit=1, concurrency_id="train_prepare",
+                      preprocess=False)
         start.click(start_fn, [run_name, folder, preset, minutes, steps, precision, sample_every, resume], [status],
-                    api_name="train_start", queue=False).then(status_fn, [run_name], outputs, queue=False)
+                    api_name="train_start", queue=False, preprocess=False).then(status_fn, [run_name], outputs, queue=False,
+                                                              api_visibility="private")
         stop.click(stop_fn, None, [status], api_name="train_stop", queue=False)
         timer.tick(status_fn, [run_name], outputs, api_visibility="private", queue=False, show_progress="hidden")
         run_name.change(status_fn, [run_name], outputs, api_name="train_status", queue=False)
