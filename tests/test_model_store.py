@@ -370,12 +370,12 @@ def test_pickle_in_a_training_checkpoint_is_skipped(tiny_model, tmp_path):
 
 
 def test_model_card_describes_data_steps_and_compute():
-    import diffusion as cli
+    from engine.model_card import model_card
 
     cfg = config(images_seen=6400, train_seconds=7200, parameters=1234567,
                  data={"source": "tiny-imagenet-200.zip", "num_images": 5000},
                  train={"batch_size": 32, "lr": 2e-4, "ema_decay": 0.999})
-    card = cli.model_card("default_model", cfg, evaluation="FID 42 (toy)")
+    card = model_card("default_model", cfg, evaluation="FID 42 (toy)")
     for text in ("# default_model", "| image size | 16 px |", "1,234,567", "tiny-imagenet-200.zip", "5000 training images",
                  "| training steps | 123 (batch 32", "| hardware | test |", "2.00 h", "goldfish (`n01443537`)",
                  "## Evaluation", "FID 42"):
