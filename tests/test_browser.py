@@ -317,11 +317,11 @@ def test_then_upscale_in_chromium(tiny_app, page, tmp_path):
     keep(shot, "web_then_upscale.png")
 
 
-def test_train_tab_in_chromium(tiny_app, page, tmp_path):
+def test_train_tab_in_chromium(train_app, page, tmp_path):
     """The Train tab from a folder of pictures to generating with the new model: Prepare (2 classes
     x 8 pictures), Start (smoke), a loss point and a sample grid appear, Stop, Start again (resumes),
     Export, then Generate with it."""
-    page.goto(tiny_app.url)
+    page.goto(train_app.url)
     page.get_by_role("tab", name="Train").click()
     page.locator("#train-folder input").click()
     page.get_by_role("option", name="shapes (pictures: prepare first)").click()

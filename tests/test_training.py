@@ -355,7 +355,7 @@ def test_exact_resume_n_plus_n_equals_2n(tiny_data, tmp_path, reference_run):
 # rank has its shard; alone (WORLD_SIZE unset) batch_indices is patched to return the union of
 # both ranks' shards, so the single process sees the same global batch. training.train seeds
 # timesteps and noise per (seed, step, rank), which no 1-process run can reproduce, so here they
-# are made a function of the example instead (its crc32), wrapped around the loop's training_loss; flips
+# are made a function of the example instead (its crc32), wrapped around the loop's per_sample_loss; flips
 # are drawn per rank too, so the test data is left-right symmetric (a flip changes nothing).
 _DDP_PROBE = """
 import json, os, sys, zlib
@@ -372,15 +372,15 @@ seen, captured = [], {}
 def key(img):
     return zlib.crc32(((img.float() + 1) * 127.5).round().to(torch.uint8).contiguous().numpy().tobytes())
 
-_loss = T.training_loss  # as the loop looks it up
-def training_loss(model, terms, x0, cond, **kw):
+_loss = T.per_sample_loss  # as the loop looks it up
+def per_sample_loss(model, terms, x0, cond, **kw):
     keys = [key(img) for img in x0]
     seen.append(keys)
     kw["t"] = torch.tensor([k % terms.num_train_timesteps for k in keys])
     kw["noise"] = torch.cat([torch.randn((1, *x0.shape[1:]), generator=torch.Generator().manual_seed(k))
                              for k in keys])
     return _loss(model, terms, x0, cond, **kw)
-T.training_loss = training_loss
+T.per_sample_loss = per_sample_loss
 
 if world == 1:
     _indices = T.batch_indices
@@ -755,6 +755,20 @@ def test_init_from_a_store_model_continues_its_weights_and_totals(trained, tiny_
     wider = dict(opts, run_name="wider", base_channels=24)
     with pytest.raises(ValueError, match="network"):
         T.train(T.make_config("smoke", **wider))
+
+    # Another cond_scale is the same network reparameterised: the run starts at the same function
+    # (the text layer's weight rescaled), conditioned and unconditioned alike.
+    last = T.train(T.make_config("smoke", **dict(opts, run_name="rescaled", cond_scale=8.0)))
+    before = store.load_model(source, model_type=None).model.float().eval()
+    after = store.load_model(last, model_type=None).model.float().eval()
+    assert (before.config.cond_scale, after.config.cond_scale) == (1.0, 8.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, before.config.image_size, before.config.image_size, generator=g)
+    cond = torch.randn(4, before.config.cond_dim, generator=g)
+    t, drop = torch.tensor([5, 300, 600, 990]), torch.tensor([False, True, False, True])
+    with torch.no_grad():
+        torch.testing.assert_close(after(x, t, cond, drop), before(x, t, cond, drop), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(before(x, t, cond * 8.0), before(x, t, cond), atol=1e-3)  # the scale matters
 
     # A model saved before a network field existed (tiny200's config has no emb_dim) is the same
     # network as a run that leaves that field at its default.

@@ -748,6 +748,12 @@ def test_fuzz_every_endpoint(tiny_app, tmp_path):
     from gradio_client import Client
 
     url = tiny_app.url
+    # the oracle expects the app as it started: its two models and an unprepared "shapes" folder
+    # (tests that train or export use train_app, an app of their own)
+    train_root = tiny_app.data.parent / "train_data"
+    added = sorted({p.name for p in tiny_app.store.iterdir() if p.is_dir()} - set(MODELS))
+    assert not added, f"another test added models to the shared app's store: {added}"
+    assert sorted(p.name for p in train_root.iterdir()) == ["shapes"], sorted(train_root.iterdir())
     probe = tiny_app.client()
     endpoints = set(probe.view_api(return_format="dict", print_info=False)["named_endpoints"])
     t_build = time.monotonic()

@@ -28,10 +28,10 @@ def wait_status(client, run: str, words: tuple[str, ...], timeout: float = 180.0
     raise AssertionError(f"{run} never showed {words}: {st[0]!r}\n{st[4]}")
 
 
-def test_prepare_train_stop_resume_export_and_generate(tiny_app):
+def test_prepare_train_stop_resume_export_and_generate(train_app):
     from gradio_client.exceptions import AppError
 
-    c = tiny_app.client()
+    c = train_app.client()
     listed = call(c, "/train_folders", None)
     assert ["shapes (pictures: prepare first)", "shapes"] in [list(x) for x in listed["choices"]]
     folder, summary, examples = call(c, "/train_prepare", "shapes", 16, 0.25)
@@ -63,15 +63,15 @@ def test_prepare_train_stop_resume_export_and_generate(tiny_app):
 
     msg, picker = call(c, "/train_export", "endpoint_run", "my_shapes", "tiny")
     assert "as **my_shapes**" in msg and ["my_shapes", "my_shapes"] in [list(x) for x in picker["choices"]]
-    assert (tiny_app.store / "my_shapes" / "model.safetensors").exists()
+    assert (train_app.store / "my_shapes" / "model.safetensors").exists()
     assert "my_shapes" in [x[1] for x in call(c, "/list_models", "tiny")["choices"]]
 
 
 @pytest.mark.parametrize("folder", ["../", "/etc", "shapes/../..", "shapes/..", "", "nope"])
-def test_hostile_or_missing_folders_are_refused(tiny_app, folder):
+def test_hostile_or_missing_folders_are_refused(train_app, folder):
     from gradio_client.exceptions import AppError
 
-    c = tiny_app.client()
+    c = train_app.client()
     with pytest.raises(AppError) as e:
         call(c, "/train_prepare", folder, 16, 0.1)
     assert any(w in str(e.value) for w in ("data root", "Pick a data folder", "not a folder", "data folder name")), \
@@ -80,8 +80,8 @@ def test_hostile_or_missing_folders_are_refused(tiny_app, folder):
         call(c, "/train_start", "x", folder, "smoke", 1, 5, "fp32", 5, True)
 
 
-def test_stop_with_nothing_running_and_status_of_no_run(tiny_app):
-    c = tiny_app.client()
+def test_stop_with_nothing_running_and_status_of_no_run(train_app):
+    c = train_app.client()
     assert call(c, "/train_stop") == "Nothing is training."
     assert "no_such_run: no run yet." in call(c, "/train_status", "no_such_run")[0]
 
@@ -96,24 +96,24 @@ def test_train_tab_needs_a_login_when_others_can_reach_the_app(host, share, auth
         assert "--auth" in reason
 
 
-def test_zip_uploads_are_checked_then_kept_and_listed(tiny_app, tmp_path):
+def test_zip_uploads_are_checked_then_kept_and_listed(train_app, tmp_path):
     import zipfile
 
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    c = tiny_app.client()
+    c = train_app.client()
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as z:
         z.writestr("../../escape.png", b"x")
     with pytest.raises(AppError, match="outside its own folder"):
         call(c, "/train_upload", handle_file(str(evil)))
     good = tmp_path / "zipped shapes.zip"
-    shapes = tiny_app.data.parent / "train_data" / "shapes"
+    shapes = train_app.data.parent / "train_data" / "shapes"
     with zipfile.ZipFile(good, "w") as z:
         for f in sorted(shapes.rglob("*.png")):
             z.write(f, f.relative_to(shapes).as_posix())
     folder, summary, _ = call(c, "/train_upload", handle_file(str(good)))
     assert folder["value"].startswith("zipped_shapes") and folder["value"].endswith(".zip")
     assert "an uploaded zip of pictures" in summary
-    assert not (tiny_app.data.parent / "train_data" / "escape.png").exists()
+    assert not (train_app.data.parent / "train_data" / "escape.png").exists()

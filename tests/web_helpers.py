@@ -58,6 +58,19 @@ def tiny_app(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def train_app(tmp_path_factory):
+    """A second app of its own for the Train tab's tests. Training prepares data, writes runs and
+    exports models into the store: on the shared ``tiny_app`` that would change what every later
+    test expects of it (the fuzz's model list and its unprepared "shapes" folder above all)."""
+    app = _launch(tmp_path_factory.mktemp("web_train"), [])
+    try:
+        app.server.wait_ready()
+        yield app
+    finally:
+        app.server.stop()
+
+
+@pytest.fixture(scope="session")
 def auth_app(tmp_path_factory):
     """The app behind --auth with a tiny queue (one running job + one waiting)."""
     app = _start_auth_app(tmp_path_factory)

@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -356,6 +356,20 @@ def run_lock(run_dir: Path) -> Any:
         "stop it, or give this run another --run_name"))
 
 
+def rescale_cond_input(state: dict[str, torch.Tensor], old_scale: float, new_scale: float) -> dict[str, torch.Tensor]:
+    """The same network's weights for another ``cond_scale``: the text embedding's first linear
+    layer sees ``cond * scale``, so its weight times ``old / new`` computes the same function
+    (null condition included: it is scaled with the text). What changes is how fast that layer
+    learns: at a larger scale its weights are smaller, and Adam's steps of a fixed size move
+    them relatively more; that is why a larger scale lets the condition in sooner."""
+    if old_scale == new_scale:
+        return state
+    key = "cond_embed.0.weight"
+    if key not in state:
+        raise ValueError("cond_scale differs but the network has no text-embedding layer to rescale")
+    return {**state, key: state[key] * (old_scale / new_scale)}
+
+
 def init_weights_from(source: str, model: torch.nn.Module, ema: torch.nn.Module,
                       config_json: dict[str, Any]) -> tuple[int, float]:
     """Load the EMA weights of a store model or checkpoint folder into ``model`` and ``ema``.
@@ -364,12 +378,14 @@ def init_weights_from(source: str, model: torch.nn.Module, ema: torch.nn.Module,
     loaded); returns its (images seen, training seconds) so the new run's totals go on
     from there."""
     lm = store.load_model(source, model_type=None)
-    # compared as networks, not as JSON: a model saved before a field existed has that field's default
-    if lm.model.config != model.config:
-        raise ValueError(f"--init_from {source}: its network {lm.model.config} is not this run's {model.config}")
+    # compared as networks, not as JSON: a model saved before a field existed has that field's default.
+    # cond_scale may differ: it is a reparameterisation (rescale_cond_input keeps the function).
+    source_cfg = lm.model.config
+    if replace(source_cfg, cond_scale=model.config.cond_scale) != model.config:
+        raise ValueError(f"--init_from {source}: its network {source_cfg} is not this run's {model.config}")
     if [c.get("prompt") for c in lm.classes] != [c.get("prompt") for c in config_json.get("classes", [])]:
         raise ValueError(f"--init_from {source}: its classes are not this run's data's classes")
-    state = lm.model.state_dict()
+    state = rescale_cond_input(lm.model.state_dict(), source_cfg.cond_scale, model.config.cond_scale)
     model.load_state_dict(state)
     ema.load_state_dict(state)
     return int(lm.config.get("images_seen", 0)), float(lm.config.get("train_seconds", 0.0))
