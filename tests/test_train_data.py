@@ -64,7 +64,12 @@ def test_prepare_a_folder_of_class_folders_and_a_single_folder_of_pictures(root)
     assert out == (root / "shapes_16px").resolve()
     summary = td.summary(out)
     assert "2 class(es), 12 training + 4 held-out images at 16 px" in summary and "| red disc | 6 | 2 |" in summary
-    assert [c for _, c in td.examples(out)] == ["blue square", "red disc"]
+    strips = td.examples(out)
+    assert [c for _, c in strips] == ["blue square", "red disc"]
+    images, labels = np.load(out / "train_images.npy"), np.load(out / "train_labels.npy")
+    for k, (strip, _) in enumerate(strips):  # each class's six training images side by side
+        assert strip.shape == (16, 6 * 16, 3)
+        assert np.array_equal(strip, np.concatenate(list(images[labels == k]), axis=1))
     listed = td.list_data(root)
     assert [(d.name, d.prepared) for d in listed] == [("shapes_16px", True), ("shapes", False)]
     with pytest.raises(InputError, match="already prepared"):

@@ -278,7 +278,7 @@ class TrainTab:
                 export_md = gr.Markdown(elem_id="train-export-status")
             with gr.Column(scale=2):
                 data_md = gr.Markdown("Pick a data folder.", elem_id="train-data")
-                data_gallery = gr.Gallery(label="An example per class", columns=8, height="auto",
+                data_gallery = gr.Gallery(label="Examples of each class (training images)", columns=3, height="auto",
                                           elem_id="train-examples", elem_classes=["pixelated"])
                 status = gr.Markdown("No run yet.", elem_id="train-status")
                 curve = gr.LinePlot(x="step", y="loss", color="noise level", elem_id="train-loss", height=280,

@@ -295,18 +295,21 @@ def summary(folder: Path) -> str:
     return "\n".join(lines)
 
 
-def examples(folder: Path, per_class: int = 1, max_classes: int = 24) -> list[tuple[np.ndarray, str]]:
-    """The first ``per_class`` training images of up to ``max_classes`` classes, captioned by class."""
+def examples(folder: Path, per_class: int = 6, max_classes: int = 24) -> list[tuple[np.ndarray, str]]:
+    """A strip of each class's first ``per_class`` training images side by side (one picture per
+    class, up to ``max_classes`` classes), captioned with the class name and how many it shows."""
     try:
         images = np.load(folder / "train_images.npy", mmap_mode="r")
-        labels = np.load(folder / "train_labels.npy", mmap_mode="r")
+        labels = np.asarray(np.load(folder / "train_labels.npy", mmap_mode="r"))
         classes = _classes(folder)
     except (OSError, ValueError, KeyError):
         return []
     out = []
     for i, cl in enumerate(classes[:max_classes]):
-        for j in np.flatnonzero(np.asarray(labels) == i)[:per_class]:
-            out.append((np.asarray(images[j]), cl.get("name") or str(i)))
+        picks = np.flatnonzero(labels == i)[:per_class]
+        if len(picks):
+            strip = np.concatenate([np.asarray(images[j]) for j in picks], axis=1)  # (H, k*W, 3)
+            out.append((strip, cl.get("name") or str(i)))
     return out
 
 
