@@ -748,10 +748,11 @@ def test_fuzz_every_endpoint(tiny_app, tmp_path):
     from gradio_client import Client
 
     url = tiny_app.url
-    # the oracle expects the app as it started: its two models and an unprepared "shapes" folder
+    # the oracle expects the app as it started: its models (two, and the cascade's tiny_sr) and an
+    # unprepared "shapes" folder
     # (tests that train or export use train_app, an app of their own)
     train_root = tiny_app.data.parent / "train_data"
-    added = sorted({p.name for p in tiny_app.store.iterdir() if p.is_dir()} - set(MODELS))
+    added = sorted({p.name for p in tiny_app.store.iterdir() if p.is_dir()} - {*MODELS, "tiny_sr"})
     assert not added, f"another test added models to the shared app's store: {added}"
     assert sorted(p.name for p in train_root.iterdir()) == ["shapes"], sorted(train_root.iterdir())
     probe = tiny_app.client()
