@@ -29,13 +29,17 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parents[1]
+from gradio_client import Client
+
+from benchmarks import app_server as wh
+
 
 PROMPTS = ("a photo of a goldfish", "a photo of a jellyfish", "a photo of a ladybug")
 
@@ -257,14 +261,6 @@ def main(argv: list[str] | None = None) -> int:
                         "latency is the server's answer, not copying PNGs on a busy machine)")
     p.add_argument("--json", default=None, help="also write the figures here")
     a = p.parse_args(argv)
-
-    import tempfile
-
-    from gradio_client import Client
-
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "tests"))
-    from benchmarks import app_server as wh
 
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_web_load_") as tmp:

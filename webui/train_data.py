@@ -18,7 +18,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dataprep.defaults import IMAGE_EXTENSIONS
+from dataprep.defaults import DOWNLOADS, IMAGE_EXTENSIONS, PreprocessError
+from dataprep.download import download
+from dataprep.pipeline import preprocess
 from webui.validation import InputError
 
 PREPARED_SUFFIX = "px"  # a prepared copy of folder F at size S is F_Spx, beside it
@@ -157,8 +159,6 @@ def prepare(root: Path, name: str, size: int, val_fraction: float, embed_fn: Cal
             min_free_bytes: int = 256 * 2**20) -> Path:
     """Preprocess raw folder ``name`` into ``<name>_<size>px`` beside it (resumes an interrupted run;
     an up-to-date one is reused). A single folder of pictures is one class, named after the folder."""
-    from dataprep.defaults import PreprocessError
-    from dataprep.pipeline import preprocess
 
     src = resolve_under(root, name)
     is_zip = src.is_file() and src.suffix.lower() == ".zip"
@@ -200,8 +200,6 @@ def download_tiny_imagenet(root: Path, url: str | None = None, md5: str | None =
                            min_free_bytes: int = 600 * 2**20) -> Path:
     """Fetch Tiny ImageNet's zip into the data root (resumable; the official URL's MD5 is checked, a
     mirror's only when ``md5`` is given); a zip already there is kept."""
-    from dataprep.defaults import DOWNLOADS
-    from dataprep.download import download
 
     if (have := tiny_imagenet_zip(root)) is not None:
         return have
@@ -223,8 +221,6 @@ def prepare_tiny_imagenet(root: Path, class_names: str, size: int, val_fraction:
                           embed_fn: Callable | None = None) -> Path:
     """Tiny ImageNet classes picked by name (or wnid), comma-separated, from its zip in the data root,
     into ``tiny_<names>_<size>px``."""
-    from dataprep.defaults import PreprocessError
-    from dataprep.pipeline import preprocess
 
     names = [n.strip() for n in str(class_names or "").split(",") if n.strip()]
     if not names:
