@@ -1,7 +1,8 @@
 """The project's one atomic writer and one file lock (the store, training and preprocessing use them).
 
-* ``atomic_write_text`` / ``atomic_save_npy``: write beside the target, fsync, rename over it: a
-  reader sees the old file or the new one, never half of one, even after a crash or a full disk.
+* ``atomic_write_text`` / ``atomic_write_bytes`` / ``atomic_save_npy``: write beside the target
+  (a temporary name of this process and thread), fsync, rename over it: a reader sees the old file
+  or the new one, never half of one, even after a crash or a full disk.
 * ``exclusive_lock``: an OS file lock (``flock``) held for a block of work, so a folder never has
   two writers. The kernel releases it when the process dies, so a crash never leaves a stale lock;
   the lock file keeps the holder's pid for the message the second writer gets.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,7 +24,7 @@ except ImportError:  # pragma: no cover
 
 
 def _temp_beside(path: Path, suffix: str = "") -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}{suffix}")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -34,6 +36,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically; ``durable=False`` skips the fsync (a cache that may be
+    lost in a crash, but must never be seen half-written)."""
+    path = Path(path)
+    tmp = _temp_beside(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

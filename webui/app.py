@@ -24,6 +24,7 @@ from core.prompting import CoverageIndex
 from engine.request import class_embeddings
 from engine.store import CheckpointError
 from models.text_encoder import class_prompt, encode_prompts
+from webui import gradio_cache
 from webui.cascade import Cascade
 from webui.export import Exporter
 from webui.jobs import JobRunner
@@ -260,6 +261,7 @@ class WebApp:
 
     # ----------------------------------------------------------------- layout
     def build(self):
+        gradio_cache.install()  # identical image outputs at once must not truncate each other's download
         lm = self._model(self.models.first)
         with gr.Blocks(title="Diffusion image generator", analytics_enabled=False,
                        delete_cache=(3600, 24 * 3600)) as demo:

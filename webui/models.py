@@ -10,8 +10,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from dataprep.dataset import PreprocessedDataset
-from engine import store as ms
 from webui.validation import InputError, _whole
 
 # Imported when web.py starts, before its --help: torch, the store and the dataset load lazily, in
@@ -25,6 +23,10 @@ class ModelManager:
 
     def __init__(self, store: str | None, device: str, first: str, max_models: int = 3,
                  data_override: str | None = None):
+        # imported here, not at the top: `import web` (and so `web.py --help`) imports this module
+        # and must not load torch (tests/test_web.py::test_help_is_fast_and_light)
+        from engine import store as ms
+
         self.ms = ms
         self.store, self.device, self.max_models = store, device, max_models
         self.data_override = data_override
@@ -82,6 +84,7 @@ class ModelManager:
         with self._lock:
             if key in self._datasets:
                 return self._datasets[key]
+        from dataprep.dataset import PreprocessedDataset  # loads torch: see __init__
 
         candidates = []
         if self.data_override:
