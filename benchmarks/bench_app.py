@@ -39,6 +39,7 @@ from typing import Callable, Iterator
 ROOT = Path(__file__).resolve().parents[1]
 
 from benchmarks.benchlog import tee_stdout  # noqa: E402
+from benchmarks import app_server as wh  # noqa: E402
 
 
 def one_request(client, args: argparse.Namespace, seed: int) -> tuple[float, float, float, int]:
@@ -195,8 +196,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import httpx
     from gradio_client import Client
-
-    from benchmarks import app_server as wh
 
     with tempfile.TemporaryDirectory(prefix="bench_app_") as tmp:
         server_args = ["--model", args.model, "--out", str(Path(tmp) / "out")]

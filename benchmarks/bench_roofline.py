@@ -35,6 +35,7 @@ import torch
 from benchmarks.bench_sample import NUM_CLASSES, peer, run_ours, run_peer  # noqa: E402
 from benchmarks.benchlog import tee_stdout  # noqa: E402
 from models import count_parameters  # noqa: E402
+from engine import store  # noqa: E402
 
 MATMUL_N = 1024
 LOOP_STEPS = 10
@@ -92,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     tee_stdout(args.log)
     torch.set_num_threads(args.threads)
-
-    from engine import store
 
     lm = store.load_model(args.model)  # the shipped network at its own size
     net, diffusion = lm.model.eval(), lm.diffusion

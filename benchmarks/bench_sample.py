@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import core as D  # noqa: E402
 from engine import store  # noqa: E402
 from models import ConditionalUNet, UNetConfig, count_parameters  # noqa: E402
+from benchmarks.peer import peer_unet  # noqa: E402
 
 GUIDANCE = 3.0
 NUM_CLASSES = 10
@@ -67,8 +68,6 @@ def ours(size: int, model_name: str) -> tuple[torch.nn.Module, D.DiffusionConfig
 
 def peer(size: int, ours_config: UNetConfig) -> torch.nn.Module:
     """The diffusers UNet2DModel with our network's channels, blocks and attention level."""
-    from benchmarks.peer import peer_unet
-
     u = ours_config
     if list(u.attention_resolutions) != [u.image_size // 2 ** (len(u.channel_mult) - 1)]:
         raise SystemExit(f"our network has attention at {u.attention_resolutions}; the peer only has it at the "

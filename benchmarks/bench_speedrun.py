@@ -71,6 +71,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import evaluate as E  # noqa: E402
 from engine import store  # noqa: E402
+from benchmarks.peer import peer_unet as diffusers_unet  # noqa: E402
+import core as D  # noqa: E402
+from dataprep.dataset import PreprocessedDataset  # noqa: E402
+from models import ConditionalUNet  # noqa: E402
+from training import loop as T  # noqa: E402
 
 # Recipes: overrides of the `default` training preset. "current" is the preset as
 # it stood before this benchmark (the recipe that trained default_model).
@@ -134,8 +139,6 @@ SUITES = {
 
 
 def recipe_config(suite: Suite, name: str) -> Any:
-    from training import loop as T
-
     return T.make_config("default", **suite.recipes[name])
 
 
@@ -152,8 +155,6 @@ class Yardstick:
 
     def __init__(self, data_dir: Path, classifier_dir: Path, per_class: int, seed: int, guidance: float,
                  precision: str = "fp32"):
-        from dataprep.dataset import PreprocessedDataset
-
         self.train = PreprocessedDataset(data_dir, split="train")
         val = PreprocessedDataset(data_dir, split="val")
         self.clf, meta = E.load_classifier(classifier_dir)
@@ -188,8 +189,6 @@ def sample_ours(ckpt: Path, ys: Yardstick) -> tuple[np.ndarray, np.ndarray, floa
 
 # --------------------------------------------------------------------------- ours
 def train_ours(name: str, budget_steps: int, args: argparse.Namespace) -> dict[str, Any]:
-    from training import loop as T
-
     cfg = T.make_config("default", **args.suite.recipes[name], run_name=name, data_dir=str(args.data), out_dir=str(args.runs),
                         seed=args.seed, stop_at_step=budget_steps, sample_every=0, ckpt_every=500,
                         keep_checkpoints=2, log_every=25)
@@ -204,8 +203,6 @@ PEER = dict(batch_size=64, lr=2e-4, warmup_steps=500, label_dropout=0.1, ema_max
 
 
 def peer_unet(num_classes: int) -> torch.nn.Module:
-    from benchmarks.peer import peer_unet as diffusers_unet
-
     return diffusers_unet(32, num_classes + 1, dropout=0.1)  # + the null class for guidance
 
 
@@ -217,8 +214,6 @@ def peer_ema_decay(step: int) -> float:
 def train_peer(budget_steps: int, args: argparse.Namespace) -> dict[str, Any]:
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
-
-    from dataprep.dataset import PreprocessedDataset
 
     torch.manual_seed(args.seed)
     data = PreprocessedDataset(args.data, split="train")
@@ -303,11 +298,6 @@ def sample_peer(ckpt: Path, ys: Yardstick) -> tuple[np.ndarray, np.ndarray, floa
 # --------------------------------------------------------------------------- throughput, interleaved
 def step_fns(names: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """One training step per recipe (forward, loss, backward, clip, AdamW), on real batches."""
-    import core as D
-    from dataprep.dataset import PreprocessedDataset
-    from models import ConditionalUNet
-    from training import loop as T
-
     data = PreprocessedDataset(args.data, split="train")
     images = torch.from_numpy(np.asarray(data.images[:256])).permute(0, 3, 1, 2).float() / 127.5 - 1
     emb = data.class_embeddings[torch.from_numpy(np.asarray(data.labels[:256]))]

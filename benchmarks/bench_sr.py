@@ -39,6 +39,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 import core as D  # noqa: E402
+from dataprep.dataset import PreprocessedDataset  # noqa: E402
+from engine.store import load_model, load_sr_model  # noqa: E402
+from engine.upscaling import nearest_resize  # noqa: E402
+from evaluate import fd_bootstrap_sd, frechet_distance, load_classifier, predict  # noqa: E402
+import plot_func  # noqa: E402
 
 log = logging.getLogger("bench_sr")
 
@@ -76,8 +81,6 @@ def upscale_all(sr: Any, low: np.ndarray, *, steps: int, aug_level: float, seed:
 def score(name: str, images: np.ndarray, truth: np.ndarray | None, labels: np.ndarray, clf: Any,
           truth_feat: np.ndarray, seconds: float | None, *, clf_matches_data: bool, bootstrap: int) -> dict[str, Any]:
     """One table row: PSNR against ``truth`` (paired images; None: no PSNR), FD to ``truth_feat``, accuracy."""
-    from evaluate import fd_bootstrap_sd, frechet_distance, predict
-
     logits, feat = predict(clf, images)
     row: dict[str, Any] = {"setting": name, "images": int(len(images)), "psnr": None, "psnr_se": None}
     if truth is not None:
@@ -117,10 +120,6 @@ def format_table(result: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The table's rows (and the figure's example images) for ``main``'s arguments."""
-    from dataprep.dataset import PreprocessedDataset
-    from engine.store import load_sr_model
-    from evaluate import frechet_distance, load_classifier, predict
-
     torch.set_num_threads(args.threads)
     sr = load_sr_model(args.sr, store=args.store)
     val = PreprocessedDataset(args.data, split="val")
@@ -167,9 +166,6 @@ def base_sample_rows(args: argparse.Namespace, sr: Any, val: Any, clf: Any,
                      clf_matches_data: bool) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, np.ndarray]]:
     """The base model's samples upscaled by bicubic and by the SR model, scored against the true
     high-resolution held-out images of the base model's classes."""
-    from engine.store import load_model
-    from evaluate import predict
-
     lm = load_model(args.base, store=args.store)
     by_wnid = {c.get("wnid"): i for i, c in enumerate(val.classes)}
     classes = [(c, by_wnid[c.get("wnid")]) for c in lm.classes if c.get("wnid") in by_wnid]
@@ -206,9 +202,6 @@ def base_sample_rows(args: argparse.Namespace, sr: Any, val: Any, clf: Any,
 
 def write_figure(rows: list[np.ndarray], path: Path) -> None:
     """One row per setting (low res shown by pixel repetition), one column per image."""
-    import plot_func
-    from engine.upscaling import nearest_resize
-
     size = max(v.shape[1] for v in rows)
     rows = [nearest_resize(v, size) if v.shape[1] != size else v for v in rows]
     plot_func.sample_grid(np.concatenate(rows), nrow=len(rows[0]), path=path)

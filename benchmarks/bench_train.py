@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from benchmarks.benchlog import tee_stdout  # noqa: E402
 from models import ConditionalUNet, count_parameters  # noqa: E402
 from training.loop import make_config  # noqa: E402
+from benchmarks.peer import peer_unet  # noqa: E402
 
 
 @dataclass
@@ -92,8 +93,6 @@ def ours_preset_model(size: int) -> ConditionalUNet:
 
 
 def diffusers_model(size: int) -> torch.nn.Module:
-    from benchmarks.peer import peer_unet
-
     torch.manual_seed(0)
     return peer_unet(size, num_class_embeds=10, dropout=0.1).train()
 

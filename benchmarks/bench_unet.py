@@ -20,6 +20,7 @@ import torch
 from benchmarks.benchlog import tee_stdout  # noqa: E402
 from models import ConditionalUNet, UNetConfig, count_parameters  # noqa: E402
 from training.loop import make_config  # noqa: E402
+import core as D  # noqa: E402
 
 CONFIGS = {
     "default UNetConfig() @64": UNetConfig(),
@@ -59,7 +60,6 @@ def main() -> None:
                         help="time bf16 even where the CPU has no fast bf16 (emulated: many times slower)")
     args = parser.parse_args()
     tee_stdout(args.log)
-    import core as D
 
     with_bf16 = args.bf16 or D.fast_bf16("cpu")
     configs = {**CONFIGS, "default preset (slim) @32": preset_config()}

@@ -47,6 +47,8 @@ from dataprep.dataset import PreprocessedDataset  # noqa: E402
 from diffusion import main as cli_main  # noqa: E402
 from models import ConditionalUNet, count_parameters  # noqa: E402
 from training import loop as T  # noqa: E402
+import core as D  # noqa: E402
+from engine import store  # noqa: E402
 
 log = logging.getLogger("gpu_train")
 H200_PEAK_TFLOPS = {"datasheet": 990.0, "measured 8192^3 bf16 matmul": 790.0}
@@ -175,9 +177,6 @@ def sample_grid(model_dir: Path, data_dir: Path, path: Path, device: torch.devic
                 seeds: int = 2) -> None:
     """Samples of evenly spaced classes (a column per seed) from the exported model, conditioned on the
     data's class embeddings (no text encoder needed there), DPM-Solver++ 20 at guidance 6."""
-    import core as D
-    from engine import store
-
     lm = store.load_model(model_dir, device=device)
     data = PreprocessedDataset(data_dir)
     picks = np.linspace(0, data.num_classes - 1, classes).round().astype(int)

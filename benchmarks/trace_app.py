@@ -29,6 +29,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 from benchmarks.benchlog import tee_stdout  # noqa: E402
+from benchmarks import app_server as wh  # noqa: E402
+import core as D  # noqa: E402
+import webui.tab_generate as tab  # noqa: E402
+from webui import server  # noqa: E402
 
 MILESTONES = ["join answered", "handler start", "generate_images start", "first forward start",
               "first forward end", "first preview yielded", "client: first status", "client: first preview",
@@ -50,9 +54,6 @@ class Marks:
 
 def instrument(marks: Marks) -> None:
     """Wrap the handler, the generator and the network call with marks (this process only)."""
-    import core as D
-    import webui.tab_generate as tab
-
     generate_images, model_output, handler = D.generate_images, D.GuidedDenoiser.model_output, tab.GenerateTab._generate
 
     def traced_generate_images(*a, **k):
@@ -80,9 +81,6 @@ def instrument(marks: Marks) -> None:
 def start_server(args: argparse.Namespace, out: Path) -> str:
     """``web.py``'s main in this process, returning once it serves (launch without blocking)."""
     import gradio as gr
-
-    from benchmarks import app_server as wh
-    from webui import server
 
     launch = gr.Blocks.launch
 

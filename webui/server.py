@@ -184,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if warning:
         log.warning("%s", warning)
 
+    # torch, the store and the text encoder load here, after the flags are read: --help stays instant
     import torch
 
     from engine import store as ms

@@ -275,7 +275,7 @@ def check_upload(path: Any, max_bytes: int = DEFAULT_MAX_UPLOAD_MB * 2**20, max_
 def validate_blend(text: str) -> str:
     """A (clean) prompt that may blend parts, ``goldfish:0.7 | coral reef:0.3``: its syntax checked
     with the core's own parser, so what passes here is what the sampler accepts."""
-    from core.prompting import parse_weighted_prompt
+    from core.prompting import parse_weighted_prompt  # here: `import web` (web.py --help) must not load torch
 
     try:
         parse_weighted_prompt(text)
