@@ -12,7 +12,6 @@ spends the machine's CPU for minutes).
 from __future__ import annotations
 
 import contextlib
-import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,7 +23,7 @@ from engine.export import ExportError, export_run
 from training.runner import TAB_PRESETS, RunError, RunSpec, RunStatus, TrainingRunner, check_run_name, newest_grids
 from webui import train_data
 from webui.uploads import file_path, upload_folder
-from webui.validation import InputError, exposure_warning
+from webui.validation import InputError, _number, _whole, exposure_warning
 
 REFRESH_SECONDS = 2.0
 DEFAULT_RUN = "my_model"
@@ -41,16 +40,12 @@ def train_disabled_reason(args: Any) -> str | None:
 
 
 def number(value: Any, name: str, integer: bool = False) -> float:
-    """A finite number (>= 0) from a form field or an API caller's value, or InputError naming the field."""
-    try:
-        x = float(value if value not in (None, "") else 0)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {str(value)[:40]!r}") from None
-    if not math.isfinite(x) or x < 0:
-        raise InputError(f"{name} must be a finite number >= 0, got {str(value)[:40]!r}")
-    if integer and x != int(x):
-        raise InputError(f"{name} must be a whole number, got {str(value)[:40]!r}")
-    return int(x) if integer else x
+    """A number >= 0 from a form field or an API caller's value (an empty box is 0: no limit), checked
+    by the app's own number parsers, or InputError naming the field."""
+    x = (_whole if integer else _number)(0 if value is None or value == "" else value, name)
+    if x < 0:
+        raise InputError(f"{name} must be >= 0, got {x:g}.")
+    return x
 
 
 class TrainTab:

@@ -159,7 +159,6 @@ def prepare(root: Path, name: str, size: int, val_fraction: float, embed_fn: Cal
             min_free_bytes: int = 256 * 2**20) -> Path:
     """Preprocess raw folder ``name`` into ``<name>_<size>px`` beside it (resumes an interrupted run;
     an up-to-date one is reused). A single folder of pictures is one class, named after the folder."""
-
     src = resolve_under(root, name)
     is_zip = src.is_file() and src.suffix.lower() == ".zip"
     if not (src.is_dir() or is_zip):
@@ -200,7 +199,6 @@ def download_tiny_imagenet(root: Path, url: str | None = None, md5: str | None =
                            min_free_bytes: int = 600 * 2**20) -> Path:
     """Fetch Tiny ImageNet's zip into the data root (resumable; the official URL's MD5 is checked, a
     mirror's only when ``md5`` is given); a zip already there is kept."""
-
     if (have := tiny_imagenet_zip(root)) is not None:
         return have
     spec = DOWNLOADS["tiny-imagenet"]
@@ -221,7 +219,6 @@ def prepare_tiny_imagenet(root: Path, class_names: str, size: int, val_fraction:
                           embed_fn: Callable | None = None) -> Path:
     """Tiny ImageNet classes picked by name (or wnid), comma-separated, from its zip in the data root,
     into ``tiny_<names>_<size>px``."""
-
     names = [n.strip() for n in str(class_names or "").split(",") if n.strip()]
     if not names:
         raise InputError("Name some Tiny ImageNet classes, comma-separated (e.g. goldfish, tabby, school bus).")
@@ -293,7 +290,7 @@ def summary(folder: Path) -> str:
 
 def examples(folder: Path, per_class: int = 6, max_classes: int = 24) -> list[tuple[np.ndarray, str]]:
     """A strip of each class's first ``per_class`` training images side by side (one picture per
-    class, up to ``max_classes`` classes), captioned with the class name and how many it shows."""
+    class, up to ``max_classes`` classes), captioned with the class name."""
     try:
         images = np.load(folder / "train_images.npy", mmap_mode="r")
         labels = np.asarray(np.load(folder / "train_labels.npy", mmap_mode="r"))
