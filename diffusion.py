@@ -6,6 +6,7 @@
     torchrun --nproc_per_node 8 diffusion.py train --preset imagenet64 --data_dir data/imagenet64
     python diffusion.py sample --model default_model --class goldfish --n 8 --gif
     python diffusion.py export default --name my_model
+    python diffusion.py distill tiny200 --max_minutes 60     # a 4-step student; export it as tiny200-live
     python diffusion.py list
 
 The diffusion math is the ``core`` package, the training loop ``training``, the model store and the
@@ -62,10 +63,18 @@ def _int_tuple(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="default", choices=sorted(PRESETS),
-                   help="starting values (smoke: minutes on CPU; default: the shipped model; imagenet64: GPUs)")
+def _add_train_args(p: argparse.ArgumentParser, preset: str | None = "default") -> None:
+    if preset == "default":
+        p.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                       help="starting values (smoke: minutes on CPU; default: the shipped model; imagenet64: GPUs)")
+    # a student's network, schedule and loss are its teacher's and its method's, not flags
+    skip = {"task", "teacher", "base_channels", "channel_mult", "num_res_blocks", "attention_resolutions",
+            "head_channels", "dropout", "emb_dim", "cond_scale", "num_train_timesteps", "beta_schedule",
+            "prediction_type", "min_snr_gamma", "timestep_sampling", "logit_mean", "logit_std", "cond_drop_prob",
+            "middle_attention", "sr_crop", "sr_aug_max", "sr_text", "sr_residual"} if preset == "distill" else set()
     for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
         default = f.default if f.default is not MISSING else None
         flag = f"--{f.name}"
         if isinstance(default, bool):
@@ -80,6 +89,27 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
     cfg = make_config(args.preset, **overrides)
+    return run_training(cfg)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
+    teacher_dir = store.resolve_model_path(args.teacher_model)
+    teacher_train = json.loads((teacher_dir / store.CONFIG_FILE).read_text()).get("train", {})
+    overrides.update(
+        teacher=str(args.teacher_model),
+        run_name=args.run_name or f"{teacher_dir.name}-live",
+        # the teacher's own data (its classes are checked against the teacher's when training starts)
+        data_dir=args.data_dir or teacher_train.get("data_dir"),
+    )
+    if not overrides["data_dir"]:
+        print(f"error: {args.teacher_model} does not say which data it was trained on: give --data_dir",
+              file=sys.stderr)
+        return 2
+    return run_training(make_config("distill", **overrides))
+
+
+def run_training(cfg: TrainConfig) -> int:
     data = Path(cfg.data_dir)
     if not (data / "train_images.npy").exists():
         print(
@@ -232,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train on a folder made by preprocess.py. Every option overrides the preset.")
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="distil a few-step student (guidance folded in) from a store model",
+                       description="Teach a student to do in 1-4 steps, one forward each, what the teacher does in "
+                                   "20 guided steps (core/distill.py). The student is the teacher's network with a "
+                                   "guidance input, trained on the teacher's data; resumable like training; export "
+                                   "it with `export RUN --name TEACHER-live`. Every option overrides the distill "
+                                   "preset.")
+    p.add_argument("teacher_model", metavar="TEACHER", help="store model name or model folder, e.g. tiny200")
+    _add_train_args(p, preset="distill")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("sample", help="generate images with a stored model",
                        description="Generate images. Prompts may blend texts with weights: " + PROMPT_BLEND_HELP)

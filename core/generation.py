@@ -22,6 +22,7 @@ from core.sampling import (
     StepCallback,
     StepInfo,
     default_steps,
+    folds_guidance,
     img2img_timesteps,
     make_timesteps,
     parse_guidance_interval,
@@ -120,6 +121,8 @@ def generate_images(
     * ``precision``: ``fp32``, ``bf16`` (the network under bf16 autocast; the
       sampler's own arithmetic stays fp32) or ``auto`` (``resolve_precision``).
     * ``guidance_interval``: (LO, HI) in EDM sigma; guidance only there (``GuidedDenoiser``).
+    * A few-step student (``core.distill``) takes ``guidance_scale`` as an input: one forward per step;
+      ``guidance_interval`` does not apply to it (it learnt its teacher's).
     * ``guide_model`` (with its ``guide_diffusion``, default the model's): autoguidance, a weaker model
       of the same schedule in place of the unconditional branch (``core.autoguidance``).
     """
@@ -175,6 +178,11 @@ def generate_images(
     elif strength != 1.0:
         raise ValueError("strength applies to init images only (img2img)")
     guidance_interval = parse_guidance_interval(guidance_interval)
+    if folds_guidance(model):
+        if guide_model is not None:
+            raise ValueError("this model is a few-step student with its guidance folded in: it cannot be "
+                             "autoguided (guide its teacher instead)")
+        guidance_interval = None  # the student learnt its teacher's interval: it has no branches to switch
     if guide_model is None:
         denoise = GuidedDenoiser(model, terms, cond, diffusion.prediction_type, guidance_scale,
                                  guidance_interval=guidance_interval)

@@ -102,6 +102,11 @@ def parse_guidance_interval(text: str | Sequence[float] | None) -> tuple[float, 
     return lo, hi
 
 
+def folds_guidance(model: object) -> bool:
+    """Whether ``model`` is a few-step student: the guidance scale is one of its inputs (``core.distill``)."""
+    return bool(getattr(getattr(model, "config", None), "guidance_embed", False))
+
+
 class GuidedDenoiser:
     """Calls the network with classifier-free guidance and returns ``(x_0, eps)``.
 
@@ -128,10 +133,12 @@ class GuidedDenoiser:
         self.model, self.terms, self.cond = model, terms, cond
         self.prediction_type, self.guidance_scale, self.clip_denoised = prediction_type, guidance_scale, clip_denoised
         self.guidance_interval = guidance_interval
+        # a few-step student takes the guidance scale as an input: one forward, no null branch
+        self.folded = folds_guidance(model)
 
     def guided_at(self, t: int) -> bool:
         """Whether step t runs classifier-free guidance (both branches)."""
-        if self.guidance_scale == 1.0:
+        if self.guidance_scale == 1.0 or self.folded:
             return False
         if self.guidance_interval is None:
             return True
@@ -140,6 +147,10 @@ class GuidedDenoiser:
 
     def model_output(self, x: torch.Tensor, t: int) -> torch.Tensor:
         b = x.shape[0]
+        if self.folded:
+            ts = torch.full((b,), t, device=x.device, dtype=torch.long)
+            w = torch.full((b,), float(self.guidance_scale), device=x.device)
+            return self.model(x, ts, self.cond, None, guidance=w).float()
         if not self.guided_at(t):
             ts = torch.full((b,), t, device=x.device, dtype=torch.long)
             return self.model(x, ts, self.cond, None).float()
@@ -282,6 +293,36 @@ def dpm_solver_pp_sample(
         _report(callback, i, len(timesteps), t, x, x0)
     return x
 
+@torch.no_grad()
+def consistency_sample(
+    denoise: GuidedDenoiser,
+    x: torch.Tensor,
+    *,
+    num_steps: int = 4,
+    timestep_spacing: str = "trailing",
+    generator: Generators = None,
+    callback: StepCallback | None = None,
+    timesteps: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023; diffusers' ``LCMScheduler``): at each step take
+    the model's clean estimate, then noise it afresh to the next step's level with q(x_s | x_0); the last
+    step returns the estimate. For students that map any x_t to the end of its path (``core.distill``).
+    ``timesteps``: as in ``ddpm_sample``."""
+    terms = denoise.terms
+    timesteps = (list(timesteps) if timesteps is not None
+                 else make_timesteps(terms.num_train_timesteps, num_steps, timestep_spacing))
+    ac = terms.alphas_cumprod
+    for i, t in enumerate(timesteps):
+        x0, _ = denoise(x, t)
+        if i + 1 == len(timesteps):
+            x = x0
+        else:
+            ab = ac[timesteps[i + 1]].item()
+            x = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * randn_like_batch(x.shape, generator, x.device)
+        _report(callback, i, len(timesteps), t, x, x0)
+    return x
+
+
 def img2img_timesteps(timesteps: Sequence[int], strength: float, num_train_timesteps: int) -> list[int]:
     """The tail of a sampler's timesteps that starts at or below ``t = strength * T`` (SDEdit).
 
@@ -302,6 +343,8 @@ def run_sampler(sampler: str, denoise: GuidedDenoiser, x: torch.Tensor, timestep
         return ddpm_sample(denoise, x, timesteps=timesteps, generator=generators, callback=on_step)
     if sampler == "ddim":
         return ddim_sample(denoise, x, eta=eta, timesteps=timesteps, generator=generators, callback=on_step)
+    if sampler == "lcm":
+        return consistency_sample(denoise, x, timesteps=timesteps, generator=generators, callback=on_step)
     return dpm_solver_pp_sample(denoise, x, timesteps=timesteps, callback=on_step)
 
 

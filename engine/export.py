@@ -15,7 +15,8 @@ from engine.model_card import COMPANION_FILES, model_card
 
 # What a store model keeps of its checkpoint's config (not the optimizer, not the RNG states).
 EXPORTED_KEYS = ("format_version", "unet", "diffusion", "image_size", "text_model", "prompt_template", "classes",
-                 "data", "step", "images_seen", "train_seconds", "hardware", "parameters", "train", "model_type", "sr")
+                 "data", "step", "images_seen", "train_seconds", "hardware", "parameters", "train", "model_type", "sr",
+                 "distill", "sampler_defaults")
 
 
 class ExportError(ValueError):
@@ -39,8 +40,8 @@ def export_run(
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
     out_cfg = {k: config[k] for k in EXPORTED_KEYS if k in config}
     out_cfg["source_checkpoint"] = str(ckpt)
-    if sampler_defaults is not None:
-        out_cfg["sampler_defaults"] = sampler_defaults
+    if sampler_defaults is not None or "sampler_defaults" in out_cfg:  # given, or a student's own
+        out_cfg["sampler_defaults"] = sampler_defaults if sampler_defaults is not None else out_cfg["sampler_defaults"]
         try:
             store.check_sampler_defaults(out_cfg, "the sampler defaults")
         except store.CheckpointError as e:

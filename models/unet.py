@@ -47,6 +47,9 @@ class UNetConfig:
     # (entries ~ 1/sqrt(384)), so at 1.0 the condition enters ~20x weaker than the timestep and, under
     # Adam, learns ~20x slower; sqrt(cond_dim) gives it unit-variance entries (see BENCHMARKS.md).
     cond_scale: float = 1.0
+    # Few-step students (``core.distill``): the guidance scale is an input, embedded like the timestep,
+    # so one forward gives the guided prediction (guided distillation, Meng et al. 2023).
+    guidance_embed: bool = False
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -100,6 +103,12 @@ class ConditionalUNet(nn.Module):
             self.null_cond = nn.Parameter(torch.zeros(config.cond_dim))
         if config.aug_embed:
             self.aug_embed = TimestepEmbedder(ch, emb_dim)
+        if config.guidance_embed:
+            if config.cond_dim == 0:
+                raise ValueError("guidance_embed needs a text-conditioned network (cond_dim > 0)")
+            self.guidance_embed = TimestepEmbedder(ch, emb_dim)
+            # zero at the start: a student initialised from its teacher is the teacher's conditional branch
+            zero_init(self.guidance_embed.mlp[-1])
 
         self.input_conv = nn.Conv2d(config.in_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()
@@ -156,11 +165,14 @@ class ConditionalUNet(nn.Module):
         cond: torch.Tensor | None,
         drop_cond: torch.Tensor | None = None,
         aug_level: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x``: (B, C, H, W); ``timesteps``: (B,) or scalar; ``cond``: (B, cond_dim), or None
         for a network without text (``cond_dim`` 0); ``drop_cond``: optional (B,) bool, True
         where the null condition is used; ``aug_level``: (B,) or scalar, the conditioning-augmentation
-        timestep of a network with ``aug_embed`` (required there, refused elsewhere)."""
+        timestep of a network with ``aug_embed`` (required there, refused elsewhere); ``guidance``: (B,)
+        or scalar, the guidance scale a student (``guidance_embed``) folds in (required there, refused
+        elsewhere)."""
         factor = 2 ** (len(self.config.channel_mult) - 1)
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise ValueError(f"image size {tuple(x.shape[-2:])} must be divisible by {factor}")
@@ -184,6 +196,13 @@ class ConditionalUNet(nn.Module):
             emb = emb + self.aug_embed(aug_level.expand(b) if aug_level.ndim == 0 else aug_level)
         elif aug_level is not None:
             raise ValueError("aug_level given to a network without an augmentation-level input (aug_embed)")
+        if self.config.guidance_embed:
+            if guidance is None:
+                raise ValueError("this network is a few-step student: guidance (the scale it folds in) is required")
+            guidance = torch.as_tensor(guidance, device=x.device, dtype=torch.float32)
+            emb = emb + self.guidance_embed(guidance_features(guidance.expand(b) if guidance.ndim == 0 else guidance))
+        elif guidance is not None:
+            raise ValueError("guidance given to a network without a guidance input (guidance_embed)")
 
         h = self.input_conv(x)
         skips = [h]
@@ -199,6 +218,14 @@ class ConditionalUNet(nn.Module):
             else:
                 h = self._run_block(block, torch.cat([h, skips.pop()], dim=1), emb)
         return self.out_conv(F.silu(self.out_norm(h)))
+
+
+GUIDANCE_FEATURE_SCALE = 100.0  # guidance 0..10 spans the sinusoids' range as timesteps 0..1000 do
+
+
+def guidance_features(guidance: torch.Tensor) -> torch.Tensor:
+    """What a student's guidance embedder sees: the scale on the timestep embedder's range."""
+    return guidance.float() * GUIDANCE_FEATURE_SCALE
 
 
 def count_parameters(model: nn.Module) -> int:

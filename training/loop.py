@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 import plot_func
 from core.generation import generate_images
+from core.distill import STUDENT_SAMPLER, DistillConfig, consistency_loss, trajectory_loss
 from core.loss import TIMESTEP_SAMPLINGS, per_sample_loss, sample_timesteps
 from core.precision import fast_bf16
 from core.schedules import DiffusionConfig
@@ -52,6 +53,9 @@ log = logging.getLogger("train")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = "data/preprocessed"
+
+
+TASKS = ("base", "sr", "distill")
 
 
 @dataclass
@@ -119,14 +123,27 @@ class TrainConfig:
     sr_aug_max: float = 0.3  # sr: conditioning-augmentation levels drawn uniformly from [0, sr_aug_max]
     sr_text: bool = False  # sr: condition on the text embedding too
     sr_residual: bool = True  # sr: diffuse the residual x - bicubic(low) (starts at bicubic quality), not x
+    # few-step students (task distill, core/distill.py; `python diffusion.py distill TEACHER`): the network
+    # is the teacher's plus a guidance input, started from the teacher's weights
+    teacher: str = ""  # a store model name or a model/checkpoint folder
+    distill_method: str = "consistency"  # consistency | trajectory
+    guidance_min: float = 1.0  # the guidance scales the student learns, drawn uniformly per image
+    guidance_max: float = 8.0
+    distill_skip: int = 25  # consistency: timesteps between grid neighbours
+    student_steps: int = 4  # trajectory: the student's steps
+    teacher_substeps: int = 5  # trajectory: teacher DDIM steps per student step
 
     def __post_init__(self) -> None:
         if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
             raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLINGS}, got {self.timestep_sampling!r}")
         if self.report_to not in ("tensorboard", "none"):
             raise ValueError(f"report_to must be tensorboard or none, got {self.report_to!r}")
-        if self.task not in ("base", "sr"):
-            raise ValueError(f"task must be base or sr, got {self.task!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task == "distill":
+            if not self.teacher:
+                raise ValueError("task distill needs a teacher (a store model name or a model folder)")
+            self.distill_config(None)  # checks the method and the guidance range now, not after loading
         if self.task == "sr" and (self.sr_crop % 2 ** (len(self.channel_mult) - 1) or not 0 <= self.sr_aug_max <= 1):
             raise ValueError(f"sr_crop ({self.sr_crop}) must be divisible by 2^(levels-1) and sr_aug_max in [0, 1]")
 
@@ -139,6 +156,12 @@ class TrainConfig:
             head_channels=self.head_channels, dropout=self.dropout, middle_attention=self.middle_attention,
             emb_dim=self.emb_dim, cond_scale=self.cond_scale, **(sr if self.task == "sr" else {}),
         )
+
+    def distill_config(self, guidance_interval: tuple[float, float] | None) -> DistillConfig:
+        return DistillConfig(method=self.distill_method, guidance_min=self.guidance_min,
+                             guidance_max=self.guidance_max, skip=self.distill_skip,
+                             student_steps=self.student_steps, teacher_substeps=self.teacher_substeps,
+                             guidance_interval=guidance_interval)
 
     def diffusion_config(self) -> DiffusionConfig:
         return DiffusionConfig(num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
@@ -181,6 +204,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                  num_res_blocks=1, attention_resolutions=(), middle_attention=False, dropout=0.0, sr_crop=32,
                  sr_aug_max=0.3, cond_drop_prob=0.0, batch_size=32, lr=1e-3, warmup_steps=200, max_steps=8000,
                  ema_decay=0.999, sample_every=1000, ckpt_every=250),
+    # A few-step student of a store model (`python diffusion.py distill TEACHER`): its network and data are
+    # the teacher's; no condition dropout (the student never needs the null branch: guidance is an input).
+    "distill": dict(run_name="", task="distill", dropout=0.0, cond_drop_prob=0.0, batch_size=32, lr=2e-4,
+                    warmup_steps=100, max_steps=20_000, ema_decay=0.998, sample_every=1000, ckpt_every=250,
+                    sample_steps=4, sample_guidance=6.0, min_snr_gamma=0.0),
 }
 
 
@@ -301,7 +329,8 @@ def write_samples(cfg: TrainConfig, ema: ConditionalUNet, diffusion: DiffusionCo
     encode = lambda prompts: np.stack([by_prompt[p] for p in prompts])  # noqa: E731 - no text encoder in training
     chosen = classes[: cfg.sample_classes]
     prompts = [c["prompt"] for c in chosen]
-    res = generate_images(ema, diffusion, prompts, num_images=len(prompts), sampler="dpm++",
+    sampler = STUDENT_SAMPLER[cfg.distill_method] if cfg.task == "distill" else "dpm++"
+    res = generate_images(ema, diffusion, prompts, num_images=len(prompts), sampler=sampler,
                             num_steps=cfg.sample_steps, guidance_scale=cfg.sample_guidance, seed=1234,
                             encode_fn=encode, return_frames=True, device=device)
     out = cfg.run_dir / "samples"
@@ -391,6 +420,29 @@ def init_weights_from(source: str, model: torch.nn.Module, ema: torch.nn.Module,
     return int(lm.config.get("images_seen", 0)), float(lm.config.get("train_seconds", 0.0))
 
 
+def load_teacher(cfg: TrainConfig, classes: list[dict], device: torch.device) -> store.LoadedModel:
+    """The frozen teacher of a distillation run; it must have been trained on this data's classes."""
+    teacher = store.load_model(cfg.teacher, device=device)
+    if teacher.model.config.guidance_embed:
+        raise ValueError(f"teacher {cfg.teacher} is itself a few-step student: distil from its teacher")
+    if [c.get("prompt") for c in teacher.classes] != [c.get("prompt") for c in classes]:
+        raise ValueError(f"teacher {cfg.teacher}: its classes are not those of the data in {cfg.data_dir} "
+                         f"(give --data_dir the folder it was trained on)")
+    teacher.model.eval().requires_grad_(False)
+    return teacher
+
+
+def student_description(cfg: TrainConfig, teacher: store.LoadedModel, distill: DistillConfig) -> dict[str, Any]:
+    """What a student's config says about it: its teacher, how it was taught, and how it samples."""
+    teacher_defaults = teacher.sampler_defaults
+    return {
+        "distill": {"teacher": teacher.name or str(teacher.path), "teacher_images_seen": teacher.config.get("images_seen"),
+                    "teacher_train_seconds": teacher.config.get("train_seconds"), **distill.to_dict()},
+        "sampler_defaults": {"sampler": STUDENT_SAMPLER[distill.method], "steps": cfg.student_steps,
+                             "guidance_scale": float(teacher_defaults.get("guidance_scale", cfg.sample_guidance))},
+    }
+
+
 # --------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig) -> Path:
     """Train until ``max_steps`` (or ``max_minutes``, or Ctrl-C); return the last checkpoint folder.
@@ -433,14 +485,20 @@ def _train(cfg: TrainConfig) -> Path:
     templ_emb = data.template_embeddings.to(device) if (cfg.random_templates and data.template_embeddings is not None) else None
     batches = Batches(data.images, np.asarray(data.labels), per_rank, rank, world, cfg.seed)
 
-    # ---- model, EMA, optimizer
+    # ---- model, EMA, optimizer (a student: the teacher's network with a guidance input)
     torch.manual_seed(cfg.seed)
-    unet_cfg = cfg.unet_config(data.image_size)
-    diffusion = cfg.diffusion_config()
+    teacher = load_teacher(cfg, classes, device) if cfg.task == "distill" else None
+    unet_cfg = cfg.unet_config(data.image_size) if teacher is None else replace(teacher.model.config, guidance_embed=True)
+    diffusion = cfg.diffusion_config() if teacher is None else teacher.diffusion
     terms = diffusion.terms()
     model = ConditionalUNet(unet_cfg).to(device)
+    if teacher is not None:  # every weight but the (zero) guidance embedder's: the student starts as the teacher
+        missing, unexpected = model.load_state_dict(teacher.model.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("guidance_embed.") for k in missing):
+            raise ValueError(f"teacher {cfg.teacher}: weights do not fit its own network ({missing}, {unexpected})")
     ema = ConditionalUNet(unet_cfg).to(device).eval().requires_grad_(False)
     ema.load_state_dict(model.state_dict())
+    distill = cfg.distill_config(teacher.guidance_interval) if teacher is not None else None
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     decay, no_decay = [], []
@@ -458,6 +516,7 @@ def _train(cfg: TrainConfig) -> Path:
         train=asdict(cfg), data=data_summary(cfg.data_dir, data),
         **({"model_type": "sr", "sr": {"scale": 2, "low_res_size": data.image_size // 2, "crop": cfg.sr_crop,
                                        "aug_max": cfg.sr_aug_max}} if cfg.task == "sr" else {}),
+        **(student_description(cfg, teacher, distill) if teacher is not None else {}),
     )
 
     # ---- resume
@@ -581,6 +640,18 @@ def _train(cfg: TrainConfig) -> Path:
                         min_snr_gamma=cfg.min_snr_gamma or None, t=t, generator=g, channels_last=cfg.channels_last,
                         residual=cfg.sr_residual)
                     per_image = None
+                elif distill is not None:  # a few-step student (core/distill.py), at w ~ U[min, max] per image
+                    w = cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * torch.rand(
+                        b, device=device, generator=g)
+                    common = dict(prediction_type=diffusion.prediction_type,
+                                  teacher_prediction_type=teacher.diffusion.prediction_type, generator=g)
+                    if distill.method == "consistency":
+                        per_image = consistency_loss(fwd_model, model, teacher.model, terms, x, cond, w, distill,
+                                                     **common)
+                    else:
+                        per_image = trajectory_loss(fwd_model, teacher.model, terms, x, cond, w, distill, **common)
+                    loss = per_image.mean()
+                    per_image = None  # its t is the student's, not a noise level drawn for the loss bands
                 else:
                     per_image = per_sample_loss(fwd_model, terms, x, cond, prediction_type=cfg.prediction_type,
                                                 drop_cond=drop, min_snr_gamma=cfg.min_snr_gamma or None, t=t,
