@@ -150,18 +150,23 @@ def make_tiny_data(root: Path, size: int = TINY_SIZE, per_class: int = 4) -> Pat
 
 
 def make_tiny_store(store: Path, name: str = "tiny", *, data_dir: Path | None = None,
-                    sampler_defaults: dict | None = None, seed: int = 0) -> Path:
-    """A 16 px, untrained (but not constant) model in ``store/name``."""
+                    sampler_defaults: dict | None = None, seed: int = 0, student_of: str | None = None) -> Path:
+    """A 16 px, untrained (but not constant) model in ``store/name``; with ``student_of``, a few-step
+    student of that model (a guidance input, LCM 4 steps by default)."""
 
     torch.manual_seed(seed)
     model = ConditionalUNet(UNetConfig(image_size=TINY_SIZE, base_channels=16, channel_mult=(1, 2),
-                                       num_res_blocks=1, attention_resolutions=(8,), head_channels=8, dropout=0.0))
+                                       num_res_blocks=1, attention_resolutions=(8,), head_channels=8, dropout=0.0,
+                                       guidance_embed=student_of is not None))
     for p in model.parameters():  # zero-initialised output layers would give constant images
         if not p.detach().any():
             torch.nn.init.normal_(p, std=0.05)
     extra = {}
     if data_dir is not None:
         extra["data"] = {"dir": str(data_dir), "num_images": 12}
+    if student_of is not None:
+        extra["distill"] = {"teacher": student_of, "method": "consistency"}
+        sampler_defaults = sampler_defaults or {"sampler": "lcm", "steps": 4, "guidance_scale": 3.0}
     if sampler_defaults:
         extra["sampler_defaults"] = sampler_defaults
     cfg = ms.model_config(model.config, DiffusionConfig(), classes=TINY_CLASSES, **extra)
@@ -235,6 +240,7 @@ def _launch(tmp: Path, extra_args: list[str], auth: tuple[str, str] | None = Non
     make_tiny_store(store, "tiny", data_dir=data)
     make_tiny_store(store, "tiny_b", seed=1, sampler_defaults={"sampler": "ddim", "steps": 10,
                                                                 "guidance_scale": 2.0, "guidance_interval": "0,100"})
+    make_tiny_store(store, "tiny-live", seed=3, student_of="tiny")
     make_tiny_sr_store(store)
     make_picture_folders(tmp / "train_data" / "shapes")
     args = ["--store", str(store), "--model", "tiny", "--out", str(out), "--threads", "1",

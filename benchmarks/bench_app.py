@@ -20,6 +20,10 @@ Printed: every request, then min / median / max of the rest. "first status" is t
 first streamed output (the status line); "first preview" the first whose gallery holds
 an image (the x_0 estimate after the first sampler step).
 
+With ``--live``, the requests go to ``/live`` instead (what the Live switch calls: the model's
+few-step student, one short job, no previews), with the model's own guidance: the time from the
+request to the finished images in the queue's protocol is the Live redraw's latency.
+
 With ``--browser N``, the same server is then driven N times from Debian's Chromium
 (Playwright, no browser download): click Generate with the page's defaults and time
 the click to the first image in the gallery and to "Done" in the status line, as a
@@ -46,7 +50,7 @@ def one_request(client, args: argparse.Namespace, seed: int) -> tuple[float, flo
     """(seconds to the first streamed output (a status line), to the first preview image in the
     gallery, to the result; outputs streamed)."""
     start = time.perf_counter()
-    job = client.submit(*generate_data(args, seed), api_name="/generate")
+    job = client.submit(*generate_data(args, seed), api_name="/live" if args.live else "/generate")
     first = preview = None
     while not job.done():
         outs = job.outputs()
@@ -114,7 +118,10 @@ def has_preview(outputs: list) -> bool:
 
 
 def generate_data(args: argparse.Namespace, seed: int) -> list:
-    """``/generate``'s eight inputs (guidance 3: the cost does not depend on the scale)."""
+    """``/generate``'s eight inputs (guidance 3: the cost does not depend on the scale); with ``--live``,
+    ``/live``'s (Live on, the prompt, the model, guidance, seed, images, no variation)."""
+    if args.live:
+        return [True, args.prompt, args.model, args.guidance, seed, args.images, -1, 0.0]
     return [args.prompt, args.model, "DPM-Solver++", args.steps, 3.0, seed, args.images, False]
 
 
@@ -187,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--live", action="store_true", help="time /live (the Live switch: the few-step student)")
+    p.add_argument("--guidance", type=float, default=6.0, help="with --live: the guidance scale")
     p.add_argument("--log", default=None, help="also write everything printed to this file")
     p.add_argument("--browser", type=int, default=0, help="then N Generate clicks in Chromium (default 0: none)")
     p.add_argument("--screenshot", default=None, help="with --browser: save a full-page screenshot here")
@@ -207,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"web.py {' '.join(server_args[:2] + server_args[4:])} ready after {server.ready_after_s:.1f} s; "
                   f"load average {os.getloadavg()[0]:.2f}", flush=True)
             client = Client(server.url, verbose=False, analytics_enabled=False, download_files=False)
-            fn_index = endpoint_index(server.url, "generate", 8)
+            fn_index = endpoint_index(server.url, "live" if args.live else "generate", 8)
             rows, sse_rows = [], []
             with httpx.Client(base_url=server.url.rstrip("/"), timeout=300) as http:
                 # alternate the two clients, so load changes hit both alike
@@ -225,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             clicks = browser_runs(server.url, args.browser, args.screenshot) if args.browser else []
         finally:
             server.stop()
-    print(f"\n{args.images} images, DPM-Solver++ {args.steps} steps, guidance 3, {args.model}; "
+    what = (f"Live (/live: {args.model}'s student), guidance {args.guidance:g}" if args.live
+            else f"DPM-Solver++ {args.steps} steps, guidance 3")
+    print(f"\n{args.images} images, {what}, {args.model}; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}:")
     for kind, table in (("gradio_client", rows[1:] or rows), ("queue protocol (as the page)", sse_rows)):
         firsts, previews, totals = ([row[i] for row in table] for i in range(3))

@@ -21,7 +21,7 @@ import torch
 
 from core.autoguidance import check_guide_schedule
 from core.generation import GenerationResult, generate_images, resolve_prompts
-from core.noise import interpolation_inputs, starting_noise
+from core.noise import interpolation_inputs, slerp, starting_noise
 from core.prompting import encode_weighted, snap_to_classes
 from core.sampling import (
     SAMPLERS,
@@ -224,3 +224,18 @@ def interpolation(lm: LoadedModel, prompt_a: str, prompt_b: str, seed_a: int, se
                                                     starting_noise(shape, [seed_b]), frames)
     labels = [f"{prompt_a} -> {prompt_b} at {f:.2f}" for f in fractions]
     return GenerationRequest(prompts=labels, num_images=frames, seed=seed_a, cond=conds, noise=noises), fractions
+
+
+def interpolation_at(lm: LoadedModel, prompt_a: str, prompt_b: str, seed_a: int, seed_b: int, position: float,
+                     encode_fn: EncodeFn | None = None) -> GenerationRequest:
+    """A request for the one image at ``position`` in [0, 1] on the way from (prompt a, seed a) to
+    (prompt b, seed b): the frame ``interpolation`` would make at that fraction (Live's position slider)."""
+    if not 0.0 <= position <= 1.0:
+        raise ValueError(f"position must be in [0, 1], got {position}")
+    cond = encode_weighted([prompt_a, prompt_b], encode_fn or encode_prompts)
+    shape = (1, lm.model.config.in_channels, lm.image_size, lm.image_size)
+    ca, cb = (torch.as_tensor(c, dtype=torch.float32).reshape(1, -1) for c in cond)
+    return GenerationRequest(prompts=[f"{prompt_a} -> {prompt_b} at {position:.2f}"], num_images=1, seed=seed_a,
+                             cond=slerp(ca, cb, position),
+                             noise=slerp(starting_noise(shape, [seed_a]), starting_noise(shape, [seed_b]), position))
+

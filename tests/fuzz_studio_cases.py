@@ -267,6 +267,19 @@ def endpoints(f: dict[str, Path], handle) -> list[Endpoint]:
                  {0: ("prompt", [(v, OK if (w is None or "Blended" in w or "empty" in w) and not
                                       (isinstance(v, str) and len(v) > 500) else ERR, w) for v, _, w in PROMPT]),
                   1: ("model", MODEL)}),
+        # Live (tiny's student tiny-live draws): a prompt being typed (empty, a half-written blend) is said in
+        # the status line, not an error; every other field is checked as the Generate button's
+        Endpoint("/live", [True, "a photo of a goldfish", "tiny", 3.0, 7, 2, -1, 0.0],
+                 {1: ("prompt", [(v, OK if (w is None or "Blended" in w or "empty" in w) and not
+                                      (isinstance(v, str) and len(v) > 500) else ERR, w) for v, _, w in PROMPT]),
+                  2: ("model", MODEL), 3: ("guidance", GUIDANCE), 4: ("seed", SEED), 5: ("number of images", NUM_IMAGES),
+                  6: ("variation seed", SEED), 7: ("variation strength", fr_none0)}),
+        Endpoint("/live_info", [True, "tiny"], {0: ("live", SHOW_STRIP), 1: ("model", MODEL)}),
+        Endpoint("/live_frame", [True, "a photo of a goldfish", "a photo of a ladybug", 1, 2, 0.5, "tiny", 3.0],
+                 {1: ("prompt A", [(v, OK if (w is None or "Blended" in w or "empty" in w) and not
+                                        (isinstance(v, str) and len(v) > 500) else ERR, w) for v, _, w in PROMPT]),
+                  3: ("seed A", SEED), 4: ("seed B", SEED), 5: ("position", FRACTION), 6: ("model", MODEL),
+                  7: ("guidance", GUIDANCE)}),
         Endpoint("/interpolate", ["a photo of a goldfish", "a photo of a ladybug", 1, 2, 2, "tiny", "DDIM", 5, 3.0],
                  {0: ("prompt A", PROMPT), 1: ("prompt B", [r for r in PROMPT if r[0] not in (  # empty B = A: fine
                      None, "", "  \n\t ", "a photo of a goldfish")]),
@@ -284,6 +297,8 @@ def endpoints(f: dict[str, Path], handle) -> list[Endpoint]:
                  {0: ("prompt", PROMPT), 1: ("model", MODEL), 2: ("sampler", SAMPLER),
                   3: ("steps", STEPS), 4: ("guidance", GUIDANCE), 5: ("seed", SEED),
                   6: ("then trace the upscaler", THEN_UPSCALE)}),
+        Endpoint("/learn_student", ["a photo of a goldfish", "tiny", 3.0, 1],  # tiny's student: tiny-live
+                 {0: ("prompt", PROMPT), 1: ("model", MODEL), 2: ("guidance", GUIDANCE), 3: ("seed", SEED)}),
         Endpoint("/learn_guidance", ["a photo of a goldfish", "tiny", "DDIM", 5, 1, "1, 3"],
                  {0: ("prompt", PROMPT), 1: ("model", MODEL), 2: ("sampler", SAMPLER),
                   3: ("steps", STEPS), 4: ("seed", SEED), 5: ("scales", SCALES)}),
@@ -412,6 +427,21 @@ def check_result(endpoint: str, args: list):
             assert _size(image) == (256, 256) and ("x_t" in caption or "unchanged" in caption), caption
         elif endpoint == "/prompt_coverage":
             assert isinstance(out, str), out
+        elif endpoint == "/live":
+            gallery, status = out
+            if "empty" in str(status) or "Blended prompt" in str(status):  # a prompt being typed
+                return
+            n = int(float(args[5]))
+            assert str(status).startswith(f"Live: {n} image(s) in") and "tiny-live" in str(status), status
+            assert len(gallery) == n and all(_size(g["image"]) == (TINY, TINY) for g in gallery), gallery
+        elif endpoint == "/live_frame":
+            image, status = out
+            if "empty" in str(status) or "Blended prompt" in str(status):  # a prompt being typed
+                return
+            assert str(status).startswith("Live: the frame at") and "tiny-live" in str(status), status
+            assert _size(image) == (TINY, TINY), image
+        elif endpoint == "/live_info":
+            assert isinstance(out, str) and (("tiny-live" in out) == bool(args[0])), out
         elif endpoint == "/interpolate":
             gif, strip, files, status = out
             assert str(status).startswith("Done") and _size(gif)[0] >= 256, status
@@ -425,7 +455,7 @@ def check_result(endpoint: str, args: list):
         elif endpoint == "/upscale":
             image, status, files = out
             assert _size(image) == (2 * TINY, 2 * TINY), _size(image)
-        elif endpoint in ("/learn_steps", "/learn_guidance"):
+        elif endpoint in ("/learn_steps", "/learn_guidance", "/learn_student"):
             table, caption = out
             assert min(_size(table)) > 0 and isinstance(caption, str) and caption.strip()
         elif endpoint == "/history":  # this session's results so far: pictures with their captions

@@ -124,6 +124,60 @@ def test_generate_in_chromium(tiny_app, page, tmp_path, record_property):
           f"{first_preview:.2f} s after the click, done after {done:.2f} s; screenshot {kept}")
 
 
+def live_jobs(tiny_app) -> int:
+    """How many Live jobs the server has run so far (it logs each one)."""
+    return len(re.findall(r"live job \d+", tiny_app.server.log_path.read_text(errors="replace")))
+
+
+def first_image_prompt(page) -> str:
+    """The prompt in the recipe of the gallery's first PNG, as served to the page."""
+    src = page.evaluate("() => document.querySelector('#gallery img')?.src")
+    from io import BytesIO
+    body = page.request.get(src).body()
+    with Image.open(BytesIO(body)) as im:
+        return im.text.get("parameters", "").split("\n")[0]
+
+
+def test_live_redraws_as_you_type_in_chromium(tiny_app, page, tmp_path):
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.goto(tiny_app.url)
+    page.wait_for_selector("#generate")
+    # the prompt, the Live switch and Generate are on the first screen
+    for sel in ("#prompt textarea", "#live input", "#generate"):
+        box = page.locator(sel).first.bounding_box()
+        assert box and box["y"] + box["height"] <= 900, (sel, box)
+    page.locator("#live input").check()
+    page.wait_for_function("() => (document.querySelector('#live-info')?.innerText || '').includes('tiny-live')")
+    before = live_jobs(tiny_app)
+    # typing, no click: images appear, drawn by the student
+    page.locator("#prompt textarea").press_sequentially("a photo of a goldfish", delay=30)
+    page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').startsWith('Live: 4 image(s)')",
+                           timeout=60_000)
+    page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gallery') >= 4")
+    page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').includes('tiny-live')")
+    page.wait_for_timeout(1_500)  # the last keystroke's job has finished
+    assert first_image_prompt(page) == "a photo of a goldfish"
+    assert re.search(r"in \d+ ms", page.locator("#status").inner_text())  # each redraw's latency is shown
+    assert live_jobs(tiny_app) > before
+
+    # a burst of 20 changes: it ends with the last one's images, and at most two jobs run behind the first
+    page.locator("#prompt textarea").fill("")
+    page.wait_for_timeout(1_000)
+    start = live_jobs(tiny_app)
+    burst = "a photo of a ladybug"  # 20 keystrokes
+    page.locator("#prompt textarea").press_sequentially(burst, delay=0)
+    page.wait_for_timeout(3_000)
+    page.wait_for_function("(want) => (document.querySelector('#status')?.innerText || '').startsWith('Live: 4')",
+                           arg=burst)
+    assert first_image_prompt(page) == burst
+    ran = live_jobs(tiny_app) - start
+    assert 1 <= ran <= 3, ran
+    shot = tmp_path / "web_live.png"
+    page.screenshot(path=str(shot), full_page=True)
+    keep(shot, "web_live.png")
+    print(f"\n[live] a burst of {len(burst)} keystrokes ran {ran} job(s); status: {page.locator('#status').inner_text()}")
+
+
 def test_forward_tab_in_chromium(tiny_app, page, tmp_path):
     page.goto(tiny_app.url)
     page.get_by_role("tab", name="Forward diffusion").click()

@@ -172,3 +172,22 @@ def test_guidance_interval_guides_only_inside_the_band():
     for bad in ("3,1", "x,y", "1"):
         with pytest.raises(ValueError, match="guidance interval"):
             gen(model, guidance_scale=4.0, guidance_interval=bad, **kw)
+
+
+# --------------------------------------------------------------------------- Live's interpolation position
+def test_the_live_frame_at_a_position_is_the_interpolations_frame_there():
+    """``interpolation_at(p)`` (the Interpolate tab's Live position) gives the same conditioning and
+    starting noise as the frame of ``interpolation`` at that fraction, so it draws the same picture."""
+    from types import SimpleNamespace
+
+    from engine.request import interpolation, interpolation_at
+
+    lm = SimpleNamespace(model=tiny_unet(), image_size=16)
+    req, fractions = interpolation(lm, "a photo of a goldfish", "a photo of a ladybug", 3, 9, 5, encode_fn=fake_encode)
+    for i in (0, 2, 4):
+        one = interpolation_at(lm, "a photo of a goldfish", "a photo of a ladybug", 3, 9, fractions[i],
+                               encode_fn=fake_encode)
+        torch.testing.assert_close(torch.as_tensor(one.cond)[0], torch.as_tensor(req.cond)[i])
+        torch.testing.assert_close(one.noise[0], req.noise[i])
+    with pytest.raises(ValueError, match="position"):
+        interpolation_at(lm, "a", "b", 0, 1, 1.5, encode_fn=fake_encode)

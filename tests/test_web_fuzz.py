@@ -71,7 +71,8 @@ SEED = 20240611
 MIN_CASES = 1000
 THREADS = 4
 CASE_TIMEOUT_S = 60.0
-MODELS = ("tiny", "tiny_b")  # tiny has its data folder (Forward tab), tiny_b has none
+# tiny has its data folder (Forward tab), tiny_b has none, tiny-live is tiny's few-step student (Live)
+MODELS = ("tiny", "tiny-live", "tiny_b")
 CLASSES = [c["name"] for c in TINY_CLASSES]
 LABELS = list(web.SAMPLER_CHOICES)
 GENERIC = "has not enabled verbose error reporting"  # gradio_client's text for {"error": null}

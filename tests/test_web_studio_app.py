@@ -86,6 +86,86 @@ def test_restore_brings_every_setting_back_and_regenerates_the_same_pixels(clien
     assert client.predict(handle_file(second), api_name="/reuse_seed") == 22
 
 
+# =============================================================== Live: the few-step student draws
+def test_live_draws_with_the_student_and_its_png_restores_to_the_same_pixels(client):
+    """/live (what the Live switch calls) draws tiny's images with its student tiny-live in one forward
+    per step; the PNG names the student and its sampler, and Restore + Generate make the same pixels."""
+    from gradio_client import handle_file
+
+    gallery, status = client.predict(True, "a photo of a goldfish", "tiny", 4.0, 11, 2, -1, 0.0, api_name="/live")
+    assert status.startswith("Live: 2 image(s) in") and "tiny-live" in status and "LCM" in status, status
+    pngs = paths(gallery)
+    recipe = read_png_recipe(pngs[1])
+    assert (recipe["model"], recipe["sampler"], recipe["steps"], recipe["guidance_scale"], recipe["seed"]) == (
+        "tiny-live", "lcm", 4, 4.0, 12)
+    restored = client.predict(handle_file(pngs[1]), "tiny", api_name="/restore")
+    model, prompt, sampler, steps, guidance, seed, num, *_ = restored
+    assert model["value"] == "tiny-live" and sampler == "LCM (few-step students)" and steps["value"] == 4
+    again = generate(client, model="tiny-live", sampler=sampler, steps=4, guidance=guidance, seed=seed, num_images=1)
+    np.testing.assert_array_equal(pixels(paths(again[0])[0]), pixels(pngs[1]))
+    # the same request through Live again: the same pixels (Live is deterministic given its inputs)
+    twice, _ = client.predict(True, "a photo of a goldfish", "tiny", 4.0, 11, 2, -1, 0.0, api_name="/live")
+    np.testing.assert_array_equal(pixels(paths(twice)[1]), pixels(pngs[1]))
+
+
+def test_live_off_does_nothing_and_says_when_a_model_has_no_student(client):
+    off = client.predict(False, "a photo of a goldfish", "tiny", 4.0, 11, 2, -1, 0.0, api_name="/live")
+    assert off == ({"__type__": "update"}, {"__type__": "update"}), off  # both outputs left as they are
+    assert "tiny-live" in client.predict(True, "tiny", api_name="/live_info")
+    assert "no few-step student" in client.predict(True, "tiny_b", api_name="/live_info")
+    assert client.predict(False, "tiny", api_name="/live_info") == ""
+    gallery, status = client.predict(True, "a photo of a goldfish", "tiny_b", 3.0, 1, 1, -1, 0.0, api_name="/live")
+    assert "tiny_b has no few-step student: full steps" in status and len(paths(gallery)) == 1
+    _, status = client.predict(True, "goldfish |", "tiny", 3.0, 1, 1, -1, 0.0, api_name="/live")
+    assert status.startswith("Live: Blended prompt"), status  # half-typed: said, not raised
+
+
+def test_learn_compares_the_teacher_with_its_student_and_live_moves_along_an_interpolation(client):
+    from gradio_client.exceptions import AppError
+
+    table, caption = client.predict("a photo of a goldfish", "tiny", 3.0, 2, api_name="/learn_student")
+    with Image.open(table) as im:
+        w, h = im.size
+    assert w > 300 and h > 200 and "same starting noise" in caption
+    # from the student's side too: it names its teacher
+    table2, _ = client.predict("a photo of a goldfish", "tiny-live", 3.0, 2, api_name="/learn_student")
+    np.testing.assert_array_equal(pixels(table2), pixels(table))
+    with pytest.raises(AppError, match="no few-step student"):
+        client.predict("a photo of a goldfish", "tiny_b", 3.0, 2, api_name="/learn_student")
+    # Live's position slider: the frame at 0 is seed A's plain image of prompt A, drawn by the student
+    frame, status = client.predict(True, "a photo of a goldfish", "a photo of a ladybug", 3, 4, 0.0, "tiny", 3.0,
+                                   api_name="/live_frame")
+    assert status.startswith("Live: the frame at 0.00") and "tiny-live" in status
+    plain, _ = client.predict(True, "a photo of a goldfish", "tiny", 3.0, 3, 1, -1, 0.0, api_name="/live")
+    np.testing.assert_array_equal(pixels(frame), pixels(paths(plain)[0]))
+    mid, _ = client.predict(True, "a photo of a goldfish", "a photo of a ladybug", 3, 4, 0.5, "tiny", 3.0,
+                            api_name="/live_frame")
+    assert not np.array_equal(pixels(mid), pixels(frame))
+
+
+def test_a_student_works_in_every_studio_feature(client):
+    """tiny-live (a few-step student) through variations, a blend, img2img, snap and the cascade in one
+    request, then the grid (guidance axis: an input of the student) and the interpolation."""
+    from gradio_client import handle_file
+
+    first = generate(client, model="tiny-live", sampler="LCM (few-step students)", steps=4, seed=3)
+    init = paths(first[0])[0]
+    out = generate(client, model="tiny-live", prompt="goldfish:0.7 | ladybug:0.3", sampler="LCM (few-step students)",
+                   steps=4, guidance=5.0, seed=3, num_images=2, variation_seed=9, variation_strength=0.3,
+                   init_image=handle_file(init), strength=0.6, snap=0.5, upscale="tiny_sr")
+    assert out[1].startswith("Done: 2 image(s)"), out[1]
+    recipe = read_png_recipe(paths(out[0])[0])
+    assert (recipe["model"], recipe["sampler"], recipe["steps"], recipe["upscaler"]) == ("tiny-live", "lcm", 4, "tiny_sr")
+    image, files, status = client.predict("a photo of a goldfish", "tiny-live", "LCM (few-step students)", 4, 3.0, 11,
+                                          "guidance", "1, 6", "steps", "1, 4", api_name="/grid")
+    assert status.startswith("Done: 4 cells"), status
+    cells = sorted((f for f in files if Path(f).name.startswith("cell_")), key=lambda f: Path(f).name)
+    assert not np.array_equal(pixels(cells[0]), pixels(cells[2]))  # guidance 1 and 6 differ: w is an input
+    gif, strip, files, status = client.predict("a photo of a goldfish", "a photo of a ladybug", 3, 4, 3, "tiny-live",
+                                               "LCM (few-step students)", 4, 3.0, api_name="/interpolate")
+    assert status.startswith("Done: 3 frames"), status
+
+
 def test_guide_with_a_weaker_model_is_recorded_restored_and_repeatable(client):
     """"Guide with" another model of the store (autoguidance): the PNG names it, Restore brings it back,
     and the restored settings make the same pixels; unconditional guidance makes other ones."""

@@ -126,7 +126,8 @@ class TrainConfig:
     # few-step students (task distill, core/distill.py; `python diffusion.py distill TEACHER`): the network
     # is the teacher's plus a guidance input, started from the teacher's weights
     teacher: str = ""  # a store model name or a model/checkpoint folder
-    distill_method: str = "consistency"  # consistency | trajectory
+    # trajectory (the default: it won the side-by-side in BENCHMARKS.md) | consistency (collapsed there)
+    distill_method: str = "trajectory"
     guidance_min: float = 1.0  # the guidance scales the student learns, drawn uniformly per image
     guidance_max: float = 8.0
     distill_skip: int = 25  # consistency: timesteps between grid neighbours

@@ -28,6 +28,7 @@ from webui import gradio_cache
 from webui.cascade import Cascade
 from webui.export import Exporter
 from webui.jobs import JobRunner
+from webui.live import LiveMode
 from webui.models import ModelManager
 from webui.restore import RecipeActions
 from webui.tab_forward import ForwardTab
@@ -73,6 +74,7 @@ class WebApp:
         self._coverage: dict[str, Any] = {}
 
         self.cascade = Cascade(self)
+        self.live = LiveMode(self)
         self.recipe_actions = RecipeActions(self)
         self.generate_tab = GenerateTab(self)
         self.forward_tab = ForwardTab(self)

@@ -258,10 +258,19 @@ class GenerateTab:
         d = model_defaults(lm.sampler_defaults, T)
         lo, hi, _ = steps_range(d["sampler"], T)
         cap = max_images_for(lm.image_size, app.args.max_batch_pixels)
+        # the prompt, the Live switch and Generate together at the top: the first screen is enough to draw
+        with gr.Row(equal_height=True):
+            prompt = gr.Textbox(label="Prompt", placeholder="a photo of a goldfish", lines=2,
+                                max_length=MAX_PROMPT_CHARS, elem_id="prompt", scale=5)
+            with gr.Column(scale=1, min_width=180):
+                live = gr.Checkbox(False, label="Live", elem_id="live",
+                                   info="redraw as you change the settings, with the model's few-step student")
+                with gr.Row():
+                    go = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+        live_md = gr.Markdown("", elem_id="live-info")
         with gr.Row():
             with gr.Column(scale=1):
-                prompt = gr.Textbox(label="Prompt", placeholder="a photo of a goldfish", lines=2,
-                                    max_length=MAX_PROMPT_CHARS, elem_id="prompt")
                 coverage = gr.Markdown("", elem_id="coverage")
                 with gr.Accordion("Prompt syntax: blends", open=False):
                     gr.Markdown(PROMPT_BLEND_HELP + " Example: `goldfish:0.7 | coral reef:0.3`.",
@@ -327,9 +336,6 @@ class GenerateTab:
                                           label="Then upscale 2x with (the cascade's second stage)",
                                           info="the results are the upscaled images; previews show both stages",
                                           visible=bool(sr_models))
-                with gr.Row():
-                    go = gr.Button("Generate", variant="primary", elem_id="generate")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
             with gr.Column(scale=2):
                 status = gr.Markdown("Ready.", elem_id="status")
                 gallery = gr.Gallery(label="Images (click one to select it)", format="png", columns=4,
@@ -375,6 +381,17 @@ class GenerateTab:
         # img2img and snap. Same handler, same queue.
         api_btn = gr.Button(visible=False)
         api_event = api_btn.click(self.generate_fn(), inputs[:8], outputs, api_name="generate", **common)
+        # Live: every change redraws with the student; always_last keeps one request waiting at most, and
+        # a newer request stops the running one at its next step (webui/live.py)
+        live_inputs = [live, prompt, ui.model, guidance, seed, num, var_seed, var_strength]
+        live_common = dict(preprocess=False, trigger_mode="always_last", show_progress="hidden",
+                           concurrency_limit=2, concurrency_id="live")  # 2: a newer one stops the running one
+        live.change(app.live.describe, [live, ui.model], [live_md], api_name="live_info", queue=False)
+        ui.model.change(app.live.describe, [live, ui.model], [live_md], api_visibility="private", queue=False)
+        for i, trigger in enumerate((live.change, prompt.input, seed.change, guidance.change, num.change,
+                                     var_seed.change, var_strength.change, ui.model.change)):
+            trigger(app.live.redraw_fn(), live_inputs, [gallery, status], api_name="live" if i == 0 else None,
+                    api_visibility="public" if i == 0 else "private", **live_common)
         dice.click(app.random_seed, None, [seed], api_name="random_seed", queue=False)
         class_dd.change(app.class_to_prompt, [class_dd, ui.model], [prompt], api_name="class_prompt", queue=False)
         # .input: a person's pick; Restore from PNG sets the sampler and its steps together
@@ -403,7 +420,7 @@ class GenerateTab:
                        api_visibility="private", queue=False)
         ui.__dict__.update(prompt=prompt, class_dd=class_dd, examples=examples, sampler=sampler, steps=steps,
                            guidance=guidance, g_interval=g_interval, seed=seed, num=num, status=status,
-                           gallery=gallery, stop_btn=stop_btn)
+                           gallery=gallery, stop_btn=stop_btn, live=live)
         ui.result_events += [gen_event, enter_event, api_event, restore_event, upscale_event]
         ui.cancellable += [gen_event, enter_event, api_event, upscale_event]
         ui.stop_buttons.insert(0, (stop_btn, status))  # the first one is the API's /stop

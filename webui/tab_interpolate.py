@@ -119,6 +119,10 @@ class InterpolateTab:
                 with gr.Row():
                     go = gr.Button("Interpolate", variant="primary", elem_id="interpolate")
                     stop = gr.Button("Stop", variant="stop")
+                position = gr.Slider(0, 1, value=0.5, step=0.01, label="Position (with Live on)",
+                                     elem_id="interp-position",
+                                     info="Live (the switch beside Generate) draws the frame at this point of the "
+                                          "walk as you move it, with the model's few-step student")
             with gr.Column(scale=2):
                 status = gr.Markdown("Ready.", elem_id="interp-status")
                 gif = gr.Image(label="Interpolation (GIF)", type="filepath", height=320, elem_id="interp-gif",
@@ -126,11 +130,21 @@ class InterpolateTab:
                 strip = gr.Image(label="Frames (PNG with the settings)", type="filepath", elem_id="interp-strip",
                                  elem_classes=["pixelated"])
                 files = gr.File(label="Downloads", file_count="multiple")
+                live_status = gr.Markdown("", elem_id="interp-live-status")
+                live_frame = gr.Image(label="Live: the frame at the position", type="numpy", format="png",
+                                      height=256, elem_id="interp-live", elem_classes=["pixelated"], interactive=False)
         sampler.input(self.app.sampler_changed, [sampler, ui.model], [steps], api_visibility="private", queue=False)
         event = go.click(self.interpolate_fn(), [pa, pb, sa, sb, frames, ui.model, sampler, steps, guidance],
                          [gif, strip, files, status], api_name="interpolate", preprocess=False,
                          concurrency_limit=self.app.args.concurrency,
                          concurrency_id="sampling", time_limit=self.app.args.time_limit)
+        live_inputs = [ui.live, pa, pb, sa, sb, position, ui.model, guidance]
+        for i, trigger in enumerate((position.change, ui.live.change, pa.input, pb.input, sa.change, sb.change,
+                                     guidance.change)):
+            trigger(self.app.live.frame_fn(), live_inputs, [live_frame, live_status],
+                    api_name="live_frame" if i == 0 else None, api_visibility="public" if i == 0 else "private",
+                    preprocess=False, trigger_mode="always_last", show_progress="hidden", concurrency_limit=2,
+                    concurrency_id="live")
         ui.result_events.append(event)
         ui.cancellable.append(event)
         ui.stop_buttons.append((stop, status))

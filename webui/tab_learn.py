@@ -5,7 +5,8 @@
 * ``/learn_steps``: one image's denoising step by step: x_t (what the network
   sees), its x_0 estimate and the noise it predicts; with an upscaler, the
   cascade's second stage too, step by step at the higher resolution;
-* ``/learn_guidance``: the same noise under several guidance scales.
+* ``/learn_guidance``: the same noise under several guidance scales;
+* ``/learn_student``: the teacher's steps and its few-step student's 4, 2 and 1 from the same noise.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from webui.validation import (
     validate_steps,
 )
 
+STUDENT_STEPS = (4, 2, 1)  # the student's step counts the comparison shows
 MAX_STEP_COLUMNS = 10  # the per-step table shows at most this many steps (spread evenly, first and last kept)
 
 
@@ -164,6 +166,65 @@ class LearnTab:
             return strip, ("The same starting noise, sampled with each guidance scale: w=1 is the plain conditional "
                            "model, larger w pushes harder toward the prompt (and, too far, to saturated colours).")
 
+    def teacher_and_student(self, model_choice):
+        """(teacher, student name) for a model choice: a model and its NAME-live, or a student and its teacher."""
+        app = self.app
+        lm = app._model(model_choice)
+        student = app.live.student_of(model_choice)
+        if student is None:
+            raise InputError(f"{lm.name} has no few-step student: make one with `python diffusion.py distill "
+                             f"{lm.name}` and export it as {lm.name}-live.")
+        if student != str(model_choice):
+            return lm, student
+        teacher = str(lm.config.get("distill", {}).get("teacher", ""))
+        if teacher not in app.models.choices_values():
+            raise InputError(f"{lm.name} is a few-step student whose teacher ({teacher or 'unnamed'}) is not in this "
+                             "store: pick the teacher to compare them.")
+        return app._model(teacher), student
+
+    def student(self, prompt, model_choice, guidance, seed, request=None):
+        """(the teacher's steps above its student's 4, 2 and 1 steps, all from the same noise; caption)."""
+
+        with self.app.errors("the teacher/student comparison"):
+            text = validate_blend(clean_prompt(prompt))
+            g = validate_guidance(guidance)
+            s = validate_seed(seed)
+            s = 0 if s is None else s
+            teacher, student_name = self.teacher_and_student(model_choice)
+            student = self.app._model(student_name)
+            T = teacher.diffusion.num_train_timesteps
+            d = model_defaults(teacher.sampler_defaults, T)
+            t_label, t_steps = d["sampler"], d["steps"]
+            common = dict(guidance_scale=g, seed=s, encode_fn=encode_prompts, device=self.app.args.device)
+
+            def work(on_step):
+                t_trace = trace_denoising(teacher.model, teacher.diffusion, text, callback=on_step,
+                                          sampler=SAMPLER_CHOICES[t_label][0], num_steps=t_steps,
+                                          prompt_template=teacher.prompt_template,
+                                          guidance_interval=teacher.guidance_interval, **common)
+                s_traces = [trace_denoising(student.model, student.diffusion, text, callback=on_step, sampler="lcm",
+                                            num_steps=k, prompt_template=student.prompt_template, **common)
+                            for k in STUDENT_STEPS]
+                return t_trace, s_traces
+
+            t_trace, s_traces = self._run(work, t_steps + sum(STUDENT_STEPS), request,
+                                          "Sampling the teacher and its student...")
+            cols = pick_columns(len(t_trace.timesteps))
+            top = plot_func.labelled_grid(
+                [[t_trace.x0[i] for i in cols]], col_labels=[f"t={t_trace.timesteps[i]}" for i in cols],
+                row_labels=["x0 est."], min_side=96,
+                title=f"teacher {teacher.name}: {t_label} {t_steps} steps, two network evaluations per guided step")
+            bottom = plot_func.labelled_grid(
+                [[tr.x0[i] for i in range(len(tr.timesteps))] for tr in s_traces],
+                col_labels=[f"step {i + 1}" for i in range(max(STUDENT_STEPS))],
+                row_labels=[f"{k} step{'s' if k > 1 else ''}" for k in STUDENT_STEPS], min_side=96,
+                title=f"student {student_name}: one network evaluation per step (guidance {g:g} is an input)")
+            caption = (f"The same starting noise (seed {s}), the prompt {text[:60]!r}. Above: the teacher's estimate "
+                       f"of the clean image along its {t_steps} steps ({len(cols)} shown). Below: its student, "
+                       "distilled to jump to the end of the teacher's path; each step re-noises its estimate to a "
+                       "lower noise level and jumps again, so 4 steps refine what 1 step draws.")
+            return plot_func.stack_pictures([top, bottom]), caption
+
     def build(self, ui) -> None:
         lm = ui.lm
         T = lm.diffusion.num_train_timesteps
@@ -189,6 +250,7 @@ class LearnTab:
                 with gr.Row():
                     steps_btn = gr.Button("Show each step", variant="primary", elem_id="learn-steps-go")
                     guidance_btn = gr.Button("Compare guidance scales", elem_id="learn-guidance-go")
+                student_btn = gr.Button("Teacher 20 steps vs its few-step student", elem_id="learn-student-go")
             with gr.Column(scale=2):
                 plot = gr.Image(self.schedule(self.app.models.first, d["sampler"], d["steps"]), type="numpy",
                                 format="png", label="log-SNR over t", elem_id="learn-snr")
@@ -203,6 +265,9 @@ class LearnTab:
         steps_btn.click(self.steps_fn(), [prompt, ui.model, sampler, steps, guidance, seed, upscaler], [table, caption],
                         api_name="learn_steps", preprocess=False, concurrency_limit=self.app.args.concurrency,
                         concurrency_id="sampling", time_limit=self.app.args.time_limit)
+        student_btn.click(self.student_fn(), [prompt, ui.model, guidance, seed], [table, caption],
+                          api_name="learn_student", preprocess=False, concurrency_limit=self.app.args.concurrency,
+                          concurrency_id="sampling", time_limit=self.app.args.time_limit)
         guidance_btn.click(self.guidance_fn(), [prompt, ui.model, sampler, steps, seed, scales], [table, caption],
                            api_name="learn_guidance", preprocess=False, concurrency_limit=self.app.args.concurrency,
                            concurrency_id="sampling", time_limit=self.app.args.time_limit)
@@ -240,3 +305,12 @@ class LearnTab:
 
         learn_guidance.__annotations__["request"] = gr.Request
         return learn_guidance
+
+    def student_fn(self):
+        tab = self
+
+        def learn_student(prompt, model, guidance, seed, request: gr.Request = None):
+            return tab.student(prompt, model, guidance, seed, request=request)
+
+        learn_student.__annotations__["request"] = gr.Request
+        return learn_student

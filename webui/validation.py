@@ -41,7 +41,7 @@ GRID_AXES = ("guidance", "steps", "sampler", "seed", "prompt")
 SAMPLER_CHOICES: dict[str, tuple[str, tuple[int, int, int]]] = {
     SAMPLER_DEFAULTS[name].label: (name, (SAMPLER_DEFAULTS[name].min_steps, SAMPLER_DEFAULTS[name].max_steps,
                                           SAMPLER_DEFAULTS[name].app_steps))
-    for name in ("dpm++", "ddim", "ddpm")
+    for name in ("dpm++", "ddim", "ddpm", "lcm")
 }
 FALLBACK_DEFAULTS = {"sampler": "dpm++", "steps": 20, "guidance_scale": 3.0}
 SCHEDULES = ("linear", "cosine")
