@@ -56,11 +56,23 @@ class LiveMode:
         name = f"{lm.name}{LIVE_SUFFIX}"
         return name if name in self.app.models.choices_values() else None
 
+    @staticmethod
+    def _typing(prompt: Any) -> str | None:
+        """The status for a prompt still being typed (empty, a half-written blend); None when it is
+        complete. Text that can never be a prompt (too long, not text) is an error."""
+        try:
+            validate_blend(clean_prompt(prompt))
+        except InputError as e:
+            if "empty" in str(e) or "Blended prompt" in str(e):
+                return f"Live: {e}"
+            raise gr.Error(str(e), print_exception=False) from None
+        return None
+
     def describe(self, live: Any, model_choice: Any) -> str:
         """What the Live switch will do with this model (shown beside it)."""
+        student = self.student_of(model_choice)  # an unknown model is an error, Live on or off
         if not live:
             return ""
-        student = self.student_of(model_choice)
         if student is None:
             return (f"**Live**: {model_choice} has no few-step student (make one with `python diffusion.py distill "
                     f"{model_choice}` and export it as `{model_choice}{LIVE_SUFFIX}`); Live redraws with the model "
@@ -89,21 +101,23 @@ class LiveMode:
         ticket = self._take_ticket(session)
         app = self.app
         t0 = time.monotonic()
-        try:  # a prompt being typed may be empty or a half-written blend: said in the status, not an error
-            validate_blend(clean_prompt(prompt))
-        except InputError as e:
-            if "empty" in str(e) or "Blended prompt" in str(e):
-                return gr.skip(), f"Live: {e}"
-            raise gr.Error(str(e), print_exception=False) from None
         with app.errors("live generation"):
             lm, student_name, teacher = self._student_or_model(model_choice)
             T = lm.diffusion.num_train_timesteps
             d = model_defaults(lm.sampler_defaults, T)
-            req = validate_request(prompt, d["sampler"], d["steps"], guidance, seed, num_images,
-                                   image_size=lm.image_size, num_train_timesteps=T,
-                                   max_batch_pixels=app.args.max_batch_pixels, max_work=app.args.max_work,
-                                   variation_seed=variation_seed, variation_strength=variation_strength,
-                                   guidance_interval=d["guidance_interval"] or interval_text(lm.guidance_interval))
+
+            def checked(text):
+                return validate_request(text, d["sampler"], d["steps"], guidance, seed, num_images,
+                                        image_size=lm.image_size, num_train_timesteps=T,
+                                        max_batch_pixels=app.args.max_batch_pixels, max_work=app.args.max_work,
+                                        variation_seed=variation_seed, variation_strength=variation_strength,
+                                        guidance_interval=d["guidance_interval"] or interval_text(lm.guidance_interval))
+            checked("a prompt")  # every other field first: they are errors whatever the prompt
+        typing = self._typing(prompt)
+        if typing is not None:
+            return gr.skip(), typing
+        with app.errors("live generation"):
+            req = checked(prompt)
         seed_used = req.seed if req.seed is not None else app.random_seed()
         var_seed = req.variation_seed
         if req.variation_strength > 0 and var_seed is None:
@@ -164,13 +178,6 @@ class LiveMode:
         session = session_of(request)
         ticket = self._take_ticket(session)
         t0 = time.monotonic()
-        try:
-            a = validate_blend(clean_prompt(prompt_a))
-            b = a if not str(prompt_b or "").strip() else validate_blend(clean_prompt(prompt_b))
-        except InputError as e:
-            if "empty" in str(e) or "Blended prompt" in str(e):
-                return gr.skip(), f"Live: {e}"
-            raise gr.Error(str(e), print_exception=False) from None
         with self.app.errors("live interpolation"):
             sa = validate_seed(seed_a, "Seed A")
             sa = 0 if sa is None else sa
@@ -180,6 +187,12 @@ class LiveMode:
             g = validate_guidance(guidance)
             lm, student_name, picked = self._student_or_model(model_choice)
             d = model_defaults(lm.sampler_defaults, lm.diffusion.num_train_timesteps)
+        typing = self._typing(prompt_a) or (self._typing(prompt_b) if str(prompt_b or "").strip() else None)
+        if typing is not None:
+            return gr.skip(), typing
+        with self.app.errors("live interpolation"):
+            a = validate_blend(clean_prompt(prompt_a))
+            b = a if not str(prompt_b or "").strip() else validate_blend(clean_prompt(prompt_b))
             req = replace(interpolation_at(lm, a, b, sa, sb, p), sampler=SAMPLER_CHOICES[d["sampler"]][0],
                           steps=d["steps"], guidance=g, guidance_interval=d["guidance_interval"] or "none",
                           precision=DEFAULT_PRECISION)  # as Generate and Interpolate: the same pixels

@@ -386,8 +386,10 @@ class GenerateTab:
         live_inputs = [live, prompt, ui.model, guidance, seed, num, var_seed, var_strength]
         live_common = dict(preprocess=False, trigger_mode="always_last", show_progress="hidden",
                            concurrency_limit=2, concurrency_id="live")  # 2: a newer one stops the running one
-        live.change(app.live.describe, [live, ui.model], [live_md], api_name="live_info", queue=False)
-        ui.model.change(app.live.describe, [live, ui.model], [live_md], api_visibility="private", queue=False)
+        live.change(app.live.describe, [live, ui.model], [live_md], api_name="live_info", queue=False,
+                    preprocess=False)
+        ui.model.change(app.live.describe, [live, ui.model], [live_md], api_visibility="private", queue=False,
+                        preprocess=False)
         for i, trigger in enumerate((live.change, prompt.input, seed.change, guidance.change, num.change,
                                      var_seed.change, var_strength.change, ui.model.change)):
             trigger(app.live.redraw_fn(), live_inputs, [gallery, status], api_name="live" if i == 0 else None,
