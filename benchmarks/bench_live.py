@@ -7,7 +7,7 @@
 For ``--images`` images from cached text embeddings (what the app has once a prompt was typed), each
 round times, interleaved so the machine's noise hits all alike:
 
-* the student, LCM at 1, 2 and 4 steps (one forward per step: guidance is an input);
+* the student at 1, 2 and 4 steps of its own sampler (one forward per step: guidance is an input);
 * the teacher, DPM-Solver++ at ``--teacher-steps`` (classifier-free guidance at its default scale and
   interval: two forwards per guided step), our loop;
 * the teacher's network stepped by diffusers' ``DPMSolverMultistepScheduler`` (the loop a diffusers
@@ -90,9 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     precisions = ["fp32"] + (["bf16"] if D.fast_bf16("cpu") else [])
     t_steps = [int(v) for v in args.teacher_steps.split(",")]
     cases: dict[str, Callable[[], float]] = {}
+    s_sampler = str(student.sampler_defaults.get("sampler", "ddim"))  # its own sampler: one forward per step
     for prec in precisions:
         for k in (1, 2, 4):
-            cases[f"student LCM {k} ({prec})"] = lambda k=k, prec=prec: time_ours(student, "lcm", k, g, args.images, prec)
+            cases[f"student {s_sampler.upper()} {k} ({prec})"] = (
+                lambda k=k, prec=prec: time_ours(student, s_sampler, k, g, args.images, prec))
         for k in t_steps:
             cases[f"teacher DPM-Solver++ {k} ({prec})"] = (
                 lambda k=k, prec=prec: time_ours(teacher, "dpm++", k, g, args.images, prec))

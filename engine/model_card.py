@@ -47,6 +47,12 @@ def model_card(name: str, config: dict[str, Any], evaluation: str | None = None,
         f"| hardware | {config.get('hardware', 'n/a')} |",
         f"| training wall time | {hours:.2f} h |",
     ]
+    distill = config.get("distill")
+    if isinstance(distill, dict):  # a few-step student (core/distill.py)
+        taught = (f"{distill.get('student_steps')} steps" if distill.get("method") == "trajectory"
+                  else f"a grid {distill.get('skip')} timesteps apart")
+        lines.append(f"| distilled from | {distill.get('teacher')} ({distill.get('method')} distillation, {taught}; "
+                     f"guidance {distill.get('guidance_min')}-{distill.get('guidance_max')} is an input) |")
     if defaults:
         lines.append(f"| sampler defaults | {', '.join(f'{k}={v}' for k, v in defaults.items())} |")
     lines += ["", f"## Classes ({len(classes)})", "",
