@@ -20,8 +20,9 @@ class SamplerSpec:
 
 SAMPLER_DEFAULTS: dict[str, SamplerSpec] = {
     "ddpm": SamplerSpec("DDPM", None, "leading", 10, 1000, 250),
-    "ddim": SamplerSpec("DDIM", 50, "trailing", 5, 250, 50),
-    "dpm++": SamplerSpec("DPM-Solver++", 20, "trailing", 5, 50, 20),
+    # from 1 step: a few-step student samples with DDIM in 1-4 (core/distill.py)
+    "ddim": SamplerSpec("DDIM", 50, "trailing", 1, 250, 50),
+    "dpm++": SamplerSpec("DPM-Solver++", 20, "trailing", 1, 50, 20),
     # multistep consistency sampling (denoise, re-noise, denoise): what few-step students are made for
     "lcm": SamplerSpec("LCM (few-step students)", 4, "trailing", 1, 8, 4),
 }

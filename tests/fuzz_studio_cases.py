@@ -72,9 +72,9 @@ INTERVAL = [  # EDM sigma "LO,HI" (recipes write "LO-HI"), 0 <= LO < HI; empty =
     ("-1,2", ERR, "0 <= LO < HI"), ("nan,1", ERR, "0 <= LO < HI"), ("1,nan", ERR, "0 <= LO < HI"),
     ("1," * 40, ERR, "too long"),
 ]
-RANGE = "Steps must be between 5 and"  # 250 for DDIM, 50 for DPM-Solver++
+RANGE = "Steps must be between 1 and"  # 250 for DDIM, 50 for DPM-Solver++
 STEPS = [  # valid for DDIM and DPM-Solver++ alike
-    (5, OK, None), (10, OK, None), ("8", OK, None), (6.0, OK, None), (4, ERR, RANGE),
+    (5, OK, None), (10, OK, None), ("8", OK, None), (6.0, OK, None), (4, OK, None), (1, OK, None),
     (251, ERR, RANGE), (0, ERR, RANGE), (-1, ERR, RANGE), (10**9, ERR, RANGE), (5.5, ERR, "whole number"), ("abc", ERR, "must be a number"),
     (None, ERR, "required"), (True, ERR, "required"), ("", ERR, "required"), ([5], ERR, "must be a number"),
     ("nan", ERR, "finite"), ("inf", ERR, "finite"),
@@ -312,7 +312,7 @@ GRID_AXES_ROWS = [
     (("steps", ",".join(["1000"] * 8), "sampler", "DDPM, ddpm"), ERR, "too large"), (("seed", "0, -1", "none", ""), ERR, "no -1"),
     (("guidance", "1", "guidance", "2"), ERR, "must differ"), (("sampler", "DDIM, Euler", "none", ""), ERR,
                                                                "Unknown sampler"),
-    (("steps", "3", "none", ""), ERR, "between 5 and 250"), (("prompt", "a; b |", "none", ""), ERR, "Blended prompt"),
+    (("steps", "0", "none", ""), ERR, "between 1 and 250"), (("prompt", "a; b |", "none", ""), ERR, "Blended prompt"),
     (("colour", "red", "none", ""), ERR, "Grid axis must be one of"), (("guidance", "1", "size", "2"), ERR,
                                                                        "Grid axis must be one of"),
     (("guidance", "1,2,3,4", "seed", "1,2,3,4,5"), ERR, "limit is 16"), ((None, None, None, None), ERR,

@@ -67,11 +67,11 @@ def test_sampler_and_steps():
     with pytest.raises(web.InputError):
         web.parse_sampler("euler")
     assert web.steps_range("DDPM") == (10, 1000, 250)
-    assert web.steps_range("DDIM") == (5, 250, 50)
-    assert web.steps_range("DPM-Solver++") == (5, 50, 20)
+    assert web.steps_range("DDIM") == (1, 250, 50)
+    assert web.steps_range("DPM-Solver++") == (1, 50, 20)
     assert web.steps_range("DDPM", num_train_timesteps=100) == (10, 100, 100)
     assert web.validate_steps(20.0, "DDIM") == 20 and web.validate_steps("30", "DDIM") == 30
-    for bad in (4, 251, 20.5, float("nan"), float("inf"), "abc", None, True):
+    for bad in (0, 251, 20.5, float("nan"), float("inf"), "abc", None, True):
         with pytest.raises(web.InputError):
             web.validate_steps(bad, "DDIM")
     assert web.validate_steps(1000, "DDPM") == 1000
@@ -356,8 +356,8 @@ BAD_GENERATE = [
     (dict(prompt=""), "prompt is empty"),
     (dict(prompt=" \n\t "), "prompt is empty"),
     (dict(prompt="x" * 10_000), "too long"),
-    (dict(steps=2000, sampler="DDIM"), "between 5 and 250"),
-    (dict(steps=3), "between 5 and 50"),
+    (dict(steps=2000, sampler="DDIM"), "between 1 and 250"),
+    (dict(steps=0), "between 1 and 50"),
     (dict(guidance="nan"), "finite"),
     (dict(guidance=1e9), "between 0 and 20"),
     (dict(num_images=17), "between 1 and 16"),

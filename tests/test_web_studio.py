@@ -223,7 +223,7 @@ GRID = [  # (x_axis, x_values, y_axis, y_values) -> (columns, rows) or an error'
     (("guidance", "", "none", ""), "at least one guidance value"),
     (("guidance", "1, x", "none", ""), "must be a number"),
     (("guidance", "1, 30", "none", ""), "between 0 and 20"),
-    (("steps", "5, 2000", "none", ""), "Steps must be between 5 and 250"),
+    (("steps", "5, 2000", "none", ""), "Steps must be between 1 and 250"),
     (("sampler", "DDIM, Euler", "none", ""), "Unknown sampler"),
     (("seed", "1, -1", "none", ""), "no -1"),
     (("prompt", "a;;  ; b |", "none", ""), "Blended prompt"),

@@ -77,7 +77,7 @@ def test_restore_brings_every_setting_back_and_regenerates_the_same_pixels(clien
     precision, interval, upscale, guide, message = rest
     assert (precision, interval, upscale, guide) == ("fp32", "", "off", "unconditional")
     assert model["value"] == "tiny" and prompt == "a photo of a goldfish" and sampler == "DPM-Solver++"
-    assert steps["value"] == 9 and (steps["minimum"], steps["maximum"]) == (5, 50)
+    assert steps["value"] == 9 and (steps["minimum"], steps["maximum"]) == (1, 50)
     assert (guidance, seed, num, vseed, vstrength) == (4.5, 22, 1, 301, 0.25)  # image 1: seed + 1, variation + 1
     assert snap == 0.0 and "Restored" in message
     again = generate(client, sampler=sampler, steps=steps["value"], guidance=guidance, seed=seed, num_images=num,

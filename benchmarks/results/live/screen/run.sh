@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The side-by-side that chose the distillation method (2026-12-03): each method 20 CPU-minutes
 # (1 thread, pinned to its own core, run side by side), from the same teacher, scored on 400 images.
-# TEACHER: a store folder of tiny200 (the tiny200_cs checkpoint, 638,592 images seen).
+# TEACHER: the teacher's store folder; here the tiny200_cs checkpoint (638,592 images seen), exported with
+#   python diffusion.py export tiny200_cs --name tiny200 --store output_ImageNet/cs_store
 set -euo pipefail
-TEACHER=${TEACHER:-model_store/tiny200}
+TEACHER=${TEACHER:-output_ImageNet/cs_store/tiny200}
 for m in consistency trajectory; do
   OMP_NUM_THREADS=1 python diffusion.py distill $TEACHER --run_name screen-$m --distill_method $m \
     --max_steps 5000 --stop_at_minutes 20 &
