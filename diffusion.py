@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate images with a stored model",
                        description="Generate images. Prompts may blend texts with weights: " + PROMPT_BLEND_HELP)
     p.add_argument("--model", default=None,
-                   help="store name or model/checkpoint folder (default: default_model; tiny200 has all 200 classes)")
+                   help="store name or model/checkpoint folder (default: tiny200, all 200 classes; default_model has 10)")
     p.add_argument("--store", default=None,
                    help="model store directory (default: model_store/ or $DIFFUSION_MODEL_STORE)")
     p.add_argument("--prompt", action="append", help="free-text prompt (repeat for several)")

@@ -4,7 +4,7 @@ restore a PNG's settings, vary, blend, start from an image, interpolate,
 compare settings in a grid, learn how sampling works, and look at the forward
 (noising) process.
 
-    python web.py                          # default_model on http://127.0.0.1:7860
+    python web.py                          # tiny200 (all 200 classes) on http://127.0.0.1:7860
     python web.py --model my_model --port 8000
     python web.py --host 0.0.0.0 --auth alice:secret   # expose on the LAN, with a login
     python web.py --mcp                    # also serve the endpoints as MCP tools (needs gradio[mcp])

@@ -8,7 +8,7 @@ complete, so a crash never leaves a half-written checkpoint that looks whole.
 The model store is one directory of named models (default ``model_store/``
 in the repo, or ``$DIFFUSION_MODEL_STORE``), each a folder with
 ``model.safetensors`` (EMA weights), ``config.json`` and ``README.md`` (the
-model card). The shipped model is ``default_model``.
+model card). The default model is ``tiny200`` (``DEFAULT_MODEL_NAME``).
 
 Every model has a type, ``model_type`` in its config: ``base`` (absent in
 older configs) generates images from text; ``sr`` is a super-resolution stage
@@ -45,7 +45,7 @@ DEFAULT_STORE = ROOT / "model_store"
 # What the app and `diffusion.py sample` open with: the shipped model whose samples the 200-class yardstick
 # recognises at least half as often as real photos, at its own defaults (tests/test_model_store.py checks it
 # against each model's evaluation.json). tiny200 is not there yet (BENCHMARKS): it is one click away.
-DEFAULT_MODEL_NAME = "default_model"
+DEFAULT_MODEL_NAME = "tiny200"
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "training_state.safetensors"
 CONFIG_FILE = "config.json"

@@ -26,10 +26,10 @@ from webui.validation import (
 log = logging.getLogger("web")
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = "default_model"  # = model_store.DEFAULT_MODEL_NAME (not imported here: this module starts before torch)
+DEFAULT_MODEL = "tiny200"  # = model_store.DEFAULT_MODEL_NAME (not imported here: this module starts before torch)
 DEFAULT_OUT = ROOT / "output_ImageNet" / "web"
 WEB_DOC = """\
-    python web.py                          # default_model on http://127.0.0.1:7860 (tiny200 in the picker)
+    python web.py                          # tiny200 on http://127.0.0.1:7860 (default_model in the picker)
     python web.py --model my_model --port 8000
     python web.py --host 0.0.0.0 --auth alice:secret   # expose on the LAN, with a login
     python web.py --mcp                    # also serve /generate as an MCP tool (needs gradio[mcp])
