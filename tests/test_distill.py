@@ -30,6 +30,7 @@ from tests.test_training import (
     assert_bit_identical,
     ckpt_tensors,
     make_tiny_dataset,
+    one_thread,  # noqa: F401 - the module-wide one-thread fixture (autouse), shared with the training tests
     options,
     subprocess_env,
 )
@@ -37,14 +38,6 @@ from training import loop as T
 
 NET = dict(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
            head_channels=8, dropout=0.0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def random_net(seed: int, **kw) -> ConditionalUNet:
