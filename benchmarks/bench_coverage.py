@@ -16,9 +16,17 @@ separates them:
   ImageNet-1k classes the model does not have ("a photo of a {name}", from
   ``assets/LOC_synset_mapping.txt``): an open-set test, warning when the prompt is
   nearer something the model never saw (thresholds are then margins);
-* ``the app``: ``prompting.CoverageIndex``, what the app runs: the same margin with
+* ``the app until 2026-12-03 (ImageNet-1k only)``: the same margin with
   each class judged by its prompt, its other names and its descriptions (the
-  distinct texts; no template variants), built from the shipped assets alone.
+  distinct texts; no template variants), against ImageNet-1k's other classes;
+* ``the app``: ``prompting.CoverageIndex``, what the app runs: the same with
+  WordNet's common concrete nouns added to the distractors
+  (``assets/coverage_distractors.tsv``, from ``dataprep/wordnet_nouns.py``), less
+  the model's classes and everything above or below one;
+* ``every WordNet concrete noun`` (with ``--wordnet DIR``, WordNet 3.0's database
+  folder, e.g. Debian's ``wordnet-base`` in ``/usr/share/wordnet``): the same with
+  all of them, rare ones too (about 20,000: slow to encode), to see whether a
+  bigger vocabulary would do better.
 
     python -m benchmarks.bench_coverage --data data/tiny200_32 --log benchmarks/results/coverage.txt
 """
@@ -37,11 +45,14 @@ from benchmarks.benchlog import tee_stdout  # noqa: E402
 from core.prompting import (  # noqa: E402
     COVERAGE_MARGIN,
     CoverageIndex,
+    Distractor,
+    distractors_for,
     coverage_similarity,
     distractor_prompts,
     read_synsets,
 )
 from dataprep.dataset import PreprocessedDataset  # noqa: E402
+from dataprep.wordnet_nouns import WordNet, distractor_rows  # noqa: E402
 from models.text_encoder import encode_prompts  # noqa: E402
 
 
@@ -55,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=ROOT / "data/tiny200_32", help="preprocessed data of the model's classes")
     p.add_argument("--paraphrases", type=Path, default=ROOT / "assets/paraphrases_unlike.tsv")
     p.add_argument("--outside", type=Path, default=ROOT / "assets/prompts_outside_classes.txt")
+    p.add_argument("--wordnet", type=Path, default=None,
+                   help="WordNet 3.0's database folder: add the test with every concrete noun as a distractor")
     p.add_argument("--log", type=Path, default=None, help="also write the output here")
     args = p.parse_args(argv)
     tee_stdout(args.log)
@@ -74,18 +87,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(distractors)} distractors: the ImageNet-1k classes the model does not have")
     thresholds = np.round(np.arange(0.30, 0.71, 0.05), 2)
     index = CoverageIndex.build(data.classes, "a photo of a {}", encode_prompts)
-    for method, embs in (("class prompt", class_emb[:, None, :]), ("training texts", texts_emb),
-                         ("training texts - distractors", texts_emb), ("the app", None)):
-        if method == "the app":
-            near = np.array([index.judge(e)[1] for e in near_emb])
-            far = np.array([index.judge(e)[1] for e in far_emb])
+    print(f"the app's index: {len(index.distractor_names)} distractors (ImageNet-1k's and WordNet's, less the "
+          "model's classes and their kin)")
+    before = CoverageIndex(index.class_names, index.class_texts, dis_emb[:, 0, :], distractors)
+    indexes = {"the app until 2026-12-03 (ImageNet-1k only)": before, "the app": index}
+    if args.wordnet:
+        rows = distractor_rows(WordNet.read(args.wordnet), read_synsets(), tagged_only=False)
+        wide = [Distractor(w, n, frozenset(a)) for w, n, a in rows]
+        keep = distractors_for(data.classes, wide)
+        texts = [f"a photo of a {wide[i].name}" for i in keep]
+        print(f"every WordNet concrete noun: {len(texts)} distractors")
+        indexes["every WordNet concrete noun"] = CoverageIndex(index.class_names, index.class_texts,
+                                                               encode_prompts(texts), texts)
+    methods = [("class prompt", class_emb[:, None, :]), ("training texts", texts_emb),
+               ("training texts - distractors", texts_emb), *((name, None) for name in indexes)]
+    for method, embs in methods:
+        if method in indexes:
+            near = np.array([indexes[method].judge(e)[1] for e in near_emb])
+            far = np.array([indexes[method].judge(e)[1] for e in far_emb])
         else:
             near = coverage_similarity(near_emb, embs)
             far = coverage_similarity(far_emb, embs)
         if method.endswith("distractors"):
             near = near - coverage_similarity(near_emb, dis_emb)
             far = far - coverage_similarity(far_emb, dis_emb)
-        if method.endswith("distractors") or method == "the app":
+        if method == "the app":
+            app_near, app_far = near, far
+        if method.endswith("distractors") or method in indexes:
             thresholds = np.round(np.arange(-0.14, 0.05, 0.02), 2)
         print(f"\n{method}: best similarity to the classes, median {np.median(near):.2f} for paraphrases, "
               f"{np.median(far):.2f} for prompts outside")
@@ -100,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"most outside prompts caught with under 10% of paraphrases warning: {quiet[2]:.1%} at "
                   f"{quiet[0]:.2f} ({quiet[1]:.1%} of paraphrases)")
     print(f"\nthe app warns below a margin of {COVERAGE_MARGIN:+.2f}: paraphrases "
-          f"{np.mean(near < COVERAGE_MARGIN):.1%}, outside prompts {np.mean(far < COVERAGE_MARGIN):.1%}")
+          f"{np.mean(app_near < COVERAGE_MARGIN):.1%}, outside prompts {np.mean(app_far < COVERAGE_MARGIN):.1%}")
     tabby = encode_prompts(["a tabby cat sleeping on a sofa"])
     for method, embs in (("class prompt", class_emb[:, None, :]), ("training texts", texts_emb)):
         sims = coverage_similarity(tabby, embs, per_class=True)[0]

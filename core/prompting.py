@@ -9,9 +9,11 @@ the app and the CLI do with a user's prompt before it reaches the network.
   cosine similarity of the text embeddings.
 * ``CoverageIndex``: does the model cover a prompt? The prompt's best similarity
   to any text a class is known by (its prompt, its WordNet names, its
-  descriptions), against its best similarity to ImageNet-1k classes the model
-  does not have: the app warns when the prompt is nearer something the model
-  never saw (calibrated by ``benchmarks/bench_coverage.py``).
+  descriptions), against its best similarity to things the model does not have
+  (ImageNet-1k's other classes and WordNet's common concrete nouns, less
+  everything above or below one of its classes): the app warns when the prompt
+  is nearer something the model never saw (calibrated by
+  ``benchmarks/bench_coverage.py``).
 * ``snap_to_classes``: optionally pull a prompt's embedding toward the class
   embeddings it is nearest to (a model trained on 200 class texts has only
   seen that corner of the embedding space).
@@ -135,10 +137,47 @@ def coverage_similarity(prompt_embs: np.ndarray, class_text_embs: np.ndarray, pe
 
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-# Warn when a prompt's best class similarity is below its best similarity to a class the model
-# never saw, minus this margin: with tiny200, 8.3% of assets/paraphrases_unlike.tsv warn and 53.5% of
-# assets/prompts_outside_classes.txt do (BENCHMARKS, "The prompt-coverage warning").
-COVERAGE_MARGIN = -0.01
+# Warn when a prompt's best class similarity is below its best similarity to a thing the model
+# never saw, minus this margin: with tiny200, 6.5% of assets/paraphrases_unlike.tsv warn and 62.6% of
+# assets/prompts_outside_classes.txt do; with default_model 7.5% and 92.9% (BENCHMARKS, "The
+# prompt-coverage warning").
+COVERAGE_MARGIN = -0.07
+# What a model may not have (dataprep/wordnet_nouns.py): wnid, name and WordNet ancestors per row, with
+# the rows' embeddings of DISTRACTOR_TEMPLATE beside it (.npy), so no app start encodes them again.
+COVERAGE_DISTRACTORS = ASSETS / "coverage_distractors.tsv"
+DISTRACTOR_TEMPLATE = "a photo of a {}"
+
+
+@dataclass(frozen=True)
+class Distractor:
+    wnid: str
+    name: str
+    ancestors: frozenset[str]
+
+
+def read_distractors(path: str | Path = COVERAGE_DISTRACTORS) -> list[Distractor]:
+    """``wnid<TAB>name<TAB>ancestor wnids`` lines (``#`` comments skipped)."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3 or not parts[1].strip():
+            raise ValueError(f"{path}:{n}: expected wnid<TAB>name<TAB>ancestors, got {line!r}")
+        rows.append(Distractor(parts[0], parts[1], frozenset(parts[2].split())))
+    return rows
+
+
+def distractors_for(classes: Sequence[Mapping[str, object]], rows: Sequence[Distractor]) -> list[int]:
+    """The rows that are things a model with ``classes`` does not have: none of its classes (by
+    wnid or name), nor above one ("cat" over "tabby": a prompt about a cat is the tabby class's),
+    nor below one."""
+    wnids = {str(c.get("wnid", "")) for c in classes} - {""}
+    names = {str(c["name"]).lower() for c in classes}
+    above = set().union(*(r.ancestors for r in rows if r.wnid in wnids))
+    return [i for i, r in enumerate(rows)
+            if r.wnid not in wnids and r.wnid not in above and not (r.ancestors & wnids)
+            and r.name.lower() not in names]
 
 
 def read_synsets(path: str | Path = ASSETS / "LOC_synset_mapping.txt") -> dict[str, list[str]]:
@@ -179,7 +218,9 @@ def distractor_prompts(classes: Sequence[Mapping[str, object]], template: str,
 @dataclass
 class CoverageIndex:
     """Embeddings to judge a prompt by: each class's texts (classes, texts, dim; short lists padded by
-    cycling) and the distractors (n, dim), with the classes' names."""
+    cycling) and the distractors (n, dim), with the classes' names. ``build`` takes the distractors from
+    ``assets/coverage_distractors.tsv`` (ImageNet-1k's classes and WordNet's common concrete nouns,
+    less the model's classes and their kin), or ImageNet-1k's classes alone where it is missing."""
     class_names: list[str]
     class_texts: np.ndarray
     distractors: np.ndarray
@@ -192,10 +233,26 @@ class CoverageIndex:
         descriptions = read_descriptions(assets / "class_descriptions.tsv")
         texts = prompt_table(coverage_texts(classes, template, synsets, descriptions))
         flat = np.asarray(encode_fn([t for row in texts for t in row]), np.float32)
-        others = distractor_prompts(classes, template, synsets)
-        return cls([str(c["name"]) for c in classes], flat.reshape(len(texts), len(texts[0]), -1),
-                   np.asarray(encode_fn(others), np.float32) if others else np.zeros((0, flat.shape[1]), np.float32),
-                   others)
+        class_texts = flat.reshape(len(texts), len(texts[0]), -1)
+        table = assets / COVERAGE_DISTRACTORS.name
+        if not table.exists():  # ImageNet-1k's classes alone
+            others = distractor_prompts(classes, template, synsets)
+            embs = np.asarray(encode_fn(others), np.float32) if others else np.zeros((0, flat.shape[1]), np.float32)
+            return cls([str(c["name"]) for c in classes], class_texts, embs, others)
+        rows = read_distractors(table)
+        keep = distractors_for(classes, rows)
+        others = [class_prompt(rows[i].name, template) for i in keep]
+        stored = table.with_suffix(".npy")
+        if template == DISTRACTOR_TEMPLATE and stored.exists():  # encoded once, by dataprep/wordnet_nouns.py
+            all_embs = np.load(stored, allow_pickle=False)
+            if all_embs.shape != (len(rows), flat.shape[1]):
+                raise ValueError(f"{stored} holds {all_embs.shape} embeddings for {len(rows)} rows of {table}: "
+                                 "rebuild both with python -m dataprep.wordnet_nouns")
+            embs = all_embs[keep].astype(np.float32)
+            embs /= np.linalg.norm(embs, axis=1, keepdims=True)
+        else:
+            embs = np.asarray(encode_fn(others), np.float32) if others else np.zeros((0, flat.shape[1]), np.float32)
+        return cls([str(c["name"]) for c in classes], class_texts, embs, others)
 
     def judge(self, prompt_emb: np.ndarray, k: int = 3) -> tuple[list[tuple[str, float]], float, str | None]:
         """(the k nearest classes with their similarity, the margin of the best class over the best

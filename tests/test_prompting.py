@@ -93,6 +93,84 @@ def test_coverage_index_judges_by_every_text_of_a_class_and_against_classes_it_l
     assert nearer == "a photo of a zebra"
 
 
+def test_distractors_leave_out_the_models_classes_and_everything_above_or_below_one():
+    """A prompt about a cat is the tabby class's, so "cat" (above tabby), "animal" (above that) and a
+    kind of tabby (below) are no distractors; a name clash is none either; a zebra is one."""
+    D = P.Distractor
+    rows = [D("n1", "tabby", frozenset({"n9", "n8"})), D("n9", "cat", frozenset({"n8"})), D("n8", "animal", frozenset()),
+            D("n5", "tabby kitten", frozenset({"n1", "n9", "n8"})), D("n2", "zebra", frozenset({"n7", "n8"})),
+            D("n3", "Goldfish", frozenset({"n8"})), D("n6", "teapot", frozenset())]
+    classes = [{"name": "tabby", "wnid": "n1"}, {"name": "goldfish", "wnid": "n4"}]
+    assert [rows[i].name for i in P.distractors_for(classes, rows)] == ["zebra", "teapot"]
+    assert [rows[i].name for i in P.distractors_for([{"name": "teapot"}], rows)] == [
+        "tabby", "cat", "animal", "tabby kitten", "zebra", "Goldfish"]  # no wnid: only the name is known
+
+
+def test_coverage_index_takes_the_stored_distractor_embeddings_for_their_template(tmp_path):
+    (tmp_path / "LOC_synset_mapping.txt").write_text("n1 tabby\nn2 zebra\n")
+    (tmp_path / "class_descriptions.tsv").write_text("")
+    (tmp_path / "coverage_distractors.tsv").write_text("# header\nn1\ttabby\tn8\nn2\tzebra\tn8\nn3\tteapot\t\n")
+    stored = np.zeros((3, 4), np.float16)
+    stored[:, 3] = 1  # not what the encoder says: the index must take these
+    np.save(tmp_path / "coverage_distractors.npy", stored)
+    encoded = []
+
+    def encode(texts):
+        encoded.extend(texts)
+        return np.stack([np.eye(4)[len(t) % 3] for t in texts])
+
+    classes = [{"name": "tabby", "wnid": "n1", "prompt": "a photo of a tabby"}]
+    index = P.CoverageIndex.build(classes, "a photo of a {}", encode, assets=tmp_path)
+    assert index.distractor_names == ["a photo of a zebra", "a photo of a teapot"]
+    assert np.array_equal(index.distractors, np.eye(4)[[3, 3]]) and encoded == ["a photo of a tabby"]
+    encoded.clear()  # another template: the stored embeddings are of other texts, so encode
+    index = P.CoverageIndex.build(classes, "an image of {}", encode, assets=tmp_path)
+    assert index.distractor_names == ["an image of zebra", "an image of teapot"] and encoded[-2:] == index.distractor_names
+    np.save(tmp_path / "coverage_distractors.npy", stored[:2])
+    with pytest.raises(ValueError, match="rebuild both"):
+        P.CoverageIndex.build(classes, "a photo of a {}", encode, assets=tmp_path)
+
+
+def test_wordnet_table_rows_carry_their_ancestors_and_only_common_concrete_nouns(tmp_path):
+    """dataprep/wordnet_nouns.py on a four-synset WordNet in its own file format."""
+    from dataprep.wordnet_nouns import WordNet, distractor_rows
+
+    (tmp_path / "data.noun").write_text(
+        "  1 licence header\n"
+        "00000001 03 n 01 entity 0 000 | that which exists\n"
+        "00000002 05 n 02 cat 0 true_cat 0 001 @ 00000001 n 0000 | feline\n"
+        "00000003 05 n 01 tabby 0 001 @ 00000002 n 0000 | a striped cat\n"
+        "00000004 06 n 01 teapot 0 001 @ 00000001 n 0000 | a pot for tea\n"
+        "00000005 06 n 01 samovar 0 001 @ 00000004 n 0000 | an urn for tea\n", encoding="latin-1")
+    (tmp_path / "index.noun").write_text(
+        "  1 licence header\n"
+        "cat n 1 1 @ 1 1 00000002\nentity n 1 0 1 1 00000001\ntabby n 1 1 @ 1 0 00000003\n"
+        "teapot n 1 1 @ 1 1 00000004\nsamovar n 1 1 @ 1 0 00000005\n", encoding="latin-1")
+    wn = WordNet.read(tmp_path)
+    assert wn.ancestors("n00000003") == ["n00000002", "n00000001"]
+    assert wn.common_concrete_nouns() == ["n00000002", "n00000004"]  # tagged, animal/artifact: not entity
+    assert wn.common_concrete_nouns(tagged_only=False) == ["n00000002", "n00000003", "n00000004", "n00000005"]
+    rows = distractor_rows(wn, {"n00000003": ["tabby", "tabby cat"]})
+    assert rows == [("n00000003", "tabby", ["n00000002", "n00000001"]), ("n00000002", "cat", ["n00000001"]),
+                    ("n00000004", "teapot", ["n00000001"])]
+
+
+def test_the_shipped_distractor_table_and_its_embeddings_agree_with_the_encoder():
+    from models.text_encoder import encode_prompts
+
+    rows = P.read_distractors()
+    assert set(P.read_synsets()) <= {r.wnid for r in rows} and len(rows) > 2000
+    stored = np.load(P.COVERAGE_DISTRACTORS.with_suffix(".npy"))
+    assert stored.shape == (len(rows), 384)
+    pick = np.random.default_rng(0).choice(len(rows), 12, replace=False)
+    fresh = encode_prompts([P.DISTRACTOR_TEMPLATE.format(rows[i].name) for i in pick])
+    assert np.allclose(stored[pick].astype(np.float32), fresh, atol=2e-3)
+    tiny200 = [{"name": line.split("\t")[1].split(",")[0], "wnid": line.split("\t")[0]}
+               for line in (ROOT / "assets/tiny200_classes.tsv").read_text().splitlines()]
+    kept = {rows[i].name for i in P.distractors_for(tiny200, rows)}
+    assert {"zebra", "violin", "windmill"} <= kept and not {"cat", "tabby", "dog", "teapot"} & kept
+
+
 STOPWORDS = {"a", "an", "the", "of", "in", "on", "with", "and", "at", "to", "its", "is", "from", "for", "by", "as",
              "it", "up", "into", "over", "under", "near", "next"}
 
