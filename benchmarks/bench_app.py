@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -80,11 +81,12 @@ def endpoint_index(url: str, api_name: str, n_inputs: int) -> int:
     raise SystemExit(f"the app has no /{api_name} endpoint")
 
 
-def queue_stream(http, fn_index: int, data: list, on_joined: Callable[[], None] | None = None) -> Iterator[list]:
+def queue_stream(http, fn_index: int, data: list, on_joined: Callable[[], None] | None = None,
+                 final: list | None = None) -> Iterator[list]:
     """Speak the queue's protocol as the browser's page does: POST /gradio_api/queue/join, then read
     the server-sent events of /gradio_api/queue/data. Yields the outputs (diffs applied) of every
     streamed update, then of the result; raises if the request failed. ``on_joined``: called once the
-    join is answered."""
+    join is answered; ``final``: filled with the result's outputs."""
     import json
     import uuid
 
@@ -109,6 +111,8 @@ def queue_stream(http, fn_index: int, data: list, on_joined: Callable[[], None] 
             elif msg.get("msg") == "process_completed":
                 if not msg.get("success", True):
                     raise RuntimeError(f"the request failed: {msg.get('output')}")
+                if final is not None:
+                    final.extend(msg["output"]["data"])
                 return
 
 
@@ -125,14 +129,24 @@ def generate_data(args: argparse.Namespace, seed: int) -> list:
     return [args.prompt, args.model, "DPM-Solver++", args.steps, 3.0, seed, args.images, False]
 
 
-def one_request_sse(http, fn_index: int, args: argparse.Namespace, seed: int) -> tuple[float, float, float, int]:
+HANDLER_TIMES = re.compile(r"\*\*(\d+) ms\*\* \((\d+) ms sampling\)")
+
+
+def handler_times(status: object) -> tuple[float, float] | None:
+    """(the handler's own seconds, of which sampling) from a Live status line, or None."""
+    m = HANDLER_TIMES.search(str(status))
+    return (int(m.group(1)) / 1000, int(m.group(2)) / 1000) if m else None
+
+
+def one_request_sse(http, fn_index: int, args: argparse.Namespace, seed: int,
+                    final: list | None = None) -> tuple[float, float, float, int]:
     """As ``one_request``, but over ``queue_stream``, as the browser's page does. gradio_client polls
     its message queue every 50 ms from a worker thread, so it adds a client-side delay the browser
     does not have; this path has none."""
     start = time.perf_counter()
     first = preview = None
     streamed = 0
-    for outputs in queue_stream(http, fn_index, generate_data(args, seed)):
+    for outputs in queue_stream(http, fn_index, generate_data(args, seed), final=final):
         streamed += 1
         now = time.perf_counter() - start
         first = now if first is None else first
@@ -217,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"load average {os.getloadavg()[0]:.2f}", flush=True)
             client = Client(server.url, verbose=False, analytics_enabled=False, download_files=False)
             fn_index = endpoint_index(server.url, "live" if args.live else "generate", 8)
-            rows, sse_rows = [], []
+            rows, sse_rows, handler_rows = [], [], []
             with httpx.Client(base_url=server.url.rstrip("/"), timeout=300) as http:
                 # alternate the two clients, so load changes hit both alike
                 for r in range(args.repeats):
@@ -225,10 +239,16 @@ def main(argv: list[str] | None = None) -> int:
                         if kind == "gradio_client":
                             first, preview, total, outputs = one_request(client, args, seed=r)
                         else:
-                            first, preview, total, outputs = one_request_sse(http, fn_index, args, seed=1000 + r)
+                            final: list = []
+                            first, preview, total, outputs = one_request_sse(http, fn_index, args, seed=1000 + r,
+                                                                             final=final)
+                            if args.live and handler_times(final[1:2]):
+                                handler_rows.append((*handler_times(final[1:2]), total))
                         table.append((first, preview, total))
                         print(f"request {r + 1} ({kind}): first status {first:.3f} s, first preview {preview:.3f} s, "
                               f"done {total:.3f} s, {outputs} outputs streamed"
+                              + (f"; the handler says {handler_rows[-1][0]:.3f} s, {handler_rows[-1][1]:.3f} s of it "
+                                 "sampling" if kind != "gradio_client" and args.live and handler_rows else "")
                               + (" (first request: loads the text encoder)" if r == 0 and table is rows else ""),
                               flush=True)
             clicks = browser_runs(server.url, args.browser, args.screenshot) if args.browser else []
@@ -243,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{kind}, {len(table)} requests" + (" after the first" if table is not sse_rows else "") + ":")
         for what, xs in (("first status: ", firsts), ("first preview:", previews), ("done:         ", totals)):
             print(f"  {what} median {statistics.median(xs):.3f} s (min {min(xs):.3f}, max {max(xs):.3f})")
+    if handler_rows:  # where a Live redraw's time goes: sampling, the rest of the handler, the queue
+        samp, hand, done = (statistics.median(row[i] for row in handler_rows) for i in (1, 0, 2))
+        print(f"Live, queue protocol, medians: sampling {samp:.3f} s; the rest of the handler (recipes, PNG files) "
+              f"{hand - samp:.3f} s; the queue and transport {done - hand:.3f} s; done {done:.3f} s")
     if clicks:
         firsts, dones = [c[0] for c in clicks], [c[1] for c in clicks]
         print(f"Chromium, {len(clicks)} clicks (Generate with the page's defaults: {args.model}, 4 images):")

@@ -164,7 +164,7 @@ class WebApp:
 
     def coverage_index(self, lm):
         """What the prompt-coverage check judges a prompt by (built once per model: a few seconds of
-        text encoding for tiny200's 200 classes and the ~800 ImageNet classes it does not have)."""
+        text encoding for tiny200's 200 classes; the distractors' embeddings ship in assets/)."""
 
         key = str(lm.path)
         if key not in self._coverage:
