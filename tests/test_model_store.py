@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -507,6 +508,31 @@ def test_the_default_is_the_model_the_yardstick_recognises_at_least_half_as_ofte
         passes[name] = ev["rows"][0]["accuracy"] >= 0.5 * ev["real_val_accuracy"]
     assert passes[ms.DEFAULT_MODEL_NAME], f"{ms.DEFAULT_MODEL_NAME} is the default but fails the rule: {passes}"
     assert not passes["tiny200"] or ms.DEFAULT_MODEL_NAME == "tiny200", "tiny200 passes: make it the default again"
+
+
+def test_each_shipped_student_is_its_teachers_network_and_was_scored_as_its_teacher_was():
+    """A store model NAME-live is NAME's few-step student (the app's Live switch finds it by that name):
+    the teacher's network plus a guidance input, and its evaluation.json made on the teacher's data,
+    seeds and yardstick, so the card's "of the teacher's" ratios compare like with like."""
+    from engine import store as ms
+
+    evals = shipped_evaluations()
+    students = [n for n in ms.list_models() if "distill" in json.loads((ms.DEFAULT_STORE / n / ms.CONFIG_FILE).read_text())]
+    assert {"tiny200-live", "default_model-live"} <= set(students)
+    for name in students:
+        cfg = json.loads((ms.DEFAULT_STORE / name / ms.CONFIG_FILE).read_text())
+        teacher = cfg["distill"]["teacher"]
+        assert name == f"{teacher}-live" and teacher in ms.list_models()
+        t_cfg = json.loads((ms.DEFAULT_STORE / teacher / ms.CONFIG_FILE).read_text())
+        s_net, t_net = ms.load_model(name).model.config, ms.load_model(teacher).model.config
+        assert s_net.guidance_embed and not t_net.guidance_embed
+        assert replace(s_net, guidance_embed=False) == t_net  # compared as networks: a field's default counts
+        assert [c["prompt"] for c in cfg["classes"]] == [c["prompt"] for c in t_cfg["classes"]]
+        s, t = evals[name], evals[teacher]
+        for key in ("data", "seed", "per_class", "real_val_images", "real_val_accuracy", "precision"):
+            assert s[key] == t[key], f"{name} and {teacher} scored differently: {key} {s[key]} vs {t[key]}"
+        assert s["guidance"] == t["guidance"]  # the teacher's scale, now an input
+        assert s["rows"][0]["setting"] == f"{cfg['sampler_defaults']['sampler']} {cfg['sampler_defaults']['steps']}"
 
 
 def test_tiny200s_band_skips_guidance_only_on_the_pure_noise_step():
