@@ -293,3 +293,34 @@ def test_recipe_extra_chunks_and_snap_field(tmp_path):
         assert json.loads(im.text["grid"]) == {"x_axis": "guidance"}
         assert parse_parameters(im.text["parameters"])["snap"] == 0.25
     assert "Class snap: 0.25" in format_parameters("x", {"snap": 0.25})
+
+
+# =============================================================== the threads the app samples on
+def test_device_threads_alone_use_several_cpu_threads_and_the_same_thread_runs_every_job():
+    """webui.jobs.DeviceThreads: its thread samples with the asked-for torch threads while a thread
+    started afterwards (a gradio handler) gets one, so the process holds no more OpenMP threads than
+    asked for (benchmarks/bench_threads.py: 1.6x slower sampling otherwise); one long-lived thread
+    runs every job, and a job's exception comes back to the caller."""
+    import threading
+
+    from webui.jobs import DeviceThreads
+
+    before = torch.get_num_threads()
+    try:
+        device = DeviceThreads(size=1, threads=2)
+        assert device.run(torch.get_num_threads) == 2
+        seen = []
+        later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        later.start()
+        later.join()
+        assert seen == [1]
+        assert device.run(torch.get_num_threads) == 2  # still its own, after the other thread looked
+        assert device.run(threading.get_ident) == device.run(threading.get_ident)
+        assert device.run(lambda a, b=0: a + b, 2, b=3) == 5
+        with pytest.raises(ZeroDivisionError):
+            device.run(lambda: 1 / 0)
+        untouched = DeviceThreads(size=1, threads=None)  # a GPU: torch's CPU settings are left alone
+        torch.set_num_threads(1)
+        assert untouched.run(torch.get_num_threads) == 1
+    finally:
+        torch.set_num_threads(before)

@@ -8,6 +8,9 @@ sampling (one or several ``core.generate_images`` calls, passing
 ``Cancelled``. Stop (or a closed page) sets the job's event; the next step
 raises ``JobCancelled`` in the worker, so a stopped job frees its slot within
 one step.
+
+The sampling itself runs on ``DeviceThreads``: a few long-lived threads, the only ones in the
+process whose torch uses more than one CPU thread (why: ``DeviceThreads``).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import queue
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -47,12 +51,44 @@ class Cancelled:
     elapsed: float
 
 
+class DeviceThreads:
+    """Where the app's sampling runs: ``size`` long-lived threads whose torch uses ``threads`` CPU threads.
+
+    Not a new thread per job, and not more than one CPU thread anywhere else: PyTorch's CPU kernels run
+    on GNU OpenMP, which keeps a team of threads for every thread that starts parallel work, and stops
+    spin-waiting between parallel regions once the process holds more OpenMP threads than cores. With a
+    model loaded on the main thread and sampling on a worker, every short kernel then pays a wake-up:
+    1.6x slower on 2 cores (``benchmarks/bench_threads.py``). So these threads set their own thread
+    count, and every other thread (the main thread, gradio's handlers) keeps torch's default of one
+    and starts no team. ``threads`` None (a GPU): torch's settings are left alone."""
+
+    def __init__(self, size: int = 1, threads: int | None = None):
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="device", initializer=self._enter)
+
+    def _enter(self) -> None:
+        if self.threads:
+            import torch
+
+            torch.get_num_threads()  # torch's first look in a thread copies its default: take it now, not later
+            torch.set_num_threads(self.threads)  # this thread's OpenMP team; torch's default for new threads too,
+            other = threading.Thread(target=torch.set_num_threads, args=(1,))  # so set that back to one, from a
+            other.start()  # thread of its own (the setting is per thread: this one keeps its own)
+            other.join()
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on a device thread; its result, or its exception raised here."""
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+
 class JobRunner:
     """Device slots and per-session stop events, shared by every tab that samples."""
 
-    def __init__(self, concurrency: int = 1):
+    def __init__(self, concurrency: int = 1, threads: int | None = None):
         self.concurrency = concurrency
         self.slots = threading.BoundedSemaphore(concurrency)
+        # one device thread per slot: a job holds its slot while it samples, so one is always free for it
+        self.device = DeviceThreads(concurrency, threads)
         self._stops: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
 
@@ -120,7 +156,7 @@ class JobRunner:
                     if stop.is_set():
                         raise JobCancelled()
                     events.put(("start", time.monotonic()))
-                    res = work(on_step)
+                    res = self.device.run(work, on_step)
                 finally:
                     self.slots.release()
                 events.put(("done", res))

@@ -167,7 +167,8 @@ class LiveMode:
                      gen_request.seed)
             with app.errors("live generation"):
                 try:
-                    return generate(lm, gen_request, store=app.args.store, device=app.args.device, callback=on_step)
+                    return app.jobs.device.run(generate, lm, gen_request, store=app.args.store,
+                                               device=app.args.device, callback=on_step)
                 except JobCancelled:  # a newer change arrived: its request draws instead
                     return None
 

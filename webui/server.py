@@ -196,10 +196,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"error: --device {args.device} but CUDA is not available here (use --device cpu)", file=sys.stderr)
         return 2
+    args.torch_threads = None
     if args.device == "cpu" or args.threads:
-        threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
-        torch.set_num_threads(threads)
-        log.info("torch uses %d CPU thread(s) (--threads)", threads)
+        # sampling gets them on its own threads (webui.jobs.DeviceThreads); everything else, loading
+        # included, runs on one, so the process never holds more OpenMP threads than it asked for
+        args.torch_threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
+        torch.set_num_threads(1)
+        log.info("torch samples with %d CPU thread(s) (--threads)", args.torch_threads)
     t0 = time.monotonic()
     try:
         models, lm = open_models(args, ms, first)
