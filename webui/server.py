@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_MAX_WORK:,} = 8 images at 32 px x 1000 steps)")
     p.add_argument("--time-limit", type=int, default=900, help="seconds a job may run before it is stopped")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: half the cores, which keeps the page responsive)")
+                   help="CPU threads torch samples with (default: half the cores, which keeps the page "
+                        "responsive; --threads 2 on a 2-core machine samples faster)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"where exported PNGs/GIFs go (default {DEFAULT_OUT})")
     p.add_argument("--keep-runs", type=int, default=200, help="keep the newest N request folders in --out")
     p.add_argument("--data", default=None, help="preprocessed data folder for the Forward tab (default: the "
