@@ -66,7 +66,7 @@ class WebApp:
         self.args = args
         self.models = models
         self.out = Path(args.out)
-        self.jobs = JobRunner(args.concurrency, threads=getattr(args, "torch_threads", None))
+        self.jobs = JobRunner(args.concurrency, threads=args.torch_threads)
         self.exporter = Exporter(self.out, args.keep_runs)
         self._history: "OrderedDict[str, list[tuple[str, str]]]" = OrderedDict()
         self._history_lock = threading.Lock()

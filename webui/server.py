@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mcp", action="store_true",
                    help="also serve the app's endpoints (generate, interpolate, grid ...) as MCP tools at "
                         "/gradio_api/mcp/ (Gradio's MCP server; needs the gradio[mcp] extra)")
+    p.set_defaults(torch_threads=None)  # set by main: the threads sampling uses (webui.jobs.DeviceThreads)
     return p
 
 
@@ -197,7 +198,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"error: --device {args.device} but CUDA is not available here (use --device cpu)", file=sys.stderr)
         return 2
-    args.torch_threads = None
     if args.device == "cpu" or args.threads:
         # sampling gets them on its own threads (webui.jobs.DeviceThreads); everything else, loading
         # included, runs on one, so the process never holds more OpenMP threads than it asked for
