@@ -316,6 +316,7 @@ def test_device_threads_alone_use_several_cpu_threads_and_the_same_thread_runs_e
         assert seen == [1]
         assert device.run(torch.get_num_threads) == 2  # still its own, after the other thread looked
         assert device.run(threading.get_ident) == device.run(threading.get_ident)
+        assert device.run(lambda: threading.current_thread().daemon)  # Ctrl-C never waits for a long job
         assert device.run(lambda a, b=0: a + b, 2, b=3) == 5
         with pytest.raises(ZeroDivisionError):
             device.run(lambda: 1 / 0)

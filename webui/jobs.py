@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -64,9 +64,11 @@ class DeviceThreads:
 
     def __init__(self, size: int = 1, threads: int | None = None):
         self.threads = threads
-        self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="device", initializer=self._enter)
+        self._tasks: "queue.Queue[tuple[Callable[..., Any], tuple, dict, Future]]" = queue.Queue()
+        for i in range(size):  # daemons, unlike a ThreadPoolExecutor's: Ctrl-C never waits for a long job
+            threading.Thread(target=self._serve, name=f"device-{i}", daemon=True).start()
 
-    def _enter(self) -> None:
+    def _serve(self) -> None:
         if self.threads:
             import torch
 
@@ -75,10 +77,18 @@ class DeviceThreads:
             other = threading.Thread(target=torch.set_num_threads, args=(1,))  # so set that back to one, from a
             other.start()  # thread of its own (the setting is per thread: this one keeps its own)
             other.join()
+        while True:
+            fn, args, kwargs, future = self._tasks.get()
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as e:  # raised again in the caller's thread
+                future.set_exception(e)
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` on a device thread; its result, or its exception raised here."""
-        return self._pool.submit(fn, *args, **kwargs).result()
+        future: Future = Future()
+        self._tasks.put((fn, args, kwargs, future))
+        return future.result()
 
 
 class JobRunner:
