@@ -207,12 +207,11 @@ def coverage_texts(classes: Sequence[Mapping[str, object]], template: str, synse
 
 def distractor_prompts(classes: Sequence[Mapping[str, object]], template: str,
                        synsets: Mapping[str, Sequence[str]]) -> list[str]:
-    """A prompt for each ImageNet-1k class the model does not have (by wnid or name): what a prompt
-    about something outside the model's classes is likely to be nearer to."""
-    wnids = {str(c.get("wnid", "")) for c in classes}
-    names = {str(c["name"]).lower() for c in classes}
-    return [class_prompt(n[0], template) for w, n in synsets.items()
-            if n and w not in wnids and n[0].lower() not in names]
+    """A prompt for each ImageNet-1k class the model does not have (``distractors_for``, without
+    WordNet's ancestors: by wnid or name): what a prompt about something outside the model's classes
+    is likely to be nearer to."""
+    rows = [Distractor(w, n[0], frozenset()) for w, n in synsets.items() if n]
+    return [class_prompt(rows[i].name, template) for i in distractors_for(classes, rows)]
 
 
 @dataclass
