@@ -22,7 +22,10 @@ an image (the x_0 estimate after the first sampler step).
 
 With ``--live``, the requests go to ``/live`` instead (what the Live switch calls: the model's
 few-step student, one short job, no previews), with the model's own guidance: the time from the
-request to the finished images in the queue's protocol is the Live redraw's latency.
+request to the finished images in the queue's protocol is the Live redraw's latency. Each request
+has a new seed (as when the seed or guidance moves); ``--new-prompts`` gives each a new prompt too
+(as while typing: the text encoder runs for each). The queue-protocol requests share one session
+hash, as one open page does.
 
 With ``--browser N``, the same server is then driven N times from Debian's Chromium
 (Playwright, no browser download): click Generate with the page's defaults and time
@@ -38,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -81,18 +85,21 @@ def endpoint_index(url: str, api_name: str, n_inputs: int) -> int:
     raise SystemExit(f"the app has no /{api_name} endpoint")
 
 
+PAGE_SESSION = uuid.uuid4().hex  # one page's session: the page keeps its hash from load to close
+
+
 def queue_stream(http, fn_index: int, data: list, on_joined: Callable[[], None] | None = None,
-                 final: list | None = None) -> Iterator[list]:
+                 final: list | None = None, session: str = PAGE_SESSION) -> Iterator[list]:
     """Speak the queue's protocol as the browser's page does: POST /gradio_api/queue/join, then read
     the server-sent events of /gradio_api/queue/data. Yields the outputs (diffs applied) of every
     streamed update, then of the result; raises if the request failed. ``on_joined``: called once the
-    join is answered; ``final``: filled with the result's outputs."""
+    join is answered; ``final``: filled with the result's outputs. ``session``: the page's session
+    hash, the same for every request of one page (gradio builds a session's state at its first
+    request: about 15 ms for this app's blocks, paid once per page, not per request)."""
     import json
-    import uuid
 
     from gradio_client.utils import apply_diff
 
-    session = uuid.uuid4().hex
     join = http.post("/gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
                                                      "event_data": None, "trigger_id": None})
     join.raise_for_status()
@@ -125,7 +132,8 @@ def generate_data(args: argparse.Namespace, seed: int) -> list:
     """``/generate``'s eight inputs (guidance 3: the cost does not depend on the scale); with ``--live``,
     ``/live``'s (Live on, the prompt, the model, guidance, seed, images, no variation)."""
     if args.live:
-        return [True, args.prompt, args.model, args.guidance, seed, args.images, -1, 0.0]
+        prompt = f"{args.prompt} number {seed}" if args.new_prompts else args.prompt  # typing: a text not yet encoded
+        return [True, prompt, args.model, args.guidance, seed, args.images, -1, 0.0]
     return [args.prompt, args.model, "DPM-Solver++", args.steps, 3.0, seed, args.images, False]
 
 
@@ -210,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--live", action="store_true", help="time /live (the Live switch: the few-step student)")
     p.add_argument("--guidance", type=float, default=6.0, help="with --live: the guidance scale")
+    p.add_argument("--new-prompts", action="store_true",
+                   help="with --live: a new prompt each request (as while typing: the text encoder runs each time; "
+                        "default: one prompt, new seeds, as when moving the seed or guidance)")
     p.add_argument("--log", default=None, help="also write everything printed to this file")
     p.add_argument("--browser", type=int, default=0, help="then N Generate clicks in Chromium (default 0: none)")
     p.add_argument("--screenshot", default=None, help="with --browser: save a full-page screenshot here")

@@ -32,11 +32,15 @@ from benchmarks.benchlog import tee_stdout  # noqa: E402
 from benchmarks import app_server as wh  # noqa: E402
 import core as D  # noqa: E402
 import webui.tab_generate as tab  # noqa: E402
-from webui import server  # noqa: E402
+from engine import request as engine_request  # noqa: E402
+from webui import jobs, live, server  # noqa: E402
 
 MILESTONES = ["join answered", "handler start", "generate_images start", "first forward start",
               "first forward end", "first preview yielded", "client: first status", "client: first preview",
               "client: done"]
+LIVE_MILESTONES = ["join answered", "handler start", "device thread start", "generate_images start",
+                   "first forward start", "first forward end", "generate_images end", "device thread end",
+                   "handler end", "client: done"]
 
 
 class Marks:
@@ -58,7 +62,9 @@ def instrument(marks: Marks) -> None:
 
     def traced_generate_images(*a, **k):
         marks("generate_images start")
-        return generate_images(*a, **k)
+        out = generate_images(*a, **k)
+        marks("generate_images end")
+        return out
 
     def traced_model_output(self, x, t):
         marks("first forward start")
@@ -76,6 +82,26 @@ def instrument(marks: Marks) -> None:
 
     D.generate_images, D.GuidedDenoiser.model_output, tab.GenerateTab._generate = \
         traced_generate_images, traced_model_output, traced_handler
+
+    redraw, device_run = live.LiveMode.redraw, jobs.DeviceThreads.run
+
+    def traced_redraw(self, *a, **k):
+        marks("handler start")
+        out = redraw(self, *a, **k)
+        marks("handler end")
+        return out
+
+    def traced_device_run(self, fn, *a, **k):
+        def on_device(*a, **k):
+            marks("device thread start")
+            try:
+                return fn(*a, **k)
+            finally:
+                marks("device thread end")
+        return device_run(self, on_device, *a, **k)
+
+    live.LiveMode.redraw, jobs.DeviceThreads.run = traced_redraw, traced_device_run
+    engine_request.generate_images = traced_generate_images  # imported by name there
 
 
 def start_server(args: argparse.Namespace, out: Path) -> str:
@@ -97,7 +123,7 @@ def start_server(args: argparse.Namespace, out: Path) -> str:
 
 
 def one_request(http, fn_index: int, args: argparse.Namespace, seed: int, marks: Marks) -> float:
-    from bench_app import generate_data, has_preview, queue_stream
+    from benchmarks.bench_app import generate_data, has_preview, queue_stream
 
     start = time.perf_counter()
     for outputs in queue_stream(http, fn_index, generate_data(args, seed), on_joined=lambda: marks("join answered")):
@@ -115,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--requests", type=int, default=6)
+    p.add_argument("--live", action="store_true", help="trace /live (the Live switch's redraw) instead of /generate")
+    p.add_argument("--guidance", type=float, default=6.0, help="with --live: the guidance scale")
     p.add_argument("--threads", type=int, default=None, help="web.py --threads (default: web.py's own)")
     p.add_argument("--log", default=None, help="also write everything printed to this file")
     args = p.parse_args(argv)
@@ -123,32 +151,34 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import httpx
-    from bench_app import endpoint_index
+    from benchmarks.bench_app import endpoint_index
 
     marks = Marks()
     instrument(marks)
     with tempfile.TemporaryDirectory(prefix="trace_app_") as tmp:
         url = start_server(args, Path(tmp) / "out")
         tee_stdout(args.log)  # after the server: uvicorn configures its logging from the real stdout
-        fn_index = endpoint_index(url, "generate", 8)
-        table: dict[str, list[float]] = {m: [] for m in MILESTONES}
+        fn_index = endpoint_index(url, "live" if args.live else "generate", 8)
+        milestones = LIVE_MILESTONES if args.live else MILESTONES
+        table: dict[str, list[float]] = {m: [] for m in milestones}
         with httpx.Client(base_url=url, timeout=300) as http:
             for r in range(args.requests):
                 marks.t.clear()
                 start = one_request(http, fn_index, args, seed=r, marks=marks)
-                line = ", ".join(f"{m} {1e3 * (marks.t[m] - start):.0f}" for m in MILESTONES if m in marks.t)
+                line = ", ".join(f"{m} {1e3 * (marks.t[m] - start):.0f}" for m in milestones if m in marks.t)
                 print(f"request {r + 1}{' (loads the text encoder)' if r == 0 else ''}: ms after the POST: {line}",
                       flush=True)
                 if r:
-                    for m in MILESTONES:
+                    for m in milestones:
                         if m in marks.t:
                             table[m].append(1e3 * (marks.t[m] - start))
-    print(f"\n{args.model}, {args.images} image(s), {args.steps} steps, {os.cpu_count()} CPUs, load average "
+    what = f"Live (its student), guidance {args.guidance:g}" if args.live else f"{args.steps} steps"
+    print(f"\n{args.model}, {args.images} image(s), {what}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.2f}; ms after the POST, median (min-max) of {args.requests - 1} requests:")
-    for m in MILESTONES:
+    for m in milestones:
         xs = table[m]
         if xs:
-            print(f"  {m:<24} {statistics.median(xs):7.0f} ({min(xs):.0f}-{max(xs):.0f})")
+            print(f"  {m:<24} {statistics.median(xs):7.1f} ({min(xs):.1f}-{max(xs):.1f})")
     return 0
 
 

@@ -221,6 +221,38 @@ def test_a_broken_model_in_the_store_is_an_error_and_the_others_still_work(tmp_p
         web.open_models(args, ms, web._pick_model(args, ms))
 
 
+def test_the_model_list_is_read_again_only_when_the_store_changes(tmp_path, monkeypatch):
+    """Every request resolves its model by name; the store's listing (a config read per model) is
+    kept until a folder in the store changes, and a model added or removed shows up at once."""
+    import os
+
+    from engine import store as ms
+    from web_helpers import make_tiny_store
+    from webui.models import ModelManager
+    from webui.validation import InputError
+
+    store = tmp_path / "store"
+    make_tiny_store(store, "tiny")
+    settled = time.time() - 10  # as if written a while ago (the listing is not kept within 2 s of a change)
+    for p in (store, store / "tiny"):
+        os.utime(p, (settled, settled))
+    reads = []
+    ms_list = ms.list_models
+    monkeypatch.setattr(ms, "list_models", lambda s=None, **k: reads.append(1) or ms_list(s, **k))
+    models = ModelManager(str(store), "cpu", "tiny")
+    for _ in range(5):
+        assert models.resolve_choice("tiny") == "tiny" and models.choices_values() == ["tiny"]
+    assert len(reads) == 1  # read once, then kept
+    make_tiny_store(store, "tiny_b")  # a new model: listed at the next request
+    assert models.choices_values() == ["tiny", "tiny_b"] and models.resolve_choice("tiny_b") == "tiny_b"
+    for p in (store, store / "tiny_b"):
+        os.utime(p, (settled, settled))
+    (store / "tiny_b" / ms.WEIGHTS_FILE).unlink()  # half a model: not listed
+    assert models.choices_values() == ["tiny"]
+    with pytest.raises(InputError, match="Unknown model"):
+        models.resolve_choice("tiny_b")
+
+
 # =============================================================== the running app
 @pytest.fixture(scope="module")
 def client(tiny_app):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
+from core.precision import fast_bf16
 from engine.recipe import read_png_recipe
 
 pytest.register_assert_rewrite("web_helpers")
@@ -98,10 +99,14 @@ def test_live_draws_with_the_student_and_its_png_restores_to_the_same_pixels(cli
     recipe = read_png_recipe(pngs[1])
     assert (recipe["model"], recipe["sampler"], recipe["steps"], recipe["guidance_scale"], recipe["seed"]) == (
         "tiny-live", "lcm", 4, 4.0, 12)
+    # Live draws in bf16 where the CPU is fast at it (LIVE_PRECISION), and says which in the recipe
+    assert recipe["precision"] == ("bf16" if fast_bf16("cpu") else "fp32") and recipe["precision"] in status
     restored = client.predict(handle_file(pngs[1]), "tiny", api_name="/restore")
     model, prompt, sampler, steps, guidance, seed, num, *_ = restored
     assert model["value"] == "tiny-live" and sampler == "LCM (few-step students)" and steps["value"] == 4
-    again = generate(client, model="tiny-live", sampler=sampler, steps=4, guidance=guidance, seed=seed, num_images=1)
+    assert restored[11] == recipe["precision"]  # the Precision radio
+    again = generate(client, model="tiny-live", sampler=sampler, steps=4, guidance=guidance, seed=seed, num_images=1,
+                     precision=restored[11])
     np.testing.assert_array_equal(pixels(paths(again[0])[0]), pixels(pngs[1]))
     # the same request through Live again: the same pixels (Live is deterministic given its inputs)
     twice, _ = client.predict(True, "a photo of a goldfish", "tiny", 4.0, 11, 2, -1, 0.0, api_name="/live")

@@ -22,7 +22,7 @@ from core.sampling import folds_guidance
 from engine.request import GenerationRequest, generate, interpolation_at
 from webui.jobs import JobCancelled, session_of
 from webui.validation import (
-    DEFAULT_PRECISION,
+    LIVE_PRECISION,
     SAMPLER_CHOICES,
     InputError,
     clean_prompt,
@@ -124,7 +124,7 @@ class LiveMode:
             var_seed = app.random_seed()
         gen_request = GenerationRequest(
             prompts=[req.prompt], num_images=req.num_images, seed=seed_used, sampler=req.sampler, steps=req.steps,
-            guidance=req.guidance, guidance_interval=req.guidance_interval or "none", precision=req.precision,
+            guidance=req.guidance, guidance_interval=req.guidance_interval or "none", precision=LIVE_PRECISION,
             variation_seed=var_seed, variation_strength=req.variation_strength)
 
         res = self._sample(lm, gen_request, session, ticket)
@@ -139,7 +139,8 @@ class LiveMode:
         total = time.monotonic() - t0
         gallery = [(p, f"seed {s}") for p, s in zip(files, res.seeds)]
         status = (f"Live: {len(files)} image(s) in **{total * 1000:.0f} ms** ({sample_s * 1000:.0f} ms sampling) "
-                  f"with {lm.name}, {req.sampler_label} {req.steps} steps, guidance {req.guidance:g}, seed {seed_used}"
+                  f"with {lm.name}, {req.sampler_label} {req.steps} steps, guidance {req.guidance:g}, seed {seed_used}, "
+                  f"{res.recipe['precision']}"
                   + ("" if student_name else f" · {teacher.name} has no few-step student: full steps"))
         return gallery, status
 
@@ -196,7 +197,7 @@ class LiveMode:
             b = a if not str(prompt_b or "").strip() else validate_blend(clean_prompt(prompt_b))
             req = replace(interpolation_at(lm, a, b, sa, sb, p), sampler=SAMPLER_CHOICES[d["sampler"]][0],
                           steps=d["steps"], guidance=g, guidance_interval=d["guidance_interval"] or "none",
-                          precision=DEFAULT_PRECISION)  # as Generate and Interpolate: the same pixels
+                          precision=LIVE_PRECISION)
         res = self._sample(lm, req, session, ticket)
         if res is None:
             return gr.skip(), gr.skip()

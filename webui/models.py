@@ -34,11 +34,40 @@ class ModelManager:
         self._models: "OrderedDict[str, Any]" = OrderedDict()
         self._datasets: dict[str, Any] = {}
         self.extra: dict[str, str] = {}  # choice value -> folder, for --model given as a path
+        self._listing: tuple[tuple, list[str]] = ((), [])  # (the store's fingerprint, its model names)
+        self._listing_lock = threading.Lock()  # not _lock: that one is held while a model loads
         self.first = self.resolve_choice(first, allow_path=True)
+
+    def _store_fingerprint(self) -> tuple:
+        """What changes when a model is added, removed or replaced: the modification times of the store
+        folder and of each folder in it (a stat each, not a read of every config). Empty (do not
+        cache) while the store is missing or was changed in the last two seconds: a folder being
+        written may change again within one tick of the file system's clock."""
+        root = self.ms.store_dir(self.store)
+        try:
+            with os.scandir(root) as entries:
+                times = [root.stat().st_mtime_ns, *sorted((e.stat().st_mtime_ns, e.name) for e in entries)]
+        except OSError:  # no store (yet): list_models says so
+            return ()
+        newest = max(t if isinstance(t, int) else t[0] for t in times)
+        return () if time.time_ns() - newest < 2_000_000_000 else tuple(times)
+
+    def store_models(self) -> list[str]:
+        """The store's base models (``engine.store.list_models``), read again only when the store
+        changed: every request resolves its model choice, and reading each model's config each time
+        cost a Live redraw about 6 ms."""
+        key = self._store_fingerprint()
+        with self._listing_lock:
+            if key and key == self._listing[0]:
+                return list(self._listing[1])
+        names = self.ms.list_models(self.store)
+        with self._listing_lock:
+            self._listing = (key, names)
+        return list(names)
 
     def resolve_choice(self, choice: str, allow_path: bool = False) -> str:
         s = str(choice or "").strip()
-        if s in self.extra or s in self.ms.list_models(self.store):
+        if s in self.extra or s in self.store_models():
             return s
         if allow_path and (os.sep in s or s.startswith(".")):
             folder = str(Path(s).resolve())
@@ -54,10 +83,10 @@ class ModelManager:
         return text.replace(root + os.sep, "").replace(root, "the model store")
 
     def choices_values(self) -> list[str]:
-        return [*self.ms.list_models(self.store), *self.extra]
+        return [*self.store_models(), *self.extra]
 
     def choices(self) -> list[tuple[str, str]]:
-        out = [(n, n) for n in self.ms.list_models(self.store)]
+        out = [(n, n) for n in self.store_models()]
         out += [(f"{Path(v).name} ({v})", v) for v in self.extra]
         return out
 
