@@ -127,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
                 ("nearest class mean", (para @ means.T).argmax(1))]
         for wd in WEIGHT_DECAYS:
             rows.append((f"linear reader, weight decay {wd:g}", linear_reader(emb, owner, len(classes), wd)(para)))
-        print(f"\n{label} ({len(emb)} texts, {len(emb) / len(classes):.1f} per class):")
+        sims = para @ emb.T
+        own = np.array([sims[i, owner == truth[i]].max() for i in range(len(truth))])
+        other = np.array([sims[i, owner != truth[i]].max() for i in range(len(truth))])
+        print(f"\n{label} ({len(emb)} texts, {len(emb) / len(classes):.1f} per class): a paraphrase's cosine to "
+              f"its class's nearest text, median {np.median(own):.2f}; to another class's, {np.median(other):.2f}")
         for name, pred in rows:
             print(f"  {name:<36} {np.mean(pred == truth):6.1%} of the paraphrases in their own class")
         best = max(np.mean(pred == truth) for _, pred in rows)

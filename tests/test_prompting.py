@@ -214,3 +214,21 @@ def test_the_unlike_paraphrases_share_under_half_their_words_with_every_training
                 too_close.append(f"{prompt!r} ~ {text!r}")
                 break
     assert not too_close, "\n".join(too_close)
+
+
+def test_the_free_text_ceiling_reads_wordnet_glosses_and_hypernyms(tmp_path):
+    """bench_text_ceiling's WordNet reader: a synset's gloss (first clause) and its first hypernym's
+    first lemma, from data.noun's fixed-width fields (lines copied from WordNet 3.0)."""
+    from benchmarks.bench_text_ceiling import read_glosses
+
+    (tmp_path / "data.noun").write_text(
+        "  1 This software and database is being provided to you, the LICENSEE, by\n"
+        "01439121 05 n 02 cyprinid 0 cyprinid_fish 0 002 @ 01438208 n 0000 #m 01438720 n 0000 "
+        "| soft-finned mainly freshwater fishes typically having toothless jaws and cycloid scales  \n"
+        "01443537 05 n 02 goldfish 0 Carassius_auratus 0 003 @ 01439121 n 0000 #m 01443398 n 0000 "
+        "~ 01443831 n 0000 | small golden or orange-red freshwater fishes of Eurasia used as pond or aquarium "
+        "fishes  \n", encoding="latin-1")
+    glosses = read_glosses(tmp_path)
+    assert glosses["n01443537"] == ("small golden or orange-red freshwater fishes of Eurasia used as pond or "
+                                    "aquarium fishes", "cyprinid")
+    assert glosses["n01439121"][1] == "thing"  # its hypernym is not in this file
