@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=6)
     p.add_argument("--live", action="store_true", help="trace /live (the Live switch's redraw) instead of /generate")
     p.add_argument("--guidance", type=float, default=6.0, help="with --live: the guidance scale")
+    p.add_argument("--new-prompts", action="store_true", help="with --live: a new prompt each request (typing)")
     p.add_argument("--threads", type=int, default=None, help="web.py --threads (default: web.py's own)")
     p.add_argument("--log", default=None, help="also write everything printed to this file")
     args = p.parse_args(argv)

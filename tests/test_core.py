@@ -149,6 +149,35 @@ def test_cond_scale_multiplies_the_text_embedding_and_the_null_stays_the_null():
         UNetConfig(image_size=16, cond_scale=0.0)
 
 
+def test_group_norm_is_torchs_in_fp32_and_takes_bf16_statistics_in_fp32():
+    """models.modules.GroupNorm32: an fp32 input gets nn.GroupNorm's own result, bit for bit (the app's
+    fp32 pixels do not move); a bf16 channels-last input (what a CPU convolution hands back under
+    autocast) is normalised in fp32 and handed back in bf16, in the same layout, at least as close to
+    the exact answer as torch's bf16 kernel (which also takes its statistics in fp32)."""
+    from torch import nn
+
+    from models.modules import GroupNorm32
+
+    g = torch.Generator().manual_seed(0)
+    ours, theirs = GroupNorm32(32, 64, eps=1e-6), nn.GroupNorm(32, 64, eps=1e-6)
+    with torch.no_grad():
+        ours.weight.copy_(torch.randn(64, generator=g))
+        ours.bias.copy_(torch.randn(64, generator=g))
+    theirs.load_state_dict(ours.state_dict())  # the same parameters, the same names
+    x = 3 + 2 * torch.randn(4, 64, 16, 16, generator=g)
+    assert torch.equal(ours(x), theirs(x))
+    assert torch.equal(ours(x.contiguous(memory_format=torch.channels_last)),
+                       theirs(x.contiguous(memory_format=torch.channels_last)))
+    xb = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    exact = theirs(xb.double().contiguous().float())  # the bf16 values, normalised in fp32
+    y = ours(xb)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    ours_err, torch_err = (y.float() - exact).abs().max(), (theirs(xb).float() - exact).abs().max()
+    assert ours_err <= torch_err and ours_err < 0.05
+    assert len([m for m in ConditionalUNet(UNetConfig(image_size=16, base_channels=32)).modules()
+                if isinstance(m, GroupNorm32)]) > 0  # the network uses it
+
+
 def test_gradients_reach_every_parameter():
     model = tiny_unet(16).train()
     x = torch.randn(4, 3, 16, 16)
