@@ -265,6 +265,22 @@ def test_presets_and_config_validation():
         T.make_config("nope")
 
 
+def test_condition_noise_keeps_unit_length_at_the_chosen_distance_and_is_off_by_default():
+    """--cond_noise: each example's text embedding is moved by noise of about that norm and
+    renormalised (cosine about 1 / sqrt(1 + noise^2) to the text); the default adds none."""
+    g = torch.Generator().manual_seed(0)
+    cond = torch.nn.functional.normalize(torch.randn(512, 384, generator=g), dim=1)
+    for noise in (0.5, 0.75, 1.5):
+        out = T.noisy_condition(cond, noise, torch.Generator().manual_seed(1))
+        assert out.shape == cond.shape and torch.allclose(out.norm(dim=1), torch.ones(512), atol=1e-5)
+        cosine = (out * cond).sum(1)
+        assert abs(cosine.mean().item() - (1 + noise ** 2) ** -0.5) < 0.02, (noise, cosine.mean())
+        assert cosine.std() < 0.05  # each example about as far: noise of a fixed norm, not a lottery
+    assert T.make_config("default").cond_noise == 0.0
+    with pytest.raises(ValueError, match="cond_noise"):
+        T.make_config("default", cond_noise=-0.1)
+
+
 # --------------------------------------------------------------------------- a real (tiny) run
 def test_loss_falls_and_periodic_outputs_are_written(trained):
     rows = metric_rows(trained)
