@@ -202,7 +202,7 @@ class LiveMode:
         if res is None:
             return gr.skip(), gr.skip()
         ms = (time.monotonic() - t0) * 1000
-        return res.images[0], (f"Live: the frame at {p:.2f} in **{ms:.0f} ms** with {lm.name}"
+        return res.images[0], (f"Live: the frame at {p:.2f} in **{ms:.0f} ms** with {lm.name}, {res.recipe['precision']}"
                                + ("" if student_name else f" · {picked.name} has no few-step student: full steps"))
 
     def frame_fn(self):

@@ -49,9 +49,9 @@ PRECISION_CHOICES = ("fp32", "auto", "bf16")  # as core.precision.PRECISIONS; au
 # The app samples in fp32 unless asked: its grid, interpolation and /generate then agree pixel for pixel
 # on every machine (bf16 images differ slightly; BENCHMARKS.md has the parity figures).
 DEFAULT_PRECISION = "fp32"
-# Live redraws in bf16 where the hardware is fast at it (fp32 elsewhere): 15% faster on an AVX512-BF16
-# CPU, and its students score the same by the yardstick (BENCHMARKS.md, "Live in bf16"). Each Live
-# PNG records the precision it was drawn in, so Restore + Generate repeat its pixels.
+# Live redraws in bf16 where the hardware is fast at it (fp32 elsewhere): a fifth faster on an
+# AVX512-BF16 CPU, and its students score the same by the yardstick (BENCHMARKS.md, "Live in bf16").
+# Each Live PNG records the precision it was drawn in, so Restore + Generate repeat its pixels.
 LIVE_PRECISION = "auto"
 MAX_INTERVAL_CHARS = 60
 
