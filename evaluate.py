@@ -40,9 +40,8 @@ from tqdm import tqdm
 from core.generation import generate_images
 from core.prompting import snapping_encoder
 from core.samplers import SAMPLERS
-from core.sampling import parse_guidance_interval
 from dataprep.dataset import PreprocessedDataset
-from engine.request import check_guide
+from engine.request import GenerationRequest, check_guide, resolve_settings
 from engine.store import CheckpointError, load_model, load_tensors
 from models.text_encoder import encode_prompts
 
@@ -778,7 +777,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="the model's preprocessed data (default: from its config)")
     parser.add_argument("--settings", default=DEFAULT_SETTINGS, help=f"sampler:steps list (default {DEFAULT_SETTINGS})")
     parser.add_argument("--per-class", type=int, default=20, help="generated images per class per setting")
-    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale (default: the model's sampler_defaults, else 3.0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--classifier-epochs", type=int, default=15)
@@ -814,7 +814,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                         help="sampling precision (default fp32; compare with bf16 for parity)")
     parser.add_argument("--guidance-interval", default=None, metavar="LO,HI",
-                        help="apply guidance only for noise levels sigma in (LO, HI] (default: everywhere)")
+                        help="apply guidance only for noise levels sigma in (LO, HI] (default: the model's band; "
+                             "'none': every step)")
     parser.add_argument("--guide", default=None, metavar="MODEL",
                         help="autoguidance: guide with this weaker model of the store instead of the unconditional "
                              "branch (same image size and schedule)")
@@ -838,13 +839,15 @@ def main(argv: list[str] | None = None) -> int:
             check_guide(lm, guide)
         free_text = (read_free_text(args.free_text, lm.class_names, skip_unknown=args.free_text_skip_unknown)
                      if args.free_text else ())
-        result = evaluate(lm, data, parse_settings(args.settings), per_class=args.per_class, guidance=args.guidance,
+        # scored at the model's own guidance unless told otherwise: the rule the CLI and the app follow
+        chosen = resolve_settings(lm, GenerationRequest(guidance=args.guidance, guidance_interval=args.guidance_interval))
+        result = evaluate(lm, data, parse_settings(args.settings), per_class=args.per_class, guidance=chosen.guidance,
                           seed=args.seed, batch_size=args.batch_size, classifier_epochs=args.classifier_epochs,
                           retrain_classifier=args.retrain_classifier, inception=args.inception, device=device,
                           classifier_dir=Path(args.classifier) if args.classifier else None,
                           free_text=free_text, free_text_setting=parse_settings(args.free_text_setting)[0],
                           precision=args.precision, snaps=parse_snaps(args.snap),
-                          guidance_interval=parse_guidance_interval(args.guidance_interval),
+                          guidance_interval=chosen.guidance_interval,
                           free_text_per_prompt=args.free_text_per_prompt, guide=guide)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -148,6 +148,31 @@ def test_a_yardstick_of_more_classes_scores_the_model_over_all_of_them(tmp_path)
                    classifier_dir=tmp_path / "clf")
 
 
+@pytest.mark.parametrize("given, expected", [
+    ([], (4.5, (0.5, 80.0))),  # the model's own defaults, as the CLI and the app sample it
+    (["--guidance", "2", "--guidance-interval", "none"], (2.0, None)),
+    (["--guidance-interval", "1,9"], (4.5, (1.0, 9.0))),
+])
+def test_the_cli_scores_at_the_models_own_guidance_unless_told(tmp_path, monkeypatch, given, expected):
+    """A model's card compares it at its defaults: evaluate.py takes its guidance scale and band from the
+    model's sampler_defaults (a fixed 3.0 once scored a guidance-6 model at the wrong scale)."""
+    from engine import store as ms
+
+    lm = _tiny_model([{"index": 0, "name": "red", "prompt": "a red"}], tmp_path / "data", tmp_path / "store")
+    cfg = json.loads((lm.path / ms.CONFIG_FILE).read_text())
+    cfg["sampler_defaults"] = {"sampler": "dpm++", "steps": 20, "guidance_scale": 4.5, "guidance_interval": "0.5,80"}
+    (lm.path / ms.CONFIG_FILE).write_text(json.dumps(cfg))
+    seen = {}
+
+    def fake_evaluate(lm, data, settings, *, guidance, guidance_interval, **kwargs):
+        seen.update(guidance=guidance, interval=guidance_interval)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(E, "evaluate", fake_evaluate)
+    assert E.main(["--model", "tiny", "--store", str(tmp_path / "store"), "--data", str(tmp_path / "data"), *given]) == 2
+    assert (seen["guidance"], seen["interval"]) == expected
+
+
 @pytest.mark.slow
 def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
     data = tmp_path / "data"
