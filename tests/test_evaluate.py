@@ -155,7 +155,7 @@ def test_a_yardstick_of_more_classes_scores_the_model_over_all_of_them(tmp_path)
 ])
 def test_the_cli_scores_at_the_models_own_guidance_unless_told(tmp_path, monkeypatch, given, expected):
     """A model's card compares it at its defaults: evaluate.py takes its guidance scale and band from the
-    model's sampler_defaults (a fixed 3.0 once scored a guidance-6 model at the wrong scale)."""
+    model's sampler_defaults (a fixed 3.0 would score tiny200, a guidance-6 model, at the wrong scale)."""
     from engine import store as ms
 
     lm = _tiny_model([{"index": 0, "name": "red", "prompt": "a red"}], tmp_path / "data", tmp_path / "store")
