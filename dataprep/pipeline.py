@@ -46,7 +46,7 @@ from dataprep.defaults import (
 from dataprep.images import decode_image, strict_pil
 from dataprep.layout import detect_layout, parse_class_selection, select_classes, split_files
 from dataprep.sources import MAX_LISTED, NotRegularFileError, Source, open_source
-from engine.files import atomic_save_npy, atomic_write_text, exclusive_lock
+from fileio import atomic_save_npy, atomic_write_text, exclusive_lock
 from models.text_encoder import (
     DEFAULT_PROMPT_TEMPLATE,
     PROMPT_TEMPLATES,

@@ -36,7 +36,7 @@ from dataprep.images import decode_image, strict_pil  # noqa: E402
 from dataprep.layout import ClassInfo, select_classes  # noqa: E402
 from dataprep.pipeline import Result, preprocess  # noqa: E402
 from dataprep.sources import FolderSource, NotRegularFileError  # noqa: E402
-from engine.files import exclusive_lock  # noqa: E402
+from fileio import exclusive_lock  # noqa: E402
 from conftest import require_environment, shared_data_dir  # noqa: E402
 from dataprep.dataset import PreprocessedDataset, load_classes  # noqa: E402
 from models.text_encoder import PROMPT_TEMPLATES, TEXT_EMBED_DIM  # noqa: E402

@@ -43,8 +43,8 @@ from core.precision import fast_bf16
 from core.schedules import DiffusionConfig
 from dataprep.dataset import PreprocessedDataset
 from engine import store
-from engine.files import atomic_write_text, exclusive_lock
 from engine.store import latest_checkpoint_usable  # noqa: F401 - also used as training.latest_checkpoint_usable
+from fileio import atomic_write_text, exclusive_lock
 from models import ConditionalUNet, UNetConfig, count_parameters
 from models.text_encoder import DEFAULT_PROMPT_TEMPLATE, TEXT_EMBED_DIM
 from training import superres

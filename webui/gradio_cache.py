@@ -18,7 +18,7 @@ from pathlib import Path
 from gradio import processing_utils
 from PIL import Image
 
-from engine.files import atomic_write_bytes
+from fileio import atomic_write_bytes
 
 
 def save_pil_to_cache(img: Image.Image, cache_dir: str, name: str = "image", format: str = "webp") -> str:
