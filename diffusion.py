@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-import plot_func
+import drawing
 from core.precision import PRECISIONS
 from core.prompting import PROMPT_BLEND_HELP
 from core.samplers import SAMPLERS
@@ -206,11 +206,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         stem += "-" + next(str(i) for i in range(1, 10_000) if not list(out.glob(f"{stem}-{i}_*")))
     for i, (img, prompt, recipe) in enumerate(zip(gen.images, gen.prompts, gen.recipes)):
         print(save_png(out / f"{stem}_{i:02d}_seed{recipe['seed']}.png", img, prompt, recipe))
-    grid = plot_func.sample_grid(gen.images, nrow=min(8, len(gen.images)), path=out / f"{stem}_grid.png")
+    grid = drawing.sample_grid(gen.images, nrow=min(8, len(gen.images)), path=out / f"{stem}_grid.png")
     print(out / f"{stem}_grid.png", f"({grid.shape[1]}x{grid.shape[0]})")
     if args.gif:
-        print(plot_func.denoising_gif(gen.frames, gen.frame_timesteps, out / f"{stem}_denoise.gif",
-                                      nrow=min(8, len(gen.images))))
+        print(drawing.denoising_gif(gen.frames, gen.frame_timesteps, out / f"{stem}_denoise.gif",
+                                    nrow=min(8, len(gen.images))))
     return 0
 
 
@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("figures", help="a model's README figures: per-class grid, denoising GIF and strip, "
                                        "forward strip with the model's x_0 guesses",
-                       description="Sample with a stored model and draw its figures (plot_func draws them).")
+                       description="Sample with a stored model and draw its figures with the drawing package.")
     p.add_argument("--model", default="default_model", help="store name or model folder (default: default_model)")
     p.add_argument("--store", default=None, help="model store directory")
     p.add_argument("--out", default=None, help="output folder (default: output_ImageNet/<model>)")

@@ -43,7 +43,7 @@ from dataprep.dataset import PreprocessedDataset  # noqa: E402
 from engine.store import load_model, load_sr_model  # noqa: E402
 from engine.upscaling import nearest_resize  # noqa: E402
 from evaluate import fd_bootstrap_sd, frechet_distance, load_classifier, predict  # noqa: E402
-import plot_func  # noqa: E402
+import drawing  # noqa: E402
 
 log = logging.getLogger("bench_sr")
 
@@ -204,7 +204,7 @@ def write_figure(rows: list[np.ndarray], path: Path) -> None:
     """One row per setting (low res shown by pixel repetition), one column per image."""
     size = max(v.shape[1] for v in rows)
     rows = [nearest_resize(v, size) if v.shape[1] != size else v for v in rows]
-    plot_func.sample_grid(np.concatenate(rows), nrow=len(rows[0]), path=path)
+    drawing.sample_grid(np.concatenate(rows), nrow=len(rows[0]), path=path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""A model's README figures: sample with the core, then draw with plot_func.
+"""A model's README figures: sample with the core, then draw with the drawing package.
 
 ``python diffusion.py figures --model default_model --out output_ImageNet/default_model``
 writes a per-class grid (one row per class), a denoising GIF and strip of one
@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-import plot_func
+import drawing
 from core.traces import one_step_x0
 from dataprep.dataset import PreprocessedDataset
 from dataprep.images import load_init_image
@@ -63,16 +63,16 @@ def model_figures(
                                                  seed=seed + 1000 * int(c["index"])), encode_fn=encode_fn).images)
     labels = [c["name"] if j == 0 else "" for c in rows for j in range(per_class)]
     paths["grid"] = out / "per_class_grid.png"
-    plot_func.sample_grid(np.concatenate(images), nrow=per_class, labels=labels, path=paths["grid"])
+    drawing.sample_grid(np.concatenate(images), nrow=per_class, labels=labels, path=paths["grid"])
 
     c = matches[0]
     stem = c["name"].replace(" ", "_")
     res = generate(lm, replace(base, prompts=[c["prompt"]], num_images=4, seed=seed), encode_fn=encode_fn,
                    return_frames=True)
-    paths["gif"] = plot_func.denoising_gif(res.frames, res.frame_timesteps, out / f"{stem}_denoising.gif", nrow=4,
-                                           fps=6)
+    paths["gif"] = drawing.denoising_gif(res.frames, res.frame_timesteps, out / f"{stem}_denoising.gif", nrow=4,
+                                         fps=6)
     paths["strip"] = out / f"{stem}_denoising_strip.png"
-    plot_func.denoising_strip(res.frames, res.frame_timesteps, path=paths["strip"])
+    drawing.denoising_strip(res.frames, res.frame_timesteps, path=paths["strip"])
 
     if real_image is not None:
         if encode_fn is None:
@@ -80,7 +80,7 @@ def model_figures(
         noisy, guesses = one_step_x0(lm.model, lm.diffusion, real_image, encode_fn([c["prompt"]]),
                                        FORWARD_TIMESTEPS, seed=seed)
         paths["forward"] = out / f"{stem}_forward_strip.png"
-        plot_func.forward_and_prediction_strip(noisy, guesses, FORWARD_TIMESTEPS, path=paths["forward"])
+        drawing.forward_and_prediction_strip(noisy, guesses, FORWARD_TIMESTEPS, path=paths["forward"])
     return paths
 
 
@@ -113,40 +113,40 @@ def studio_figures(
     strengths = (0, 0.1, 0.2, 0.35, 0.6, 1)
     row = [one(prompt["monarch"], 3, variation_seed=40, variation_strength=s) for s in strengths]
     paths["variation"] = out / "studio_variation.png"
-    plot_func.labelled_grid([row], col_labels=[f"{s:g}" for s in strengths], min_side=96, path=paths["variation"],
-                            title="variation strength: seed 3 -> variation seed 40 (monarch)")
+    drawing.labelled_grid([row], col_labels=[f"{s:g}" for s in strengths], min_side=96, path=paths["variation"],
+                          title="variation strength: seed 3 -> variation seed 40 (monarch)")
 
     weights = (1, 0.75, 0.5, 0.25, 0)
     row = [one(f"{prompt['goldfish']}:{w:g} | {prompt['coral reef']}:{1 - w:g}" if 0 < w < 1 else
                prompt["goldfish" if w == 1 else "coral reef"], 5) for w in weights]
     paths["blend"] = out / "studio_blend.png"
-    plot_func.labelled_grid([row], col_labels=[f"w={w:g}" for w in weights], min_side=96, path=paths["blend"],
-                            title="goldfish:w | coral reef:1-w (seed 5)")
+    drawing.labelled_grid([row], col_labels=[f"w={w:g}" for w in weights], min_side=96, path=paths["blend"],
+                          title="goldfish:w | coral reef:1-w (seed 5)")
 
     if init_image is not None:
         strengths = (0.2, 0.4, 0.6, 0.8, 1)
         row = [np.asarray(init_image)] + [one(prompt["sports car"], 0, init_image=np.asarray(init_image),
                                               strength=s) for s in strengths]
         paths["img2img"] = out / "studio_img2img.png"
-        plot_func.labelled_grid([row], col_labels=["init"] + [f"s={s:g}" for s in strengths], min_side=96,
-                                path=paths["img2img"],
-                                title=f"img2img: a school bus, prompted {prompt['sports car']!r}")
+        drawing.labelled_grid([row], col_labels=["init"] + [f"s={s:g}" for s in strengths], min_side=96,
+                              path=paths["img2img"],
+                              title=f"img2img: a school bus, prompted {prompt['sports car']!r}")
 
     request, fractions = interpolation(lm, prompt["goldfish"], prompt["jellyfish"], 1, 2, 8, encode_fn)
     frames = generate(lm, replace(request, precision=base.precision), encode_fn=encode_fn).images
     labels = [f"{f:.2f}" for f in fractions]
-    paths["interpolation_gif"] = plot_func.frames_gif(frames, out / "studio_interpolation.gif", labels=labels,
-                                                      min_side=256)
+    paths["interpolation_gif"] = drawing.frames_gif(frames, out / "studio_interpolation.gif", labels=labels,
+                                                    min_side=256)
     paths["interpolation"] = out / "studio_interpolation.png"
-    plot_func.labelled_grid([list(frames)], col_labels=labels, min_side=96, path=paths["interpolation"],
-                            title="goldfish (seed 1) -> jellyfish (seed 2)")
+    drawing.labelled_grid([list(frames)], col_labels=labels, min_side=96, path=paths["interpolation"],
+                          title="goldfish (seed 1) -> jellyfish (seed 2)")
 
     guidances, steps = (1, 3, 7), (8, 20)
     rows = [[one(prompt["ladybug"], 9, guidance=g, steps=n, sampler="dpm++") for g in guidances]
             for n in steps]
     paths["grid"] = out / "studio_grid.png"
-    plot_func.labelled_grid(rows, col_labels=[f"w={g}" for g in guidances], row_labels=[f"{n} steps" for n in steps],
-                            min_side=96, path=paths["grid"], title="guidance x steps (DPM-Solver++, seed 9, ladybug)")
+    drawing.labelled_grid(rows, col_labels=[f"w={g}" for g in guidances], row_labels=[f"{n} steps" for n in steps],
+                          min_side=96, path=paths["grid"], title="guidance x steps (DPM-Solver++, seed 9, ladybug)")
     return paths
 
 

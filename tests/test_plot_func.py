@@ -1,4 +1,5 @@
-"""plot_func: sizes, frame counts, value ranges, denormalisation, closed figures."""
+"""drawing (and its command line, plot_func.py): sizes, frame counts, value ranges, denormalisation,
+closed figures; a model's figures (engine.figures)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-import plot_func as pf
+import drawing
+import plot_func
 
 
 def batch(n: int = 3, size: int = 16, seed: int = 0) -> np.ndarray:
@@ -26,43 +28,43 @@ def no_open_figures():
 # ----------------------------------------------------------------- denormalisation
 def test_as_uint8_denormalises_with_clamping():
     x = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0]).reshape(1, 1, 1, 5).expand(1, 3, 1, 5)
-    out = pf.as_uint8(x)
+    out = drawing.as_uint8(x)
     assert out.dtype == np.uint8 and out.shape == (1, 1, 5, 3)
     assert out[0, 0, :, 0].tolist() == [0, 0, 128, 255, 255]
     # float arrays (N, H, W, 3) are taken as [-1, 1] too; NaN becomes mid grey
     f = np.array([[[[-1.5, 0.0, np.nan]]]], dtype=np.float32)
-    assert pf.as_uint8(f)[0, 0, 0].tolist() == [0, 128, 128]
+    assert drawing.as_uint8(f)[0, 0, 0].tolist() == [0, 128, 128]
     t = torch.full((3, 2, 2), float("nan"))
-    assert (pf.as_uint8(t) == 128).all()
+    assert (drawing.as_uint8(t) == 128).all()
 
 
 def test_as_uint8_shapes():
-    assert pf.as_uint8(batch(1)[0]).shape == (1, 16, 16, 3)  # a single (H, W, 3) image
-    assert pf.as_uint8(np.zeros((2, 8, 8, 1), np.uint8)).shape == (2, 8, 8, 3)  # grey -> RGB
-    assert pf.as_uint8(np.zeros((2, 8, 8, 4), np.uint8)).shape == (2, 8, 8, 3)  # alpha dropped
-    assert pf.as_uint8(np.zeros((2, 3, 8, 8), np.float32)).shape == (2, 8, 8, 3)  # channel-first
-    assert pf.as_uint8(np.full((1, 4, 4, 3), 300, np.int32)).max() == 255  # ints clipped
+    assert drawing.as_uint8(batch(1)[0]).shape == (1, 16, 16, 3)  # a single (H, W, 3) image
+    assert drawing.as_uint8(np.zeros((2, 8, 8, 1), np.uint8)).shape == (2, 8, 8, 3)  # grey -> RGB
+    assert drawing.as_uint8(np.zeros((2, 8, 8, 4), np.uint8)).shape == (2, 8, 8, 3)  # alpha dropped
+    assert drawing.as_uint8(np.zeros((2, 3, 8, 8), np.float32)).shape == (2, 8, 8, 3)  # channel-first
+    assert drawing.as_uint8(np.full((1, 4, 4, 3), 300, np.int32)).max() == 255  # ints clipped
     with pytest.raises(ValueError):
-        pf.as_uint8(np.zeros((2, 8, 8, 5), np.uint8))
+        drawing.as_uint8(np.zeros((2, 8, 8, 5), np.uint8))
 
 
 # ----------------------------------------------------------------- pictures
 def test_sample_grid_size_and_file(tmp_path):
     imgs = batch(5, 16)
-    grid = pf.sample_grid(imgs, nrow=3, path=tmp_path / "g.png", padding=2, min_cell=64)
+    grid = drawing.sample_grid(imgs, nrow=3, path=tmp_path / "g.png", padding=2, min_cell=64)
     # 16 px cells upscaled x4 to 64: 3 columns, 2 rows
     assert grid.shape == (2 * (64 + 2) + 2, 3 * (64 + 2) + 2, 3) and grid.dtype == np.uint8
     assert np.array_equal(np.asarray(Image.open(tmp_path / "g.png")), grid)
     # the first cell holds the first image, upscaled by nearest neighbour
     assert np.array_equal(grid[2:66:4, 2:66:4], imgs[0])
-    labelled = pf.sample_grid(imgs, nrow=3, labels=list("abcde"))
+    labelled = drawing.sample_grid(imgs, nrow=3, labels=list("abcde"))
     assert labelled.shape[0] == grid.shape[0] + 2 * 14
 
 
 def test_forward_strip_one_frame_per_timestep(tmp_path):
     img = batch(1, 32)[0]
     ts = [0, 100, 500, 999]
-    strip = pf.forward_diffusion_strip(img, ts, beta_schedule="linear", path=tmp_path / "f.png", min_side=96)
+    strip = drawing.forward_diffusion_strip(img, ts, beta_schedule="linear", path=tmp_path / "f.png", min_side=96)
     frame_w = 96  # 32 px upscaled x3
     assert strip.shape == (96 + 16, len(ts) * frame_w + 2 * (len(ts) - 1), 3)
     first = strip[16:, :frame_w]
@@ -76,18 +78,18 @@ def test_forward_strip_one_frame_per_timestep(tmp_path):
     assert all(a < b for a, b in zip(dist, dist[1:])), dist
     assert (tmp_path / "f.png").is_file()
     # the same seed gives the same strip; the schedule changes it
-    assert np.array_equal(strip, pf.forward_diffusion_strip(img, ts, beta_schedule="linear", min_side=96))
-    assert not np.array_equal(strip, pf.forward_diffusion_strip(img, ts, beta_schedule="cosine", min_side=96))
+    assert np.array_equal(strip, drawing.forward_diffusion_strip(img, ts, beta_schedule="linear", min_side=96))
+    assert not np.array_equal(strip, drawing.forward_diffusion_strip(img, ts, beta_schedule="cosine", min_side=96))
     with pytest.raises(ValueError):
-        pf.forward_diffusion_strip(img, [0, 1000])
+        drawing.forward_diffusion_strip(img, [0, 1000])
 
 
 def test_denoising_gif_frames_and_timing(tmp_path):
     frames = [batch(4, 16, seed=i) for i in range(6)]
     ts = [999, 799, 599, 399, 199, 0]
-    pictures = pf.denoising_frames(frames, ts, nrow=2)
+    pictures = drawing.denoising_frames(frames, ts, nrow=2)
     assert len(pictures) == 6 and all(p.shape == pictures[0].shape for p in pictures)
-    path = pf.denoising_gif(frames, ts, tmp_path / "d.gif", nrow=2, fps=10, hold_last=2.0)
+    path = drawing.denoising_gif(frames, ts, tmp_path / "d.gif", nrow=2, fps=10, hold_last=2.0)
     with Image.open(path) as gif:
         assert gif.n_frames == 6
         durations = []
@@ -98,35 +100,35 @@ def test_denoising_gif_frames_and_timing(tmp_path):
         assert gif.info.get("loop") == 0
     assert durations[0] == 100 and durations[-1] == 2000
     with pytest.raises(ValueError):
-        pf.denoising_gif(frames, ts[:-1], tmp_path / "bad.gif")
+        drawing.denoising_gif(frames, ts[:-1], tmp_path / "bad.gif")
     with pytest.raises(ValueError):
-        pf.denoising_gif([], [], tmp_path / "empty.gif")
+        drawing.denoising_gif([], [], tmp_path / "empty.gif")
 
 
 def test_denoising_strip_rows_and_columns(tmp_path):
     frames = [batch(6, 16, seed=i) for i in range(20)]
     ts = list(range(950, -1, -50))
-    strip = pf.denoising_strip(frames, ts, max_frames=5, max_images=3, min_side=64, path=tmp_path / "s.png")
+    strip = drawing.denoising_strip(frames, ts, max_frames=5, max_images=3, min_side=64, path=tmp_path / "s.png")
     # 5 columns of 64 px, 3 rows of 64 px + a 16 px label bar
     assert strip.shape == (16 + 3 * 64 + 2 * 2, 5 * 64 + 4 * 2, 3)
     assert (tmp_path / "s.png").is_file()
     # the last column is the last frame's first image
     cell = strip[16:16 + 64, -64:]
     assert np.array_equal(cell[::4, ::4], frames[-1][0])
-    one = pf.denoising_strip(frames[:1], ts[:1])
+    one = drawing.denoising_strip(frames[:1], ts[:1])
     assert one.shape[1] == 64
 
 
 def test_loss_curve_and_schedule_plot(tmp_path):
     steps = np.arange(1, 201)
     losses = 1.0 / steps + 0.01
-    img = pf.loss_curve(steps, losses, tmp_path / "loss.png")
+    img = drawing.loss_curve(steps, losses, tmp_path / "loss.png")
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and img.shape[0] > 100
     assert (tmp_path / "loss.png").is_file()
-    pf.loss_curve([1, 2, 3], [0.5, float("nan"), -1.0])  # odd values still plot
+    drawing.loss_curve([1, 2, 3], [0.5, float("nan"), -1.0])  # odd values still plot
     with pytest.raises(ValueError):
-        pf.loss_curve([1, 2], [1.0])
-    plot = pf.schedule_plot(1000, tmp_path / "sched.png", timesteps=[0, 500])
+        drawing.loss_curve([1, 2], [1.0])
+    plot = drawing.schedule_plot(1000, tmp_path / "sched.png", timesteps=[0, 500])
     assert plot.shape[0] > 100 and plot.shape[1] > 200 and plot.std() > 10
     assert (tmp_path / "sched.png").is_file()
 
@@ -134,10 +136,8 @@ def test_loss_curve_and_schedule_plot(tmp_path):
 def test_denoising_gif_with_a_single_frame(tmp_path):
     import imageio.v2 as imageio
 
-    import plot_func
-
     frame = np.zeros((2, 8, 8, 3), dtype=np.uint8)
-    path = plot_func.denoising_gif([frame], [0], tmp_path / "one.gif")
+    path = drawing.denoising_gif([frame], [0], tmp_path / "one.gif")
     assert len(imageio.mimread(path)) == 1
 
 
@@ -189,15 +189,15 @@ def test_one_step_x0_by_hand():
 
 def test_forward_and_prediction_strip_draws_two_rows(tmp_path):
     noisy, guesses = batch(3, 16, seed=1), batch(3, 16, seed=2)
-    out = pf.forward_and_prediction_strip(noisy, guesses, (0, 500, 999), min_side=32, path=tmp_path / "f.png")
+    out = drawing.forward_and_prediction_strip(noisy, guesses, (0, 500, 999), min_side=32, path=tmp_path / "f.png")
     assert (tmp_path / "f.png").exists()
-    single = pf.forward_diffusion_strip(batch(1, 16), (0, 500, 999), min_side=32)
+    single = drawing.forward_diffusion_strip(batch(1, 16), (0, 500, 999), min_side=32)
     assert out.shape[0] > 2 * single.shape[0] - 8 and out.shape[1] == single.shape[1]
     # the bottom row's last picture is the last guess, scaled 2x (nearest) to 32 px below its caption bar
     h = out.shape[0]
     np.testing.assert_array_equal(out[h - 32:h:2, -32::2], guesses[-1])
     with pytest.raises(ValueError, match="2 noisy images, 3 guesses"):
-        pf.forward_and_prediction_strip(noisy[:2], guesses, (0, 500, 999))
+        drawing.forward_and_prediction_strip(noisy[:2], guesses, (0, 500, 999))
 
 
 def test_model_figures_writes_grid_gif_and_strips(tmp_path):
@@ -263,10 +263,26 @@ def test_figures_command_and_plot_func_only_draws(tmp_path, capsys):
     assert "goldfish_denoising.gif" in capsys.readouterr().out
     assert cli.main(["figures", "--model", "nope", "--store", str(tmp_path / "store")]) == 2
     assert "nope" in capsys.readouterr().err
-    assert pf.main(["--model", "tiny", "--out", str(tmp_path / "p")]) == 2  # moved: a clear pointer
+    assert plot_func.main(["--model", "tiny", "--out", str(tmp_path / "p")]) == 2  # moved: a clear pointer
     assert "python diffusion.py figures" in capsys.readouterr().err
-    src_text = Path(pf.__file__).read_text()
+    drawn_by = (plot_func, drawing.pictures, drawing.process, drawing.charts)
+    src_text = "".join(Path(m.__file__).read_text() for m in drawn_by)
     assert "model_store" not in src_text and "text_encoder" not in src_text and "generate_images" not in src_text
+
+
+def test_plot_func_command_draws_the_schedules_and_a_forward_strip(tmp_path, capsys):
+    """The command line is a thin shell over ``drawing``: the files it writes are drawing's pictures."""
+    src = tmp_path / "in.png"
+    Image.fromarray(batch(1, 40)[0]).save(src)
+    out = tmp_path / "plots"
+    assert plot_func.main(["--image", str(src), "--schedule", "linear", "--timesteps", "0,500,999",
+                           "--seed", "3", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.split() == [str(out / "schedules.png"), str(out / "forward_linear.png")]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "schedules.png").convert("RGB")),
+                                  drawing.schedule_plot())
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "forward_linear.png")),
+                                  drawing.forward_diffusion_strip(batch(1, 40)[0], [0, 500, 999],
+                                                                  beta_schedule="linear", seed=3))
 
 
 def test_pick_classes_spreads_or_names():
@@ -290,7 +306,7 @@ def test_gif_frames_keep_their_pictures(tmp_path):
     # smooth, image-like pictures with distinct colours per frame
     pictures = [np.clip(rng.normal(40 + 40 * i, 50, (8, 8, 3)), 0, 255).astype(np.uint8).repeat(12, 0).repeat(12, 1)
                 for i in range(4)]
-    path = pf.write_gif(tmp_path / "g.gif", pictures, [100, 100, 100, 500])
+    path = drawing.write_gif(tmp_path / "g.gif", pictures, [100, 100, 100, 500])
     with Image.open(path) as gif:
         assert gif.n_frames == 4
         for i, want in enumerate(pictures):
@@ -299,4 +315,4 @@ def test_gif_frames_keep_their_pictures(tmp_path):
             assert np.abs(got - want).mean() < 4, i
             assert gif.info["duration"] == (500 if i == 3 else 100)
     with pytest.raises(ValueError):
-        pf.write_gif(tmp_path / "bad.gif", pictures, [100])
+        drawing.write_gif(tmp_path / "bad.gif", pictures, [100])

@@ -1,7 +1,7 @@
 """The studio features, without a server: the core helpers they use
 (``diffusion.sdedit_start``, ``interpolation_inputs``, ``trace_denoising``,
 ``sampler_timesteps``, ``log_snr``), the new request checks
-(``webui.validation``) and the new pictures (``plot_func``).
+(``webui.validation``) and the new pictures (``drawing``).
 
 Oracles are written here, not taken from the code under test: the sampler's
 start is captured from inside ``generate_images``; interpolation ends are the
@@ -21,7 +21,7 @@ from PIL import Image
 
 import core as D
 from core import generation
-import plot_func
+import drawing
 from engine.recipe import format_parameters, parse_parameters, save_png
 from test_core import fake_encode, tiny_unet
 from webui import validation as V
@@ -260,27 +260,27 @@ def test_grid_axes_override_the_base_and_cells_share_the_seed():
 def test_labelled_grid_and_upscale_are_crisp():
     img = np.zeros((8, 8, 3), np.uint8)
     img[::2, ::2] = 255  # a checkerboard: blurring would make greys
-    up = plot_func.upscale_nearest(img, 64)
+    up = drawing.upscale_nearest(img, 64)
     assert up.shape == (64, 64, 3) and set(np.unique(up)) <= {0, 255}
-    g = plot_func.labelled_grid([[img, img, img], [img, img, img]], col_labels=["a", "b", "c"],
-                                row_labels=["row one", "row two"], title="t", min_side=32)
+    g = drawing.labelled_grid([[img, img, img], [img, img, img]], col_labels=["a", "b", "c"],
+                              row_labels=["row one", "row two"], title="t", min_side=32)
     assert g.shape[0] == 20 + 18 + 2 * (32 + 2) and g.shape[1] > 3 * 32
     with pytest.raises(ValueError):
-        plot_func.labelled_grid([])
+        drawing.labelled_grid([])
 
 
 def test_frames_gif_and_log_snr_plot(tmp_path):
     imgs = np.stack([np.full((8, 8, 3), v, np.uint8) for v in (0, 100, 200)])
-    p = plot_func.frames_gif(imgs, tmp_path / "a.gif", labels=["0", "0.5", "1"], min_side=64)
+    p = drawing.frames_gif(imgs, tmp_path / "a.gif", labels=["0", "0.5", "1"], min_side=64)
     with Image.open(p) as g:
         assert g.n_frames == 4 and min(g.size) >= 64  # forward and back: 0 1 2 1
-    plot = plot_func.log_snr_plot(D.log_snr(CFG), [999, 500, 0])
+    plot = drawing.log_snr_plot(D.log_snr(CFG), [999, 500, 0])
     assert plot.ndim == 3 and plot.shape[1] > 300
 
 
 def test_denoising_gif_is_large_enough(tmp_path):
     frames = [np.zeros((2, 16, 16, 3), np.uint8)] * 3
-    p = plot_func.denoising_gif(frames, [999, 500, 0], tmp_path / "d.gif", nrow=2, min_side=384)
+    p = drawing.denoising_gif(frames, [999, 500, 0], tmp_path / "d.gif", nrow=2, min_side=384)
     with Image.open(p) as g:
         assert min(g.size) >= 384
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import plot_func
+import drawing
 from core.generation import generate_images
 from core.distill import STUDENT_SAMPLER, DistillConfig, consistency_loss, trajectory_loss
 from core.loss import TIMESTEP_SAMPLINGS, per_sample_loss, sample_timesteps
@@ -343,18 +343,18 @@ def write_samples(cfg: TrainConfig, ema: ConditionalUNet, diffusion: DiffusionCo
                             num_steps=cfg.sample_steps, guidance_scale=cfg.sample_guidance, seed=1234,
                             encode_fn=encode, return_frames=True, device=device)
     out = cfg.run_dir / "samples"
-    plot_func.sample_grid(res.images, nrow=min(8, len(prompts)), labels=[c["name"] for c in chosen],
-                          path=out / f"grid_{step:07d}.png")
-    plot_func.denoising_gif(res.frames, res.frame_timesteps, out / f"denoise_{step:07d}.gif",
-                            nrow=min(8, len(prompts)))
+    drawing.sample_grid(res.images, nrow=min(8, len(prompts)), labels=[c["name"] for c in chosen],
+                        path=out / f"grid_{step:07d}.png")
+    drawing.denoising_gif(res.frames, res.frame_timesteps, out / f"denoise_{step:07d}.gif",
+                          nrow=min(8, len(prompts)))
 
 
 def write_loss_curve(cfg: TrainConfig) -> None:
     path = cfg.run_dir / "metrics.csv"
     rows = list(csv.DictReader(path.open())) if path.exists() else []
     if rows:
-        plot_func.loss_curve([float(r["step"]) for r in rows], [float(r["loss"]) for r in rows],
-                             cfg.run_dir / "loss_curve.png")
+        drawing.loss_curve([float(r["step"]) for r in rows], [float(r["loss"]) for r in rows],
+                           cfg.run_dir / "loss_curve.png")
 
 
 # --------------------------------------------------------------------------- disk space

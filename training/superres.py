@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import core as D
-import plot_func
+import drawing
 from core.cascade import (
     SR_DEFAULT_AUG_LEVEL,
     SR_DEFAULT_STEPS,
@@ -130,7 +130,7 @@ def write_sr_samples(run_dir: Path, ema: torch.nn.Module, diffusion: DiffusionCo
     truth = np.asarray(data.images[: min(n, len(data))])
     rows = comparison_rows(ema, diffusion, truth, steps=steps, aug_level=aug_level, device=device)
     out = Path(run_dir) / "samples" / f"grid_{step:07d}.png"
-    plot_func.sample_grid(np.concatenate(rows), nrow=len(truth), path=out)
+    drawing.sample_grid(np.concatenate(rows), nrow=len(truth), path=out)
     return out
 
 

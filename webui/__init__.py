@@ -11,5 +11,5 @@
 * ``tab_*``: one module per tab (generate, forward, interpolate, grid, learn)
 * ``server``: the command line and start-up (``python web.py``)
 
-No diffusion math lives here: it calls ``diffusion``, ``prompting``, ``recipe`` and ``plot_func``.
+No diffusion math lives here: it calls ``diffusion``, ``prompting``, ``recipe`` and ``drawing``.
 """

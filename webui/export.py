@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
-import plot_func
+import drawing
 from engine.recipe import save_png
 
 GIF_MIN_SIDE = 384  # the denoising GIF's frames are scaled up (nearest) to at least this: 32 px is a smear otherwise
@@ -40,11 +40,11 @@ class Exporter:
                 for img, prompt, recipe, name in zip(images, prompts, recipes, names)]
 
     def denoising_gif(self, folder: Path, frames, timesteps, nrow: int, name: str = "denoising.gif") -> str:
-        return str(plot_func.denoising_gif(frames, timesteps, folder / name, nrow=nrow, min_side=GIF_MIN_SIDE))
+        return str(drawing.denoising_gif(frames, timesteps, folder / name, nrow=nrow, min_side=GIF_MIN_SIDE))
 
     def denoising_strip(self, folder: Path, frames, timesteps, name: str = "steps.png") -> str:
         path = folder / name
-        plot_func.denoising_strip(frames, timesteps, path=path, min_side=STRIP_MIN_SIDE)
+        drawing.denoising_strip(frames, timesteps, path=path, min_side=STRIP_MIN_SIDE)
         return str(path)
 
     def prune(self) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-import plot_func
+import drawing
 from dataprep.images import resize_center_crop
 from webui.models import pick_data_image
 from webui.validation import (
@@ -36,7 +36,7 @@ class ForwardTab:
         if key not in self._schedule_plots:
             if len(self._schedule_plots) > 64:
                 self._schedule_plots.clear()
-            self._schedule_plots[key] = plot_func.schedule_plot(T, timesteps=list(timesteps))
+            self._schedule_plots[key] = drawing.schedule_plot(T, timesteps=list(timesteps))
         return self._schedule_plots[key]
 
     def _common(self, model_choice, schedule, timesteps, seed):
@@ -57,7 +57,7 @@ class ForwardTab:
             img = check_upload(image, max_bytes=self.app.max_upload,
                                upload_dir=get_upload_folder())
             arr = np.asarray(resize_center_crop(img, FORWARD_SIZE))  # as training data is resized
-            strip = plot_func.forward_diffusion_strip(arr, ts, beta_schedule=schedule, num_train_timesteps=T, seed=s)
+            strip = drawing.forward_diffusion_strip(arr, ts, beta_schedule=schedule, num_train_timesteps=T, seed=s)
             return strip, self.schedule_image(T, ts)
 
     def forward_data(self, model_choice, class_name, index, schedule, timesteps, seed):
@@ -69,7 +69,7 @@ class ForwardTab:
             if ds is None:
                 raise InputError("This model's training data is not on this machine; upload an image instead.")
             arr = pick_data_image(ds, class_name, index)
-            strip = plot_func.forward_diffusion_strip(arr, ts, beta_schedule=schedule, num_train_timesteps=T, seed=s)
+            strip = drawing.forward_diffusion_strip(arr, ts, beta_schedule=schedule, num_train_timesteps=T, seed=s)
             return arr, strip, self.schedule_image(T, ts)
 
     def schedule_api(self):

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import gradio as gr
 from PIL import Image
 
-import plot_func
+import drawing
 from core.noise import sdedit_start
 from core.prompting import (
     COVERAGE_MARGIN,
@@ -220,11 +220,11 @@ class GenerateTab:
             x, t = sdedit_start(lm.diffusion, init, [0 if s is None else s], st, SAMPLER_CHOICES[label][0], n_steps,
                                   variation_seed=v_seed, variation_strength=v_strength)
 
-            img = plot_func.as_uint8(x)[0]
+            img = drawing.as_uint8(x)[0]
             caption = (f"x_t at t={t}: sampling starts here ({len(sampler_timesteps(lm.diffusion, SAMPLER_CHOICES[label][0], n_steps, strength=st))} "
                        f"of {n_steps} steps left)" if t is not None else
                        "strength too low to reach a step: the image comes back unchanged")
-            return plot_func.upscale_nearest(img, 256), caption
+            return drawing.upscale_nearest(img, 256), caption
 
     # ----------------------------------------------------------------- prompt coverage
     def coverage(self, prompt, model_choice) -> str:

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import gradio as gr
 
-import plot_func
+import drawing
 from engine.recipe import save_png
 from engine.request import GenerationRequest, generate
 from webui.jobs import Cancelled, Done, Tick, session_of
@@ -92,7 +92,7 @@ class GridTab:
         for k, (c, r) in enumerate(zip(cells, results)):
             recipe = r.recipe
             files.append(str(save_png(folder / f"cell_{k // ncol}_{k % ncol}.png", r.images[0], c["prompt"], recipe)))
-        grid_img = plot_func.labelled_grid(
+        grid_img = drawing.labelled_grid(
             rows, col_labels=[axis_label(req.x_axis, v) for v in req.x_values],
             row_labels=[axis_label(req.y_axis, v) for v in req.y_values] if req.y_axis else (),
             title=f"{req.x_axis} x {req.y_axis}" if req.y_axis else req.x_axis, min_side=96)

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import gradio as gr
 
-import plot_func
+import drawing
 from engine.recipe import save_png
 from engine.request import generate, interpolation
 from webui.jobs import Cancelled, Done, Tick, session_of
@@ -81,9 +81,9 @@ class InterpolateTab:
         ex = self.app.exporter
         folder = ex.new_folder()
         labels = [f"{f:.2f}" for f in fractions]
-        gif = plot_func.frames_gif(res.images, folder / "interpolation.gif", labels=labels, min_side=256)
-        strip_img = plot_func.labelled_grid([list(res.images)], col_labels=labels, min_side=128,
-                                            title=f"{req.prompt_a} (seed {seed_a}) -> {req.prompt_b} (seed {seed_b})")
+        gif = drawing.frames_gif(res.images, folder / "interpolation.gif", labels=labels, min_side=256)
+        strip_img = drawing.labelled_grid([list(res.images)], col_labels=labels, min_side=128,
+                                          title=f"{req.prompt_a} (seed {seed_a}) -> {req.prompt_b} (seed {seed_b})")
         recipe = interpolation_recipe(req, seed_a, seed_b, lm.name, lm.image_size)
         base = res.recipe  # the first frame's: seed a, and the model
         strip = save_png(folder / "interpolation_strip.png", strip_img, req.prompt_a, base,

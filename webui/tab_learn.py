@@ -15,7 +15,7 @@ import hashlib
 import gradio as gr
 from PIL import Image
 
-import plot_func
+import drawing
 from core.generation import generate_images
 from core.prompting import encode_weighted
 from core.sampling import sampler_timesteps
@@ -70,8 +70,8 @@ class LearnTab:
         with self.app.errors("the schedule plot"):
             lm, label, name, n = self._settings(model_choice, sampler, steps)
             ts = sampler_timesteps(lm.diffusion, name, n)
-            return plot_func.log_snr_plot(log_snr(lm.diffusion), ts, label=f"{label}, {n} steps",
-                                          title=f"{lm.name}: {lm.diffusion.beta_schedule} schedule, log-SNR over t")
+            return drawing.log_snr_plot(log_snr(lm.diffusion), ts, label=f"{label}, {n} steps",
+                                        title=f"{lm.name}: {lm.diffusion.beta_schedule} schedule, log-SNR over t")
 
     def _run(self, work, total: int, request, what: str):
         """A job through the shared runner (device slots, Stop), waited for: its result."""
@@ -128,7 +128,7 @@ class LearnTab:
                             "(upsampled, lightly noised) as its guide"
                             + ("; it predicts the detail the bicubic upsampling misses, so its rows show the "
                                "bicubic image added back." if self._residual(stage2[0]) else "."))
-            return plot_func.stack_pictures(tables), caption
+            return drawing.stack_pictures(tables), caption
 
     def _residual(self, upscaler: str) -> bool:
         sr = upscaling.load_upscaler(upscaler, store=self.app.args.store, device=self.app.args.device)
@@ -137,7 +137,7 @@ class LearnTab:
     @staticmethod
     def step_table(tr, title: str, row_labels: list[str]):
         cols = pick_columns(len(tr.timesteps))
-        return plot_func.labelled_grid(
+        return drawing.labelled_grid(
             [[tr.x_t[i] for i in cols], [tr.x0[i] for i in cols], [tr.eps[i] for i in cols]],
             col_labels=[f"t={tr.timesteps[i]}" for i in cols], row_labels=row_labels, title=title,
             min_side=96 if tr.x_t[0].shape[0] < 96 else tr.x_t[0].shape[0])
@@ -161,8 +161,8 @@ class LearnTab:
                                           guidance_interval=lm.guidance_interval).images[0] for w in ws]
 
             images = self._run(work, n * len(ws), request, "Sampling each guidance scale...")
-            strip = plot_func.labelled_grid([images], col_labels=[f"w={w:g}" for w in ws], min_side=128,
-                                            title=f"{text[:60]} · seed {s} · {label} {n} steps")
+            strip = drawing.labelled_grid([images], col_labels=[f"w={w:g}" for w in ws], min_side=128,
+                                          title=f"{text[:60]} · seed {s} · {label} {n} steps")
             return strip, ("The same starting noise, sampled with each guidance scale: w=1 is the plain conditional "
                            "model, larger w pushes harder toward the prompt (and, too far, to saturated colours).")
 
@@ -210,11 +210,11 @@ class LearnTab:
             t_trace, s_traces = self._run(work, t_steps + sum(STUDENT_STEPS), request,
                                           "Sampling the teacher and its student...")
             cols = pick_columns(len(t_trace.timesteps))
-            top = plot_func.labelled_grid(
+            top = drawing.labelled_grid(
                 [[t_trace.x0[i] for i in cols]], col_labels=[f"t={t_trace.timesteps[i]}" for i in cols],
                 row_labels=["x0 est."], min_side=96,
                 title=f"teacher {teacher.name}: {t_label} {t_steps} steps, two network evaluations per guided step")
-            bottom = plot_func.labelled_grid(
+            bottom = drawing.labelled_grid(
                 [[tr.x0[i] for i in range(len(tr.timesteps))] for tr in s_traces],
                 col_labels=[f"step {i + 1}" for i in range(max(STUDENT_STEPS))],
                 row_labels=[f"{k} step{'s' if k > 1 else ''}" for k in STUDENT_STEPS], min_side=96,
@@ -223,7 +223,7 @@ class LearnTab:
                        f"of the clean image along its {t_steps} steps ({len(cols)} shown). Below: its student, "
                        "distilled to jump to the end of the teacher's path; each step re-noises its estimate to a "
                        "lower noise level and jumps again, so 4 steps refine what 1 step draws.")
-            return plot_func.stack_pictures([top, bottom]), caption
+            return drawing.stack_pictures([top, bottom]), caption
 
     def build(self, ui) -> None:
         lm = ui.lm
