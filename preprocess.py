@@ -2,7 +2,7 @@
 """Turn ImageNet-format data into training-ready arrays, once.
 
 Training (and the app) never decode a JPEG: they read the folder this tool
-writes through :class:`data.PreprocessedDataset`.
+writes through :class:`dataprep.dataset.PreprocessedDataset`.
 
 Inputs (the layout is detected; a zip is read in place, never extracted):
 * ILSVRC-2012 style ``train/<wnid>/*.JPEG`` (also the ``train`` folder itself,

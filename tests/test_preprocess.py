@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 import preprocess as preprocess_cli  # noqa: E402
-from dataprep import pipeline  # noqa: E402
+from dataprep import decode  # noqa: E402
 from dataprep.defaults import PreprocessError  # noqa: E402
 from dataprep.download import download  # noqa: E402
 from dataprep.images import decode_image, strict_pil  # noqa: E402
@@ -500,7 +500,7 @@ def test_interrupted_run_resumes_and_matches_a_clean_run(tmp_path, monkeypatch, 
     base, _ = ilsvrc_tree
     clean_out = ilsvrc_out[0]
     out = tmp_path / "pre"
-    real = pipeline._save_checkpoint
+    real = decode.save_checkpoint
     calls = {"n": 0}
 
     def interrupt_after_second_checkpoint(*a, **k):
@@ -509,10 +509,10 @@ def test_interrupted_run_resumes_and_matches_a_clean_run(tmp_path, monkeypatch, 
         if calls["n"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "_save_checkpoint", interrupt_after_second_checkpoint)
+    monkeypatch.setattr(decode, "save_checkpoint", interrupt_after_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         run(base, out, workers=workers, chunk_size=2, checkpoint_seconds=0.0)
-    monkeypatch.setattr(pipeline, "_save_checkpoint", real)
+    monkeypatch.setattr(decode, "save_checkpoint", real)
     partial = tmp_path / "pre.partial"
     assert not out.exists() and partial.is_dir()
     state = json.loads((partial / "state.json").read_text())
