@@ -40,7 +40,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-import evaluate as E  # noqa: E402
+import evaluation as E  # noqa: E402
 from benchmarks.benchlog import tee_stdout  # noqa: E402
 from core.prompting import (  # noqa: E402
     COVERAGE_MARGIN,

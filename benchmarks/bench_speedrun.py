@@ -69,7 +69,7 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 
-import evaluate as E  # noqa: E402
+import evaluation as E  # noqa: E402
 from engine import store  # noqa: E402
 from benchmarks.peer import peer_unet as diffusers_unet  # noqa: E402
 import core as D  # noqa: E402

@@ -42,7 +42,7 @@ import core as D  # noqa: E402
 from dataprep.dataset import PreprocessedDataset  # noqa: E402
 from engine.store import load_model, load_sr_model  # noqa: E402
 from engine.upscaling import nearest_resize  # noqa: E402
-from evaluate import fd_bootstrap_sd, frechet_distance, load_classifier, predict  # noqa: E402
+from evaluation import fd_bootstrap_sd, frechet_distance, load_classifier, predict  # noqa: E402
 import drawing  # noqa: E402
 
 log = logging.getLogger("bench_sr")

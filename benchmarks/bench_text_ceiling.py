@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     tee_stdout(args.log)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from evaluate import read_free_text
+    from evaluation import read_free_text
     from models.text_encoder import encode_prompts
 
     folder = store.resolve_model_path(args.model, store=args.store)

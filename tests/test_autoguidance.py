@@ -135,7 +135,7 @@ def test_evaluate_samples_with_the_guide_it_is_given():
     is no guidance at all, so guidance 4 with it is guidance 1 without)."""
     from types import SimpleNamespace
 
-    from evaluate import generate_per_class
+    from evaluation import generate_per_class
 
     main = tiny_unet(0)
     lm = SimpleNamespace(model=main, diffusion=DiffusionConfig(),

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import evaluate as E
+import evaluate as cli  # the command line: its flag parsers and main
+import evaluation as E
+from evaluation.classifier import _augment
 
 
 def test_frechet_distance_known_values():
@@ -88,10 +90,10 @@ def test_inception_fid_path_with_random_weights(tmp_path):
 
 
 def test_parse_settings():
-    assert E.parse_settings("ddpm:1000, dpm++:20") == [("ddpm", 1000), ("dpm++", 20)]
+    assert cli.parse_settings("ddpm:1000, dpm++:20") == [("ddpm", 1000), ("dpm++", 20)]
     for bad in ["euler:10", "ddim", "ddim:0", "ddim:x"]:
         with pytest.raises(ValueError):
-            E.parse_settings(bad)
+            cli.parse_settings(bad)
 
 
 def _colour_data(folder: Path) -> list[dict]:
@@ -168,8 +170,8 @@ def test_the_cli_scores_at_the_models_own_guidance_unless_told(tmp_path, monkeyp
         seen.update(guidance=guidance, interval=guidance_interval)
         raise ValueError("stop here")
 
-    monkeypatch.setattr(E, "evaluate", fake_evaluate)
-    assert E.main(["--model", "tiny", "--store", str(tmp_path / "store"), "--data", str(tmp_path / "data"), *given]) == 2
+    monkeypatch.setattr(cli, "evaluate", fake_evaluate)
+    assert cli.main(["--model", "tiny", "--store", str(tmp_path / "store"), "--data", str(tmp_path / "data"), *given]) == 2
     assert (seen["guidance"], seen["interval"]) == expected
 
 
@@ -246,10 +248,10 @@ def test_top_k_and_per_class_accuracy_against_hand_counts():
 def test_snap_strengths_parse_and_snapping_moves_free_text_to_its_nearest_class():
     from core.prompting import snapping_encoder
 
-    assert E.parse_snaps("0,0.5") == [0.0, 0.5]
+    assert cli.parse_snaps("0,0.5") == [0.0, 0.5]
     for bad in ("", "x", "1.5", "-0.1"):
         with pytest.raises(ValueError, match="snap"):
-            E.parse_snaps(bad)
+            cli.parse_snaps(bad)
     table = {"cat": np.array([1.0, 0, 0]), "dog": np.array([0, 1.0, 0]),
              "kitten": np.array([0.8, 0.0, 0.6])}  # nearest class: cat
     enc = lambda ps: np.stack([table[p] for p in ps])  # noqa: E731
@@ -364,7 +366,7 @@ def test_generate_per_class_draws_every_class_from_the_same_seeds():
 def test_augment_crops_each_image_at_its_own_offset():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 3, 8, 8)
-    out = E._augment(x, g, pad=2)
+    out = _augment(x, g, pad=2)
     offsets = set()
     for i in range(64):
         found = [(f, dy, dx) for f in (False, True) for dy in range(5) for dx in range(5)
@@ -379,15 +381,22 @@ def test_yardstick_blocks_and_a_config_that_is_not_a_yardstick(tmp_path):
     deep, shallow = E.SmallResNet(5, 8, (2, 2, 2, 2)), E.SmallResNet(5, 8)
     assert sum(p.numel() for p in deep.parameters()) > sum(p.numel() for p in shallow.parameters())
     assert deep(torch.zeros(2, 3, 32, 32)).shape == (2, 5) and deep.feature_dim == 64
-    assert E.parse_blocks("2,2,2,2") == (2, 2, 2, 2)
+    assert cli.parse_blocks("2,2,2,2") == (2, 2, 2, 2)
     for bad in ("2,2,2", "0,1,1,1", "x", "1,1,1,99"):
         with pytest.raises(ValueError, match="blocks"):
-            E.parse_blocks(bad)
+            cli.parse_blocks(bad)
     E.save_classifier(shallow, tmp_path, {})
     cfg = json.loads((tmp_path / E.CLASSIFIER_CONFIG).read_text())
     (tmp_path / E.CLASSIFIER_CONFIG).write_text(json.dumps({**cfg, "width": 10 ** 6}))
     with pytest.raises(ValueError, match="not a yardstick config"):
         E.load_classifier(tmp_path)
+    built = E.build_classifier({"num_classes": 5, "width": 8, "blocks": [2, 2, 2, 2]})  # what load_classifier builds
+    assert built.config == deep.config
+    assert [p.shape for p in built.parameters()] == [p.shape for p in deep.parameters()]
+    for bad in ({"num_classes": 5, "width": 10 ** 6}, {"num_classes": 0, "width": 8}, {"width": 8},
+                {"num_classes": 5, "width": 8, "blocks": [1, 1, 1, 99]}, {"num_classes": 5, "width": 8, "blocks": (1,) * 4}):
+        with pytest.raises(ValueError, match="not a yardstick config"):
+            E.build_classifier(bad)
 
 
 def test_degradations_make_known_changes():

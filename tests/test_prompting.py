@@ -197,7 +197,7 @@ def test_content_words_drop_only_the_glue():
 def test_the_unlike_paraphrases_share_under_half_their_words_with_every_training_text():
     """assets/paraphrases_unlike.tsv measures free text worded unlike the training texts (BENCHMARKS):
     no prompt may share half of its content words with a class description or a templated name."""
-    import evaluate as E
+    import evaluation as E
 
     texts = [(t, content_words(t)) for t in tiny200_training_texts()]
     names = [line.split("\t")[1].split(", ")[0] for line in (ROOT / "assets/tiny200_classes.tsv").read_text().splitlines()]

@@ -426,7 +426,7 @@ def test_bench_sr_scores_bicubic_and_the_sr_model_on_held_out_images_and_samples
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from benchmarks import bench_sr
     from dataprep.dataset import PreprocessedDataset
-    from evaluate import save_classifier, train_classifier
+    from evaluation import save_classifier, train_classifier
 
     data = PreprocessedDataset(trained["sr_data"])
     clf = train_classifier(np.asarray(data.images), np.asarray(data.labels), data.num_classes, epochs=1, batch_size=32)

@@ -1,0 +1,223 @@
+"""The whole evaluation of a model (its samples per sampler setting against real held-out photos)
+and its Markdown table."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from core.prompting import snapping_encoder
+from dataprep.dataset import PreprocessedDataset
+from evaluation.classifier import (CLASSIFIER_WEIGHTS, SmallResNet, classify, load_classifier, per_class_accuracy, predict,
+                                   top_k_accuracy)
+from evaluation.conditioning import CONDITIONING_TARGET, conditioning_check, named_pairs, real_conditioning
+from evaluation.free_text import free_text_rows
+from evaluation.frechet import InceptionFeatures, fd_bootstrap_sd, frechet_distance
+from evaluation.generation import generate_per_class
+from evaluation.yardstick import YardstickClasses, YardstickRecipe, class_positions, fit_yardstick, model_subset
+from models.text_encoder import encode_prompts
+
+log = logging.getLogger("evaluate")  # the tool's name in its log lines, as before the package
+
+
+@dataclass
+class Row:
+    setting: str
+    images: int
+    accuracy: float
+    fd: float
+    seconds_per_image: float
+    fid: float | None = None
+    accuracy_se: float = 0.0  # binomial standard error of the accuracy
+    fd_sd: float = 0.0  # bootstrap standard deviation of the FD over the generated images
+    top5: float | None = None  # the requested class among the classifier's 5 best guesses
+    class_accuracy: dict[str, float] | None = None  # top-1 accuracy of each class, by name
+    conditioning: dict[str, Any] | None = None  # conditioning_check of the images (None with one image per class)
+
+
+def evaluate(
+    lm: Any, data_dir: str | Path, settings: Sequence[tuple[str, int]], *, per_class: int = 20,
+    guidance: float = 3.0, seed: int = 0, batch_size: int = 50, classifier_epochs: int = 15,
+    retrain_classifier: bool = False, inception: str | None = None, device: str | torch.device = "cpu",
+    encode_fn: Callable[[list[str]], np.ndarray] | None = None, classifier_dir: Path | None = None,
+    free_text: Sequence[tuple[str, int]] = (), free_text_setting: tuple[str, int] = ("dpm++", 20),
+    precision: str = "fp32", snaps: Sequence[float] = (0.0,), guidance_interval: tuple[float, float] | None = None,
+    free_text_per_prompt: int = 0, guide: Any = None,
+) -> dict[str, Any]:
+    """Run the whole evaluation; returns a dict with the reference figures and one Row per setting."""
+
+    device = torch.device(device)
+    train = PreprocessedDataset(data_dir, split="train")
+    val = PreprocessedDataset(data_dir, split="val")
+    data_names = [c["name"] for c in train.classes]
+    in_data = class_positions(lm.class_names, data_names, f"the data in {data_dir}")
+    if len(val) < 2:
+        raise ValueError(f"{data_dir} has no held-out split: preprocess it with --val-fraction > 0")
+    folder = classifier_dir or lm.path
+    if retrain_classifier or not (folder / CLASSIFIER_WEIGHTS).exists():
+        fit_yardstick(train, val, folder, recipe=YardstickRecipe(epochs=classifier_epochs), seed=seed, device=device)
+    clf, meta = load_classifier(folder, device)
+    clf_names = meta.get("classes") or (data_names if meta["num_classes"] == len(data_names) else None)
+    if clf_names is None:
+        raise ValueError(f"the yardstick in {folder} does not list its classes")
+    yardstick = YardstickClasses.match(lm.class_names, clf_names, f"the yardstick in {folder}")
+
+    # The real photos of the model's classes (all of the data's when it has only those), labelled as the model's.
+    train_images, train_labels = model_subset(train, in_data)
+    val_images, val_labels = model_subset(val, in_data)
+    val_logits, val_feat = predict(clf, val_images)
+    val_pred = yardstick.to_model(val_logits.argmax(1))
+    # Noise floor: FD between the held-out set and an equally sized, class-balanced real training subset.
+    rng = np.random.default_rng(seed)
+    ref_idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(train_labels == c),
+                                                 size=min(per_class, int((train_labels == c).sum())),
+                                                 replace=False) for c in range(len(lm.classes))]))
+    _, ref_feat = classify(clf, train_images[ref_idx])
+    inc = InceptionFeatures(inception, device) if inception else None
+    reference = _Reference(clf, yardstick, val_feat, inc, inc(val_images) if inc else None, 1.0 / len(clf_names))
+    result: dict[str, Any] = {
+        "model": lm.name, "data": str(data_dir), "per_class": per_class, "seed": seed, "guidance": guidance,
+        "precision": precision, "guidance_interval": list(guidance_interval) if guidance_interval else None,
+        "guide": guide.name if guide else None,
+        "classes": len(lm.classes), "yardstick_classes": len(clf_names), "real_val_images": int(len(val_labels)),
+        "real_val_accuracy": float((val_pred == val_labels).mean()),
+        "real_val_top5": top_k_accuracy(val_logits, yardstick.of_model[val_labels], 5),
+        "real_vs_real_fd": frechet_distance(ref_feat, val_feat),
+        "feature_dim": clf.feature_dim,
+        "classifier": {k: meta[k] for k in ("epochs", "val_accuracy", "val_top5", "width", "blocks") if k in meta},
+        "real_conditioning": real_conditioning(val_labels, val_feat, val_pred, len(lm.classes), per_class,
+                                               reference.chance),
+        "rows": [],
+    }
+    if inc:
+        result["real_vs_real_fid"] = frechet_distance(inc(train_images[ref_idx]), reference.inception_val)
+    for sampler, steps in settings:
+        images, labels, secs = generate_per_class(lm, sampler, steps, per_class, guidance, seed, batch_size, device,
+                                                  encode_fn, precision=precision, guidance_interval=guidance_interval,
+                                                  guide=guide)
+        row = _score_setting(lm, reference, f"{sampler} {steps}", images, labels, secs, per_class, seed)
+        result["rows"].append(asdict(row))
+        log.info("%s: accuracy %.3f, FD %.2f, %.3f s/image", row.setting, row.accuracy, row.fd, row.seconds_per_image)
+    if free_text:
+        result["free_text_setting"] = f"{free_text_setting[0]} {free_text_setting[1]}"
+        result["free_text"] = []
+        for snap in snaps:  # the same prompts and seeds, with and without pulling them toward the classes
+            enc = encode_fn
+            if snap > 0:
+                enc = snapping_encoder(encode_fn or encode_prompts, [c["prompt"] for c in lm.classes], snap)
+            rows = free_text_rows(lm, clf, free_text, per_prompt=free_text_per_prompt or per_class,
+                                  sampler=free_text_setting[0],
+                                  steps=free_text_setting[1], guidance=guidance, seed=seed,
+                                  batch_size=batch_size, device=device, encode_fn=enc, yardstick=yardstick)
+            result["free_text"] += [dict(r, snap=snap) for r in rows]
+    return result
+
+
+@dataclass
+class _Reference:
+    """What every generated set is measured against: the yardstick and the real held-out photos' features."""
+    clf: SmallResNet
+    yardstick: YardstickClasses
+    val_feat: np.ndarray
+    inception: InceptionFeatures | None
+    inception_val: np.ndarray | None
+    chance: float  # 1 / the yardstick's classes
+
+
+def _score_setting(lm: Any, ref: _Reference, setting: str, images: np.ndarray, labels: np.ndarray, secs: float,
+                   per_class: int, seed: int) -> Row:
+    """One sampler setting's row: its images (class-major, ``per_class`` each) scored against ``ref``."""
+    logits, feat = predict(ref.clf, images)
+    pred = ref.yardstick.to_model(logits.argmax(1))
+    acc = float((pred == labels).mean())
+    per_cls = per_class_accuracy(pred, labels, len(lm.classes))
+    return Row(setting, len(images), acc, frechet_distance(feat, ref.val_feat), secs / len(images),
+               frechet_distance(ref.inception(images), ref.inception_val) if ref.inception else None,
+               accuracy_se=math.sqrt(acc * (1 - acc) / len(images)), fd_sd=fd_bootstrap_sd(feat, ref.val_feat, seed=seed),
+               top5=top_k_accuracy(logits, ref.yardstick.of_model[labels], 5),
+               class_accuracy={c["name"]: float(a) for c, a in zip(lm.classes, per_cls)},
+               conditioning=named_pairs(conditioning_check(feat, pred, len(lm.classes), per_class, chance=ref.chance),
+                                        lm.class_names)
+               if per_class >= 2 else None)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Markdown: one row per sampler setting against the real held-out photos (top-1 and top-5 as
+    a share of real, FD as a multiple of the real-vs-real floor at the same count), the
+    conditioning check, and the best and worst classes."""
+    fid = "real_vs_real_fid" in result
+    real1, real5, floor = result["real_val_accuracy"], result.get("real_val_top5"), result["real_vs_real_fd"]
+    head = ("| sampler / steps | images | top-1 | top-1 / real | top-5 | top-5 / real | FD (classifier feats) | FD / floor |"
+            " classes apart (pairs) | own class above chance |" + (" FID |" if fid else "") + " s / image (this CPU) |")
+    lines = [head, "|" + " --- |" * (11 + fid)]
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    def ratio(x: float | None, ref: float | None) -> str:
+        return "-" if x is None or not ref else f"{x / ref:.2f}"
+
+    def cond(c: dict[str, Any] | None) -> tuple[str, str]:
+        return ("-", "-") if not c else (f"{c['pairs_apart']:.1%}", f"{c['classes_above_chance']:.1%}")
+
+    for r in result["rows"]:
+        apart, chance = cond(r.get("conditioning"))
+        lines.append(f"| {r['setting']} | {r['images']} | {r['accuracy']:.1%} ± {r.get('accuracy_se', 0):.1%} |"
+                     f" {ratio(r['accuracy'], real1)} | {pct(r.get('top5'))} | {ratio(r.get('top5'), real5)} |"
+                     f" {r['fd']:.2f} ± {r.get('fd_sd', 0):.2f} | {r['fd'] / floor:.1f}x | {apart} | {chance} |"
+                     + (f" {r['fid']:.1f} |" if fid else "") + f" {r['seconds_per_image']:.3f} |")
+    apart, chance = cond(result.get("real_conditioning"))
+    lines.append(f"| real held-out photos (reference) | {result['real_val_images']} | {real1:.1%} | 1.00 | {pct(real5)} |"
+                 f" 1.00 | {floor:.2f} (real vs real) | 1.0x | {apart} | {chance} |"
+                 + (f" {result['real_vs_real_fid']:.1f} |" if fid else "") + " - |")
+    lines.append("")
+    band = (f" (only for sigma in ({result['guidance_interval'][0]:g}, {result['guidance_interval'][1]:g}])"
+            if result.get("guidance_interval") else "")
+    clf = result.get("classifier", {})
+    lines.append(f"{result['classes']} classes, {result['per_class']} images per class per setting (the j-th image of "
+                 f"every class from seed {result.get('seed', 0)} + j), guidance {result['guidance']}{band}. Yardstick: "
+                 f"width {clf.get('width', '?')}, blocks {clf.get('blocks', [1, 1, 1, 1])}, feature dim "
+                 f"{result['feature_dim']}. ± is one standard error: binomial for accuracy, bootstrap over the generated "
+                 "images for FD. The floor is the FD between real training photos (as many as generated) and the "
+                 "held-out photos.")
+    for r in result["rows"]:
+        c = r.get("conditioning")
+        if c:
+            lines += ["", f"Conditioning check ({r['setting']}, {c['seeds']} seeds x {result['classes']} classes): "
+                      f"two classes from one seed are farther apart than two seeds of one class for "
+                      f"**{c['pairs_apart']:.1%}** of {c['class_pairs']} class pairs ("
+                      f"{'meets' if c['pairs_apart'] >= CONDITIONING_TARGET else 'FAILS'} the "
+                      f"{CONDITIONING_TARGET:.0%} target; median distance "
+                      f"between classes / within a class {c['distance_ratio']:.2f}); "
+                      f"{c['classes_above_chance']:.1%} of classes are put in their own class above chance "
+                      + (f"({c['hits_needed']} of {c['seeds']} needed)." if c["hits_needed"]
+                         else "(no count is, with so few seeds).") + f" Closest pairs: {', '.join(c['closest_pairs'])}."]
+    ranked = [r for r in result["rows"] if r.get("class_accuracy")]
+    if ranked and len(ranked[0]["class_accuracy"]) > 10:
+        r = ranked[0]
+        order = sorted(r["class_accuracy"].items(), key=lambda kv: (-kv[1], kv[0]))
+        show = lambda part: ", ".join(f"{name} {acc:.0%}" for name, acc in part)  # noqa: E731
+        lines += ["", f"Best 10 classes ({r['setting']}): {show(order[:10])}.",
+                  f"Worst 10 classes ({r['setting']}): {show(order[-10:][::-1])}."]
+    if result.get("free_text"):
+        lines.append("")
+        names = [r for r in result["rows"] if r["setting"] == result.get("free_text_setting")]
+        for snap in sorted({f.get("snap", 0.0) for f in result["free_text"]}):
+            rows = [f for f in result["free_text"] if f.get("snap", 0.0) == snap]
+            acc = float(np.mean([f["accuracy"] for f in rows]))
+            vs = (f" ({acc / names[0]['accuracy']:.0%} of the class-name prompts' {names[0]['accuracy']:.1%})"
+                  if names and names[0]["accuracy"] > 0 else "")
+            lines.append(f"Free text, snap {snap:g}: {len(rows)} prompts land on their class {acc:.1%} of the time{vs}.")
+    if result.get("free_text"):
+        lines += ["", f"Free text ({result['free_text_setting']}, {result['free_text'][0]['images']} images per prompt):", "",
+                  "| prompt | meant class | classified as that class | most often classified as |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {r['prompt'].replace('|', '/')}{' (snap %g)' % r['snap'] if r.get('snap') else ''} | {r['class']} |"
+                  f" {r['accuracy']:.0%} | {r['most_seen']} |" for r in result["free_text"]]
+    return "\n".join(lines)
+
