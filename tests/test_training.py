@@ -29,6 +29,7 @@ import torch
 
 from engine import store
 from training import loop as T
+from training import run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("goldfish", "tabby cat", "school bus", "lemon")
@@ -201,13 +202,13 @@ def test_a_full_disk_stops_before_a_checkpoint_and_keeps_the_last_one(tiny_data,
     T.train(T.make_config("smoke", **dict(opts, stop_at_step=2)))
     ckpts = tmp_path / "full" / "checkpoints"
     assert [p.name for p in store.checkpoint_dirs(ckpts)] == ["ckpt-0000002"]
-    real = T.shutil.disk_usage
-    monkeypatch.setattr(T.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    real = run_folder.shutil.disk_usage
+    monkeypatch.setattr(run_folder.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
     with pytest.raises(T.DiskSpaceError, match="MB free"):
         T.train(T.make_config("smoke", **opts))
     assert [p.name for p in store.checkpoint_dirs(ckpts)] == ["ckpt-0000002"]
     assert T.latest_checkpoint_usable(ckpts).name == "ckpt-0000002"
-    monkeypatch.setattr(T.shutil, "disk_usage", real)
+    monkeypatch.setattr(run_folder.shutil, "disk_usage", real)
     T.train(T.make_config("smoke", **opts))
     assert store.checkpoint_dirs(ckpts)[-1].name == "ckpt-0000004"
 
@@ -215,8 +216,8 @@ def test_a_full_disk_stops_before_a_checkpoint_and_keeps_the_last_one(tiny_data,
 def test_a_metrics_file_from_before_the_bands_gets_the_new_header_on_resume(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("step,loss,lr,images_per_s,elapsed_s\n10,0.5,1e-3,9.0,1.0\n20,0.4,1e-3,9.0,2.0\n30,0.3")
-    header = T.metrics_header(1000)
-    T.truncate_metrics(path, 20, header)
+    header = run_folder.metrics_header(1000)
+    run_folder.truncate_metrics(path, 20, header)
     rows = list(csv.DictReader(path.open()))
     assert list(rows[0]) == header and [r["step"] for r in rows] == ["10", "20"]
     assert rows[1]["loss"] == "0.4" and rows[1]["loss_t750_1000"] == ""
@@ -366,19 +367,19 @@ def test_exact_resume_n_plus_n_equals_2n(tiny_data, tmp_path, reference_run):
 
 
 # --------------------------------------------------------------------------- processes
-# Trains through `diffusion.py train` (training/loop.py untouched) and, on every rank, saves that rank's
+# Trains through `diffusion.py train` (training/ untouched) and, on every rank, saves that rank's
 # final model weights (safetensors) and the examples it saw at each step. Under torchrun each
 # rank has its shard; alone (WORLD_SIZE unset) batch_indices is patched to return the union of
 # both ranks' shards, so the single process sees the same global batch. training.train seeds
 # timesteps and noise per (seed, step, rank), which no 1-process run can reproduce, so here they
-# are made a function of the example instead (its crc32), wrapped around the loop's per_sample_loss; flips
+# are made a function of the example instead (its crc32), wrapped around the base task's per_sample_loss; flips
 # are drawn per rank too, so the test data is left-right symmetric (a flip changes nothing).
 _DDP_PROBE = """
 import json, os, sys, zlib
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from training import loop as T
+from training import loop as T, tasks
 
 flags, out = json.loads(sys.argv[1]), sys.argv[2]
 rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -388,7 +389,7 @@ seen, captured = [], {}
 def key(img):
     return zlib.crc32(((img.float() + 1) * 127.5).round().to(torch.uint8).contiguous().numpy().tobytes())
 
-_loss = T.per_sample_loss  # as the loop looks it up
+_loss = tasks.per_sample_loss  # as the base task looks it up
 def per_sample_loss(model, terms, x0, cond, **kw):
     keys = [key(img) for img in x0]
     seen.append(keys)
@@ -396,7 +397,7 @@ def per_sample_loss(model, terms, x0, cond, **kw):
     kw["noise"] = torch.cat([torch.randn((1, *x0.shape[1:]), generator=torch.Generator().manual_seed(k))
                              for k in keys])
     return _loss(model, terms, x0, cond, **kw)
-T.per_sample_loss = per_sample_loss
+tasks.per_sample_loss = per_sample_loss
 
 if world == 1:
     _indices = T.batch_indices

@@ -13,7 +13,8 @@ this module holds what is specific to training the stage (using it is ``engine.u
   crops paired with their low-resolution counterparts, with augmentation;
 * ``write_sr_samples``: the periodic sample grid (low res, bicubic, SR, truth).
 
-Train one with ``python diffusion.py train --preset sr64`` (see training/loop.py).
+Train one with ``python diffusion.py train --preset sr64`` (the preset: training/config.py; the task:
+training/tasks.py).
 """
 from __future__ import annotations
 
