@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None,
                    help=f"sampling steps (default: the model's sampler_defaults, else {own_steps})")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale, 1 = none "
-                   f"(default: the model's sampler_defaults, else {DEFAULT_GUIDANCE:g})")
+                   f"(default: the model's sampler_defaults, else {DEFAULT_GUIDANCE})")
     p.add_argument("--seed", type=int, default=None, help="image i uses seed + i (default 0)")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (0 deterministic, the default; 1 DDPM-like)")
     p.add_argument("--from-png", default=None, metavar="FILE",
