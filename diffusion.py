@@ -29,7 +29,7 @@ import torch
 import drawing
 from core.precision import PRECISIONS
 from core.prompting import PROMPT_BLEND_HELP
-from core.samplers import SAMPLERS
+from core.samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SAMPLER_DEFAULTS, SAMPLERS
 from core.schedules import TIMESTEP_SPACINGS
 from dataprep.images import load_init_image
 from engine import store
@@ -177,9 +177,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     lm = load_model(args.model, store=args.store, device=device)
-    if args.sampler is None and str(lm.sampler_defaults.get("sampler") or "dpm++").lower() not in SAMPLERS:
-        log.warning("unknown sampler %r in the model's sampler_defaults; using dpm++", lm.sampler_defaults["sampler"])
-        args.sampler = "dpm++"
     if args.class_name and lm.class_names:
         known = {c.lower() for c in lm.class_names}
         unknown = [c for c in args.class_name if c.lower() not in known]
@@ -283,11 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_name", action="append", help="class name, e.g. goldfish (repeatable)")
     p.add_argument("--n", type=int, default=None, help="number of images (default 8; 1 with --from-png)")
     p.add_argument("--sampler", choices=SAMPLERS, default=None,
-                   help="default: the model's sampler_defaults, else dpm++")
+                   help=f"default: the model's sampler_defaults, else {DEFAULT_SAMPLER}")
+    own_steps = ", ".join(f"{name} {spec.steps or 'every timestep'}" for name, spec in SAMPLER_DEFAULTS.items())
     p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps (default: the model's sampler_defaults, else ddpm 1000, ddim 50, dpm++ 20)")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale, 1 = none (default: the model's sampler_defaults, else 3.0)")
+                   help=f"sampling steps (default: the model's sampler_defaults, else {own_steps})")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale, 1 = none "
+                   f"(default: the model's sampler_defaults, else {DEFAULT_GUIDANCE})")
     p.add_argument("--seed", type=int, default=None, help="image i uses seed + i (default 0)")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (0 deterministic, the default; 1 DDPM-like)")
     p.add_argument("--from-png", default=None, metavar="FILE",

@@ -3,8 +3,10 @@ the cascade's super-resolution math and the studio's traces; no app, CLI or stor
 
     core.schedules   beta schedules, DiffusionConfig / DiffusionTerms, log_snr
     core.loss        q_sample, the network's parameterisations (epsilon, v), training_loss, per_sample_loss
-    core.samplers    the table of samplers and their default steps (no torch: the app's checks read it)
-    core.sampling    timesteps, the guided denoiser, DDPM / DDIM / DPM-Solver++
+    core.samplers    the table of samplers, their default steps, the default sampler and guidance (no torch:
+                     the app's checks read it)
+    core.sampling    timesteps, the guided denoiser, DDPM / DDIM / DPM-Solver++ / consistency, the registry
+                     that pairs each sampler of the table with its runner
     core.precision   bf16 autocast where the hardware is fast at it
     core.noise       seeded starting noise, variations, img2img start, interpolation inputs
     core.pixels      uint8 images <-> [-1, 1] tensors
@@ -59,6 +61,9 @@ _EXPORTS = {  # public name -> the module that defines it
             "SamplerSpec",
             "SAMPLER_DEFAULTS",
             "SAMPLERS",
+            "DEFAULT_SAMPLER",
+            "DEFAULT_GUIDANCE",
+            "check_sampler",
             "default_steps",
         ),
         "samplers",
@@ -78,6 +83,12 @@ _EXPORTS = {  # public name -> the module that defines it
             "ddim_sample",
             "dpm_solver_pp_sample",
             "img2img_timesteps",
+            "consistency_sample",
+            "SamplerRunner",
+            "SAMPLER_RUNNERS",
+            "Sampler",
+            "SAMPLER_REGISTRY",
+            "build_registry",
             "run_sampler",
             "sampler_timesteps",
         ),

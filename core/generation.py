@@ -15,13 +15,11 @@ from core.noise import starting_noise
 from core.pixels import images_to_tensor, to_uint8
 from core.precision import resolve_precision
 from core.prompting import encode_weighted
+from core.samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SAMPLER_DEFAULTS, check_sampler, default_steps
 from core.sampling import (
-    SAMPLER_DEFAULTS,
-    SAMPLERS,
     GuidedDenoiser,
     StepCallback,
     StepInfo,
-    default_steps,
     folds_guidance,
     img2img_timesteps,
     make_timesteps,
@@ -76,9 +74,9 @@ def generate_images(
     *,
     class_names: Sequence[str] | str | None = None,
     num_images: int = 1,
-    sampler: str = "dpm++",
+    sampler: str = DEFAULT_SAMPLER,
     num_steps: int | None = None,
-    guidance_scale: float = 3.0,
+    guidance_scale: float = DEFAULT_GUIDANCE,
     seed: int = 0,
     eta: float = 0.0,
     timestep_spacing: str | None = None,
@@ -126,8 +124,7 @@ def generate_images(
     * ``guide_model`` (with its ``guide_diffusion``, default the model's): autoguidance, a weaker model
       of the same schedule in place of the unconditional branch (``core.autoguidance``).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    check_sampler(sampler)
     texts = resolve_prompts(prompts, class_names, num_images, prompt_template)
     if encode_fn is None:
         encode_fn = encode_prompts

@@ -1,8 +1,10 @@
-"""Samplers (DDPM, DDIM, DPM-Solver++) and what they share: the timestep table, the guided
-denoiser (classifier-free guidance with an optional guidance interval), step reports.
+"""Samplers (DDPM, DDIM, DPM-Solver++, consistency) and what they share: the timestep table, the
+guided denoiser (classifier-free guidance with an optional guidance interval), step reports, and
+the registry ``run_sampler`` dispatches through.
 
-``SAMPLER_DEFAULTS`` is the one table of each sampler's default steps and spacing: the CLI,
-the app and ``evaluate.py`` read it (``default_steps``)."""
+``core.samplers.SAMPLER_DEFAULTS`` is the one table of each sampler's default steps and spacing:
+the CLI, the app and ``evaluate.py`` read it (``default_steps``). ``SAMPLER_REGISTRY`` pairs each of
+its names with the function that runs it, and refuses at import a name with no runner."""
 from __future__ import annotations
 
 import math
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from core.loss import eps_from_x0, predict_x0_eps
-from core.samplers import SAMPLER_DEFAULTS, SAMPLERS, default_steps
+from core.samplers import SAMPLER_DEFAULTS, SamplerSpec, check_sampler, default_steps
 from core.schedules import TIMESTEP_SPACINGS, DiffusionConfig, DiffusionTerms
 
 
@@ -335,26 +337,67 @@ def img2img_timesteps(timesteps: Sequence[int], strength: float, num_train_times
     return [int(t) for t in timesteps if t <= t_start]
 
 
-def run_sampler(sampler: str, denoise: GuidedDenoiser, x: torch.Tensor, timesteps: list[int], eta: float,
-                 generators: Generators, on_step: StepCallback) -> torch.Tensor:
-    if not timesteps:  # img2img at a strength too low to reach any step
-        return x
-    if sampler == "ddpm":
-        return ddpm_sample(denoise, x, timesteps=timesteps, generator=generators, callback=on_step)
-    if sampler == "ddim":
-        return ddim_sample(denoise, x, eta=eta, timesteps=timesteps, generator=generators, callback=on_step)
-    if sampler == "lcm":
-        return consistency_sample(denoise, x, timesteps=timesteps, generator=generators, callback=on_step)
+# --------------------------------------------------------------------------- the registry
+# A runner takes the sampler's timesteps (decreasing), DDIM's eta and the generators, whatever it uses of them.
+SamplerRunner = Callable[[GuidedDenoiser, torch.Tensor, list[int], float, Generators, StepCallback], torch.Tensor]
+
+
+def _run_ddpm(denoise, x, timesteps, eta, generators, on_step):  # noqa: ARG001 - eta is DDIM's alone
+    return ddpm_sample(denoise, x, timesteps=timesteps, generator=generators, callback=on_step)
+
+
+def _run_ddim(denoise, x, timesteps, eta, generators, on_step):
+    return ddim_sample(denoise, x, eta=eta, timesteps=timesteps, generator=generators, callback=on_step)
+
+
+def _run_dpm_solver_pp(denoise, x, timesteps, eta, generators, on_step):  # noqa: ARG001 - deterministic
     return dpm_solver_pp_sample(denoise, x, timesteps=timesteps, callback=on_step)
 
 
+def _run_consistency(denoise, x, timesteps, eta, generators, on_step):  # noqa: ARG001
+    return consistency_sample(denoise, x, timesteps=timesteps, generator=generators, callback=on_step)
+
+
+SAMPLER_RUNNERS: dict[str, SamplerRunner] = {
+    "ddpm": _run_ddpm, "ddim": _run_ddim, "dpm++": _run_dpm_solver_pp, "lcm": _run_consistency,
+}
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One entry of the registry: a sampler's name, what runs it and its defaults."""
+
+    name: str
+    run: SamplerRunner
+    spec: SamplerSpec
+
+
+def build_registry(specs: dict[str, SamplerSpec], runners: dict[str, SamplerRunner]) -> dict[str, Sampler]:
+    """The registry, keyed by name in the table's order. A sampler in the table without a runner (or a
+    runner without a table entry) is an error here, at import, never another sampler run in its place."""
+    if set(specs) != set(runners):
+        missing, extra = sorted(set(specs) - set(runners)), sorted(set(runners) - set(specs))
+        raise RuntimeError(f"the sampler table (core.samplers) and its runners (core.sampling) disagree: "
+                           f"no runner for {missing}, no table entry for {extra}")
+    return {name: Sampler(name, runners[name], spec) for name, spec in specs.items()}
+
+
+SAMPLER_REGISTRY = build_registry(SAMPLER_DEFAULTS, SAMPLER_RUNNERS)
+
+
+def run_sampler(sampler: str, denoise: GuidedDenoiser, x: torch.Tensor, timesteps: list[int], eta: float,
+                generators: Generators, on_step: StepCallback) -> torch.Tensor:
+    """Run the registry's ``sampler`` over ``timesteps``; an unknown name is a ValueError naming the choices."""
+    entry = SAMPLER_REGISTRY[check_sampler(sampler)]
+    if not timesteps:  # img2img at a strength too low to reach any step
+        return x
+    return entry.run(denoise, x, timesteps, eta, generators, on_step)
 
 
 def sampler_timesteps(diffusion: DiffusionConfig, sampler: str, num_steps: int | None = None,
                       timestep_spacing: str | None = None, strength: float = 1.0) -> list[int]:
     """The model timesteps ``generate_images`` visits for these settings (the SDEdit tail when ``strength`` < 1)."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    check_sampler(sampler)
     T = diffusion.num_train_timesteps
     ts = make_timesteps(T, default_steps(sampler, T) if num_steps is None else int(num_steps),
                         timestep_spacing or SAMPLER_DEFAULTS[sampler].spacing)

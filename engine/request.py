@@ -1,7 +1,8 @@
 """One generation request: what the CLI, every app tab and the figures ask the core for.
 
 A ``GenerationRequest`` holds what a user chose; what they left as ``None`` is the model's own
-default (its ``sampler_defaults`` and guidance band), else the core's (``core.sampling``).
+default (its ``sampler_defaults`` and guidance band), else the core's (``core.samplers``), decided
+in one place, ``resolve_sampler_settings``.
 ``generate(lm, request)`` resolves those defaults, the snapping toward the model's classes, the
 img2img start and the optional second stage (an upscaler), runs ``core.generate_images`` once,
 and returns the images with each image's own recipe: the PNG metadata that regenerates it.
@@ -14,7 +15,7 @@ Equal requests give equal pixels by construction, wherever they come from.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,19 +24,15 @@ from core.autoguidance import check_guide_schedule
 from core.generation import GenerationResult, generate_images, resolve_prompts
 from core.noise import interpolation_inputs, slerp, starting_noise
 from core.prompting import encode_weighted, snap_to_classes
-from core.sampling import (
-    SAMPLERS,
-    StepCallback,
-    default_steps,
-    parse_guidance_interval,
-)
-from engine.store import LoadedModel, load_model, model_type_of
+from core.samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, check_sampler, default_steps
+from core.sampling import StepCallback, parse_guidance_interval
+from core.traces import StepTrace, trace_denoising
+from engine.store import LoadedModel, load_model, model_sampler, model_type_of
 from engine.upscaling import upscale_generation
 from models.text_encoder import class_prompt, encode_prompts
 
 EncodeFn = Callable[[list[str]], np.ndarray]
 UNCONDITIONAL = "unconditional"  # "guide with" the model's own null branch: classifier-free guidance
-DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale when neither the user nor the model names one
 
 
 @dataclass
@@ -94,22 +91,31 @@ class Settings:
     guidance_interval: tuple[float, float] | None
 
 
-def resolve_settings(lm: LoadedModel, request: GenerationRequest) -> Settings:
-    """What the user gave wins; then the model's ``sampler_defaults`` (its steps only for its own
-    sampler); then the core's table (``core.sampling.SAMPLER_DEFAULTS``)."""
-    defaults = lm.sampler_defaults
-    sampler = request.sampler or str(defaults.get("sampler") or "dpm++").lower()
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+def resolve_sampler_settings(sampler_defaults: Mapping[str, Any], num_train_timesteps: int,
+                             request: GenerationRequest) -> Settings:
+    """The one resolver of sampler, steps, guidance and guidance band: what the user gave wins; then
+    the model's ``sampler_defaults`` (its steps only for its own sampler, or for any when it names
+    none); then the core's (``core.samplers``: ``DEFAULT_SAMPLER``, each sampler's default steps,
+    ``DEFAULT_GUIDANCE``). The CLI, every tab of the app (its controls start at this), ``evaluate.py``
+    and the training previews (a model without defaults: ``{}``) all decide here."""
+    own = model_sampler(sampler_defaults)
+    sampler = check_sampler(request.sampler or own or DEFAULT_SAMPLER)
     steps = request.steps
-    if steps is None and defaults.get("sampler", sampler) == sampler:
-        steps = defaults.get("steps")
+    if steps is None and (own or sampler) == sampler:
+        steps = sampler_defaults.get("steps")
     if steps is None:
-        steps = default_steps(sampler, lm.diffusion.num_train_timesteps)
-    guidance = request.guidance if request.guidance is not None else float(
-        defaults.get("guidance_scale", DEFAULT_GUIDANCE))
-    interval = lm.guidance_interval if request.guidance_interval is None else request.guidance_interval
+        steps = default_steps(sampler, num_train_timesteps)
+    guidance = request.guidance
+    if guidance is None:
+        guidance = sampler_defaults.get("guidance_scale", DEFAULT_GUIDANCE)
+    interval = sampler_defaults.get("guidance_interval") if request.guidance_interval is None \
+        else request.guidance_interval
     return Settings(sampler, int(steps), float(guidance), parse_guidance_interval(interval))  # "none": every step
+
+
+def resolve_settings(lm: LoadedModel, request: GenerationRequest) -> Settings:
+    """``resolve_sampler_settings`` for a loaded model: its ``sampler_defaults`` and its T."""
+    return resolve_sampler_settings(lm.sampler_defaults, lm.diffusion.num_train_timesteps, request)
 
 
 def class_embeddings(lm: LoadedModel, encode_fn: EncodeFn = encode_prompts) -> np.ndarray | None:
@@ -183,6 +189,26 @@ def generate(
         gen.images, gen.frames, gen.frame_timesteps, stage2 = up.images, up.frames, up.frame_timesteps, up.recipe
     gen.recipes = image_recipes(res, lm.name, request, stage2)
     return gen
+
+
+def trace(lm: LoadedModel, request: GenerationRequest, *, device: torch.device | str | None = None,
+          encode_fn: EncodeFn | None = None, callback: StepCallback | None = None) -> StepTrace:
+    """The request's first image step by step (``core.traces.trace_denoising``: x_t, the x_0 estimate and
+    the predicted noise at each step), sampled with the settings ``generate`` resolves for it: the same
+    pixels as ``generate``'s first image. A trace takes prompts or class names, the seed, variation and
+    sampler settings; an init image, snapping, explicit inputs, a guide or an upscaler are refused."""
+    if (request.init_image is not None or request.snap or request.cond is not None or request.noise is not None
+            or request.guide or request.upscale):
+        raise ValueError("a trace takes prompts, seeds and sampler settings only (no init image, snap, explicit "
+                         "inputs, guide or upscaler)")
+    settings = resolve_settings(lm, request)
+    return trace_denoising(
+        lm.model, lm.diffusion, request.prompts, class_names=request.class_names, callback=callback,
+        sampler=settings.sampler, num_steps=settings.steps, guidance_scale=settings.guidance, seed=request.seed,
+        eta=request.eta, timestep_spacing=request.spacing, encode_fn=encode_fn or encode_prompts,
+        prompt_template=lm.prompt_template, device=device, variation_seed=request.variation_seed,
+        variation_strength=request.variation_strength, precision=request.precision,
+        guidance_interval=settings.guidance_interval)
 
 
 def check_guide(lm: LoadedModel, guide: LoadedModel) -> None:

@@ -33,6 +33,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from core.samplers import check_sampler
 from core.sampling import parse_guidance_interval
 from core.schedules import DiffusionConfig
 from models import ConditionalUNet, UNetConfig
@@ -372,13 +373,29 @@ def load_model(
     return LoadedModel(model, diffusion, config, folder, name=folder.name, classes=config.get("classes", []))
 
 
+def model_sampler(sampler_defaults: dict[str, Any]) -> str | None:
+    """The sampler a model's ``sampler_defaults`` name (a name of ``core.samplers``' table, in any case),
+    or None when they name none; another name is a ValueError that names the choices."""
+    name = sampler_defaults.get("sampler")
+    if name is None:
+        return None
+    return check_sampler(name.lower() if isinstance(name, str) else name)
+
+
 def check_sampler_defaults(config: dict[str, Any], where: str | os.PathLike) -> None:
-    """A config's ``sampler_defaults`` must be an object whose guidance interval (if any) parses."""
+    """A config's ``sampler_defaults`` must be an object whose sampler (if any) is one of the table's,
+    whose steps (if any) are a whole number >= 1, whose guidance scale (if any) is a finite number and
+    whose guidance interval (if any) parses: ``engine.request`` resolves them without a fallback."""
     defaults = config.get("sampler_defaults", {})
     if not isinstance(defaults, dict):
         raise CheckpointError(f"{where}: sampler_defaults must be a JSON object")
-
+    steps, guidance = defaults.get("steps"), defaults.get("guidance_scale", 1.0)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise CheckpointError(f"{where}: sampler_defaults: steps must be a whole number >= 1, got {steps!r}")
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+        raise CheckpointError(f"{where}: sampler_defaults: guidance_scale must be a finite number, got {guidance!r}")
     try:
+        model_sampler(defaults)
         parse_guidance_interval(defaults.get("guidance_interval"))
     except ValueError as e:
         raise CheckpointError(f"{where}: sampler_defaults: {e}") from None

@@ -301,6 +301,60 @@ def test_generate_images_rejects_bad_requests():
         D.generate_images(model, cfg, "x", guidance_scale=float("nan"), encode_fn=fake_encode)
 
 
+# ----------------------------------------------------------------- the sampler registry
+SAMPLER_FUNCTIONS = {"ddpm": "ddpm_sample", "ddim": "ddim_sample", "dpm++": "dpm_solver_pp_sample",
+                     "lcm": "consistency_sample"}  # written here, not read from the code under test
+
+
+def test_run_sampler_runs_the_named_samplers_own_function(monkeypatch):
+    """Each name dispatches to its own sampler function (spied on where the runners look them up)."""
+    from core import sampling
+
+    assert set(SAMPLER_FUNCTIONS) == set(D.SAMPLER_DEFAULTS) == set(D.SAMPLER_REGISTRY)
+    ran = []
+    for fn in SAMPLER_FUNCTIONS.values():
+        monkeypatch.setattr(sampling, fn, lambda *a, _fn=fn, **kw: ran.append(_fn) or a[1])
+    x = torch.zeros(1)
+    for name, fn in SAMPLER_FUNCTIONS.items():
+        ran.clear()
+        assert D.run_sampler(name, None, x, [999, 0], 0.0, None, None) is x
+        assert ran == [fn], name
+        assert D.SAMPLER_REGISTRY[name].name == name and D.SAMPLER_REGISTRY[name].spec is D.SAMPLER_DEFAULTS[name]
+
+
+def test_an_unknown_sampler_is_an_error_that_names_the_choices():
+    choices = "choose one of dpm\\+\\+, ddim, ddpm, lcm"
+    for bad in ("euler", "DDIM", "", None):
+        with pytest.raises(ValueError, match=choices):
+            D.check_sampler(bad)
+    x = torch.zeros(1)
+    with pytest.raises(ValueError, match=choices):  # even with no step to run (img2img at a tiny strength)
+        D.run_sampler("euler", None, x, [], 0.0, None, None)
+    with pytest.raises(ValueError, match=choices):
+        D.sampler_timesteps(D.DiffusionConfig(), "euler")
+    with pytest.raises(ValueError, match=choices):
+        D.default_steps("euler", 1000)
+
+
+def test_a_sampler_in_the_table_without_a_runner_is_refused_at_import():
+    """A table entry with no runner (or a runner with no entry) is an error, not another sampler run in its place."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from core.sampling import SAMPLER_RUNNERS, build_registry
+
+    with pytest.raises(RuntimeError, match=r"no runner for \['euler'\]"):
+        build_registry({**D.SAMPLER_DEFAULTS, "euler": D.SAMPLER_DEFAULTS["ddim"]}, SAMPLER_RUNNERS)
+    with pytest.raises(RuntimeError, match=r"no table entry for \['euler'\]"):
+        build_registry(D.SAMPLER_DEFAULTS, {**SAMPLER_RUNNERS, "euler": SAMPLER_RUNNERS["ddim"]})
+    code = ("import core.samplers as S; S.SAMPLER_DEFAULTS['euler'] = S.SAMPLER_DEFAULTS['ddim']; "
+            "import core.sampling")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode != 0 and "no runner for ['euler']" in run.stderr, run.stderr[-500:]
+
+
 def test_make_timesteps_spacings():
     assert D.make_timesteps(1000, 4, "trailing") == [999, 749, 499, 249]
     assert D.make_timesteps(1000, 4, "leading") == [750, 500, 250, 0]

@@ -429,6 +429,60 @@ def test_cli_sample_uses_the_models_sampler_defaults_and_never_overwrites(tiny_m
         "20260101-000000-1_grid.png", "20260101-000000-2_grid.png", "20260101-000000_grid.png"]
 
 
+def fake_generate_into(calls: list):
+    """``generate_images`` faked (no text encoder, no sampling): it records what it was asked for."""
+    import numpy as np
+
+    import core as D
+
+    def fake_generate(model, diffusion, prompts=None, **kw):
+        calls.append(kw)
+        n = kw["num_images"]
+        recipe = {"sampler": kw["sampler"], "steps": kw["num_steps"], "guidance_scale": kw["guidance_scale"],
+                  "seed": kw["seed"], "size": 16}
+        return D.GenerationResult(np.zeros((n, 16, 16, 3), np.uint8), [kw["seed"] + i for i in range(n)],
+                                  ["a photo of a goldfish"] * n, [], [], recipe)
+    return fake_generate
+
+
+@pytest.mark.parametrize("defaults", [
+    {}, {"sampler": "ddim"}, {"sampler": "DDIM", "steps": 30}, {"sampler": "lcm", "guidance_scale": 6.0},
+    {"sampler": "ddpm"}, {"steps": 7}, {"guidance_scale": 2.5, "guidance_interval": "0.5,80"},
+])
+def test_the_apps_controls_start_at_the_settings_the_cli_samples_with(defaults, tiny_model, tmp_path, monkeypatch):
+    """One resolver: for a model with partial sampler_defaults, every tab's pre-fill is what
+    ``diffusion.py sample`` runs when given no sampler, steps or guidance."""
+    import core as D
+    import diffusion as cli
+    from webui.settings import model_defaults
+    from webui.validation import SAMPLER_CHOICES
+
+    root = tmp_path / "store"
+    store.save_to_store("m", tiny_model.state_dict(), config(sampler_defaults=defaults), "card", store=root)
+    calls = []
+    monkeypatch.setattr(engine.request, "generate_images", fake_generate_into(calls))
+    assert cli.main(["sample", "--model", "m", "--store", str(root), "--class", "goldfish", "--n", "1", "--out",
+                     str(tmp_path / "out"), "--device", "cpu"]) == 0
+    cli_ran = (calls[-1]["sampler"], calls[-1]["num_steps"], calls[-1]["guidance_scale"],
+               D.parse_guidance_interval(calls[-1]["guidance_interval"]))
+    d = model_defaults(store.load_model("m", store=root))
+    app_shows = (SAMPLER_CHOICES[d["sampler"]][0], d["steps"], d["guidance_scale"],
+                 D.parse_guidance_interval(d["guidance_interval"]))
+    assert app_shows == cli_ran
+
+
+def test_an_unknown_sampler_in_a_models_defaults_is_an_error_in_the_cli(tiny_model, tmp_path, capsys):
+    import diffusion as cli
+
+    root = tmp_path / "store"
+    store.save_to_store("m", tiny_model.state_dict(), config(sampler_defaults={"sampler": "euler"}), "card", store=root)
+    assert cli.main(["sample", "--model", "m", "--store", str(root), "--class", "goldfish", "--n", "1", "--out",
+                     str(tmp_path / "out"), "--device", "cpu", "--sampler", "ddim"]) == 2
+    err = capsys.readouterr().err
+    assert "m: sampler_defaults: unknown sampler 'euler': choose one of dpm++, ddim, ddpm, lcm" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_resumed_optimizer_matches_channels_last_params(fused, tmp_path):
     """Moments are saved contiguous; restored into a channels_last model (as training runs it)
@@ -463,6 +517,13 @@ def test_resumed_optimizer_matches_channels_last_params(fused, tmp_path):
     ({"guidance_interval": "5,1"}, "0 <= LO < HI"),
     ({"guidance_interval": "fast"}, "two noise levels"),
     (["dpm++"], "must be a JSON object"),
+    ({"sampler": "euler"}, r"m: sampler_defaults: unknown sampler 'euler': choose one of dpm\+\+, ddim, ddpm, lcm"),
+    ({"sampler": "DPM-Solver++"}, "unknown sampler 'dpm-solver\\+\\+'"),  # the app's label is not a name
+    ({"sampler": ""}, "unknown sampler ''"),
+    ({"steps": 0}, "steps must be a whole number >= 1, got 0"),
+    ({"steps": "20"}, "steps must be a whole number"),
+    ({"guidance_scale": None}, "guidance_scale must be a finite number, got None"),
+    ({"guidance_scale": "3"}, "guidance_scale must be a finite number"),
 ])
 def test_a_model_with_unreadable_sampler_defaults_is_refused_at_load(tiny_model, tmp_path, defaults, words):
     store.save_to_store("m", tiny_model.state_dict(), config(sampler_defaults=defaults), "card", store=tmp_path)

@@ -105,14 +105,42 @@ def test_guidance_seed_images_budget():
     assert (req.prompt, req.sampler, req.steps, req.seed, req.num_images) == ("a goldfish", "ddim", 50, None, 4)
 
 
+def fake_model(sampler_defaults: dict, num_train_timesteps: int = 1000):
+    """What the app's pre-fill and the resolver read of a loaded model."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(sampler_defaults=sampler_defaults,
+                           diffusion=SimpleNamespace(num_train_timesteps=num_train_timesteps))
+
+
 def test_model_defaults():
-    fallback = {"sampler": "DPM-Solver++", "steps": 20, "guidance_scale": 3.0, "guidance_interval": ""}
-    assert web.model_defaults({}) == fallback
-    d = web.model_defaults({"sampler": "ddim", "steps": 30, "guidance_scale": 2.0, "guidance_interval": "0-1e2"})
+    """The controls start at the engine's resolution of the model's defaults (the CLI's), as labels and text."""
+    from webui.settings import model_defaults, sampler_steps
+
+    assert model_defaults(fake_model({})) == {"sampler": "DPM-Solver++", "steps": 20, "guidance_scale": 3.0,
+                                              "guidance_interval": ""}
+    d = model_defaults(fake_model({"sampler": "ddim", "steps": 30, "guidance_scale": 2.0, "guidance_interval": "0-1e2"}))
     assert d == {"sampler": "DDIM", "steps": 30, "guidance_scale": 2.0, "guidance_interval": "0,100"}
-    # nonsense in a model's config falls back instead of breaking the page
-    assert web.model_defaults({"sampler": "euler", "steps": 999, "guidance_scale": float("nan"),
-                               "guidance_interval": "5,1"}) == fallback
+    # a sampler without steps: that sampler's own default steps (DDIM's 50, the CLI's), not DPM-Solver++'s 20
+    assert model_defaults(fake_model({"sampler": "ddim"}))["steps"] == 50
+    assert model_defaults(fake_model({"sampler": "DDPM"}, 400))["steps"] == 400  # every timestep, as the CLI
+    # a model's value beyond a control's end shows as that end
+    assert model_defaults(fake_model({"steps": 999, "guidance_scale": 40.0}))["steps"] == 50
+    assert model_defaults(fake_model({"guidance_scale": 40.0}))["guidance_scale"] == web.GUIDANCE_RANGE[1]
+    # switching samplers: the model's own steps for its own sampler, else the sampler's app default
+    lm = fake_model({"sampler": "ddim", "steps": 30})
+    assert (sampler_steps(lm, "DDIM"), sampler_steps(lm, "ddpm"), sampler_steps(lm, "dpm++")) == (30, 250, 20)
+    # a name the table lacks is an error, as in the CLI and the resolver (load_model refuses such a model)
+    with pytest.raises(ValueError, match="unknown sampler 'euler': choose one of dpm\\+\\+, ddim, ddpm, lcm"):
+        model_defaults(fake_model({"sampler": "euler"}))
+
+
+def test_the_apps_sampler_choices_are_the_core_table_in_its_order():
+    from core.samplers import DEFAULT_SAMPLER, SAMPLER_DEFAULTS
+
+    assert [name for name, _ in web.SAMPLER_CHOICES.values()] == list(SAMPLER_DEFAULTS)
+    assert list(web.SAMPLER_CHOICES) == [spec.label for spec in SAMPLER_DEFAULTS.values()]
+    assert list(web.SAMPLER_CHOICES)[0] == SAMPLER_DEFAULTS[DEFAULT_SAMPLER].label  # the default first
 
 
 def test_timesteps_auth_and_exposure():

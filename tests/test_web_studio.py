@@ -134,6 +134,53 @@ def test_trace_denoising_records_what_the_network_saw():
         assert np.abs(recon - xt)[inside & (np.abs(xt) < 0.99)].mean() < 0.05
 
 
+def tiny_loaded(sampler_defaults: dict):
+    from engine.store import LoadedModel
+
+    return LoadedModel(tiny_unet(), CFG, {"image_size": 16, "sampler_defaults": sampler_defaults}, None, name="tiny")
+
+
+def test_a_trace_is_generates_first_image_at_the_same_resolved_settings():
+    """The Learn tab's traces go through ``engine.request``: a request left to the model's defaults (a
+    sampler without steps, a band) traces what ``generate`` draws, at the settings the resolver picks."""
+    from engine.request import GenerationRequest, generate, trace
+
+    lm = tiny_loaded({"sampler": "ddim", "guidance_scale": 5.0, "guidance_interval": "0.5,80"})
+    lm.diffusion = D.DiffusionConfig(num_train_timesteps=100)  # DDIM's own 50 steps, on a short schedule
+    request = GenerationRequest(prompts=["a photo of a goldfish"], seed=4, precision="fp32")
+    tr = trace(lm, request, encode_fn=fake_encode)
+    assert tr.timesteps == D.sampler_timesteps(lm.diffusion, "ddim", 50)
+    np.testing.assert_array_equal(tr.result.images, generate(lm, request, encode_fn=fake_encode).images)
+    assert tr.result.recipe["guidance_scale"] == 5.0 and tr.result.recipe["guidance_interval"] == "0.5-80"
+    with pytest.raises(ValueError, match="a trace takes prompts"):
+        trace(lm, GenerationRequest(prompts=["x"], upscale="sr64"), encode_fn=fake_encode)
+
+
+def test_one_mapping_from_the_apps_request_to_the_engines():
+    """Every field of the app's checked request reaches the engine's request (a new field must be mapped)."""
+    import dataclasses
+
+    from webui.settings import generation_request
+
+    req = V.GenerateRequest("a goldfish", "DDIM", "ddim", 12, 4.5, None, 3, variation_seed=None,
+                            variation_strength=0.25, strength=0.6, snap=0.3, precision="bf16",
+                            guidance_interval=(0.5, 80.0))
+    g = generation_request(req, 7, 11, init_name="init.png", guide="tiny_b")
+    where = {"prompt": g.prompts[0], "sampler": g.sampler, "steps": g.steps, "guidance": g.guidance, "seed": g.seed,
+             "num_images": g.num_images, "variation_seed": g.variation_seed, "precision": g.precision,
+             "variation_strength": g.variation_strength, "strength": g.strength, "snap": g.snap,
+             "guidance_interval": g.guidance_interval}
+    wanted = {"prompt": "a goldfish", "sampler": "ddim", "steps": 12, "guidance": 4.5, "seed": 7, "num_images": 3,
+              "variation_seed": 11, "variation_strength": 0.25, "strength": 0.6, "snap": 0.3, "precision": "bf16",
+              "guidance_interval": (0.5, 80.0)}
+    assert where == wanted
+    # sampler_label is the display name of sampler; every other field must be carried over
+    assert {f.name for f in dataclasses.fields(V.GenerateRequest)} == set(where) | {"sampler_label"}
+    assert (g.init_name, g.guide) == ("init.png", "tiny_b")
+    # an empty band box is guidance at every step, not the model's band
+    assert generation_request(dataclasses.replace(req, guidance_interval=None), 7, None).guidance_interval == "none"
+
+
 def test_log_snr_is_the_closed_form():
     cfg = D.DiffusionConfig(beta_schedule="cosine")
     y = D.log_snr(cfg)

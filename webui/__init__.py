@@ -1,6 +1,8 @@
 """The Gradio app, one job per module.
 
 * ``validation``: pure input checks (``InputError``), limits and defaults
+* ``settings``: the controls' starting values from ``engine.request``'s one resolver, and a checked
+  request as the engine's ``GenerationRequest``
 * ``models``: the loaded-model cache (``ModelManager``) and the data picker
 * ``jobs``: the sampling job runner (worker thread, live previews, Stop)
 * ``export``: run folders, PNGs with their recipe, GIFs and strips

@@ -31,6 +31,7 @@ from webui.jobs import JobRunner
 from webui.live import LiveMode
 from webui.models import ModelManager
 from webui.restore import RecipeActions
+from webui.settings import model_defaults, sampler_steps
 from webui.tab_forward import ForwardTab
 from webui.tab_generate import GenerateTab
 from webui.tab_grid import GridTab
@@ -44,7 +45,6 @@ from webui.validation import (
     InputError,
     default_timesteps,
     max_images_for,
-    model_defaults,
     parse_sampler,
     steps_range,
 )
@@ -192,11 +192,9 @@ class WebApp:
     def steps_update(self, label: str, lm, value: Any = None):
         """The steps slider for a sampler on a model: its range, and ``value`` (default: the model's or the sampler's)."""
 
-        T = lm.diffusion.num_train_timesteps
-        lo, hi, default = steps_range(label, T)
-        d = model_defaults(lm.sampler_defaults, T)
+        lo, hi, _ = steps_range(label, lm.diffusion.num_train_timesteps)
         if value is None:
-            value = d["steps"] if d["sampler"] == label else default
+            value = sampler_steps(lm, label)
         note = " (DDPM's full 1000 steps are slow on a CPU; 250 is the default here)" if label == "DDPM" else ""
         return gr.update(minimum=lo, maximum=hi, value=max(lo, min(hi, int(value))), info=f"{lo}-{hi} for {label}{note}")
 
@@ -210,7 +208,7 @@ class WebApp:
     def model_changed(self, model_choice: Any):
         lm = self._model(model_choice)
         T = lm.diffusion.num_train_timesteps
-        d = model_defaults(lm.sampler_defaults, T)
+        d = model_defaults(lm)
         lo, hi, _ = steps_range(d["sampler"], T)
         cap = max_images_for(lm.image_size, self.args.max_batch_pixels)
         ds = self.models.dataset(model_choice)

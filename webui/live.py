@@ -21,13 +21,11 @@ import gradio as gr
 from core.sampling import folds_guidance
 from engine.request import GenerationRequest, generate, interpolation_at
 from webui.jobs import JobCancelled, session_of
+from webui.settings import generation_request, model_defaults
 from webui.validation import (
     LIVE_PRECISION,
-    SAMPLER_CHOICES,
     InputError,
     clean_prompt,
-    interval_text,
-    model_defaults,
     validate_blend,
     validate_fraction,
     validate_guidance,
@@ -104,14 +102,14 @@ class LiveMode:
         with app.errors("live generation"):
             lm, student_name, teacher = self._student_or_model(model_choice)
             T = lm.diffusion.num_train_timesteps
-            d = model_defaults(lm.sampler_defaults, T)
+            d = model_defaults(lm)
 
             def checked(text):
                 return validate_request(text, d["sampler"], d["steps"], guidance, seed, num_images,
                                         image_size=lm.image_size, num_train_timesteps=T,
                                         max_batch_pixels=app.args.max_batch_pixels, max_work=app.args.max_work,
                                         variation_seed=variation_seed, variation_strength=variation_strength,
-                                        guidance_interval=d["guidance_interval"] or interval_text(lm.guidance_interval))
+                                        precision=LIVE_PRECISION, guidance_interval=d["guidance_interval"])
             checked("a prompt")  # every other field first: they are errors whatever the prompt
         typing = self._typing(prompt)
         if typing is not None:
@@ -122,10 +120,7 @@ class LiveMode:
         var_seed = req.variation_seed
         if req.variation_strength > 0 and var_seed is None:
             var_seed = app.random_seed()
-        gen_request = GenerationRequest(
-            prompts=[req.prompt], num_images=req.num_images, seed=seed_used, sampler=req.sampler, steps=req.steps,
-            guidance=req.guidance, guidance_interval=req.guidance_interval or "none", precision=LIVE_PRECISION,
-            variation_seed=var_seed, variation_strength=req.variation_strength)
+        gen_request = generation_request(req, seed_used, var_seed)
 
         res = self._sample(lm, gen_request, session, ticket)
         if res is None:
@@ -188,16 +183,14 @@ class LiveMode:
             p = validate_fraction(position, "Position")
             g = validate_guidance(guidance)
             lm, student_name, picked = self._student_or_model(model_choice)
-            d = model_defaults(lm.sampler_defaults, lm.diffusion.num_train_timesteps)
         typing = self._typing(prompt_a) or (self._typing(prompt_b) if str(prompt_b or "").strip() else None)
         if typing is not None:
             return gr.skip(), typing
         with self.app.errors("live interpolation"):
             a = validate_blend(clean_prompt(prompt_a))
             b = a if not str(prompt_b or "").strip() else validate_blend(clean_prompt(prompt_b))
-            req = replace(interpolation_at(lm, a, b, sa, sb, p), sampler=SAMPLER_CHOICES[d["sampler"]][0],
-                          steps=d["steps"], guidance=g, guidance_interval=d["guidance_interval"] or "none",
-                          precision=LIVE_PRECISION)
+            # the student's own sampler, steps and band: left to the engine's resolver
+            req = replace(interpolation_at(lm, a, b, sa, sb, p), guidance=g, precision=LIVE_PRECISION)
         res = self._sample(lm, req, session, ticket)
         if res is None:
             return gr.skip(), gr.skip()

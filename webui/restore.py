@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from webui.cascade import UPSCALE_OFF
+from webui.settings import model_defaults, sampler_steps
 from webui.uploads import file_path, recipe_of, upload_folder
 from webui.validation import (
     DEFAULT_PRECISION,
@@ -15,7 +16,6 @@ from webui.validation import (
     check_upload,
     clean_prompt,
     interval_text,
-    model_defaults,
     parse_sampler,
     steps_range,
     validate_guidance_interval,
@@ -45,18 +45,20 @@ class RecipeActions:
                 model = model_choice or self.app.models.first
             lm = self.app._model(model)
             T = lm.diffusion.num_train_timesteps
+            d = model_defaults(lm)  # what a recipe leaves out is the model's, as the CLI's --from-png
             try:
                 label = parse_sampler(r.get("sampler"))
             except InputError:
-                label = model_defaults(lm.sampler_defaults, T)["sampler"]
+                label = d["sampler"]
                 notes.append(f"sampler {str(r.get('sampler'))[:40]!r} is not available here; using {label}")
-            lo, hi, default = steps_range(label, T)
+            lo, hi, _ = steps_range(label, T)
+            default = sampler_steps(lm, label)
             try:
                 steps = validate_steps(r.get("steps", default), label, T)
             except InputError:
                 steps = max(lo, min(hi, int(r.get("steps", default))))
                 notes.append(f"steps {r.get('steps')} are outside {lo}-{hi} for {label}; using {steps}")
-            guidance = float(r.get("guidance_scale", 3.0))
+            guidance = float(r.get("guidance_scale", d["guidance_scale"]))
             if not GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]:
                 guidance = min(max(guidance, GUIDANCE_RANGE[0]), GUIDANCE_RANGE[1])
                 notes.append(f"guidance clipped to {guidance:g}")

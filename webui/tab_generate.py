@@ -27,11 +27,12 @@ from core.prompting import (
 )
 from core.sampling import sampler_timesteps
 from dataprep.images import load_init_image
-from engine.request import Generation, GenerationRequest, check_guide, generate
+from engine.request import Generation, check_guide, generate
 from models.text_encoder import encode_prompts
 from webui.cascade import UPSCALE_OFF
 from webui.jobs import Cancelled, Done, Tick, session_of
 from webui.restore import DEFAULT_STRENGTH
+from webui.settings import generation_request, model_defaults
 from webui.uploads import file_path, upload_folder
 from webui.validation import (
     DEFAULT_PRECISION,
@@ -48,7 +49,6 @@ from webui.validation import (
     clean_prompt,
     interval_text,
     max_images_for,
-    model_defaults,
     parse_sampler,
     steps_range,
     validate_blend,
@@ -161,12 +161,10 @@ class GenerateTab:
             class_embs = app.class_embeddings(lm)  # cached per model
             if class_embs is None:
                 raise InputError("This model has no classes to snap toward; set 'Snap to classes' to 0.")
-        request = GenerationRequest(
-            prompts=[req.prompt], num_images=req.num_images, seed=seed_used, sampler=req.sampler, steps=req.steps,
-            guidance=req.guidance, guidance_interval=req.guidance_interval or "none", precision=req.precision,
-            variation_seed=var_seed, variation_strength=req.variation_strength, init_image=init,
+        request = generation_request(
+            req, seed_used, var_seed, init_image=init,
             init_name="init.png",  # saved next to the images: --init-image init.png regenerates them
-            strength=req.strength, snap=req.snap, guide=guide, upscale=stage2[0] if stage2 else None)
+            guide=guide, upscale=stage2[0] if stage2 else None)
         if guide:  # load it now: a guide that does not fit this model is the user's error, before the queue
             try:
                 check_guide(lm, app._model(guide))
@@ -255,7 +253,7 @@ class GenerateTab:
         app, lm = self.app, ui.lm
         recipes = app.recipe_actions
         T = lm.diffusion.num_train_timesteps
-        d = model_defaults(lm.sampler_defaults, T)
+        d = model_defaults(lm)
         lo, hi, _ = steps_range(d["sampler"], T)
         cap = max_images_for(lm.image_size, app.args.max_batch_pixels)
         # the prompt, the Live switch and Generate together at the top: the first screen is enough to draw

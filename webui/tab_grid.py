@@ -12,6 +12,7 @@ import drawing
 from engine.recipe import save_png
 from engine.request import GenerationRequest, generate
 from webui.jobs import Cancelled, Done, Tick, session_of
+from webui.settings import model_defaults
 from webui.validation import (
     GRID_AXES,
     GRID_EXAMPLES,
@@ -21,7 +22,6 @@ from webui.validation import (
     MAX_SEED,
     SAMPLER_CHOICES,
     GridRequest,
-    model_defaults,
     steps_range,
     validate_grid,
 )
@@ -107,7 +107,7 @@ class GridTab:
     def build(self, ui) -> None:
         lm = ui.lm
         T = lm.diffusion.num_train_timesteps
-        d = model_defaults(lm.sampler_defaults, T)
+        d = model_defaults(lm)
         lo, hi, _ = steps_range(d["sampler"], T)
         gr.Markdown(f"Compare settings side by side: pick two axes and their values (comma-separated; prompts "
                     f"separated by ';'). Every cell starts from the same noise (unless seed is an axis). At most "

@@ -13,13 +13,13 @@ import drawing
 from engine.recipe import save_png
 from engine.request import generate, interpolation
 from webui.jobs import Cancelled, Done, Tick, session_of
+from webui.settings import model_defaults
 from webui.validation import (
     GUIDANCE_RANGE,
     MAX_PROMPT_CHARS,
     MAX_SEED,
     SAMPLER_CHOICES,
     InterpolateRequest,
-    model_defaults,
     steps_range,
     validate_interpolation,
 )
@@ -95,7 +95,7 @@ class InterpolateTab:
     def build(self, ui) -> None:
         lm = ui.lm
         T = lm.diffusion.num_train_timesteps
-        d = model_defaults(lm.sampler_defaults, T)
+        d = model_defaults(lm)
         lo, hi, _ = steps_range(d["sampler"], T)
         gr.Markdown("Walk from prompt A / seed A to prompt B / seed B: the starting noise and the text embedding "
                     "both move along the great circle (slerp), so every frame is as noisy as a fresh draw. Leave "

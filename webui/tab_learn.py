@@ -11,21 +11,24 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import gradio as gr
 from PIL import Image
 
 import drawing
-from core.generation import generate_images
 from core.prompting import encode_weighted
+from core.samplers import SAMPLER_DEFAULTS
 from core.sampling import sampler_timesteps
 from core.schedules import log_snr
-from core.traces import trace_denoising
 from engine import upscaling
+from engine.request import GenerationRequest, generate, resolve_settings, trace
 from models.text_encoder import encode_prompts
 from webui.cascade import UPSCALE_OFF
 from webui.jobs import Cancelled, Done, session_of
+from webui.settings import model_defaults
 from webui.validation import (
+    DEFAULT_PRECISION,
     GUIDANCE_RANGE,
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -33,7 +36,6 @@ from webui.validation import (
     InputError,
     check_budget,
     clean_prompt,
-    model_defaults,
     parse_guidance_list,
     parse_sampler,
     steps_range,
@@ -44,6 +46,7 @@ from webui.validation import (
 )
 
 STUDENT_STEPS = (4, 2, 1)  # the student's step counts the comparison shows
+STUDENT_SAMPLER = "lcm"  # multistep consistency sampling: what the comparison shows a student doing
 MAX_STEP_COLUMNS = 10  # the per-step table shows at most this many steps (spread evenly, first and last kept)
 
 
@@ -59,49 +62,48 @@ class LearnTab:
         self.app = app
 
     def _settings(self, model_choice, sampler, steps):
+        """(model, sampler label, the engine's request with the checked sampler and steps, the steps)."""
         lm = self.app._model(model_choice)
         label = parse_sampler(sampler)
         n = validate_steps(steps, label, lm.diffusion.num_train_timesteps)
-        return lm, label, SAMPLER_CHOICES[label][0], n
+        return lm, label, GenerationRequest(sampler=SAMPLER_CHOICES[label][0], steps=n, precision=DEFAULT_PRECISION), n
 
     def schedule(self, model_choice, sampler, steps):
         """log-SNR(t) of the model's schedule, the sampler's timesteps marked."""
 
         with self.app.errors("the schedule plot"):
-            lm, label, name, n = self._settings(model_choice, sampler, steps)
-            ts = sampler_timesteps(lm.diffusion, name, n)
+            lm, label, base, n = self._settings(model_choice, sampler, steps)
+            ts = sampler_timesteps(lm.diffusion, base.sampler, n)
             return drawing.log_snr_plot(log_snr(lm.diffusion), ts, label=f"{label}, {n} steps",
                                         title=f"{lm.name}: {lm.diffusion.beta_schedule} schedule, log-SNR over t")
 
-    def _run(self, work, total: int, request, what: str):
+    def _run(self, work, total: int, gr_request, what: str):
         """A job through the shared runner (device slots, Stop), waited for: its result."""
 
-        for ev in self.app.jobs.run(work, session=session_of(request), total_steps=total, start_text=what):
+        for ev in self.app.jobs.run(work, session=session_of(gr_request), total_steps=total, start_text=what):
             if isinstance(ev, Cancelled):
                 raise InputError("Stopped.")
             if isinstance(ev, Done):
                 return ev.result
         raise RuntimeError("the job ended without a result")
 
-    def steps(self, prompt, model_choice, sampler, steps, guidance, seed, upscaler=None, request=None):
+    def steps(self, prompt, model_choice, sampler, steps, guidance, seed, upscaler=None, gr_request=None):
         """(table of x_t / x_0 estimate / predicted noise per step, caption); with an upscaler (an SR
         model of the store, as Generate's "Then upscale"), a second table traces the cascade's second
         stage on the first stage's image."""
 
         with self.app.errors("the step table"):
-            lm, label, name, n = self._settings(model_choice, sampler, steps)
+            lm, label, base, n = self._settings(model_choice, sampler, steps)
             text = validate_blend(clean_prompt(prompt))
             g = validate_guidance(guidance)
             s = validate_seed(seed)
             s = 0 if s is None else s
             check_budget(1, lm.image_size, n, self.app.args.max_work)
             stage2 = self.app.cascade.stage(upscaler, lm, 1)
+            request = replace(base, prompts=[text], guidance=g, seed=s)  # the model's band (Generate's default)
 
             def work(on_step):
-                first = trace_denoising(lm.model, lm.diffusion, text, callback=on_step, sampler=name, num_steps=n,
-                                          guidance_scale=g, seed=s, encode_fn=encode_prompts,
-                                          prompt_template=lm.prompt_template, device=self.app.args.device,
-                                          guidance_interval=lm.guidance_interval)
+                first = trace(lm, request, device=self.app.args.device, callback=on_step)
                 if stage2 is None:
                     return first, None
 
@@ -111,7 +113,7 @@ class LearnTab:
                     callback=on_step)
                 return first, second
 
-            first, second = self._run(work, n + (stage2[1] if stage2 else 0), request, "Tracing the steps...")
+            first, second = self._run(work, n + (stage2[1] if stage2 else 0), gr_request, "Tracing the steps...")
             title = f"{text[:60]} · {label} {n} steps · w={g:g} · seed {s}"
             tables = [self.step_table(first, f"{lm.image_size} px: {title}", ["x_t", "x0 est.", "noise est."])]
             if second is not None:
@@ -142,11 +144,11 @@ class LearnTab:
             col_labels=[f"t={tr.timesteps[i]}" for i in cols], row_labels=row_labels, title=title,
             min_side=96 if tr.x_t[0].shape[0] < 96 else tr.x_t[0].shape[0])
 
-    def guidance(self, prompt, model_choice, sampler, steps, seed, scales, request=None):
+    def guidance(self, prompt, model_choice, sampler, steps, seed, scales, gr_request=None):
         """(one row: the same noise under each guidance scale, caption)."""
 
         with self.app.errors("the guidance comparison"):
-            lm, label, name, n = self._settings(model_choice, sampler, steps)
+            lm, label, base, n = self._settings(model_choice, sampler, steps)
             text = validate_blend(clean_prompt(prompt))
             s = validate_seed(seed)
             s = 0 if s is None else s
@@ -154,13 +156,10 @@ class LearnTab:
             check_budget(len(ws), lm.image_size, n, self.app.args.max_work)
 
             def work(on_step):
-                return [generate_images(lm.model, lm.diffusion, text, num_images=1, sampler=name, num_steps=n,
-                                          guidance_scale=w, seed=s, encode_fn=encode_prompts,
-                                          prompt_template=lm.prompt_template, callback=on_step,
-                                          device=self.app.args.device,
-                                          guidance_interval=lm.guidance_interval).images[0] for w in ws]
+                return [generate(lm, replace(base, prompts=[text], guidance=w, seed=s), device=self.app.args.device,
+                                 callback=on_step).images[0] for w in ws]
 
-            images = self._run(work, n * len(ws), request, "Sampling each guidance scale...")
+            images = self._run(work, n * len(ws), gr_request, "Sampling each guidance scale...")
             strip = drawing.labelled_grid([images], col_labels=[f"w={w:g}" for w in ws], min_side=128,
                                           title=f"{text[:60]} · seed {s} · {label} {n} steps")
             return strip, ("The same starting noise, sampled with each guidance scale: w=1 is the plain conditional "
@@ -182,7 +181,7 @@ class LearnTab:
                              "store: pick the teacher to compare them.")
         return app._model(teacher), student
 
-    def student(self, prompt, model_choice, guidance, seed, request=None):
+    def student(self, prompt, model_choice, guidance, seed, gr_request=None):
         """(the teacher's steps above its student's 4, 2 and 1 steps, all from the same noise; caption)."""
 
         with self.app.errors("the teacher/student comparison"):
@@ -192,22 +191,20 @@ class LearnTab:
             s = 0 if s is None else s
             teacher, student_name = self.teacher_and_student(model_choice)
             student = self.app._model(student_name)
-            T = teacher.diffusion.num_train_timesteps
-            d = model_defaults(teacher.sampler_defaults, T)
-            t_label, t_steps = d["sampler"], d["steps"]
-            common = dict(guidance_scale=g, seed=s, encode_fn=encode_prompts, device=self.app.args.device)
+            # the teacher at its own sampler, steps and band; the student by consistency sampling, guided at every step
+            t_request = GenerationRequest(prompts=[text], guidance=g, seed=s, precision=DEFAULT_PRECISION)
+            t_settings = resolve_settings(teacher, t_request)
+            t_label, t_steps = SAMPLER_DEFAULTS[t_settings.sampler].label, t_settings.steps
+            device = self.app.args.device
 
             def work(on_step):
-                t_trace = trace_denoising(teacher.model, teacher.diffusion, text, callback=on_step,
-                                          sampler=SAMPLER_CHOICES[t_label][0], num_steps=t_steps,
-                                          prompt_template=teacher.prompt_template,
-                                          guidance_interval=teacher.guidance_interval, **common)
-                s_traces = [trace_denoising(student.model, student.diffusion, text, callback=on_step, sampler="lcm",
-                                            num_steps=k, prompt_template=student.prompt_template, **common)
+                t_trace = trace(teacher, t_request, device=device, callback=on_step)
+                s_traces = [trace(student, replace(t_request, sampler=STUDENT_SAMPLER, steps=k,
+                                                   guidance_interval="none"), device=device, callback=on_step)
                             for k in STUDENT_STEPS]
                 return t_trace, s_traces
 
-            t_trace, s_traces = self._run(work, t_steps + sum(STUDENT_STEPS), request,
+            t_trace, s_traces = self._run(work, t_steps + sum(STUDENT_STEPS), gr_request,
                                           "Sampling the teacher and its student...")
             cols = pick_columns(len(t_trace.timesteps))
             top = drawing.labelled_grid(
@@ -228,7 +225,7 @@ class LearnTab:
     def build(self, ui) -> None:
         lm = ui.lm
         T = lm.diffusion.num_train_timesteps
-        d = model_defaults(lm.sampler_defaults, T)
+        d = model_defaults(lm)
         lo, hi, _ = steps_range(d["sampler"], T)
         gr.Markdown("How the sampler gets from noise to an image. The log-SNR (signal-to-noise ratio of q(x_t | x_0), "
                     "in log scale) falls from high at t=0 to very low at t=T-1; the dots are the timesteps the sampler "
@@ -292,7 +289,7 @@ class LearnTab:
         tab = self
 
         def learn_steps(prompt, model, sampler, steps, guidance, seed, upscaler="off", request: gr.Request = None):
-            return tab.steps(prompt, model, sampler, steps, guidance, seed, upscaler, request=request)
+            return tab.steps(prompt, model, sampler, steps, guidance, seed, upscaler, gr_request=request)
 
         learn_steps.__annotations__["request"] = gr.Request
         return learn_steps
@@ -301,7 +298,7 @@ class LearnTab:
         tab = self
 
         def learn_guidance(prompt, model, sampler, steps, seed, scales, request: gr.Request = None):
-            return tab.guidance(prompt, model, sampler, steps, seed, scales, request=request)
+            return tab.guidance(prompt, model, sampler, steps, seed, scales, gr_request=request)
 
         learn_guidance.__annotations__["request"] = gr.Request
         return learn_guidance
@@ -310,7 +307,7 @@ class LearnTab:
         tab = self
 
         def learn_student(prompt, model, guidance, seed, request: gr.Request = None):
-            return tab.student(prompt, model, guidance, seed, request=request)
+            return tab.student(prompt, model, guidance, seed, gr_request=request)
 
         learn_student.__annotations__["request"] = gr.Request
         return learn_student

@@ -36,14 +36,11 @@ MAX_GRID_CELLS = 16  # parameter grid: rows x columns per request
 MAX_GRID_VALUES = 8  # values on one grid axis
 GRID_AXES = ("guidance", "steps", "sampler", "seed", "prompt")
 
-# UI label -> (generate_images name, (min steps, max steps, default steps))
-# label -> (sampler, (min, max, default steps)), from the core's one table, fastest first
+# UI label -> (sampler, (min, max, default steps)): the core's one table, in its order (the default first)
 SAMPLER_CHOICES: dict[str, tuple[str, tuple[int, int, int]]] = {
-    SAMPLER_DEFAULTS[name].label: (name, (SAMPLER_DEFAULTS[name].min_steps, SAMPLER_DEFAULTS[name].max_steps,
-                                          SAMPLER_DEFAULTS[name].app_steps))
-    for name in ("dpm++", "ddim", "ddpm", "lcm")
+    spec.label: (name, (spec.min_steps, spec.max_steps, spec.app_steps))
+    for name, spec in SAMPLER_DEFAULTS.items()
 }
-FALLBACK_DEFAULTS = {"sampler": "dpm++", "steps": 20, "guidance_scale": 3.0}
 SCHEDULES = ("linear", "cosine")
 PRECISION_CHOICES = ("fp32", "auto", "bf16")  # as core.precision.PRECISIONS; auto = bf16 where the hardware is fast at it
 # The app samples in fp32 unless asked: its grid, interpolation and /generate then agree pixel for pixel
@@ -381,30 +378,6 @@ def validate_request(prompt: Any, sampler: Any, steps: Any, guidance: Any, seed:
     sn = validate_fraction(0 if snap is None or snap == "" else snap, "Snap to classes")
     return GenerateRequest(text, label, SAMPLER_CHOICES[label][0], n_steps, g, s, n, v_seed, v_strength, st, sn,
                            validate_precision(precision), validate_guidance_interval(guidance_interval))
-
-
-def model_defaults(sampler_defaults: dict[str, Any] | None, num_train_timesteps: int = 1000) -> dict[str, Any]:
-    """UI defaults from a model's ``sampler_defaults`` (sampler label, steps, guidance, guidance interval text)."""
-    d = dict(FALLBACK_DEFAULTS)
-    d.update({k: v for k, v in (sampler_defaults or {}).items() if v is not None})
-    try:
-        label = parse_sampler(d.get("sampler"))
-    except InputError:
-        label = parse_sampler(FALLBACK_DEFAULTS["sampler"])
-    lo, hi, default_steps = steps_range(label, num_train_timesteps)
-    try:
-        steps = validate_steps(d.get("steps", default_steps), label, num_train_timesteps)
-    except InputError:
-        steps = default_steps
-    try:
-        guidance = validate_guidance(d.get("guidance_scale", FALLBACK_DEFAULTS["guidance_scale"]))
-    except InputError:
-        guidance = FALLBACK_DEFAULTS["guidance_scale"]
-    try:
-        band = validate_guidance_interval(d.get("guidance_interval"))
-    except InputError:
-        band = None  # load_model refuses a model whose band does not parse; this is only the UI's fallback
-    return {"sampler": label, "steps": steps, "guidance_scale": guidance, "guidance_interval": interval_text(band)}
 
 
 def default_timesteps(num_train_timesteps: int) -> str:
