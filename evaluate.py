@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from core.samplers import SAMPLERS
+from core.samplers import DEFAULT_GUIDANCE, check_sampler
 from dataprep.dataset import PreprocessedDataset
 from engine.request import GenerationRequest, check_guide, resolve_settings
 from engine.store import CheckpointError, load_model
@@ -44,7 +44,11 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
     out = []
     for part in text.split(","):
         name, _, steps = part.strip().partition(":")
-        if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+        try:
+            check_sampler(name)
+        except ValueError as e:
+            raise ValueError(f"bad sampler setting {part!r}: {e}") from None
+        if not steps.isdigit() or int(steps) < 1:
             raise ValueError(f"bad sampler setting {part!r}: use e.g. ddpm:1000,ddim:50,dpm++:20")
         out.append((name, int(steps)))
     return out
@@ -82,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--settings", default=DEFAULT_SETTINGS, help=f"sampler:steps list (default {DEFAULT_SETTINGS})")
     parser.add_argument("--per-class", type=int, default=20, help="generated images per class per setting")
     parser.add_argument("--guidance", type=float, default=None,
-                        help="classifier-free guidance scale (default: the model's sampler_defaults, else 3.0)")
+                        help="classifier-free guidance scale (default: the model's sampler_defaults, else "
+                             f"{DEFAULT_GUIDANCE:g})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--classifier-epochs", type=int, default=15)
@@ -98,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--snap", default="0", metavar="S[,S..]",
                         help="free text also with its embedding pulled toward the model's classes by each strength "
                              "in [0, 1] (e.g. 0,0.5: with and without)")
-    parser.add_argument("--free-text-setting", default="dpm++:20", help="sampler:steps for the free-text prompts")
+    parser.add_argument("--free-text-setting", default=None,
+                        help="sampler:steps for the free-text prompts (default: the model's own sampler and steps)")
     parser.add_argument("--classifier-only", action="store_true",
                         help="only train the yardstick on --data into --classifier and print its held-out accuracy")
     parser.add_argument("--classifier-per-class", type=int, default=0, metavar="N",
@@ -158,7 +164,8 @@ def _evaluate_model(args: argparse.Namespace, device: torch.device) -> int:
                           seed=args.seed, batch_size=args.batch_size, classifier_epochs=args.classifier_epochs,
                           retrain_classifier=args.retrain_classifier, inception=args.inception, device=device,
                           classifier_dir=Path(args.classifier) if args.classifier else None,
-                          free_text=free_text, free_text_setting=parse_settings(args.free_text_setting)[0],
+                          free_text=free_text, free_text_setting=(parse_settings(args.free_text_setting)[0] if args.free_text_setting
+                                             else (chosen.sampler, chosen.steps)),
                           precision=args.precision, snaps=parse_snaps(args.snap),
                           guidance_interval=chosen.guidance_interval,
                           free_text_per_prompt=args.free_text_per_prompt, guide=guide)

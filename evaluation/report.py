@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from core.prompting import snapping_encoder
+from core.samplers import DEFAULT_GUIDANCE
 from dataprep.dataset import PreprocessedDataset
 from evaluation.classifier import (CLASSIFIER_WEIGHTS, SmallResNet, classify, load_classifier, per_class_accuracy, predict,
                                    top_k_accuracy)
@@ -42,7 +43,7 @@ class Row:
 
 def evaluate(
     lm: Any, data_dir: str | Path, settings: Sequence[tuple[str, int]], *, per_class: int = 20,
-    guidance: float = 3.0, seed: int = 0, batch_size: int = 50, classifier_epochs: int = 15,
+    guidance: float = DEFAULT_GUIDANCE, seed: int = 0, batch_size: int = 50, classifier_epochs: int = 15,
     retrain_classifier: bool = False, inception: str | None = None, device: str | torch.device = "cpu",
     encode_fn: Callable[[list[str]], np.ndarray] | None = None, classifier_dir: Path | None = None,
     free_text: Sequence[tuple[str, int]] = (), free_text_setting: tuple[str, int] = ("dpm++", 20),

@@ -12,6 +12,7 @@ from typing import Any
 
 from core.distill import DistillConfig
 from core.loss import TIMESTEP_SAMPLINGS
+from core.samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SAMPLER_DEFAULTS
 from core.schedules import DiffusionConfig
 from models import UNetConfig
 from models.text_encoder import TEXT_EMBED_DIM
@@ -78,8 +79,8 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_checkpoints: int = 3
     sample_classes: int = 8
-    sample_steps: int = 20
-    sample_guidance: float = 3.0
+    sample_steps: int = SAMPLER_DEFAULTS[DEFAULT_SAMPLER].steps  # the preview grids' steps and guidance
+    sample_guidance: float = DEFAULT_GUIDANCE
     resume: str = "auto"  # auto (latest checkpoint of this run, if any) | never | path to a ckpt folder
     # A store model or checkpoint folder to start a *new* run from (its EMA weights into the model and
     # its EMA; a fresh optimizer). Continues a shipped model across machines where the run folder is

@@ -24,8 +24,10 @@ import drawing
 from core.distill import STUDENT_SAMPLER, DistillConfig, consistency_loss, trajectory_loss
 from core.generation import generate_images
 from core.loss import per_sample_loss
+from core.samplers import DEFAULT_SAMPLER
 from core.schedules import DiffusionConfig, DiffusionTerms
 from engine import store
+from engine.request import GenerationRequest, resolve_sampler_settings
 from models import ConditionalUNet, UNetConfig
 from training import superres
 from training.config import TASKS, TrainConfig
@@ -70,7 +72,7 @@ class BaseTask:
         write_class_samples(self.cfg, ema, diffusion, classes, class_emb, step, device, sampler=self.preview_sampler())
 
     def preview_sampler(self) -> str:
-        return "dpm++"
+        return DEFAULT_SAMPLER
 
     def metadata(self, image_size: int) -> dict[str, Any]:
         """What the checkpoints' config says about this kind of model, beyond the network and data."""
@@ -158,9 +160,13 @@ def write_class_samples(cfg: TrainConfig, ema: ConditionalUNet, diffusion: Diffu
     encode = lambda prompts: np.stack([by_prompt[p] for p in prompts])  # noqa: E731 - no text encoder in training
     chosen = classes[: cfg.sample_classes]
     prompts = [c["prompt"] for c in chosen]
-    res = generate_images(ema, diffusion, prompts, num_images=len(prompts), sampler=sampler,
-                            num_steps=cfg.sample_steps, guidance_scale=cfg.sample_guidance, seed=1234,
-                            encode_fn=encode, return_frames=True, device=device)
+    # the run's preview settings, completed by the one resolver the CLI and the app use
+    chosen = resolve_sampler_settings({}, diffusion.num_train_timesteps, GenerationRequest(
+        sampler=sampler, steps=cfg.sample_steps, guidance=cfg.sample_guidance))
+    res = generate_images(ema, diffusion, prompts, num_images=len(prompts), sampler=chosen.sampler,
+                          num_steps=chosen.steps, guidance_scale=chosen.guidance,
+                          guidance_interval=chosen.guidance_interval, seed=1234, encode_fn=encode,
+                          return_frames=True, device=device)
     out = cfg.run_dir / "samples"
     drawing.sample_grid(res.images, nrow=min(8, len(prompts)), labels=[c["name"] for c in chosen],
                         path=out / f"grid_{step:07d}.png")
