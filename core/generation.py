@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from core.autoguidance import AutoGuidedDenoiser, check_guide_schedule
+from core.guidance import APGSettings
 from core.loss import q_sample
 from core.noise import starting_noise
 from core.pixels import images_to_tensor, to_uint8
@@ -98,6 +99,7 @@ def generate_images(
     seeds: Sequence[int] | None = None,
     guide_model: torch.nn.Module | None = None,
     guide_diffusion: DiffusionConfig | None = None,
+    apg: APGSettings | None = None,
 ) -> GenerationResult:
     """Prompts or class names in, uint8 images (and optional denoising frames) out.
 
@@ -123,6 +125,7 @@ def generate_images(
       ``guidance_interval`` does not apply to it (it learnt its teacher's).
     * ``guide_model`` (with its ``guide_diffusion``, default the model's): autoguidance, a weaker model
       of the same schedule in place of the unconditional branch (``core.autoguidance``).
+    * ``apg``: adaptive projected guidance in place of plain CFG (``core.guidance``); not with ``guide_model``.
     """
     check_sampler(sampler)
     texts = resolve_prompts(prompts, class_names, num_images, prompt_template)
@@ -182,8 +185,10 @@ def generate_images(
         guidance_interval = None  # the student learnt its teacher's interval: it has no branches to switch
     if guide_model is None:
         denoise = GuidedDenoiser(model, terms, cond, diffusion.prediction_type, guidance_scale,
-                                 guidance_interval=guidance_interval)
+                                 guidance_interval=guidance_interval, apg=apg)
     else:
+        if apg is not None:
+            raise ValueError("adaptive projected guidance (apg) and autoguidance (guide_model) do not combine")
         guide_diffusion = guide_diffusion or diffusion
         check_guide_schedule(diffusion, guide_diffusion)
         denoise = AutoGuidedDenoiser(model, guide_model, terms, cond, diffusion.prediction_type,

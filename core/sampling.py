@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from core.guidance import APGSettings, ProjectedGuidance
 from core.loss import eps_from_x0, predict_x0_eps
 from core.samplers import SAMPLER_DEFAULTS, SamplerSpec, check_sampler, default_steps
 from core.schedules import TIMESTEP_SPACINGS, DiffusionConfig, DiffusionTerms
@@ -129,12 +130,15 @@ class GuidedDenoiser:
         guidance_scale: float = 1.0,
         clip_denoised: bool = True,
         guidance_interval: tuple[float, float] | None = None,
+        apg: APGSettings | None = None,
     ):
         if not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
         self.model, self.terms, self.cond = model, terms, cond
         self.prediction_type, self.guidance_scale, self.clip_denoised = prediction_type, guidance_scale, clip_denoised
         self.guidance_interval = guidance_interval
+        # adaptive projected guidance (core.guidance) in place of plain CFG at the guided steps
+        self.projected = ProjectedGuidance(apg) if apg is not None else None
         # a few-step student takes the guidance scale as an input: one forward, no null branch
         self.folded = folds_guidance(model)
 
@@ -162,8 +166,21 @@ class GuidedDenoiser:
         cond_out, null_out = out.chunk(2)
         return null_out + self.guidance_scale * (cond_out - null_out)
 
+    def _projected_x0(self, x: torch.Tensor, t: int, tt: torch.Tensor) -> torch.Tensor:
+        """APG's x_0 at a guided step: both branches in one forward, combined in x_0 space."""
+        b = x.shape[0]
+        drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x.device)
+        out = self.model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([self.cond, self.cond]), drop).float()
+        x0_cond, x0_null = (predict_x0_eps(self.terms, x, tt, o, self.prediction_type)[0] for o in out.chunk(2))
+        return self.projected(x0_cond, x0_null, self.guidance_scale)
+
     def __call__(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        if self.projected is not None and self.guided_at(t):
+            x0 = self._projected_x0(x, t, tt)
+            if self.clip_denoised:
+                x0 = x0.clamp(-1, 1)
+            return x0, eps_from_x0(self.terms, x, tt, x0)
         x0, eps = predict_x0_eps(self.terms, x, tt, self.model_output(x, t), self.prediction_type)
         if self.clip_denoised:
             # Keep x_0 in the data range and make eps agree with it (guided-diffusion).
