@@ -32,7 +32,7 @@ from core.samplers import DEFAULT_GUIDANCE, check_sampler
 from dataprep.dataset import PreprocessedDataset
 from engine.request import GenerationRequest, check_guide, resolve_settings
 from engine.store import CheckpointError, load_model
-from evaluation import (DEGRADATIONS, MAX_CLASSIFIER_BLOCKS, YardstickRecipe, evaluate, fit_yardstick, format_table,
+from evaluation import (AUGMENTATIONS, CLASSIFIER_ARCHS, DEGRADATIONS, MAX_CLASSIFIER_BLOCKS, YardstickRecipe, evaluate, fit_yardstick, format_table,
                         load_classifier, read_free_text, yardstick_check)
 
 DEFAULT_SETTINGS = "ddpm:1000,ddim:50,dpm++:20,dpm++:10"
@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classifier-width", type=int, default=32, help="with --classifier-only: base channels w")
     parser.add_argument("--classifier-blocks", default="1,1,1,1", metavar="N,N,N,N",
                         help="with --classifier-only: basic blocks per stage (1,1,1,1 = ResNet-10; 2,2,2,2 = ResNet-18)")
+    parser.add_argument("--classifier-arch", choices=sorted(CLASSIFIER_ARCHS), default="resnet",
+                        help="with --classifier-only: the network (resnet: ResNet-10/18; plain: VGG-style, no skips)")
+    parser.add_argument("--classifier-augment", choices=AUGMENTATIONS, default="flip-shift",
+                        help="with --classifier-only: flip-shift (flip + 4 px shifts) or strong (resized crops, "
+                             "colour jitter, random erasing); training resumes per epoch when run again")
     parser.add_argument("--classifier-batch-size", type=int, default=128)
     parser.add_argument("--classifier-lr", type=float, default=2e-3, help="peak of the one-cycle learning rate")
     parser.add_argument("--classifier-weight-decay", type=float, default=5e-4)
@@ -220,7 +225,8 @@ def _classifier_only(args: argparse.Namespace, device: torch.device) -> int:
         recipe = YardstickRecipe(epochs=args.classifier_epochs, width=args.classifier_width,
                                  blocks=parse_blocks(args.classifier_blocks), batch_size=args.classifier_batch_size,
                                  lr=args.classifier_lr, weight_decay=args.classifier_weight_decay,
-                                 precision=args.classifier_precision)
+                                 precision=args.classifier_precision, arch=args.classifier_arch,
+                                 augmentation=args.classifier_augment)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,8 +2,10 @@
 classifier trained on the model's own data scores its samples (class accuracy, Frechet distance in
 its features, does the model listen to its condition, do free-text prompts land on their class).
 
-    evaluation.classifier    the yardstick network (SmallResNet, build_classifier), its training,
-                             predict / classify, top-k and per-class accuracy, save / load
+    evaluation.classifier    the yardstick networks (SmallResNet, PlainConvNet, build_classifier), their
+                             training, predict / classify, top-k and per-class accuracy, save / load
+    evaluation.train_state   a classifier's training state per epoch (resume)
+    evaluation.colour        the colour-only baseline (logistic regression on colour histograms)
     evaluation.frechet       frechet_distance, its bootstrap noise, pytorch-fid's Inception features
     evaluation.conditioning  the conditioning check on generated and on real photos
     evaluation.generation    generate_per_class: the j-th image of every class from one seed
@@ -16,8 +18,9 @@ The package re-exports the public names of its modules; code inside it imports f
 """
 from __future__ import annotations
 
-from evaluation.classifier import (CLASSIFIER_CONFIG, CLASSIFIER_WEIGHTS, MAX_CLASSIFIER_BLOCKS, MAX_CLASSIFIER_WIDTH,
-                                   BasicBlock, SmallResNet, build_classifier, classify, load_classifier,
+from evaluation.classifier import (AUGMENTATIONS, CLASSIFIER_ARCHS, CLASSIFIER_CONFIG, CLASSIFIER_WEIGHTS,
+                                   MAX_CLASSIFIER_BLOCKS, MAX_CLASSIFIER_WIDTH, BasicBlock, Classifier, PlainConvNet,
+                                   SmallResNet, build_classifier, classify, load_classifier,
                                    per_class_accuracy, predict, save_classifier, top_k_accuracy, train_classifier)
 from evaluation.conditioning import (CONDITIONING_TARGET, binomial_tail, conditioning_check, named_pairs,
                                      real_conditioning)
@@ -29,7 +32,8 @@ from evaluation.yardstick import (DEGRADATIONS, YardstickClasses, YardstickRecip
                                   class_positions, degrade, fit_yardstick, model_subset, yardstick_check)
 
 __all__ = [
-    "CLASSIFIER_CONFIG", "CLASSIFIER_WEIGHTS", "MAX_CLASSIFIER_BLOCKS", "MAX_CLASSIFIER_WIDTH", "BasicBlock",
+    "AUGMENTATIONS", "CLASSIFIER_ARCHS", "CLASSIFIER_CONFIG", "CLASSIFIER_WEIGHTS", "MAX_CLASSIFIER_BLOCKS",
+    "MAX_CLASSIFIER_WIDTH", "BasicBlock", "Classifier", "PlainConvNet",
     "SmallResNet", "build_classifier", "classify", "load_classifier", "per_class_accuracy", "predict",
     "save_classifier", "top_k_accuracy", "train_classifier",
     "CONDITIONING_TARGET", "binomial_tail", "conditioning_check", "named_pairs", "real_conditioning",

@@ -1,10 +1,12 @@
-"""The yardstick classifier: a small ResNet trained on a model's own training data (no pretrained
-network can be downloaded here), its training with flips and crops, prediction, accuracy
+"""The yardstick classifiers: a small ResNet (the first yardstick) or a VGG-style plain network (the
+second), trained on a model's own training data (no pretrained network can be downloaded here), their
+training with flips and crops or stronger augmentation (resumable per epoch), prediction, accuracy
 measures, and saving and loading it (a ``classifier.json`` beside ``classifier.safetensors``;
 loading refuses a config that asks for an oversized network before allocating anything)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -17,11 +19,14 @@ from torch import nn
 from tqdm import tqdm
 
 from engine.store import load_tensors
+from evaluation.train_state import load_train_state, save_train_state
 
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
 CLASSIFIER_CONFIG = "classifier.json"
 MAX_CLASSIFIER_WIDTH = 256  # a classifier.json asking for more is refused before any memory is allocated
 MAX_CLASSIFIER_BLOCKS = 8
+
+log = logging.getLogger("evaluate")
 
 
 class BasicBlock(nn.Module):
@@ -49,7 +54,7 @@ class SmallResNet(nn.Module):
         blocks = tuple(int(b) for b in blocks)
         if len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"blocks must be four counts >= 1 (one per stage), got {blocks}")
-        self.config = {"num_classes": num_classes, "width": width, "blocks": list(blocks)}
+        self.config = {"arch": "resnet", "num_classes": num_classes, "width": width, "blocks": list(blocks)}
         w = width
         self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
         stages, cin = [], w
@@ -73,6 +78,46 @@ class SmallResNet(nn.Module):
         return self.head(self.features(x))
 
 
+class PlainConvNet(nn.Module):
+    """A VGG-style classifier with no skip connections: four stages of 3x3 conv + BatchNorm + ReLU
+    (one conv in the first stage, two in the others) at widths w, 2w, 4w, 8w, 2x2 max pooling between
+    stages. The second yardstick: a network unlike the ResNet (no residual path, max pooling, deeper at
+    low resolution), so the two share fewer blind spots."""
+
+    def __init__(self, num_classes: int, width: int = 48, blocks: Sequence[int] = (1, 2, 2, 2)):
+        super().__init__()
+        blocks = tuple(int(b) for b in blocks)
+        if len(blocks) != 4 or min(blocks) < 1:
+            raise ValueError(f"blocks must be four counts >= 1 (convs per stage), got {blocks}")
+        self.config = {"arch": "plain", "num_classes": num_classes, "width": width, "blocks": list(blocks)}
+        layers: list[nn.Module] = []
+        cin = 3
+        for i, n in enumerate(blocks):
+            cout = width * 2 ** i
+            if i > 0:
+                layers.append(nn.MaxPool2d(2))
+            for _ in range(n):
+                layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+                cin = cout
+        self.stages = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, num_classes)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head.in_features
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features (global average pool), used for the Frechet distance."""
+        return self.stages(x).float().mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+CLASSIFIER_ARCHS: dict[str, type[nn.Module]] = {"resnet": SmallResNet, "plain": PlainConvNet}
+Classifier = SmallResNet | PlainConvNet
+
+
 def _to_input(images_uint8: np.ndarray, device: torch.device) -> torch.Tensor:
     x = torch.from_numpy(np.array(images_uint8, copy=True)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
     return x.contiguous(memory_format=torch.channels_last)  # NHWC: the fast layout for CPU convolutions
@@ -94,34 +139,88 @@ def _augment(x: torch.Tensor, g: torch.Generator, pad: int | None = None) -> tor
     return out.permute(0, 3, 1, 2)  # channels_last memory, NCHW shape
 
 
+def _augment_strong(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Per image: a flip, a random resized crop (area 50-100%, aspect 3/4-4/3, bilinear), colour
+    jitter (brightness, contrast and saturation each scaled by 0.7-1.3) and, for a quarter of the
+    images, one erased rectangle (2-25% of the area) filled with noise. The second yardstick's
+    augmentation: it must recognise shapes under colour and framing changes, so it leans less on a
+    class's average colour than a flip-and-shift classifier does."""
+    b, _, h, w = x.shape
+    u = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731 - all draws from one generator, in order
+    flip = (u(b) < 0.5).float() * 2 - 1
+    area, log_aspect = 0.5 + 0.5 * u(b), (u(b) * 2 - 1) * math.log(4 / 3)
+    sx = torch.sqrt(area * log_aspect.exp()).clamp(max=1.0)
+    sy = torch.sqrt(area / log_aspect.exp()).clamp(max=1.0)
+    tx, ty = (u(b) * 2 - 1) * (1 - sx), (u(b) * 2 - 1) * (1 - sy)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx * flip, tx, sy, ty
+    grid = F.affine_grid(theta.to(x.device), [b, 3, h, w], align_corners=False)
+    x = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    bright, contrast, sat = (0.7 + 0.6 * u(3, b)).to(x.device)[:, :, None, None, None]
+    x = (x + 1) / 2 * bright
+    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = grey + (x - grey) * sat
+    x = (x - grey.mean(dim=(2, 3), keepdim=True)) * contrast + grey.mean(dim=(2, 3), keepdim=True)
+    x = x.clamp(0, 1) * 2 - 1
+    erase, e_area, e_log_aspect = u(b) < 0.25, 0.02 + 0.23 * u(b), (u(b) * 2 - 1) * math.log(3.3)
+    eh = (torch.sqrt(e_area * e_log_aspect.exp()) * h).round().clamp(1, h).long()
+    ew = (torch.sqrt(e_area / e_log_aspect.exp()) * w).round().clamp(1, w).long()
+    y0, x0 = (u(b) * (h - eh + 1)).long(), (u(b) * (w - ew + 1)).long()
+    noise = torch.randn(b, 3, h, w, generator=g).clamp(-1, 1).to(x.device)
+    rows, cols = torch.arange(h)[None, :], torch.arange(w)[None, :]
+    box = (((rows >= y0[:, None]) & (rows < (y0 + eh)[:, None]))[:, :, None]
+           & ((cols >= x0[:, None]) & (cols < (x0 + ew)[:, None]))[:, None, :] & erase[:, None, None])
+    x = torch.where(box[:, None].to(x.device), noise, x)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+AUGMENTATIONS = ("flip-shift", "strong")
+TRAIN_STATE = "training_state"  # <folder>/training_state.{safetensors,json}: a classifier's training, resumable per epoch
+
+
 def train_classifier(
     images: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int = 15, batch_size: int = 128,
     lr: float = 2e-3, width: int = 32, blocks: Sequence[int] = (1, 1, 1, 1), weight_decay: float = 5e-4,
     precision: str = "fp32", seed: int = 0, device: str | torch.device = "cpu",
-    on_epoch: Callable[[int, SmallResNet], None] | None = None,
-) -> SmallResNet:
+    on_epoch: Callable[[int, Classifier], None] | None = None, arch: str = "resnet",
+    augmentation: str = "flip-shift", state_path: Path | None = None,
+    state_extra: Callable[[], dict[str, Any]] | None = None,
+) -> Classifier:
     """Train the yardstick on real training images (uint8 NHWC): AdamW, a one-cycle learning
     rate, flips and crops, label smoothing. ``precision="bf16"`` autocasts the forward pass to
     bfloat16 (several times faster on CPUs with AVX512-BF16 or AMX, and on GPUs); the weights
     stay fp32. ``on_epoch(epoch, model)`` is called after each epoch (e.g. to print held-out
-    accuracy; the model is put back in training mode afterwards)."""
+    accuracy; the model is put back in training mode afterwards). ``arch`` picks the network
+    (``CLASSIFIER_ARCHS``), ``augmentation`` the per-image augmentation (``AUGMENTATIONS``). With
+    ``state_path``, the training state is saved there after every epoch and a run that finds one
+    resumes after its last epoch (same result as an unbroken run); ``state_extra()`` is saved beside it
+    (e.g. the held-out curve so far)."""
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
+    if arch not in CLASSIFIER_ARCHS:
+        raise ValueError(f"arch must be one of {sorted(CLASSIFIER_ARCHS)}, got {arch!r}")
     torch.manual_seed(seed)
     device = torch.device(device)
-    model = SmallResNet(num_classes, width, blocks).to(device).to(memory_format=torch.channels_last)
+    model = CLASSIFIER_ARCHS[arch](num_classes, width, blocks).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     n = len(labels)
     steps = epochs * math.ceil(n / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     g = torch.Generator().manual_seed(seed)
+    first_epoch = 0
+    if state_path is not None and state_path.with_suffix(".json").exists():
+        first_epoch = load_train_state(state_path, model, opt, sched, g)["epoch"]
+        log.info("resuming the classifier's training after epoch %d (%s)", first_epoch, state_path)
+    augment = (lambda x: _augment(x, g)) if augmentation == "flip-shift" else (lambda x: _augment_strong(x, g))
     model.train()
-    bar = tqdm(total=steps, desc="classifier", dynamic_ncols=True)
-    for epoch in range(epochs):
+    bar = tqdm(total=steps, initial=first_epoch * math.ceil(n / batch_size), desc="classifier", dynamic_ncols=True)
+    for epoch in range(first_epoch, epochs):
         perm = torch.randperm(n, generator=g).numpy()
         for i in range(0, n, batch_size):
             idx = np.sort(perm[i:i + batch_size])
-            x = _augment(_to_input(images[idx], device), g)
+            x = augment(_to_input(images[idx], device))
             y = torch.from_numpy(labels[idx].astype(np.int64)).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = model(x)
@@ -136,12 +235,14 @@ def train_classifier(
             model.eval()
             on_epoch(epoch + 1, model)
             model.train()
+        if state_path is not None:
+            save_train_state(state_path, epoch + 1, model, opt, sched, g, state_extra() if state_extra else {})
     bar.close()
     return model.eval()
 
 
 @torch.no_grad()
-def predict(model: SmallResNet, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: Classifier, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(class logits, penultimate features) for uint8 NHWC images."""
     device = next(model.parameters()).device
     logits, feats = [], []
@@ -152,7 +253,7 @@ def predict(model: SmallResNet, images: np.ndarray, batch_size: int = 256) -> tu
     return np.concatenate(logits), np.concatenate(feats)
 
 
-def classify(model: SmallResNet, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def classify(model: Classifier, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(predicted labels, penultimate features) for uint8 NHWC images."""
     logits, feats = predict(model, images, batch_size)
     return logits.argmax(1), feats
@@ -173,26 +274,27 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
         return hits / counts
 
 
-def save_classifier(model: SmallResNet, folder: Path, meta: dict[str, Any]) -> None:
+def save_classifier(model: Classifier, folder: Path, meta: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / CLASSIFIER_WEIGHTS))
     (folder / CLASSIFIER_CONFIG).write_text(json.dumps({**model.config, **meta}, indent=2))
 
 
-def build_classifier(meta: dict[str, Any], source: str = "classifier config") -> SmallResNet:
+def build_classifier(meta: dict[str, Any], source: str = "classifier config") -> Classifier:
     """The untrained network a ``classifier.json`` describes (``source`` names it in errors). The one
     place a config becomes a network: a config asking for more than ``MAX_CLASSIFIER_WIDTH`` channels,
     ``MAX_CLASSIFIER_BLOCKS`` blocks per stage or 100,000 classes is refused before any memory is allocated."""
     width, blocks, classes = meta.get("width"), meta.get("blocks", [1, 1, 1, 1]), meta.get("num_classes")
-    if not (isinstance(width, int) and 1 <= width <= MAX_CLASSIFIER_WIDTH and isinstance(classes, int)
+    arch = meta.get("arch", "resnet")  # classifiers saved before the second yardstick are all ResNets
+    if not (arch in CLASSIFIER_ARCHS and isinstance(width, int) and 1 <= width <= MAX_CLASSIFIER_WIDTH and isinstance(classes, int)
             and 1 <= classes <= 100_000 and isinstance(blocks, list) and len(blocks) == 4
             and all(isinstance(b, int) and 1 <= b <= MAX_CLASSIFIER_BLOCKS for b in blocks)):
-        raise ValueError(f"{source}: not a yardstick config (width {width!r}, blocks {blocks!r}, "
+        raise ValueError(f"{source}: not a yardstick config (arch {arch!r}, width {width!r}, blocks {blocks!r}, "
                          f"num_classes {classes!r})")
-    return SmallResNet(classes, width, blocks)
+    return CLASSIFIER_ARCHS[arch](classes, width, blocks)
 
 
-def load_classifier(folder: Path, device: str | torch.device = "cpu") -> tuple[SmallResNet, dict[str, Any]]:
+def load_classifier(folder: Path, device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
     meta = json.loads((folder / CLASSIFIER_CONFIG).read_text())
     model = build_classifier(meta, str(folder / CLASSIFIER_CONFIG))
     model.load_state_dict(load_tensors(folder / CLASSIFIER_WEIGHTS))

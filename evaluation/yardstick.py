@@ -3,6 +3,7 @@ fitted by (scored on held-out photos after every epoch), the real photos of the 
 and the check that it can tell real photos from degraded ones."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -13,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluation.classifier import SmallResNet, predict, save_classifier, top_k_accuracy, train_classifier
+from evaluation.classifier import (TRAIN_STATE, Classifier, SmallResNet, predict, save_classifier, top_k_accuracy,
+                                   train_classifier)
 from evaluation.frechet import frechet_distance
 
 log = logging.getLogger("evaluate")  # the tool's name in its log lines, as before the package
@@ -69,6 +71,8 @@ class YardstickRecipe:
     lr: float = 2e-3
     weight_decay: float = 5e-4
     precision: str = "fp32"
+    arch: str = "resnet"  # evaluation.classifier.CLASSIFIER_ARCHS
+    augmentation: str = "flip-shift"  # evaluation.classifier.AUGMENTATIONS
 
 
 def fit_yardstick(train: Any, val: Any, folder: Path, *, recipe: YardstickRecipe | None = None, seed: int = 0,
@@ -84,10 +88,14 @@ def fit_yardstick(train: Any, val: Any, folder: Path, *, recipe: YardstickRecipe
         images, labels = images[idx], labels[idx]
     log.info("training the yardstick classifier on %d images: %s", len(labels), recipe)
     val_images, val_labels = np.asarray(val.images), np.asarray(val.labels)
+    folder.mkdir(parents=True, exist_ok=True)
+    state_path = folder / TRAIN_STATE
     curve: list[dict[str, float]] = []
-    t0 = time.perf_counter()
+    if state_path.with_suffix(".json").exists():  # an interrupted run: keep its curve, resume its clock
+        curve = json.loads(state_path.with_suffix(".json").read_text()).get("curve", [])
+    t0 = time.perf_counter() - (curve[-1]["seconds"] if curve else 0.0)
 
-    def score(epoch: int, model: SmallResNet) -> None:
+    def score(epoch: int, model: Classifier) -> None:
         logits, _ = predict(model, val_images)
         curve.append({"epoch": epoch, "seconds": round(time.perf_counter() - t0, 1),
                       "val_accuracy": float((logits.argmax(1) == val_labels).mean()),
@@ -97,13 +105,17 @@ def fit_yardstick(train: Any, val: Any, folder: Path, *, recipe: YardstickRecipe
 
     clf = train_classifier(images, labels, train.num_classes, epochs=recipe.epochs, batch_size=recipe.batch_size,
                            lr=recipe.lr, width=recipe.width, blocks=recipe.blocks, weight_decay=recipe.weight_decay,
-                           precision=recipe.precision, device=device, seed=seed, on_epoch=score)
+                           precision=recipe.precision, device=device, seed=seed, on_epoch=score,
+                           arch=recipe.arch, augmentation=recipe.augmentation, state_path=state_path,
+                           state_extra=lambda: {"curve": curve})
     final = curve[-1]
     meta = {"data_dir": str(train.root), "epochs": recipe.epochs, "train_images": int(len(labels)),
             "val_accuracy": final["val_accuracy"], "val_top5": final["val_top5"], "val_images": int(len(val_labels)),
             "train_seconds": final["seconds"], "recipe": asdict(recipe), "curve": curve,
             "image_size": train.image_size, "classes": [c["name"] for c in train.classes]}
     save_classifier(clf, folder, meta)
+    for suffix in (".safetensors", ".json"):  # finished: the resume state has served its purpose
+        state_path.with_suffix(suffix).unlink(missing_ok=True)
     return {**clf.config, **meta}
 
 
