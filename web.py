@@ -13,7 +13,7 @@ This file is the entry point; the app lives in ``webui/`` (one job per
 module: ``validation``, ``models``, ``jobs``, ``export``, ``app``, one
 ``tab_*`` module per tab, ``server``). The names below are re-exported so
 ``import web`` keeps working for scripts and tests. No diffusion math lives in
-the app: it calls ``diffusion``, ``prompting``, ``recipe`` and ``drawing``.
+the app: it calls ``engine.request``, ``core.prompting``, ``engine.recipe`` and ``drawing``.
 Importing this module loads neither torch nor gradio (``--help`` is instant).
 """
 from __future__ import annotations

@@ -10,8 +10,11 @@
 * ``uploads``: uploaded files: their path, the upload folder, a PNG's recipe
 * ``restore``: a result's recipe put back to work (restore from PNG, reuse seed, use as init)
 * ``cascade``: the super-resolution stage (the store's upscalers, "Then upscale", ``/upscale``)
-* ``tab_*``: one module per tab (generate, forward, interpolate, grid, learn)
+* ``live``: Live mode (a few-step student redraws as you type)
+* ``gradio_cache``: gradio's file cache, written atomically
+* ``tab_*``: one module per tab (generate, forward, interpolate, grid, learn, train)
+* ``train_data``: the Train tab's data folders (prepare, upload, the Tiny ImageNet download)
 * ``server``: the command line and start-up (``python web.py``)
 
-No diffusion math lives here: it calls ``diffusion``, ``prompting``, ``recipe`` and ``drawing``.
+No diffusion math lives here: it calls ``engine.request``, ``core.prompting``, ``engine.recipe`` and ``drawing``.
 """
