@@ -29,6 +29,8 @@ def file_digests(path: str | os.PathLike, chunk: int = 1 << 20) -> dict[str, str
     return {"sha256": sha.hexdigest(), "md5": md5.hexdigest()}
 
 
+# Over 100 lines on purpose: one resumable, checksummed HTTP transfer whose steps (range request,
+# partial file, retries, verification) share state; split, they would pass it back and forth.
 def download(
     url: str,
     dest: str | os.PathLike,
