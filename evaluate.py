@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from core.guidance import APGSettings
 from core.samplers import DEFAULT_GUIDANCE, check_sampler
 from dataprep.dataset import PreprocessedDataset
 from engine.request import GenerationRequest, check_guide, resolve_settings
@@ -76,6 +77,16 @@ def parse_snaps(text: str) -> list[float]:
     return values
 
 
+def parse_apg(text: str | None) -> APGSettings | None:
+    """``"0,0,-0.5"`` -> ``APGSettings(eta=0, norm_threshold=0, momentum=-0.5)``; None or "" -> plain CFG."""
+    if not text:
+        return None
+    try:
+        eta, threshold, momentum = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"bad --apg {text!r}: use ETA,NORM_THRESHOLD,MOMENTUM, e.g. 0,0,-0.5") from None
+    return APGSettings(eta=eta, norm_threshold=threshold, momentum=momentum)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line's flags."""
@@ -103,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--snap", default="0", metavar="S[,S..]",
                         help="free text also with its embedding pulled toward the model's classes by each strength "
                              "in [0, 1] (e.g. 0,0.5: with and without)")
+    parser.add_argument("--apg", default=None, metavar="ETA,THRESHOLD,MOMENTUM",
+                        help="adaptive projected guidance in place of plain classifier-free guidance, at the same "
+                             "network calls (core.guidance; e.g. 0,0,-0.5: no parallel part, no cap, momentum -0.5)")
+    parser.add_argument("--save-samples", action="store_true",
+                        help="also save each setting's images and labels in --out (samples_<sampler>_<steps>.npz), "
+                             "to score them with another yardstick later")
     parser.add_argument("--free-text-setting", default=None,
                         help="sampler:steps for the free-text prompts (default: the model's own sampler and steps)")
     parser.add_argument("--classifier-only", action="store_true",
@@ -165,21 +182,23 @@ def _evaluate_model(args: argparse.Namespace, device: torch.device) -> int:
                      if args.free_text else ())
         # scored at the model's own guidance unless told otherwise: the rule the CLI and the app follow
         chosen = resolve_settings(lm, GenerationRequest(guidance=args.guidance, guidance_interval=args.guidance_interval))
+        free_text_setting = (parse_settings(args.free_text_setting)[0] if args.free_text_setting
+                             else (chosen.sampler, chosen.steps))
+        out = Path(args.out or f"output_ImageNet/eval/{lm.name}")
         result = evaluate(lm, data, parse_settings(args.settings), per_class=args.per_class, guidance=chosen.guidance,
                           seed=args.seed, batch_size=args.batch_size, classifier_epochs=args.classifier_epochs,
                           retrain_classifier=args.retrain_classifier, inception=args.inception, device=device,
                           classifier_dir=Path(args.classifier) if args.classifier else None,
-                          free_text=free_text, free_text_setting=(parse_settings(args.free_text_setting)[0] if args.free_text_setting
-                                             else (chosen.sampler, chosen.steps)),
+                          free_text=free_text, free_text_setting=free_text_setting,
                           precision=args.precision, snaps=parse_snaps(args.snap),
                           guidance_interval=chosen.guidance_interval,
-                          free_text_per_prompt=args.free_text_per_prompt, guide=guide)
+                          free_text_per_prompt=args.free_text_per_prompt, guide=guide, apg=parse_apg(args.apg),
+                          samples_dir=out if args.save_samples else None)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     table = format_table(result)
     print(table)
-    out = Path(args.out or f"output_ImageNet/eval/{lm.name}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.md").write_text(table + "\n")
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))

@@ -35,11 +35,14 @@ def read_free_text(path: str | Path, class_names: Sequence[str], skip_unknown: b
 def free_text_rows(lm: Any, clf: SmallResNet, pairs: Sequence[tuple[str, int]], *, per_prompt: int, sampler: str,
                    steps: int, guidance: float, seed: int, batch_size: int, device: torch.device,
                    encode_fn: Callable[[list[str]], np.ndarray] | None = None,
-                   yardstick: YardstickClasses | None = None) -> list[dict[str, Any]]:
-    """Do free-text prompts near a class name land on that class? One row per prompt."""
+                   yardstick: YardstickClasses | None = None, precision: str = "fp32",
+                   guidance_interval: tuple[float, float] | None = None, apg: Any = None) -> list[dict[str, Any]]:
+    """Do free-text prompts near a class name land on that class? One row per prompt, sampled as the
+    class-name rows are (precision, guidance band, APG)."""
     yardstick = yardstick or YardstickClasses.identity(lm.class_names)
     images, idx, _ = generate_per_class(lm, sampler, steps, per_prompt, guidance, seed, batch_size, device, encode_fn,
-                                        prompts=[p for p, _ in pairs])
+                                        prompts=[p for p, _ in pairs], precision=precision,
+                                        guidance_interval=guidance_interval, apg=apg)
     pred, _ = classify(clf, images)
     rows = []
     for k, (prompt, cls) in enumerate(pairs):

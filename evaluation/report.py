@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from core.prompting import snapping_encoder
+from core.guidance import APGSettings
 from core.samplers import DEFAULT_GUIDANCE
 from dataprep.dataset import PreprocessedDataset
 from evaluation.classifier import (CLASSIFIER_WEIGHTS, SmallResNet, classify, load_classifier, per_class_accuracy, predict,
@@ -48,9 +49,13 @@ def evaluate(
     encode_fn: Callable[[list[str]], np.ndarray] | None = None, classifier_dir: Path | None = None,
     free_text: Sequence[tuple[str, int]] = (), free_text_setting: tuple[str, int] = ("dpm++", 20),
     precision: str = "fp32", snaps: Sequence[float] = (0.0,), guidance_interval: tuple[float, float] | None = None,
-    free_text_per_prompt: int = 0, guide: Any = None,
+    free_text_per_prompt: int = 0, guide: Any = None, apg: APGSettings | None = None,
+    samples_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the whole evaluation; returns a dict with the reference figures and one Row per setting."""
+    """Run the whole evaluation; returns a dict with the reference figures and one Row per setting.
+    ``apg``: adaptive projected guidance in place of plain CFG; ``samples_dir``: also save each
+    setting's images and labels there (``samples_<sampler>_<steps>.npz``), to score them again later
+    with another yardstick without sampling again."""
 
     device = torch.device(device)
     train = PreprocessedDataset(data_dir, split="train")
@@ -84,7 +89,7 @@ def evaluate(
     result: dict[str, Any] = {
         "model": lm.name, "data": str(data_dir), "per_class": per_class, "seed": seed, "guidance": guidance,
         "precision": precision, "guidance_interval": list(guidance_interval) if guidance_interval else None,
-        "guide": guide.name if guide else None,
+        "guide": guide.name if guide else None, "apg": asdict(apg) if apg else None,
         "classes": len(lm.classes), "yardstick_classes": len(clf_names), "real_val_images": int(len(val_labels)),
         "real_val_accuracy": float((val_pred == val_labels).mean()),
         "real_val_top5": top_k_accuracy(val_logits, yardstick.of_model[val_labels], 5),
@@ -100,7 +105,10 @@ def evaluate(
     for sampler, steps in settings:
         images, labels, secs = generate_per_class(lm, sampler, steps, per_class, guidance, seed, batch_size, device,
                                                   encode_fn, precision=precision, guidance_interval=guidance_interval,
-                                                  guide=guide)
+                                                  guide=guide, apg=apg)
+        if samples_dir is not None:
+            samples_dir.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(samples_dir / f"samples_{sampler}_{steps}.npz", images=images, labels=labels)
         row = _score_setting(lm, reference, f"{sampler} {steps}", images, labels, secs, per_class, seed)
         result["rows"].append(asdict(row))
         log.info("%s: accuracy %.3f, FD %.2f, %.3f s/image", row.setting, row.accuracy, row.fd, row.seconds_per_image)
@@ -114,7 +122,8 @@ def evaluate(
             rows = free_text_rows(lm, clf, free_text, per_prompt=free_text_per_prompt or per_class,
                                   sampler=free_text_setting[0],
                                   steps=free_text_setting[1], guidance=guidance, seed=seed,
-                                  batch_size=batch_size, device=device, encode_fn=enc, yardstick=yardstick)
+                                  batch_size=batch_size, device=device, encode_fn=enc, yardstick=yardstick,
+                                  precision=precision, guidance_interval=guidance_interval, apg=apg)
             result["free_text"] += [dict(r, snap=snap) for r in rows]
     return result
 
@@ -179,6 +188,10 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append("")
     band = (f" (only for sigma in ({result['guidance_interval'][0]:g}, {result['guidance_interval'][1]:g}])"
             if result.get("guidance_interval") else "")
+    if result.get("apg"):
+        apg = result["apg"]
+        band += (f", adaptive projected guidance (eta {apg['eta']:g}, norm cap {apg['norm_threshold']:g}, "
+                 f"momentum {apg['momentum']:g})")
     clf = result.get("classifier", {})
     lines.append(f"{result['classes']} classes, {result['per_class']} images per class per setting (the j-th image of "
                  f"every class from seed {result.get('seed', 0)} + j), guidance {result['guidance']}{band}. Yardstick: "

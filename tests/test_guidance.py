@@ -78,3 +78,13 @@ def test_denoiser_with_apg_at_eta_one_equals_plain_cfg() -> None:
     # eta 0 removes the parallel part: a different x_0
     apg0 = GuidedDenoiser(net, terms, cond, "epsilon", 5.0, clip_denoised=False, apg=APGSettings(momentum=0.0))
     assert not torch.allclose(apg0(x, 400)[0], GuidedDenoiser(net, terms, cond, "epsilon", 5.0, clip_denoised=False)(x, 400)[0])
+
+
+def test_evaluate_parses_apg_and_refuses_bad_text() -> None:
+    import evaluate
+
+    assert evaluate.parse_apg(None) is None and evaluate.parse_apg("") is None
+    assert evaluate.parse_apg("0,2.5,-0.5") == APGSettings(eta=0.0, norm_threshold=2.5, momentum=-0.5)
+    for bad in ("0,1", "a,b,c", "0,0,1.5"):
+        with pytest.raises(ValueError):
+            evaluate.parse_apg(bad)
