@@ -69,7 +69,7 @@ def _add_train_args(p: argparse.ArgumentParser, preset: str | None = "default") 
                        help="starting values (smoke: minutes on CPU; default: the shipped model; imagenet64: GPUs)")
     # a student's network, schedule and loss are its teacher's and its method's, not flags
     skip = {"task", "teacher", "base_channels", "channel_mult", "num_res_blocks", "attention_resolutions",
-            "head_channels", "dropout", "emb_dim", "cond_scale", "num_train_timesteps", "beta_schedule",
+            "head_channels", "dropout", "emb_dim", "cond_scale", "text_film", "num_train_timesteps", "beta_schedule",
             "prediction_type", "min_snr_gamma", "timestep_sampling", "logit_mean", "logit_std", "cond_drop_prob",
             "middle_attention", "sr_crop", "sr_aug_max", "sr_text", "sr_residual"} if preset == "distill" else set()
     for f in fields(TrainConfig):

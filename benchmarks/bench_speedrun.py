@@ -74,6 +74,7 @@ from engine import store  # noqa: E402
 from benchmarks.peer import peer_unet as diffusers_unet  # noqa: E402
 import core as D  # noqa: E402
 from dataprep.dataset import PreprocessedDataset  # noqa: E402
+from evaluation.colour import COLOUR_CONFIG, ColourBaseline  # noqa: E402
 from models import ConditionalUNet  # noqa: E402
 from training import loop as T  # noqa: E402
 
@@ -112,6 +113,18 @@ RECIPES_200: dict[str, dict[str, Any]] = {
     "slim-logitnormal": dict(SLIM, timestep_sampling="logit_normal"),
     "slim-drop10": dict(SLIM, cond_drop_prob=0.1),
     "slim-b64": dict(SLIM, batch_size=64, lr=1.4e-3),
+    # Round two (issue 34), each against slim-condscale at 60 CPU-minutes:
+    # one learning-rate schedule for the whole budget: warm-up, then cosine decay to 0.1x at the 60-minute step
+    # (62.1 images/s x 3,600 s / 32 = 6,986 steps) instead of a constant rate until step 100,000
+    "cs-sched60": dict(cond_scale=384 ** 0.5, max_steps=6986),
+    # the text scales and shifts every block through its own projection (UNetConfig.text_film)
+    "cs-textfilm": dict(cond_scale=384 ** 0.5, text_film=True),
+    # capacity for a long budget
+    "cs-w48": dict(cond_scale=384 ** 0.5, base_channels=48),
+    "cs-attn16": dict(cond_scale=384 ** 0.5, attention_resolutions=(16, 8)),
+    # where training spends its effort: logit-normal noise levels (SD3) in place of uniform t
+    "cs-logitnormal": dict(cond_scale=384 ** 0.5, timestep_sampling="logit_normal"),
+    "cs-drop20": dict(cond_scale=384 ** 0.5, cond_drop_prob=0.2),
     "diffusers": {},
 }
 
@@ -154,13 +167,21 @@ class Yardstick:
     """The classifier, the held-out features, and the class embeddings (no text encoder needed)."""
 
     def __init__(self, data_dir: Path, classifier_dir: Path, per_class: int, seed: int, guidance: float,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", second: Path | None = None, colour: Path | None = None):
         self.train = PreprocessedDataset(data_dir, split="train")
         val = PreprocessedDataset(data_dir, split="val")
         self.clf, meta = E.load_classifier(classifier_dir)
         self.clf_val_accuracy = meta.get("val_accuracy")
         self.val_pred, self.val_feat = E.classify(self.clf, np.asarray(val.images))
         self.real_accuracy = float((self.val_pred == np.asarray(val.labels)).mean())
+        # the second yardstick (a different network and augmentation) and the colour-only baseline, if given
+        self.clf2 = E.load_classifier(second)[0] if second else None
+        if self.clf2 is not None:
+            pred2, self.val_feat2 = E.classify(self.clf2, np.asarray(val.images))
+            self.real_accuracy2 = float((pred2 == np.asarray(val.labels)).mean())
+        self.colour = colour_baseline(colour, self.train) if colour else None
+        if self.colour is not None:
+            self.real_colour_accuracy = self.colour.accuracy(np.asarray(val.images), np.asarray(val.labels))
         self.prompts = [c["prompt"] for c in self.train.classes]
         self.emb = {p: self.train.class_embeddings[i].numpy() for i, p in enumerate(self.prompts)}
         self.per_class, self.seed, self.guidance, self.precision = per_class, seed, guidance, precision
@@ -178,7 +199,53 @@ class Yardstick:
                 "top5": E.top_k_accuracy(logits, labels, 5),
                 "fd": E.frechet_distance(feat, self.val_feat), "fd_sd": E.fd_bootstrap_sd(feat, self.val_feat, seed=self.seed),
                 "pairs_apart": cond["pairs_apart"] if cond else None,
-                "classes_above_chance": cond["classes_above_chance"] if cond else None}
+                "classes_above_chance": cond["classes_above_chance"] if cond else None, **self.score_extra(images, labels)}
+
+    def score_extra(self, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """The second yardstick's top-1/top-5/FD and the colour-only baseline's top-1 (those configured)."""
+        out: dict[str, float] = {}
+        if self.clf2 is not None:
+            logits, feat = E.predict(self.clf2, images)
+            out.update(y2_accuracy=float((logits.argmax(1) == labels).mean()), y2_top5=E.top_k_accuracy(logits, labels, 5),
+                       y2_fd=E.frechet_distance(feat, self.val_feat2), y2_real_accuracy=self.real_accuracy2)
+        if self.colour is not None:
+            out.update(colour_accuracy=self.colour.accuracy(images, labels), colour_real_accuracy=self.real_colour_accuracy)
+        return out
+
+
+def colour_baseline(folder: Path, train: PreprocessedDataset) -> ColourBaseline:
+    """The colour-only classifier saved in ``folder``, fitted on the training split first if it is not there."""
+    if not (folder / COLOUR_CONFIG).exists():
+        ColourBaseline(train.num_classes).fit(np.asarray(train.images), np.asarray(train.labels)).save(
+            folder, {"data_dir": str(train.root)})
+    return ColourBaseline.load(folder)
+
+
+def samples_path(args: argparse.Namespace, name: str, budget: float) -> Path:
+    """Where a row's scored images are kept (beside its run), so another yardstick can score them later."""
+    return args.runs / name / f"samples_{budget:g}min.npz"
+
+
+def rescore(args: argparse.Namespace, ys: Yardstick) -> int:
+    """Add the second yardstick's and the colour baseline's figures to rows that lack them, from the images
+    kept beside each run (rows whose images were not kept are listed and left as they are)."""
+    rows, changed, missing = read_results(args.results), 0, []
+    for r in rows:
+        if r.get("suite", args.suite.name) != args.suite.name or "reference" in r:
+            continue
+        wanted = (["y2_accuracy"] if ys.clf2 is not None else []) + (["colour_accuracy"] if ys.colour is not None else [])
+        if all(k in r for k in wanted):
+            continue
+        path = samples_path(args, r["recipe"], r["budget_min"])
+        if not path.exists():
+            missing.append(f"{r['recipe']} @ {r['budget_min']:g}")
+            continue
+        with np.load(path, allow_pickle=False) as z:
+            r.update(ys.score_extra(z["images"], z["labels"]))
+        changed += 1
+    args.results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"rescored {changed} rows; no kept images for: {', '.join(missing) or 'none'}")
+    return 0
 
 
 def sample_ours(ckpt: Path, ys: Yardstick) -> tuple[np.ndarray, np.ndarray, float]:
@@ -369,13 +436,18 @@ def report(results: list[dict[str, Any]], plot: Path | None, reference: dict[str
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x:.1%}"
 
+    second = any("y2_accuracy" in r or "colour_accuracy" in r for r in rows)
+    extra_head = " top-1 (2nd yardstick) | FD (2nd) | colour-only top-1 |" if second else ""
     lines = ["| recipe | CPU-minutes | train img/s (clean) | steps | images seen | class accuracy | top-5 | FD | "
-             "classes apart | wall minutes (load avg) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "classes apart |" + extra_head + " wall minutes (load avg) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: | ---: |" if second else "")
+             + " ---: |"]
     for r in rows:
+        extra = (f" {pct(r.get('y2_accuracy'))} | {r['y2_fd']:.1f} |" if "y2_fd" in r else " - | - |") + \
+            f" {pct(r.get('colour_accuracy'))} |" if second else ""
         lines.append(f"| {r['recipe']} | {r['budget_min']:g} | {r['clean_images_per_s']:.1f} | {r['steps']:,} | "
                      f"{r['images_seen']:,} | {r['accuracy']:.1%} ± {r['accuracy_se']:.1%} | {pct(r.get('top5'))} | "
-                     f"{r['fd']:.1f} ± {r['fd_sd']:.1f} | {pct(r.get('pairs_apart'))} | "
+                     f"{r['fd']:.1f} ± {r['fd_sd']:.1f} | {pct(r.get('pairs_apart'))} |{extra} "
                      f"{r['train_minutes']:.1f} ({r.get('load_avg', float('nan')):.1f}) |")
     if reference:
         lines.append(f"| *{reference['reference']} (shipped; the target)* | {reference['train_minutes']:.0f} (wall) | - | "
@@ -436,6 +508,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=None, help="run folders (default output_ImageNet/<results stem>)")
     p.add_argument("--results", type=Path, default=None, help="JSON lines (default benchmarks/results/<stem>.jsonl)")
     p.add_argument("--plot", type=Path, default=None)
+    p.add_argument("--classifier2", type=Path, default=None,
+                   help="the second yardstick's folder (a different network and augmentation): its top-1, top-5 and "
+                        "FD are scored beside the first's")
+    p.add_argument("--colour", type=Path, default=None,
+                   help="folder of the colour-only baseline (fitted there on the training split if missing): how much "
+                        "of 'recognised' colour alone explains")
+    p.add_argument("--rescore", action="store_true",
+                   help="only add --classifier2/--colour figures to rows that lack them, from the images kept beside runs")
     p.add_argument("--per-class", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None, help="guidance scale the samples are scored at")
     p.add_argument("--threads", type=int, default=2)
@@ -490,8 +570,13 @@ def main(argv: list[str] | None = None) -> int:
     if any(n not in rates for n in names):
         p.error(f"no clean throughput for {[n for n in names if n not in rates]} in {tp_path}: measure it first, "
                 f"on an otherwise idle machine: python -m benchmarks.bench_speedrun --throughput --recipes {','.join(names)}")
-    ys = Yardstick(args.data, args.classifier, args.per_class, args.seed, args.guidance, suite.precision)
-    print(f"yardstick: {ys.real_accuracy:.1%} on {len(ys.val_pred)} held-out real images", flush=True)
+    ys = Yardstick(args.data, args.classifier, args.per_class, args.seed, args.guidance, suite.precision,
+                   second=args.classifier2, colour=args.colour)
+    print(f"yardstick: {ys.real_accuracy:.1%} on {len(ys.val_pred)} held-out real images"
+          + (f"; second yardstick {ys.real_accuracy2:.1%}" if ys.clf2 is not None else "")
+          + (f"; colour only {ys.real_colour_accuracy:.1%}" if ys.colour is not None else ""), flush=True)
+    if args.rescore:
+        return rescore(args, ys)
     if args.reference:
         lm = store.load_model(args.reference)
         images, labels, secs = E.generate_per_class(lm, "dpm++", 20, ys.per_class, ys.guidance, ys.seed, 50,
@@ -522,6 +607,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} stopped at step {run['steps']} of {steps}; rerun to resume", flush=True)
                 return 1
             images, labels, secs = (sample_peer if name == "diffusers" else sample_ours)(run["ckpt"], ys)
+            samples_path(args, name, budget).parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(samples_path(args, name, budget), images=images, labels=labels)
             row = {"recipe": name, "budget_min": budget, **{k: v for k, v in run.items() if k != "ckpt"},
                    "clean_images_per_s": img_s, "clean_minutes": run["images_seen"] / img_s / 60,
                    **ys.score(images, labels), "sample_s_per_image": secs / len(images),

@@ -39,10 +39,17 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice; the conditioning vector scales and shifts the
-    second normalisation (FiLM / "adaptive group norm", as in guided-diffusion)."""
+    second normalisation (FiLM / "adaptive group norm", as in guided-diffusion).
 
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0):
+    With ``text_film`` the vector is two halves, [time, text], each with its own projection to the
+    scale and shift (the text's reaches every block directly instead of through a sum with time)."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0,
+                 text_film: bool = False):
         super().__init__()
+        self.text_film = text_film
+        if text_film:
+            self.cond_proj = nn.Linear(emb_dim, 2 * out_channels)
         self.norm1 = group_norm(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_channels)
@@ -53,7 +60,12 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        if self.text_film:
+            time_emb, text_emb = emb.chunk(2, dim=1)
+            film = self.emb_proj(F.silu(time_emb)) + self.cond_proj(F.silu(text_emb))
+        else:
+            film = self.emb_proj(F.silu(emb))
+        scale, shift = film[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h

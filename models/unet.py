@@ -50,6 +50,9 @@ class UNetConfig:
     # Few-step students (``core.distill``): the guidance scale is an input, embedded like the timestep,
     # so one forward gives the guided prediction (guided distillation, Meng et al. 2023).
     guidance_embed: bool = False
+    # The text embedding scales and shifts every block through a projection of its own, not summed
+    # into the time embedding first (the 200-class speedrun's "text-film" recipe).
+    text_film: bool = False
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -98,6 +101,9 @@ class ConditionalUNet(nn.Module):
         ch = config.base_channels
         emb_dim = config.emb_dim or 4 * ch
         self.time_embed = TimestepEmbedder(ch, emb_dim)
+        self.text_film = config.text_film
+        if config.text_film and config.cond_dim == 0:
+            raise ValueError("text_film needs a text-conditioned network (cond_dim > 0)")
         if config.cond_dim > 0:
             self.cond_embed = nn.Sequential(nn.Linear(config.cond_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
             self.null_cond = nn.Parameter(torch.zeros(config.cond_dim))
@@ -125,9 +131,9 @@ class ConditionalUNet(nn.Module):
                 resolution //= 2
 
         self.middle = nn.ModuleList(
-            [ResBlock(ch, ch, emb_dim, config.dropout),
+            [ResBlock(ch, ch, emb_dim, config.dropout, self.text_film),
              SelfAttention(ch, config.head_channels) if config.middle_attention else nn.Identity(),
-             ResBlock(ch, ch, emb_dim, config.dropout)]
+             ResBlock(ch, ch, emb_dim, config.dropout, self.text_film)]
         )
 
         self.up = nn.ModuleList()
@@ -144,7 +150,7 @@ class ConditionalUNet(nn.Module):
         self.out_conv = zero_init(nn.Conv2d(ch, config.out_channels, 3, padding=1))
 
     def _block(self, in_ch: int, out_ch: int, emb_dim: int, resolution: int) -> nn.Module:
-        res = ResBlock(in_ch, out_ch, emb_dim, self.config.dropout)
+        res = ResBlock(in_ch, out_ch, emb_dim, self.config.dropout, self.text_film)
         if resolution in self.config.attention_resolutions:
             return nn.ModuleList([res, SelfAttention(out_ch, self.config.head_channels)])
         return nn.ModuleList([res])
@@ -188,7 +194,9 @@ class ConditionalUNet(nn.Module):
                 cond = torch.where(drop_cond[:, None], self.null_cond.expand_as(cond), cond)
             if self.config.cond_scale != 1.0:
                 cond = cond * self.config.cond_scale
-            emb = emb + self.cond_embed(cond)
+            text_emb = self.cond_embed(cond)
+            if not self.text_film:
+                emb = emb + text_emb
         if self.config.aug_embed:
             if aug_level is None:
                 raise ValueError("this network takes the conditioning-augmentation level: aug_level is required")
@@ -204,6 +212,8 @@ class ConditionalUNet(nn.Module):
         elif guidance is not None:
             raise ValueError("guidance given to a network without a guidance input (guidance_embed)")
 
+        if self.text_film:  # blocks split it back into [time, text] (ResBlock)
+            emb = torch.cat([emb, text_emb], dim=1)
         h = self.input_conv(x)
         skips = [h]
         for block in self.down:

@@ -38,6 +38,7 @@ class TrainConfig:
     dropout: float = 0.1
     emb_dim: int = 0  # time + text embedding width; 0 = 4 x base_channels
     cond_scale: float = 1.0  # text embedding x this before its MLP (sqrt(384) = unit-variance entries)
+    text_film: bool = False  # the text scales and shifts every block through its own projection (UNetConfig)
     # diffusion
     num_train_timesteps: int = 1000
     beta_schedule: str = "cosine"
@@ -127,7 +128,7 @@ class TrainConfig:
             image_size=image_size, base_channels=self.base_channels, channel_mult=self.channel_mult,
             num_res_blocks=self.num_res_blocks, attention_resolutions=self.attention_resolutions,
             head_channels=self.head_channels, dropout=self.dropout, middle_attention=self.middle_attention,
-            emb_dim=self.emb_dim, cond_scale=self.cond_scale, **(sr if self.task == "sr" else {}),
+            emb_dim=self.emb_dim, cond_scale=self.cond_scale, text_film=self.text_film, **(sr if self.task == "sr" else {}),
         )
 
     def distill_config(self, guidance_interval: tuple[float, float] | None) -> DistillConfig:
