@@ -8,6 +8,7 @@
     python diffusion.py export default --name my_model
     python diffusion.py distill tiny200 --max_minutes 60     # a 4-step student; export it as tiny200-live
     python diffusion.py list
+    python diffusion.py restore my_model                     # undo an export --overwrite: the old my_model back
 
 The diffusion math is the ``core`` package, the training loop ``training``, the model store and the
 generation request ``engine``; this file only reads flags and calls them.
@@ -35,6 +36,7 @@ from dataprep.images import load_init_image
 from engine import store
 from engine.figures import cmd_figures
 from engine.export import ExportError, export_run
+from engine.replaced import list_replaced, restore, restore_hint
 from engine.recipe import load_recipe, save_png
 from engine.request import UNCONDITIONAL, GenerationRequest, generate
 from engine.store import DEFAULT_MODEL_NAME, CheckpointError, load_model
@@ -221,22 +223,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: --sampler_defaults is not valid JSON: {e}", file=sys.stderr)
         return 2
-    try:
-        folder, ckpt = export_run(
-            run, args.name, store_root=args.store, checkpoint=args.checkpoint, sampler_defaults=defaults,
-            evaluation=Path(args.evaluation).read_text() if args.evaluation else None,
-            notes=Path(args.notes).read_text() if args.notes else None, fp32=args.fp32, overwrite=args.overwrite)
+    try:  # the maintainer's tool: any existing model, a shipped one too, is replaced with --overwrite (and kept)
+        done = export_run(
+            run, args.name, overwrite=args.overwrite, store_root=args.store, checkpoint=args.checkpoint,
+            sampler_defaults=defaults, evaluation=Path(args.evaluation).read_text() if args.evaluation else None,
+            notes=Path(args.notes).read_text() if args.notes else None, fp32=args.fp32)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    size = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
-    print(f"exported {ckpt} (EMA weights, {'fp32' if args.fp32 else 'fp16'}) to {folder} ({size:.1f} MB)")
+    size = sum(f.stat().st_size for f in done.folder.iterdir()) / 1e6
+    print(f"exported {done.checkpoint} (EMA weights, {'fp32' if args.fp32 else 'fp16'}) to {done.folder} "
+          f"({size:.1f} MB)")
+    if done.replaced:
+        print(restore_hint(done.replaced))
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    folder, displaced = restore(args.replaced, args.store)
+    print(f"restored {folder}." + (f" {restore_hint(displaced)}" if displaced else ""))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    names = store.list_models(args.store, model_type=None)
     root = store.store_dir(args.store)
+    if args.replaced:
+        entries = list_replaced(args.store)
+        print("\n".join(f"{r.entry:40s} {r.name} as it was before {r.replaced_at}  {r.folder}" for r in entries)
+              or f"no replaced models in {root}")
+        return 0
+    names = store.list_models(args.store, model_type=None)
     if not names:
         print(f"no models in {root}")
         return 0
@@ -337,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler_defaults", default=None, help='JSON, e.g. {"sampler": "dpm++", "steps": 20}')
     p.add_argument("--evaluation", default=None, help="Markdown file with evaluation results for the model card")
     p.add_argument("--notes", default=None, help="Markdown file appended to the model card (figures, caveats)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing model of that name (it is moved aside: `restore NAME` undoes it)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("figures", help="a model's README figures: per-class grid, denoising GIF and strip, "
@@ -361,7 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list the models in the store")
     p.add_argument("--store", default=None)
+    p.add_argument("--replaced", action="store_true", help="list the models an export --overwrite moved aside")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("restore", help="put back a model that an export --overwrite replaced",
+                       description="The model now under that name is moved aside in its turn (`list --replaced`).")
+    p.add_argument("replaced", help="a model name (its newest replaced copy) or an entry of `list --replaced`")
+    p.add_argument("--store", default=None, help="model store directory")
+    p.set_defaults(func=cmd_restore)
     return parser
 
 

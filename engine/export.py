@@ -1,12 +1,15 @@
 """A training run into the model store: its newest usable checkpoint's EMA weights, the config a
 model needs and a model card. ``python diffusion.py export`` and the app's Train tab both call
-``export_run``."""
+``export_run``, so one rule holds for both: an existing model is replaced only on an explicit choice
+(``--overwrite``, the tab's checkbox) and is then kept (``engine/replaced.py``); the names the caller
+protects (the app: the shipped models and the models in use, ``app_protected``) are never replaced."""
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -23,14 +26,45 @@ class ExportError(ValueError):
     """Nothing to export, or a bad option: the message says which."""
 
 
+@dataclass(frozen=True)
+class Exported:
+    folder: Path  # the model in the store
+    checkpoint: Path  # the checkpoint it came from
+    replaced: Path | None  # where the model it replaced went (None: the name was new)
+
+
+def app_protected(in_use: Iterable[Any]) -> dict[str, str]:
+    """The names the app never replaces, with why: the shipped models and ``in_use`` (the models the app
+    and the page have open; a folder given as a path counts by its name)."""
+    protected = {Path(str(m)).name: "the model in use" for m in in_use if m}
+    protected.update({name: "a shipped model" for name in store.SHIPPED_MODELS})
+    return protected
+
+
 def export_run(
-    run_dir: str | os.PathLike, name: str, *, store_root: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike, name: str, *, overwrite: bool, protected: Mapping[str, str] | None = None,
+    overwrite_hint: str = "add --overwrite", store_root: str | os.PathLike | None = None,
     checkpoint: str | os.PathLike | None = None, sampler_defaults: dict[str, Any] | None = None,
-    evaluation: str | None = None, notes: str | None = None, fp32: bool = False, overwrite: bool = False,
-) -> tuple[Path, Path]:
-    """Export ``run_dir``'s newest usable checkpoint (or ``checkpoint``) as store model ``name``;
-    returns (the model's folder, the checkpoint it came from). A damaged newest checkpoint (a crash,
-    a full disk) is skipped for the one before it."""
+    evaluation: str | None = None, notes: str | None = None, fp32: bool = False,
+) -> Exported:
+    """Export ``run_dir``'s newest usable checkpoint (or ``checkpoint``) as store model ``name``. A
+    damaged newest checkpoint (a crash, a full disk) is skipped for the one before it.
+
+    A name in ``protected`` (name -> why) is refused; an existing model is refused unless
+    ``overwrite`` (``overwrite_hint`` tells the user how to ask for it) and is then moved aside
+    whole, not deleted (``Exported.replaced``; ``engine.replaced.restore`` undoes it)."""
+    try:
+        store.validate_model_name(name)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    protected = protected or {}
+    if name in protected:
+        raise ExportError(f"{name!r} is {protected[name]}: it cannot be replaced from here. Export under "
+                          "another name.")
+    exists = ExportError(f"a model named {name!r} already exists in the store: {overwrite_hint} to replace it "
+                         f"(the old one is kept in {store.REPLACED_DIR}/ and can be restored)")
+    if (store.store_dir(store_root) / name).exists() and not overwrite:
+        raise exists
     run_dir = Path(run_dir)
     ckpt = Path(checkpoint) if checkpoint else store.latest_checkpoint_usable(run_dir / "checkpoints")
     if ckpt is None or not ckpt.is_dir():
@@ -46,7 +80,10 @@ def export_run(
             store.check_sampler_defaults(out_cfg, "the sampler defaults")
         except store.CheckpointError as e:
             raise ExportError(str(e)) from None
-    folder = store.save_to_store(name, ema, out_cfg, model_card(name, out_cfg, evaluation, notes),
-                                 store=store_root, dtype=torch.float32 if fp32 else torch.float16,
-                                 overwrite=overwrite, keep_files=COMPANION_FILES)
-    return folder, ckpt
+    try:
+        saved = store.store_model(name, ema, out_cfg, model_card(name, out_cfg, evaluation, notes),
+                                  store=store_root, dtype=torch.float32 if fp32 else torch.float16,
+                                  overwrite=overwrite, keep_files=COMPANION_FILES)
+    except FileExistsError:  # another export took the name meanwhile
+        raise exists from None
+    return Exported(saved.folder, ckpt, saved.replaced)

@@ -9,6 +9,9 @@ The model store is one directory of named models (default ``model_store/``
 in the repo, or ``$DIFFUSION_MODEL_STORE``), each a folder with
 ``model.safetensors`` (EMA weights), ``config.json`` and ``README.md`` (the
 model card). The default model is ``tiny200`` (``DEFAULT_MODEL_NAME``).
+A model is written under a temporary name and renamed when complete too; one
+it replaces (only with ``overwrite``) is moved whole into ``.replaced/``, not
+deleted, so an overwrite can be undone (``engine/replaced.py``).
 
 Every model has a type, ``model_type`` in its config: ``base`` (absent in
 older configs) generates images from text; ``sr`` is a super-resolution stage
@@ -24,10 +27,11 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -47,6 +51,13 @@ DEFAULT_STORE = ROOT / "model_store"
 # recognises at least half as often as real photos, at its own defaults (tests/test_model_store.py checks it
 # against each model's evaluation.json). tiny200 passes since 2026-12-03 (0.60; BENCHMARKS).
 DEFAULT_MODEL_NAME = "tiny200"
+# The models this repository ships in model_store/ (tests/test_store_rule.py checks the list against git). The app
+# never replaces them (engine/export.py); `diffusion.py export --overwrite` may, and keeps the old one as it keeps
+# every replaced model.
+SHIPPED_MODELS = frozenset({"tiny200", "default_model", "tiny200-live", "default_model-live", "sr64"})
+# Where a replaced model goes, whole (weights, config, card, evaluation, companions). The leading '.' keeps it out
+# of list_models and of the names a model can have.
+REPLACED_DIR = ".replaced"
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "training_state.safetensors"
 CONFIG_FILE = "config.json"
@@ -428,7 +439,12 @@ def list_models(store: str | os.PathLike | None = None, model_type: str | None =
     )
 
 
-def save_to_store(
+class Stored(NamedTuple):
+    folder: Path  # the model, under its name
+    replaced: Path | None  # where the model it replaced went (in REPLACED_DIR); None when the name was new
+
+
+def store_model(
     name: str,
     state_dict: dict[str, torch.Tensor],
     config: dict[str, Any],
@@ -438,35 +454,67 @@ def save_to_store(
     dtype: torch.dtype = torch.float16,
     overwrite: bool = False,
     keep_files: Sequence[str] = (),
-) -> Path:
-    """Write a named model (weights cast to ``dtype``, config, model card) atomically.
+) -> Stored:
+    """Write a named model (weights cast to ``dtype``, config, model card) atomically: into a temporary
+    folder in the store, renamed to ``name`` when complete and flushed, so a crash never leaves a half
+    model under the name.
 
-    When replacing a model, the files named in ``keep_files`` (companions such as the
-    evaluation's classifier, which depend on the data, not on the weights) are carried over.
+    An existing model is replaced only with ``overwrite``, and is then moved whole into
+    ``REPLACED_DIR`` rather than deleted (``engine.replaced.restore`` puts it back). The files named in
+    ``keep_files`` (companions such as the evaluation's classifier, which depend on the data, not on
+    the weights) are copied into the new model.
     """
     validate_model_name(name)
     root = store_dir(store)
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
+    exists = FileExistsError(f"model {name!r} already exists in {root} (use --overwrite to replace it)")
     if final.exists() and not overwrite:
-        raise FileExistsError(f"model {name!r} already exists in {root} (use --overwrite to replace it)")
-    tmp = root / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}, str(tmp / WEIGHTS_FILE))
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    (tmp / CARD_FILE).write_text(card)
-    for keep in keep_files:
-        if Path(keep).name == keep and (final / keep).is_file() and not (tmp / keep).exists():
-            shutil.copy2(final / keep, tmp / keep)
-    if final.exists():
-        old = root / f".{name}.old-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    return final
+        raise exists
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))  # unique: two exports may run at once
+    try:
+        save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()},
+                  str(tmp / WEIGHTS_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        (tmp / CARD_FILE).write_text(card)
+        for keep in keep_files:
+            if Path(keep).name == keep and (final / keep).is_file() and not (tmp / keep).exists():
+                shutil.copy2(final / keep, tmp / keep)
+        _flush_folder(tmp)
+        replaced = None
+        if final.exists() or final.is_symlink():
+            if not overwrite:  # written meanwhile by another export
+                raise exists
+            replaced = replaced_folder(root, name)
+            os.replace(final, replaced)
+        try:
+            os.rename(tmp, final)  # refused (not merged) if another export put a model there meanwhile
+        except OSError:
+            if final.exists():
+                raise exists from None
+            raise
+        _fsync_dir(root)
+        return Stored(final, replaced)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # still there only when something failed
+
+
+def save_to_store(name: str, state_dict: dict[str, torch.Tensor], config: dict[str, Any], card: str,
+                  **options: Any) -> Path:
+    """``store_model`` for callers that want only the model's folder."""
+    return store_model(name, state_dict, config, card, **options).folder
+
+
+def replaced_folder(root: Path, name: str) -> Path:
+    """An unused ``REPLACED_DIR/<name>-<UTC time>`` in the store ``root`` for a model about to be moved
+    aside. The folder holds a ``.gitignore``: a replaced shipped model is never committed by accident."""
+    base = root / REPLACED_DIR
+    base.mkdir(exist_ok=True)
+    if not (base / ".gitignore").exists():
+        (base / ".gitignore").write_text("*\n")
+    stamp = f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    return next(base / f"{stamp}{suffix}" for suffix in ("", *(f"-{i}" for i in range(1, 10**6)))
+                if not (base / f"{stamp}{suffix}").exists())
 
 
 # --------------------------------------------------------------------------- training checkpoints
@@ -525,6 +573,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _flush_folder(folder: Path) -> None:
+    """Flush a folder's files and its listing to disk before a rename makes them visible under their name."""
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
 def checkpoint_dirs(ckpt_root: str | os.PathLike) -> list[Path]:
     """Complete checkpoint folders under ``ckpt_root``, oldest first."""
     root = Path(ckpt_root)
@@ -559,10 +615,7 @@ def save_checkpoint(
     save_file(opt_tensors, str(tmp / STATE_FILE))
     full = dict(config, step=step, optimizer=opt_meta, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     (tmp / CONFIG_FILE).write_text(json.dumps(full, indent=2))
-    for f in tmp.iterdir():  # flush file contents before the rename makes them visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    _flush_folder(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

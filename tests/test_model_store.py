@@ -101,7 +101,9 @@ def test_overwrite_is_explicit(tiny_model, tmp_path):
     store.save_to_store("m", other.state_dict(), config(step=7), "new card", store=root, overwrite=True)
     assert (root / "m" / store.CARD_FILE).read_text() == "new card"
     assert store.list_models(root) == ["m"]
-    assert sorted(p.name for p in root.iterdir()) == ["m"]
+    assert sorted(p.name for p in root.iterdir()) == [store.REPLACED_DIR, "m"]  # no temporary folder left
+    (aside,) = (root / store.REPLACED_DIR).glob("m-*")  # the old model, kept whole (tests/test_store_rule.py)
+    assert (aside / store.CARD_FILE).read_text() == "# m\n"
 
 
 def test_overwrite_carries_over_only_the_named_companion_files(tiny_model, tmp_path):

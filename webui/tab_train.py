@@ -19,7 +19,8 @@ import gradio as gr
 import pandas as pd
 
 from engine import store
-from engine.export import ExportError, export_run
+from engine.export import ExportError, app_protected, export_run
+from engine.replaced import restore_hint
 from training.runner import TAB_PRESETS, RunError, RunSpec, RunStatus, TrainingRunner, check_run_name, newest_grids
 from webui import train_data
 from webui.uploads import file_path, upload_folder
@@ -27,6 +28,7 @@ from webui.validation import InputError, _number, _whole, exposure_warning
 
 REFRESH_SECONDS = 2.0
 DEFAULT_RUN = "my_model"
+OVERWRITE_LABEL = "Replace a model of that name (it is kept aside)"
 
 
 def train_disabled_reason(args: Any) -> str | None:
@@ -190,7 +192,7 @@ class TrainTab:
                     rows.append({"step": r["step"], "loss": value, "noise level": f"t {lo}-{hi}"})
         return pd.DataFrame(rows, columns=["step", "loss", "noise level"])
 
-    def export(self, run_name: Any, model_name: Any, current_model: Any):
+    def export(self, run_name: Any, model_name: Any, current_model: Any, overwrite: Any = False):
         name = check_run_name(str(run_name or ""))
         model_name = str(model_name or "").strip() or name
         try:
@@ -200,12 +202,15 @@ class TrainTab:
         st = self.runner.status(name)
         if st.state == "none" or not st.checkpoints:
             raise InputError(f"run {name} has no checkpoint yet: train it first")
-        try:
-            folder, ckpt = export_run(st.run_dir, model_name, store_root=self.app.args.store, overwrite=True)
+        try:  # the store's rule (engine/export.py): never the shipped models nor one in use, others on request
+            done = export_run(st.run_dir, model_name, overwrite=overwrite is True, store_root=self.app.args.store,
+                              protected=app_protected([current_model, self.app.models.first]),
+                              overwrite_hint=f'tick "{OVERWRITE_LABEL}"')
         except (ExportError, ValueError) as e:
             raise InputError(str(e)) from None
-        msg = (f"Exported {name} (step {store.checkpoint_step(ckpt):,}, EMA weights) as **{model_name}** in "
-               f"`{folder.parent}`: pick it in the model picker above to generate with it.")
+        msg = (f"Exported {name} (step {store.checkpoint_step(done.checkpoint):,}, EMA weights) as **{model_name}** "
+               f"in `{done.folder.parent}`: pick it in the model picker above to generate with it."
+               + (f" {restore_hint(done.replaced)}" if done.replaced else ""))
         return msg, self.app.refresh_models(current_model)
 
     # ----------------------------------------------------------------- layout
@@ -270,6 +275,7 @@ class TrainTab:
                     model_name = gr.Textbox(label="Model name in the store (default: the run's)",
                                             elem_id="train-model-name", scale=3)
                     export = gr.Button("Export", elem_id="train-export", scale=1)
+                overwrite = gr.Checkbox(False, label=OVERWRITE_LABEL, elem_id="train-overwrite")
                 export_md = gr.Markdown(elem_id="train-export-status")
             with gr.Column(scale=2):
                 data_md = gr.Markdown("Pick a data folder.", elem_id="train-data")
@@ -321,9 +327,9 @@ class TrainTab:
             with guarded("stopping training"):
                 return self.stop()
 
-        def export_fn(run, name, current):
+        def export_fn(run, name, current, replace=False):
             with guarded("export"):
-                return self.export(run, name, current)
+                return self.export(run, name, current, replace)
 
         refresh.click(self.folders, [folder], [folder], api_name="train_folders", queue=False).then(
             show_fn, [folder], [data_md, data_gallery], api_visibility="private", queue=False)
@@ -348,5 +354,7 @@ class TrainTab:
         stop.click(stop_fn, None, [status], api_name="train_stop", queue=False)
         timer.tick(status_fn, [run_name], outputs, api_visibility="private", queue=False, show_progress="hidden")
         run_name.change(status_fn, [run_name], outputs, api_name="train_status", queue=False)
-        export.click(export_fn, [run_name, model_name, ui.model], [export_md, ui.model], api_name="train_export",
-                     queue=False)
+        # queued: only a queued event's gr.Error reaches the page as a toast (a refusal says what to do);
+        # Gradio shows a non-queued one's as a bare "Error"
+        export.click(export_fn, [run_name, model_name, ui.model, overwrite], [export_md, ui.model],
+                     api_name="train_export")
