@@ -422,15 +422,17 @@ def test_train_tab_in_chromium(train_app, page, tmp_path):
     page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gallery') >= 2")
 
 
-# The Train tab's loss chart as drawn (Vega's SVG): each axis's labels and title, the legend's labels,
-# and how many points each drawn line has.
+# The Train tab's loss chart as drawn (Vega's SVG): each axis's labels, title and scale (Vega's own
+# description of the axis: "... for a log scale ..." or "... for a discrete scale ..."), the legend's
+# labels, and how many points each drawn line has.
 CHART_JS = """() => {
     const svg = document.querySelector('#train-loss .vega-embed svg');
     if (!svg) return null;
     const texts = (root, sel) => [...root.querySelectorAll(sel + ' text')].map(t => t.textContent).filter(Boolean);
     const axis = name => {
         const g = [...svg.querySelectorAll('g.role-axis')].find(a => (a.getAttribute('aria-label') || '').startsWith(name));
-        return g ? {labels: texts(g, '.role-axis-label'), title: texts(g, '.role-axis-title').join(' ')} : null;
+        return g ? {labels: texts(g, '.role-axis-label'), title: texts(g, '.role-axis-title').join(' '),
+                    scale: g.getAttribute('aria-label')} : null;
     };
     const lines = [...svg.querySelectorAll('g.mark-line.role-mark path')].map(p => (p.getAttribute('d') || '')
         .split(/[ML]/).filter(s => s.trim()).length);
@@ -505,13 +507,15 @@ def test_train_chart_and_pictures_while_watched_in_chromium(train_app, page, sha
             raise AssertionError(f"the loss chart never drew its lines: {page.evaluate(CHART_JS)}; "
                                  f"{page_state(page, 'train-status')}") from e
         chart = page.evaluate(CHART_JS)
-        assert len(chart["lines"]) == 5, chart
-        assert chart["legend"] == ["all t", "t 0-250", "t 250-500", "t 500-750", "t 750-1000"], chart
+        # numbers on both axes (not one category per value), the loss on a log scale
+        assert "for a linear scale" in chart["x"]["scale"] and "for a log scale" in chart["y"]["scale"], chart
         assert chart["x"]["title"] == "step" and 2 <= len(chart["x"]["labels"]) <= 12, chart
         assert all(re.fullmatch(r"\d{1,3}(,\d{3})*", s) for s in chart["x"]["labels"]), chart
         assert "log" in chart["y"]["title"] and 2 <= len(chart["y"]["labels"]) <= 12, chart
-        losses = [float(s) for s in chart["y"]["labels"]]  # numbers, one label each, not a label per value
+        losses = [float(s) for s in chart["y"]["labels"]]
         assert len(set(losses)) == len(losses) and all(0 < v <= 10 for v in losses), chart
+        assert len(chart["lines"]) == 5, chart  # all t and four bands, each named in the legend
+        assert chart["legend"] == ["all t", "t 0-250", "t 250-500", "t 500-750", "t 750-1000"], chart
 
         assert_whole_and_zoomed(page.evaluate(PICTURES_JS, "#train-examples"), ["goldfish", "school bus"])
         page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#train-timeline') >= 2", timeout=240_000)
