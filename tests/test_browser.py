@@ -430,7 +430,8 @@ CHART_JS = """() => {
     if (!svg) return null;
     const texts = (root, sel) => [...root.querySelectorAll(sel + ' text')].map(t => t.textContent).filter(Boolean);
     const axis = name => {
-        const g = [...svg.querySelectorAll('g.role-axis')].find(a => (a.getAttribute('aria-label') || '').startsWith(name));
+        const g = [...svg.querySelectorAll('g.role-axis')]
+            .find(a => (a.getAttribute('aria-label') || '').startsWith(name));
         return g ? {labels: texts(g, '.role-axis-label'), title: texts(g, '.role-axis-title').join(' '),
                     scale: g.getAttribute('aria-label')} : null;
     };

@@ -35,7 +35,7 @@ def test_the_loss_chart_types_steps_and_losses_as_numbers_on_a_log_axis():
     assert len(points) == 9 and all(type(p["step"]) is int and type(p["loss"]) is float for p in points)
     assert {p["noise level"] for p in points} == set(series) and min(p["loss"] for p in points) > 0
     assert enc["y"]["axis"]["values"] == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
-    assert spec["usermeta"]["embedOptions"]["renderer"] == "svg"
+    assert spec["usermeta"]["embedOptions"]["renderer"] == "svg" and spec["background"] == "transparent"
 
     chart = train_chart.loss_chart(ROWS)  # what gr.Plot is given: its Vega-Lite line chart
     assert (chart.type, chart.chart) == ("altair", "line") and json.loads(chart.plot) == spec

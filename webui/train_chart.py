@@ -1,7 +1,8 @@
 """The Train tab's loss chart: ``metrics.csv``'s loss over steps, one line for all noise levels t
 and one per band of t (its ``loss_tLO_HI`` columns), drawn in the browser as a Vega-Lite chart:
 numeric step and loss axes, the loss on a log scale (the bands differ by tens of times), and a
-legend that names each band.
+legend that names each band. The bands are why the chart is there: high t (mostly noise: the
+layout) is learnt early, low t (fine detail) late.
 
 Why a Vega-Lite spec in a ``gr.Plot`` rather than ``gr.LinePlot``: LinePlot has no log axis, and
 its page types each column from the first value it is sent and keeps that typing; the chart a run
@@ -77,6 +78,7 @@ def loss_chart_spec(rows: Iterable[Mapping[str, float]]) -> dict[str, Any] | Non
         "usermeta": {"embedOptions": {"renderer": "svg", "actions": False}},
         "title": "Training loss: all noise levels t, and each band of t",
         "height": HEIGHT_PX,
+        "background": "transparent",  # the page's, light or dark (the theme colours the text to suit)
         "data": {"values": points},
         "encoding": {
             "x": {"field": "step", "type": "quantitative", "title": "step",
