@@ -420,3 +420,116 @@ def test_train_tab_in_chromium(train_app, page, tmp_path):
     page.locator("#generate").click()
     status_has(page, "status", "Done: 2 image(s)")
     page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#gallery') >= 2")
+
+
+# The Train tab's loss chart as drawn (Vega's SVG): each axis's labels, title and scale (Vega's own
+# description of the axis: "... for a log scale ..." or "... for a discrete scale ..."), the legend's
+# labels, and how many points each drawn line has.
+CHART_JS = """() => {
+    const svg = document.querySelector('#train-loss .vega-embed svg');
+    if (!svg) return null;
+    const texts = (root, sel) => [...root.querySelectorAll(sel + ' text')].map(t => t.textContent).filter(Boolean);
+    const axis = name => {
+        const g = [...svg.querySelectorAll('g.role-axis')]
+            .find(a => (a.getAttribute('aria-label') || '').startsWith(name));
+        return g ? {labels: texts(g, '.role-axis-label'), title: texts(g, '.role-axis-title').join(' '),
+                    scale: g.getAttribute('aria-label')} : null;
+    };
+    const lines = [...svg.querySelectorAll('g.mark-line.role-mark path')].map(p => (p.getAttribute('d') || '')
+        .split(/[ML]/).filter(s => s.trim()).length);
+    return {x: axis('X-axis'), y: axis('Y-axis'), legend: texts(svg, '.role-legend-label'), lines};
+}"""
+
+# Each picture in a box: its own size, its size on the page, and its caption as laid out.
+PICTURES_JS = """(sel) => [...document.querySelectorAll(sel + ' figure')].map(f => {
+    const img = f.querySelector('img'), cap = f.querySelector('figcaption'), r = img.getBoundingClientRect();
+    return {natural: [img.naturalWidth, img.naturalHeight], shown: [r.width, r.height], caption: cap?.innerText ?? '',
+            clipped: cap ? cap.scrollWidth > cap.clientWidth + 1 || cap.getBoundingClientRect().width < 8 : true};
+})"""
+
+TINY_TRAIN_CLASSES = {"n01443537": "goldfish", "n04146614": "school bus"}
+
+
+def tiny_imagenet_pictures(shared: Path, dst: Path, per_class: int = 20) -> Path:
+    """A user's folder of class folders: the first ``per_class`` training pictures of two Tiny ImageNet classes."""
+    import zipfile
+
+    with zipfile.ZipFile(shared / "tiny-imagenet-200.zip") as z:
+        for wnid, name in TINY_TRAIN_CLASSES.items():
+            (dst / name).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                member = f"tiny-imagenet-200/train/{wnid}/images/{wnid}_{i}.JPEG"
+                (dst / name / f"{wnid}_{i}.JPEG").write_bytes(z.read(member))
+    return dst
+
+
+def assert_whole_and_zoomed(pictures: list[dict], captions: list[str] | None = None) -> None:
+    """Every picture shown uncropped at one whole-number zoom of its own pixels (both sides alike), its
+    caption laid out in full."""
+    assert pictures, "no pictures shown"
+    for p in pictures:
+        (w, h), (sw, sh) = p["natural"], p["shown"]
+        zoom = sw / w
+        assert w > 0 and zoom >= 1 and abs(zoom - round(zoom)) < 1e-6 and abs(sh - h * round(zoom)) < 0.5, p
+        assert not p["clipped"], p
+    if captions is not None:
+        assert [p["caption"] for p in pictures] == captions
+
+
+def test_train_chart_and_pictures_while_watched_in_chromium(train_app, page, shared_data, tmp_path):
+    """Watched live from Start, without reloading: the loss chart draws one line per band of t and one
+    for all t, with numbers on both axes (the loss on a log scale) and a legend naming the bands; the
+    example strips, the newest grid and the timeline are whole, at a whole-number zoom, with their
+    captions readable. Two Tiny ImageNet classes x 20 pictures at 32 px, the smoke preset, 400 steps."""
+    tiny_imagenet_pictures(shared_data, train_app.data.parent / "train_data" / "tiny_pictures")
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.goto(train_app.url)
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#train-folder input").click()
+    page.get_by_role("option", name="tiny_pictures (pictures: prepare first)").click()
+    status_has(page, "train-data", "holds pictures, not prepared yet")
+    page.locator("#train-size").get_by_label("32").check()
+    page.locator("#train-prepare").click()
+    status_has(page, "train-data", "2 class(es), 38 training + 2 held-out images at 32 px")
+
+    fill_text(page, "#train-run input", "watched_run")
+    page.locator("#train-run input").press("Enter")
+    set_number(page, "train-minutes", 0)
+    set_number(page, "train-steps", 400)
+    set_number(page, "train-sample-every", 20)
+    page.locator("#train-start").click()
+    try:
+        status_has(page, "train-status", "watched_run: running")
+        try:  # five lines of three points or more: 30 steps logged, watched from Start
+            page.wait_for_function(f"() => {{ const c = ({CHART_JS})(); "
+                                   "return c && c.lines.length >= 5 && c.lines.every(n => n >= 3); }",
+                                   timeout=240_000)
+        except Exception as e:
+            raise AssertionError(f"the loss chart never drew its lines: {page.evaluate(CHART_JS)}; "
+                                 f"{page_state(page, 'train-status')}") from e
+        chart = page.evaluate(CHART_JS)
+        # numbers on both axes (not one category per value), the loss on a log scale
+        assert "for a linear scale" in chart["x"]["scale"] and "for a log scale" in chart["y"]["scale"], chart
+        assert chart["x"]["title"] == "step" and 2 <= len(chart["x"]["labels"]) <= 12, chart
+        assert all(re.fullmatch(r"\d{1,3}(,\d{3})*", s) for s in chart["x"]["labels"]), chart
+        assert "log" in chart["y"]["title"] and 2 <= len(chart["y"]["labels"]) <= 12, chart
+        losses = [float(s) for s in chart["y"]["labels"]]
+        assert len(set(losses)) == len(losses) and all(0 < v <= 10 for v in losses), chart
+        assert len(chart["lines"]) == 5, chart  # all t and four bands, each named in the legend
+        assert chart["legend"] == ["all t", "t 0-250", "t 250-500", "t 500-750", "t 750-1000"], chart
+
+        assert_whole_and_zoomed(page.evaluate(PICTURES_JS, "#train-examples"), ["goldfish", "school bus"])
+        page.wait_for_function(f"() => ({LOADED_IMAGES_JS})('#train-timeline') >= 2", timeout=240_000)
+        assert_whole_and_zoomed(page.evaluate(PICTURES_JS, "#train-grid"))
+        timeline = page.evaluate(PICTURES_JS, "#train-timeline")
+        assert_whole_and_zoomed(timeline)
+        assert all(re.fullmatch(r"step [\d,]+", p["caption"]) for p in timeline), timeline
+
+        page.locator("#train-loss").scroll_into_view_if_needed()
+        page.screenshot(path=str(tmp_path / "train_tab_chart.png"))
+        keep(tmp_path / "train_tab_chart.png", "train_tab_chart.png")
+        page.screenshot(path=str(tmp_path / "train_tab.png"), full_page=True)
+        keep(tmp_path / "train_tab.png", "train_tab.png")
+    finally:
+        page.locator("#train-stop").click()
+        status_has(page, "train-status", "watched_run: stopped")

@@ -84,6 +84,27 @@ def test_prepare_a_folder_of_class_folders_and_a_single_folder_of_pictures(root)
     assert [c["name"] for c in classes] == ["my cats"] and len(np.load(out / "train_labels.npy")) == 5
 
 
+def test_a_folder_with_no_usable_picture_fails_to_prepare_and_is_not_offered(root):
+    junk = root / "junk"
+    junk.mkdir()
+    for i in range(5):
+        (junk / f"{i}.jpg").write_bytes(b"not a picture")
+    with pytest.raises(InputError, match=r"preparing 'junk' failed: none of its 5 file\(s\) could be read as a "
+                                         r"picture \(0\.jpg: UnidentifiedImageError"):
+        td.prepare(root, "junk", 16, 0.0, embed_fn=fake_embed)
+    assert not (root / "junk_16px").exists()
+    assert [(d.name, d.prepared) for d in td.list_data(root)] == [("junk", False), ("shapes", False)]  # not ready
+
+    # one prepared (by an older version) with no picture in it is not listed as ready either
+    td.prepare(root, "shapes", 16, 0.25, embed_fn=fake_embed)
+    empty = root / "empty_16px"
+    empty.mkdir()
+    np.save(empty / "train_images.npy", np.zeros((0, 16, 16, 3), np.uint8))
+    np.save(empty / "train_labels.npy", np.zeros(0, np.int64))
+    assert [(d.name, d.prepared) for d in td.list_data(root)] == [("shapes_16px", True), ("junk", False),
+                                                                  ("shapes", False)]
+
+
 @pytest.mark.parametrize("size, frac, message", [(13, 0.1, "image size"), (16, 0.5, "held-out"),
                                                  (16, -0.1, "held-out")])
 def test_bad_prepare_options_are_refused(root, size, frac, message):

@@ -3,12 +3,14 @@ process, refuse a second start, stop, resume, export, and generate with the new 
 folder and run names; the tab is off where the app is reachable by others without a login."""
 from __future__ import annotations
 
+import json
+import re
 import time
 from argparse import Namespace
 
 import pytest
 
-from webui.tab_train import train_disabled_reason
+from webui.tab_train import MAX_MINUTES, MAX_STEPS, train_disabled_reason
 
 pytest_plugins = ["web_helpers"]
 pytestmark = pytest.mark.slow  # a real training process: python3 dev.py test --full
@@ -16,6 +18,15 @@ pytestmark = pytest.mark.slow  # a real training process: python3 dev.py test --
 
 def call(client, api: str, *args):
     return client.predict(*args, api_name=api)
+
+
+def captions(html: str) -> list[str]:
+    return re.findall(r"<figcaption[^>]*>([^<]*)</figcaption>", html or "")
+
+
+def chart_points(plot) -> list:
+    """The loss chart's points (its Vega-Lite spec's data), [] before the first loss."""
+    return json.loads(plot["plot"])["data"]["values"] if plot else []
 
 
 def wait_status(client, run: str, words: tuple[str, ...], timeout: float = 180.0) -> tuple:
@@ -37,7 +48,7 @@ def test_prepare_train_stop_resume_export_and_generate(train_app):
     folder, summary, examples = call(c, "/train_prepare", "shapes", 16, 0.25)
     assert folder["value"] == "shapes_16px" and "2 class(es), 12 training + 4 held-out images at 16 px" in summary
     assert "| blue square | 6 | 2 |" in summary and "| red disc | 6 | 2 |" in summary
-    assert len(examples) == 2 and {e["caption"] for e in examples} == {"blue square", "red disc"}
+    assert captions(examples) == ["blue square", "red disc"] and examples.count("<img") == 2
 
     started = call(c, "/train_start", "endpoint_run", "shapes_16px", "smoke", 0, 2000, "fp32", 5, True)
     assert "Started endpoint_run" in started
@@ -45,10 +56,12 @@ def test_prepare_train_stop_resume_export_and_generate(train_app):
         call(c, "/train_start", "other_run", "shapes_16px", "smoke", 0, 10, "fp32", 5, True)
     st = wait_status(c, "endpoint_run", ("step 1", "step 2", "step 3", "step 4", "step 5"))
     end = time.monotonic() + 120
-    while not (st[2] and st[1]["data"]) and time.monotonic() < end:  # a loss point and a grid
+    while not ("<img" in st[2] and chart_points(st[1])) and time.monotonic() < end:  # a loss point and a grid
         time.sleep(0.5)
         st = call(c, "/train_status", "endpoint_run")
-    assert st[2] and st[1]["data"], st
+    assert "<img" in st[2] and chart_points(st[1]), st
+    assert {type(p["step"]) for p in chart_points(st[1])} == {int} and "all t" in {p["noise level"] for p in
+                                                                                     chart_points(st[1])}
     assert "Stopping endpoint_run" in call(c, "/train_stop")
     st = wait_status(c, "endpoint_run", ("stopped",), timeout=60)
     stopped_at = int(st[0].split("step ")[1].split("/")[0].replace(",", ""))
@@ -59,7 +72,7 @@ def test_prepare_train_stop_resume_export_and_generate(train_app):
         call(c, "/train_start", "endpoint_run", "shapes_16px", "smoke", 0, stopped_at + 5, "fp32", 5, False)
     call(c, "/train_start", "endpoint_run", "shapes_16px", "smoke", 0, stopped_at + 5, "fp32", 5, True)
     st = wait_status(c, "endpoint_run", ("finished",))
-    assert f"step {stopped_at + 5:,}/{stopped_at + 5:,}" in st[0] and len(st[3]) >= 2  # the timeline of grids
+    assert f"step {stopped_at + 5:,}/{stopped_at + 5:,}" in st[0] and len(captions(st[3])) >= 2  # the timeline
 
     msg, picker = call(c, "/train_export", "endpoint_run", "my_shapes", "tiny")
     assert "as **my_shapes**" in msg and ["my_shapes", "my_shapes"] in [list(x) for x in picker["choices"]]
@@ -78,6 +91,16 @@ def test_hostile_or_missing_folders_are_refused(train_app, folder):
         str(e.value)
     with pytest.raises(AppError):
         call(c, "/train_start", "x", folder, "smoke", 1, 5, "fp32", 5, True)
+
+
+@pytest.mark.parametrize("minutes, steps, message", [(0, 10**12, f"steps must be at most {MAX_STEPS:,}"),
+                                                     (10**9, 0, f"minutes must be at most {MAX_MINUTES:,}")])
+def test_start_refuses_steps_and_minutes_past_the_caps(train_app, minutes, steps, message):
+    from gradio_client.exceptions import AppError
+
+    c = train_app.client()
+    with pytest.raises(AppError, match=re.escape(message)):
+        call(c, "/train_start", "capped_run", "shapes", "smoke", minutes, steps, "fp32", 5, True)
 
 
 def test_stop_with_nothing_running_and_status_of_no_run(train_app):

@@ -16,19 +16,24 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
-import pandas as pd
 
 from engine import store
 from engine.export import ExportError, app_protected, export_run
 from engine.replaced import restore_hint
 from training.runner import TAB_PRESETS, RunError, RunSpec, RunStatus, TrainingRunner, check_run_name, newest_grids
-from webui import train_data
+from webui import train_data, train_pictures
+from webui.train_chart import loss_chart
 from webui.uploads import file_path, upload_folder
 from webui.validation import InputError, _number, _whole, exposure_warning
 
 REFRESH_SECONDS = 2.0
 DEFAULT_RUN = "my_model"
 OVERWRITE_LABEL = "Replace a model of that name (it is kept aside)"
+# What one Start may ask for. Past these a typo (10**12 steps) would hold the machine for good; the
+# largest preset (imagenet64) is 400,000 steps, and a week is longer than any run this tab is for.
+# The form's fields and the /train_start endpoint both use these.
+MAX_STEPS = 1_000_000
+MAX_MINUTES = 7 * 24 * 60
 
 
 def train_disabled_reason(args: Any) -> str | None:
@@ -41,13 +46,20 @@ def train_disabled_reason(args: Any) -> str | None:
     return None
 
 
-def number(value: Any, name: str, integer: bool = False) -> float:
-    """A number >= 0 from a form field or an API caller's value (an empty box is 0: no limit), checked
-    by the app's own number parsers, or InputError naming the field."""
+def number(value: Any, name: str, integer: bool = False, maximum: float | None = None) -> float:
+    """A number from 0 up to ``maximum`` from a form field or an API caller's value (an empty box is 0:
+    no limit), checked by the app's own number parsers, or InputError naming the field and the limit."""
     x = (_whole if integer else _number)(0 if value is None or value == "" else value, name)
     if x < 0:
         raise InputError(f"{name} must be >= 0, got {x:g}.")
+    if maximum is not None and x > maximum:
+        raise InputError(f"{name} must be at most {_plain(maximum)}, got {_plain(x)}.")
     return x
+
+
+def _plain(x: float) -> str:
+    """1,000,000 rather than 1e+06, for a person reading a limit."""
+    return f"{x:,.0f}" if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
 class TrainTab:
@@ -75,20 +87,21 @@ class TrainTab:
         names = [v for _, v in choices]
         return gr.update(choices=choices, value=current if current in names else (names[0] if names else None))
 
-    def show_folder(self, name: Any) -> tuple[str, list]:
+    def show_folder(self, name: Any) -> tuple[str, str]:
+        """(the folder's summary, its classes' example strips as HTML)."""
         name = train_data.parse_folder_choice(name)
         if not name:
-            return f"No folder picked. Put a folder of pictures (one sub-folder per class) in `{self.data_root}`.", []
+            return f"No folder picked. Put a folder of pictures (one sub-folder per class) in `{self.data_root}`.", ""
         path = train_data.resolve_under(self.data_root, name)
         if path.is_file() and path.suffix.lower() == ".zip":
             return (f"**{name}**: an uploaded zip of pictures, not prepared yet: choose a size and press "
-                    "*Prepare* (it is read in place, never extracted)."), []
+                    "*Prepare* (it is read in place, never extracted)."), ""
         if not path.is_dir():
             raise InputError(f"{name!r} is not a folder under the data root")
         if not (path / "train_images.npy").exists():
             return (f"**{name}** holds pictures, not prepared yet: choose a size and press *Prepare*. Each "
-                    "sub-folder is a class (its name is the class name); a folder of pictures alone is one class."), []
-        return train_data.summary(path), train_data.examples(path)
+                    "sub-folder is a class (its name is the class name); a folder of pictures alone is one class."), ""
+        return train_data.summary(path), train_pictures.examples_html(train_data.examples(path))
 
     def prepare(self, name: Any, size: Any, val_fraction: Any, progress=None):
         name = train_data.parse_folder_choice(name)
@@ -137,16 +150,17 @@ class TrainTab:
 
     def start(self, run_name: Any, data_name: Any, preset: Any, minutes: Any, steps: Any, precision: Any,
               sample_every: Any, resume: Any) -> str:
+        minutes = number(minutes, "minutes", maximum=MAX_MINUTES)
+        steps = number(steps, "steps", integer=True, maximum=MAX_STEPS)
+        sample_every = number(sample_every, "samples every N steps", integer=True, maximum=MAX_STEPS)
         data_name = train_data.parse_folder_choice(data_name)
         data = train_data.resolve_under(self.data_root, data_name)
         if not (data / "train_images.npy").exists():
             raise InputError(f"{data_name!r} is not prepared yet: press Prepare first")
         if not isinstance(resume, bool):
             raise InputError(f"resume must be true or false, got {str(resume)[:40]!r}")
-        spec = RunSpec(check_run_name(str(run_name or "")), data, preset=str(preset),
-                       minutes=number(minutes, "minutes"), steps=number(steps, "steps", integer=True),
-                       precision=str(precision or "auto"), resume=resume,
-                       sample_every=number(sample_every, "samples every N steps", integer=True))
+        spec = RunSpec(check_run_name(str(run_name or "")), data, preset=str(preset), minutes=minutes, steps=steps,
+                       precision=str(precision or "auto"), resume=resume, sample_every=sample_every)
         if spec.precision not in ("auto", "bf16", "fp32"):
             raise InputError(f"precision {spec.precision!r}: choose auto, bf16 or fp32")
         st = self.runner.start(spec)
@@ -155,12 +169,14 @@ class TrainTab:
     def stop(self) -> str:
         return self.runner.stop()
 
-    def status(self, run_name: Any) -> tuple[str, Any, Any, list, str]:
-        """(status text, loss curve, newest sample grid, the timeline of grids, the log's last lines)."""
+    def status(self, run_name: Any) -> tuple[str, Any, str, str, str]:
+        """(status text, loss chart, newest sample grid, the timeline of grids, the log's last lines)."""
         name = str(run_name or "").strip() or self.runner.active() or DEFAULT_RUN
         st = self.runner.status(check_run_name(name))
-        return (self._status_text(st), self._curve(st), str(st.grids[-1][1]) if st.grids else None,
-                [(str(p), f"step {step:,}") for step, p in newest_grids(st)], st.log_tail)
+        newest = st.grids[-1] if st.grids else None
+        grid = train_pictures.grid_html(newest[1] if newest else None, f"step {newest[0]:,}" if newest else "")
+        return (self._status_text(st), loss_chart(st.curve), grid, train_pictures.timeline_html(newest_grids(st)),
+                st.log_tail)
 
     @staticmethod
     def _status_text(st: RunStatus) -> str:
@@ -175,22 +191,6 @@ class TrainTab:
         elif st.state == "finished":
             text += "\n\nFinished: Export it to generate with it."
         return text
-
-    @staticmethod
-    def _curve(st: RunStatus) -> pd.DataFrame:
-        """The loss over steps, overall and in each band of noise levels (metrics.csv's loss_tLO_HI
-        columns): high t (mostly noise: the layout) is learnt early, low t (fine detail) late."""
-        rows = []
-        for r in st.curve:
-            if "step" not in r:
-                continue
-            for col, value in r.items():
-                if col == "loss":
-                    rows.append({"step": r["step"], "loss": value, "noise level": "all t"})
-                elif col.startswith("loss_t"):
-                    lo, hi = col[len("loss_t"):].split("_")
-                    rows.append({"step": r["step"], "loss": value, "noise level": f"t {lo}-{hi}"})
-        return pd.DataFrame(rows, columns=["step", "loss", "noise level"])
 
     def export(self, run_name: Any, model_name: Any, current_model: Any, overwrite: Any = False):
         name = check_run_name(str(run_name or ""))
@@ -261,11 +261,12 @@ class TrainTab:
                                       info="smoke: minutes, proves the pipeline; default: the shipped CPU recipe")
                     precision = gr.Radio(["auto", "bf16", "fp32"], value="auto", label="Precision")
                 with gr.Row():
-                    minutes = gr.Number(10, minimum=0, label="Minutes (0 = no limit)", elem_id="train-minutes")
-                    steps = gr.Number(0, minimum=0, precision=0, label="Steps (0 = the preset's)",
+                    minutes = gr.Number(10, minimum=0, maximum=MAX_MINUTES, label="Minutes (0 = no limit)",
+                                        elem_id="train-minutes")
+                    steps = gr.Number(0, minimum=0, maximum=MAX_STEPS, precision=0, label="Steps (0 = the preset's)",
                                       elem_id="train-steps")
-                    sample_every = gr.Number(50, minimum=0, precision=0, label="Samples every N steps",
-                                             elem_id="train-sample-every")
+                    sample_every = gr.Number(50, minimum=0, maximum=MAX_STEPS, precision=0,
+                                             label="Samples every N steps", elem_id="train-sample-every")
                 resume = gr.Checkbox(True, label="Resume from the run's last checkpoint", elem_id="train-resume")
                 with gr.Row():
                     start = gr.Button("Start", variant="primary", elem_id="train-start")
@@ -279,15 +280,14 @@ class TrainTab:
                 export_md = gr.Markdown(elem_id="train-export-status")
             with gr.Column(scale=2):
                 data_md = gr.Markdown("Pick a data folder.", elem_id="train-data")
-                data_gallery = gr.Gallery(label="Examples of each class (training images)", columns=3, height="auto",
-                                          elem_id="train-examples", elem_classes=["pixelated"])
+                data_gallery = gr.HTML(label="Examples of each class (training images)", show_label=True,
+                                       container=True, elem_id="train-examples")
                 status = gr.Markdown("No run yet.", elem_id="train-status")
-                curve = gr.LinePlot(x="step", y="loss", color="noise level", elem_id="train-loss", height=280,
-                                    title="Training loss, overall and by noise level t")
-                grid = gr.Image(label="Newest samples (the same seeds every time)", type="filepath", height=240,
-                                elem_id="train-grid", elem_classes=["pixelated"])
-                timeline = gr.Gallery(label="What it is learning: the same seeds over training", columns=6,
-                                      height="auto", elem_id="train-timeline", elem_classes=["pixelated"])
+                curve = gr.Plot(label="Training loss", show_label=False, elem_id="train-loss")
+                grid = gr.HTML(label="Newest samples (the same seeds every time)", show_label=True, container=True,
+                               elem_id="train-grid")
+                timeline = gr.HTML(label="What it is learning: the same seeds over training", show_label=True,
+                                   container=True, elem_id="train-timeline")
                 with gr.Accordion("Log", open=False):
                     log_box = gr.Textbox(lines=10, max_lines=20, show_label=False, elem_id="train-log")
         timer = gr.Timer(REFRESH_SECONDS)

@@ -72,7 +72,8 @@ def list_data(root: Path) -> list[DataFolder]:
         if not p.is_dir() or p.name.endswith(".partial"):
             continue
         if (p / "train_images.npy").exists():
-            found.append(DataFolder(p.name, p, True))
+            if training_count(p) > 0:  # one prepared with no usable picture is nothing to train on
+                found.append(DataFolder(p.name, p, True))
         elif _has_pictures(p):
             found.append(DataFolder(p.name, p, False))
     found.sort(key=lambda d: (not d.prepared, d.name.lower()))
@@ -86,6 +87,31 @@ def _has_pictures(folder: Path, limit: int = 2000) -> bool:
         if i > limit:
             return False
     return False
+
+
+def training_count(folder: Path) -> int:
+    """How many training pictures a prepared folder holds (0 when none, or when it cannot be read)."""
+    try:
+        return len(np.load(folder / "train_labels.npy", mmap_mode="r"))
+    except (OSError, ValueError):
+        return 0
+
+
+def require_training_pictures(out: Path, source: str) -> None:
+    """A preparation that kept no picture has failed: say why (the skipped files' reasons) and remove
+    what it wrote, so that it is never offered as a data folder."""
+    if training_count(out) > 0:
+        return
+    manifest = manifest_of(out)
+    skipped = manifest.get("skipped") or []
+    reasons = "; ".join(f"{Path(str(s.get('path', '?'))).name}: {s.get('reason', '?')}" if isinstance(s, dict)
+                        else str(s) for s in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+    if manifest.get("tool") == "preprocess.py":  # written by this preparation (or an earlier empty one): ours
+        shutil.rmtree(out, ignore_errors=True)
+    candidates = (manifest.get("counts") or {}).get("candidates", len(skipped))
+    raise InputError(f"preparing {source!r} failed: none of its {candidates} file(s) could be read as a picture"
+                     + (f" ({reasons})" if reasons else "") + ". Nothing was prepared; add pictures (.jpg, .png, "
+                     ".webp ...) and press Prepare again.")
 
 
 def prepared_name(name: str, size: int) -> str:
@@ -183,6 +209,7 @@ def prepare(root: Path, name: str, size: int, val_fraction: float, embed_fn: Cal
     finally:
         if single is not None:
             shutil.rmtree(single.parent, ignore_errors=True)
+    require_training_pictures(out, name)
     return out
 
 
@@ -240,6 +267,7 @@ def prepare_tiny_imagenet(root: Path, class_names: str, size: int, val_fraction:
                    overwrite=True)
     except PreprocessError as e:
         raise InputError(str(e)) from None
+    require_training_pictures(out, ", ".join(names))
     return out
 
 
