@@ -161,11 +161,11 @@ def write_class_samples(cfg: TrainConfig, ema: ConditionalUNet, diffusion: Diffu
     chosen = classes[: cfg.sample_classes]
     prompts = [c["prompt"] for c in chosen]
     # the run's preview settings, completed by the one resolver the CLI and the app use
-    chosen = resolve_sampler_settings({}, diffusion.num_train_timesteps, GenerationRequest(
+    settings = resolve_sampler_settings({}, diffusion.num_train_timesteps, GenerationRequest(
         sampler=sampler, steps=cfg.sample_steps, guidance=cfg.sample_guidance))
-    res = generate_images(ema, diffusion, prompts, num_images=len(prompts), sampler=chosen.sampler,
-                          num_steps=chosen.steps, guidance_scale=chosen.guidance,
-                          guidance_interval=chosen.guidance_interval, seed=1234, encode_fn=encode,
+    res = generate_images(ema, diffusion, prompts, num_images=len(prompts), sampler=settings.sampler,
+                          num_steps=settings.steps, guidance_scale=settings.guidance,
+                          guidance_interval=settings.guidance_interval, seed=1234, encode_fn=encode,
                           return_frames=True, device=device)
     out = cfg.run_dir / "samples"
     drawing.sample_grid(res.images, nrow=min(8, len(prompts)), labels=[c["name"] for c in chosen],
