@@ -25,7 +25,7 @@ HEIGHT_PX = 280  # the whole chart: title, plot, axis labels
 # all t thick and grey (seen on a light or a dark theme), the bands from fine detail (low t) to layout
 # (high t) in a colour-blind-safe order (Okabe-Ito)
 ALL_T_COLOR = "#777777"
-BAND_COLORS = ("#0072b2", "#009e73", "#e69f00", "#d55e00", "#cc79a7", "#56b4e9", "#f0e442", "#999999")
+BAND_COLORS = ("#0072b2", "#009e73", "#e69f00", "#cc79a7", "#d55e00", "#56b4e9", "#f0e442", "#999999")
 
 
 def band_label(lo: int, hi: int) -> str:
