@@ -11,7 +11,9 @@ Used by tests/test_web_fuzz.py, which runs them with the rest.
 """
 from __future__ import annotations
 
+import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -383,8 +385,6 @@ def _size(path: Any) -> tuple[int, int]:
 
 
 def _count(text: Any, sep: str = r"[,; ]") -> int:
-    import re
-
     return len([p for p in re.split(sep, str(text)) if p.strip()])
 
 
@@ -395,14 +395,78 @@ def _files_are_images(files: Any) -> None:
             assert min(_size(f)) > 0, f
 
 
+def _frames(path: Any) -> int:
+    with Image.open(str(path)) as im:
+        return getattr(im, "n_frames", 1)
+
+
+def _recipe(path: Any) -> tuple[str, dict[str, str]]:
+    """A result PNG's recipe as the README describes it (A1111's text in the ``parameters`` chunk): the
+    prompt, then one line of ``Key: value`` fields. Parsed here, by hand."""
+    with Image.open(str(path)) as im:
+        text = im.info.get("parameters")
+    assert text, f"{path}: no recipe"
+    prompt, _, settings = text.rpartition("\n")
+    return prompt, dict(part.split(": ", 1) for part in settings.split(", "))
+
+
+def _number_of(value: Any) -> float:
+    return float(str(value).strip())
+
+
+SAMPLER_NAMES = {"ddim": "ddim", "dpm++": "dpm++", "dpm-solver++": "dpm++"}  # the recipe's names for the labels
+
+
+def _check_images_and_recipes(paths: list, args: list, seed: Any, side: int, upscaler: str | None) -> None:
+    """Each image: its size, and its recipe: the steps, sampler, guidance and model asked for, seed + i."""
+    for i, path in enumerate(paths):
+        assert _size(path) == (side, side), (path, _size(path))
+        prompt, fields = _recipe(path)
+        assert prompt.strip(), fields
+        assert int(fields["Steps"]) == int(_number_of(args[3])), fields
+        assert fields["Sampler"] == SAMPLER_NAMES[str(args[2]).strip().lower()], fields
+        assert float(fields["CFG scale"]) == _number_of(args[4]), fields
+        assert int(fields["Seed"]) == int(seed) + i and fields["Model"] == "tiny", fields
+        assert fields["Size"] == f"{TINY}x{TINY}", fields  # the first stage's size
+        assert fields.get("Upscaler") == upscaler, fields
+
+
+COVERAGE_LINE = re.compile(r"(?:Nearest training classes|Nearest classes): (.*)$")
+CLASS_PROMPTS = {"a photo of a goldfish": "goldfish", "a photo of a jellyfish": "jellyfish",
+                 "a photo of a ladybug": "ladybug"}  # the test store's classes (tests/web_helpers.py)
+
+
+def _check_coverage(prompt: Any, out: Any) -> None:
+    """Empty prompt: nothing. A bad blend: a warning naming it. Else every class of the model once, by
+    cosine similarity (in [-1, 1], highest first); a class's own prompt is nearest to that class (1.00)."""
+    assert isinstance(out, str), out
+    text = " ".join(str(prompt or "").split())
+    if not text.strip("\x00\x01\u200b"):
+        return
+    if "Blended prompt" in out:
+        assert out.startswith("\u26a0"), out
+        return
+    m = COVERAGE_LINE.search(out)
+    assert m, out
+    pairs = re.findall(r"(\w+) \((-?\d\.\d\d)\)", m.group(1))
+    names, sims = [n for n, _ in pairs], [float(v) for _, v in pairs]
+    assert sorted(names) == sorted(CLASS_PROMPTS.values()), out
+    assert all(-1 <= v <= 1 for v in sims) and sims == sorted(sims, reverse=True), out
+    assert out.startswith("\u26a0") == ("has not seen anything like" in out), out
+    if text in CLASS_PROMPTS:
+        assert names[0] == CLASS_PROMPTS[text] and sims[0] == 1.0, out
+
+
 def check_result(endpoint: str, args: list):
     """An independent check of a valid request's result (sizes and counts from the request itself)."""
     def check(out: Any) -> None:
         if endpoint == "/generate_studio":
-            gallery, status, _seed, gif, _strip, files = out
-            n, side = int(float(args[6])), TINY * (2 if args[15] == "tiny_sr" else 1)
-            assert str(status).startswith("Done") and len(gallery) == n, (status, gallery)
-            assert all(_size(g["image"]) == (side, side) for g in gallery)
+            gallery, status, seed, gif, _strip, files = out
+            upscaler = "tiny_sr" if args[15] == "tiny_sr" else None
+            n, side = int(float(args[6])), TINY * (2 if upscaler else 1)
+            assert str(status).startswith(f"Done: {n} image(s)") and len(gallery) == n, (status, gallery)
+            _check_images_and_recipes([g["image"] for g in gallery], args, seed, side, upscaler)
+            assert _frames(gif) >= 2, gif  # the denoising GIF: frames of the sampling
             _files_are_images(files)
         elif endpoint == "/forward":
             strip, plot = out
@@ -426,7 +490,7 @@ def check_result(endpoint: str, args: list):
             image, caption = out
             assert _size(image) == (256, 256) and ("x_t" in caption or "unchanged" in caption), caption
         elif endpoint == "/prompt_coverage":
-            assert isinstance(out, str), out
+            _check_coverage(args[0], out)
         elif endpoint == "/live":
             gallery, status = out
             if "empty" in str(status) or "Blended prompt" in str(status):  # a prompt being typed
@@ -444,7 +508,15 @@ def check_result(endpoint: str, args: list):
             assert isinstance(out, str) and (("tiny-live" in out) == bool(args[0])), out
         elif endpoint == "/interpolate":
             gif, strip, files, status = out
-            assert str(status).startswith("Done") and _size(gif)[0] >= 256, status
+            k = int(_number_of(args[4]))
+            assert str(status).startswith(f"Done: {k} frames"), status
+            assert _size(gif)[0] >= 256 and _frames(gif) == (2 * k - 2 if k > 2 else k), _frames(gif)  # forth and back
+            assert _size(strip)[0] // 128 == k, _size(strip)  # one 128 px column per frame
+            with Image.open(str(strip)) as im:
+                recipe = json.loads(im.info["interpolation"])
+            assert (recipe["frames"], recipe["steps"], recipe["guidance_scale"], recipe["model"]) == (
+                k, int(_number_of(args[7])), _number_of(args[8]), "tiny"), recipe
+            assert recipe["sampler"] == SAMPLER_NAMES[str(args[6]).strip().lower()], recipe
             _files_are_images(files)
         elif endpoint == "/grid":
             image, files, status = out
@@ -455,9 +527,26 @@ def check_result(endpoint: str, args: list):
         elif endpoint == "/upscale":
             image, status, files = out
             assert _size(image) == (2 * TINY, 2 * TINY), _size(image)
-        elif endpoint in ("/learn_steps", "/learn_guidance", "/learn_student"):
+        elif endpoint == "/learn_steps":  # one column per sampler step, three rows (x_t, x_0 estimate, noise)
             table, caption = out
-            assert min(_size(table)) > 0 and isinstance(caption, str) and caption.strip()
+            steps = int(_number_of(args[3]))
+            shown = int(re.search(r"(\d+) of (\d+) steps shown", caption).group(1))
+            assert f"{shown} of {steps} steps shown" in caption and 1 <= shown <= steps, caption
+            w, h = _size(table)
+            assert w > h and w // shown >= TINY, (w, h, caption)
+        elif endpoint == "/learn_guidance":  # one 128 px column per guidance scale (16 px images drawn at 128)
+            table, caption = out
+            scales = _count(args[5], r"[,;]")
+            w, h = _size(table)
+            assert "guidance scale" in caption and w // 128 == scales, (w, h, scales, caption)
+        elif endpoint == "/learn_student":  # the teacher's path above, its student's below, from one seed
+            table, caption = out
+            seed = args[3]
+            assert "teacher" in caption and "student" in caption, caption
+            if seed not in (None, "", -1):
+                assert f"(seed {int(_number_of(seed))})" in caption, caption
+            w, h = _size(table)
+            assert w > h > 2 * TINY, (w, h)
         elif endpoint == "/history":  # this session's results so far: pictures with their captions
             assert isinstance(out, list) and all(min(_size(item["image"])) > 0 for item in out), out
         else:

@@ -36,6 +36,7 @@ from tests.test_training import (
 )
 from training import loop as T
 
+DISTILL_STEPS = 30  # enough for the student to move measurably towards its teacher (tiny net, one thread)
 NET = dict(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
            head_channels=8, dropout=0.0)
 
@@ -301,3 +302,38 @@ def test_distill_refuses_a_student_teacher_and_foreign_data(teacher_store, tiny_
     assert cli.main(["distill", str(tmp_path / "st" / "s"), "--data_dir", str(tiny_data), *flags]) == 2
     assert "itself a few-step student" in capsys.readouterr().err
     assert cli.main(["distill", str(teacher_store / "teach"), "--distill_method", "magic", *flags]) == 2
+
+
+def test_distilling_brings_the_students_four_steps_closer_to_the_teachers_twenty(teacher_store, tiny_data,
+                                                                                  tmp_path):
+    """What distillation is for: the student's 4 steps land nearer the teacher's own 20-step images
+    (its sampler defaults: DPM-Solver++, guidance 5, interval 0-100) from the same noise and condition
+    than the student it started as. The untrained student is the same run at learning rate 0 (its
+    starting weights, saved); both are trained through the public entry point ``training.loop.train``."""
+    teacher = store.load_model(teacher_store / "teach")
+    defaults = teacher.config["sampler_defaults"]
+    kw = dict(teacher=str(teacher_store / "teach"), distill_method="trajectory", batch_size=16, log_every=10,
+              sample_every=0, guidance_min=1.0, guidance_max=8.0, teacher_substeps=2, warmup_steps=2, lr=2e-3)
+    untrained = T.train(T.make_config("distill", **options(tiny_data, tmp_path, "untrained", max_steps=1,
+                                                           ckpt_every=1, **{**kw, "lr": 0.0})))
+    trained = T.train(T.make_config("distill", **options(tiny_data, tmp_path, "trained", max_steps=DISTILL_STEPS,
+                                                         ckpt_every=DISTILL_STEPS, **kw)))
+    # the conditions the teacher and student trained on: the data's class embeddings, every class from two seeds
+    embedding = dict(zip(map(str, range(4)), np.load(tiny_data / "class_embeddings.npy")))
+    prompts = [str(i) for i in range(4) for _ in range(2)]
+    common = dict(num_images=len(prompts), encode_fn=lambda ps: np.stack([embedding[p] for p in ps]), seed=100,
+                  guidance_scale=defaults["guidance_scale"], device="cpu", precision="fp32")
+    target = generate_images(teacher.model, teacher.diffusion, prompts, sampler=defaults["sampler"], num_steps=defaults["steps"],
+                             guidance_interval=(0.0, 100.0), **common).images.astype(np.float64)
+
+    def distance_to_teacher(ckpt: Path) -> float:
+        student = store.load_model(ckpt)
+        assert student.config["sampler_defaults"]["steps"] == 4
+        images = generate_images(student.model, student.diffusion, prompts, sampler=D.STUDENT_SAMPLER["trajectory"],
+                                 num_steps=4, **common).images.astype(np.float64)
+        return float(np.sqrt(((images - target) ** 2).mean()))
+
+    before, after = distance_to_teacher(untrained), distance_to_teacher(trained)
+    print(f"\n[distill] RMS distance to the teacher's 20 steps (0-255): untrained {before:.2f}, "
+          f"after {DISTILL_STEPS} steps {after:.2f}")
+    assert after < 0.8 * before, (before, after)

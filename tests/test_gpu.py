@@ -3,8 +3,9 @@
     python3 dev.py test -m gpu -rs      # on a machine with a GPU
 
 Covers what the CPU suite cannot: training steps under bf16 autocast with
-``torch.compile``, a one-process torchrun job on the NCCL backend, exact
-resume on CUDA, and sampling parity between CPU and CUDA.
+``torch.compile``, an NCCL process group (world size 1: one GPU is enough) with an
+all-reduce and a DDP step, a one-process torchrun job, exact resume on CUDA, and
+sampling parity between CPU and CUDA.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 import core as D
+from benchmarks.app_server import free_port
 from engine import store
 from training import loop as T
 from test_core import fake_encode, tiny_unet
@@ -39,25 +41,64 @@ def opts(data, out, run, **kw):
 def test_bf16_compiled_training_steps_on_cuda(data, tmp_path):
     last = T.train(T.make_config("smoke", **opts(data, tmp_path, "compiled", precision="bf16", compile=True)))
     cfg = json.loads((last / store.CONFIG_FILE).read_text())
-    assert last.name == "ckpt-0000012" and "cuda" in cfg["hardware"].lower() or torch.cuda.get_device_name() in cfg["hardware"]
+    assert last.name == "ckpt-0000012"
+    assert torch.cuda.get_device_name(0) in cfg["hardware"], cfg["hardware"]  # trained on the GPU, not the CPU
     assert all(torch.isfinite(v).all() for v in store.load_tensors(last / store.WEIGHTS_FILE).values())
     rows = (tmp_path / "compiled" / "metrics.csv").read_text().splitlines()[1:]
     losses = [float(r.split(",")[1]) for r in rows]
     assert len(losses) == 12 and all(np.isfinite(losses))
 
 
-def test_torchrun_one_process_nccl(data, tmp_path):
-    o = opts(data, tmp_path, "nccl", max_steps=4, ckpt_every=4)
+NCCL_SCRIPT = """
+import json, os, sys
+import torch
+import torch.distributed as dist
+
+dist.init_process_group(backend="nccl", init_method="tcp://127.0.0.1:" + sys.argv[1], world_size=1, rank=0)
+torch.cuda.set_device(0)
+x = torch.arange(4, device="cuda", dtype=torch.float32) + 1
+dist.all_reduce(x, op=dist.ReduceOp.SUM)
+gathered = [torch.zeros(4, device="cuda")]
+dist.all_gather(gathered, x * 2)
+# a DDP step: the gradient all-reduce goes through the same NCCL group
+net = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 1, bias=False).cuda(), device_ids=[0])
+net(torch.ones(2, 4, device="cuda")).sum().backward()
+out = {"backend": dist.get_backend(), "world": dist.get_world_size(), "sum": x.tolist(),
+       "gathered": gathered[0].tolist(), "grad": net.module.weight.grad.tolist()}
+dist.destroy_process_group()
+print(json.dumps(out))
+"""
+
+
+def test_nccl_process_group_on_one_gpu():
+    """The NCCL backend for real: a world-size-1 group on one GPU (training makes one only when
+    WORLD_SIZE > 1, so the torchrun test below does not), an all-reduce, an all-gather, and a DDP
+    step whose gradients are reduced through it. In a subprocess: a process group lives until its
+    process ends."""
+    proc = subprocess.run([sys.executable, "-c", NCCL_SCRIPT, str(free_port())], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["backend"] == "nccl" and out["world"] == 1, out
+    assert out["sum"] == [1.0, 2.0, 3.0, 4.0] and out["gathered"] == [2.0, 4.0, 6.0, 8.0], out
+    assert out["grad"] == [[2.0, 2.0, 2.0, 2.0]], out  # d/dw sum(w . 1) over a batch of 2
+
+
+def test_torchrun_one_process_trains_on_cuda(data, tmp_path):
+    """`torchrun --nproc_per_node N diffusion.py train` on CUDA, N = the GPU count (1 here): with one
+    process training skips DDP (WORLD_SIZE=1), so this checks the launcher path, not NCCL (above)."""
+    o = opts(data, tmp_path, "torchrun", max_steps=4, ckpt_every=4)
     flags = []
     for k, v in o.items():
         flags += [f"--{k}", ",".join(map(str, v)) if isinstance(v, tuple) else str(v)]
-    # WORLD_SIZE=1 would skip DDP: two processes are needed for the NCCL group, on one GPU if that is all
-    n = max(2, torch.cuda.device_count()) if torch.cuda.device_count() > 1 else 1
+    n = max(1, torch.cuda.device_count())  # NCCL refuses two ranks on one GPU
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
            str(ROOT / "diffusion.py"), "train", "--preset", "smoke", *flags]
     proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert store.latest_checkpoint(tmp_path / "nccl" / "checkpoints").name == "ckpt-0000004"
+    assert store.latest_checkpoint(tmp_path / "torchrun" / "checkpoints").name == "ckpt-0000004"
+    hardware = json.loads((tmp_path / "torchrun" / "checkpoints" / "ckpt-0000004" / store.CONFIG_FILE).read_text())
+    assert hardware["hardware"].startswith(f"{n} x "), hardware["hardware"]  # n GPU processes
 
 
 def test_exact_resume_on_cuda(data, tmp_path):

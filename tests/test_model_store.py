@@ -254,30 +254,43 @@ def test_absurd_config_is_refused_before_anything_is_allocated(tiny_model, tmp_p
     _edit_config(ckpt, base_channels=200_000)
     many = save("many", tiny_model, tmp_path / "store")
     _edit_config(many, num_res_blocks=10_000_000)  # millions of modules: refused before even the meta build
+    ok = save("ok", tiny_model, tmp_path / "store")
+    # What a refusal costs, counted rather than timed: every ConditionalUNet built while loading, and
+    # on which device (meta allocates nothing). The good folder's load, in the same process, is the yardstick.
     script = """
-import json, resource, sys, time
+import json, resource, sys
+import torch
 from engine import store
+from models import ConditionalUNet
 vm_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:"))
 limit = (vm_kb + 1024 * 1024) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+built = []
+real_init = ConditionalUNet.__init__
+def counting_init(self, *args, **kwargs):
+    built.append(torch.empty(0).device.type)  # the default device the network is built on
+    return real_init(self, *args, **kwargs)
+ConditionalUNet.__init__ = counting_init
 out = []
 for folder in sys.argv[1:]:
-    t0 = time.monotonic()
+    built.clear()
     try:
         store.load_model(folder)
-        out.append({"error": None})
-    except store.CheckpointError as e:
-        out.append({"error": str(e), "seconds": time.monotonic() - t0})
+        out.append({"error": None, "built": list(built)})
+    except Exception as e:  # a CheckpointError is the refusal; anything else (MemoryError ...) a finding
+        out.append({"error": f"{type(e).__name__}: {e}", "built": list(built)})
 print(json.dumps(out))
 """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(store.__file__).parent)}
-    proc = subprocess.run([sys.executable, "-c", script, str(huge), str(ckpt), str(many)], capture_output=True,
-                          text=True, timeout=120, env=env)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(store.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-c", script, str(ok), str(huge), str(ckpt), str(many)],
+                          capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    good, *results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert good["error"] is None and good["built"] == ["meta", "cpu"], good  # checked on meta, then built
     for r in results:
-        assert r["error"] and "do not match its config" in r["error"], results
-        assert r["seconds"] < 10, results
+        assert "cpu" not in r["built"], results  # refused before a real network was allocated
+        assert r["error"].startswith("CheckpointError") and "do not match its config" in r["error"], results
+    assert [r["built"] for r in results] == [["meta"], ["meta"], []], results  # 10M blocks: not even on meta
     for r in results[:2]:
         assert "parameters" in r["error"] and "time_embed" in r["error"], r["error"]
     assert "10000000" in results[2]["error"] or "residual blocks" in results[2]["error"], results[2]["error"]
