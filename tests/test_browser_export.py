@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from engine import replaced
-from test_browser import TOASTS_JS, browser, fill_text, page, page_state, status_has  # noqa: F401 (fixtures)
+from test_browser import (TOASTS_JS, browser, fill_text, page, page_state, set_number,  # noqa: F401 (fixtures)
+                          status_has)
 from test_store_rule import files_of, make_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # Chromium flows: dev.py test --full
@@ -53,3 +54,16 @@ def test_export_refuses_then_replaces_only_when_ticked_in_chromium(train_app, pa
     status_has(page, "train-export-status", "python diffusion.py restore browser_export-")
     (entry,) = replaced.list_replaced(train_app.store, "browser_export")
     assert entry.entry in page.locator("#train-export-status").inner_text() and files_of(entry.folder) == first
+
+
+def test_start_and_stop_refusals_say_why_in_chromium(train_app, page):
+    """Start's refusals reach the page as a toast with their reason (a non-queued event's gr.Error
+    shows as a bare "Error" in Gradio 6): here a step count over the cap."""
+    page.goto(train_app.url)
+    page.get_by_role("tab", name="Train").click()
+    fill_text(page, "#train-run input", "browser_cap_run")
+    page.locator("#train-run input").press("Enter")
+    set_number(page, "train-steps", 2_000_000)
+    page.locator("#train-start").click()
+    refused_with(page, "steps must be at most 1,000,000")
+    assert not (train_app.store.parent / "runs" / "browser_cap_run").exists()

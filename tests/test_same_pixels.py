@@ -1,5 +1,5 @@
 """One request, the same pixels through every entry point that generates: ``diffusion.py sample``,
-the app's ``/generate`` and ``evaluate.py``'s generation (``evaluate.generate_per_class``).
+the app's ``/generate`` and ``evaluate.py``'s generation (``evaluation.generate_per_class``, what ``evaluate.py`` scores).
 
 (``benchmarks/same_pixels.py`` compares one tree with itself over time; this compares the entry
 points with one another.) What makes them comparable, and is held equal here:
@@ -37,10 +37,10 @@ EVALUATE_SCRIPT = """
 import sys
 import numpy as np
 import torch
-import evaluate
+from evaluation import generate_per_class
 from engine import store
 lm = store.load_model("tiny", store=sys.argv[1], device="cpu")
-images, labels, _ = evaluate.generate_per_class(lm, "ddim", int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]),
+images, labels, _ = generate_per_class(lm, "ddim", int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]),
                                                 int(sys.argv[6]), int(sys.argv[4]), torch.device("cpu"),
                                                 prompts=[sys.argv[7]], precision="fp32")
 np.save(sys.argv[2], images)

@@ -348,10 +348,11 @@ class TrainTab:
         prepare.click(prepare_fn, [folder, size, val_fraction], [folder, data_md, data_gallery],
                       api_name="train_prepare", concurrency_limit=1, concurrency_id="train_prepare",
                       preprocess=False)
+        # queued, like Export below: only a queued event's gr.Error reaches the page as a toast with its reason
         start.click(start_fn, [run_name, folder, preset, minutes, steps, precision, sample_every, resume], [status],
-                    api_name="train_start", queue=False, preprocess=False).then(status_fn, [run_name], outputs, queue=False,
-                                                              api_visibility="private")
-        stop.click(stop_fn, None, [status], api_name="train_stop", queue=False)
+                    api_name="train_start", preprocess=False).then(status_fn, [run_name], outputs, queue=False,
+                                                                   api_visibility="private")
+        stop.click(stop_fn, None, [status], api_name="train_stop")
         timer.tick(status_fn, [run_name], outputs, api_visibility="private", queue=False, show_progress="hidden")
         run_name.change(status_fn, [run_name], outputs, api_name="train_status", queue=False)
         # queued: only a queued event's gr.Error reaches the page as a toast (a refusal says what to do);
