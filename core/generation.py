@@ -67,9 +67,9 @@ def resolve_prompts(
     return [texts[i % len(texts)] for i in range(num_images)]
 
 
-@torch.no_grad()
 # Over 100 lines on purpose: a third is the docstring (every option a caller can pass), the rest one
 # straight path (check, encode, noise, SDEdit start, denoiser, sample, recipe) best read in one place.
+@torch.no_grad()
 def generate_images(
     model: torch.nn.Module,
     diffusion: DiffusionConfig,

@@ -214,6 +214,7 @@ class TrainTab:
         return msg, self.app.refresh_models(current_model)
 
     # ----------------------------------------------------------------- layout
+    # Over 100 lines on purpose: the tab's layout declared top to bottom as it appears on the page.
     def build(self, ui) -> None:
         reason = train_disabled_reason(self.app.args)
         if reason:
