@@ -46,6 +46,9 @@ images, labels, _ = generate_per_class(lm, "ddim", int(sys.argv[3]), int(sys.arg
 np.save(sys.argv[2], images)
 """
 
+# the full set (dev.py test --full, CI): an app server and two text-encoder loads, ~45 s of the fast set's 3 minutes
+pytestmark = pytest.mark.slow
+
 
 def pixels(path) -> np.ndarray:
     with Image.open(path) as im:
