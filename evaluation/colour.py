@@ -31,9 +31,10 @@ def colour_histograms(images: np.ndarray, bins: int = 6, batch: int = 4096) -> t
     out = torch.empty(len(images), bins ** 3)
     for i in range(0, len(images), batch):
         q = torch.from_numpy(images[i:i + batch].astype(np.int64) * bins // 256)  # (b, h, w, 3) in [0, bins)
-        idx = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
-        counts = F.one_hot(idx.flatten(1), bins ** 3).sum(1).float()
-        out[i:i + batch] = counts / idx[0].numel()
+        idx = ((q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]).flatten(1)  # (b, pixels): each pixel's bin
+        offset = torch.arange(len(idx))[:, None] * bins ** 3  # one bincount for the batch: image k's bins at k * bins^3
+        counts = torch.bincount((idx + offset).flatten(), minlength=len(idx) * bins ** 3).view(len(idx), -1).float()
+        out[i:i + batch] = counts / idx.shape[1]
     return out
 
 
