@@ -117,11 +117,13 @@ def make_empty_prepared(root: Path) -> Path:
 
 # ---------------------------------------------------------------- what a valid request returns
 def check_status(name: str) -> Callable[[Any], None]:
-    """/train_status of a run that does not exist: its one line, no grid, no timeline, no log."""
+    """/train_status of a run that does not exist: its one line, no grid (the placeholder that says the
+    first one comes after the first sample interval), no timeline, no log."""
     def check(out) -> None:
         text, _curve, grid, timeline, log = out
         assert str(text).startswith(f"{name}: no run yet."), text
-        assert grid is None and not timeline and not log, out
+        assert "No samples yet" in str(grid) and "<img" not in str(grid), out
+        assert not timeline and not log, out
     return check
 
 
@@ -130,11 +132,13 @@ def check_stop(out) -> None:
 
 
 def check_folders(current: Any) -> Callable[[Any], None]:
-    """/train_folders: the data root's folders (the prepared one first), the one asked for kept."""
+    """/train_folders: the data root's folders, the one asked for kept. The prepared folder with no
+    images is not offered (a preparation that kept no picture is not a data folder), so only the
+    unprepared pictures folder is listed."""
     def check(out) -> None:
         names = [c[1] for c in out["choices"]]
-        assert names == [EMPTY, PICTURES], out
-        assert out["value"] == (current if current in names else EMPTY), out
+        assert names == [PICTURES], out
+        assert out["value"] == (current if current in names else PICTURES), out
     return check
 
 

@@ -35,7 +35,7 @@ def test_train_export_endpoint_follows_the_store_rule(train_app):
         export("tiny_b", "tiny", False)
     with pytest.raises(AppError, match="'tiny_b' already exists in the store: tick"):
         export("tiny_b", "tiny")  # no checkbox value sent: no overwrite
-    assert files_of(train_app.store / "tiny_b") == before and not replaced.list_replaced(train_app.store)
+    assert files_of(train_app.store / "tiny_b") == before and not replaced.list_replaced(train_app.store, "tiny_b")
 
     msg, picker = export("tiny_b", "tiny", True)
     (entry,) = replaced.list_replaced(train_app.store, "tiny_b")
