@@ -35,6 +35,7 @@ import torch
 import core as D
 from benchmarks.benchlog import tee_stdout
 from engine import store
+from engine.request import GenerationRequest, resolve_settings
 
 
 def cond_for(images: int) -> torch.Tensor:
@@ -86,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     teacher = store.load_model(args.teacher, store=args.store)
     student = store.load_model(args.student, store=args.store)
-    g = float(teacher.sampler_defaults.get("guidance_scale", 3.0))
+    g = resolve_settings(teacher, GenerationRequest()).guidance  # the teacher's own, by the one resolver
     precisions = ["fp32"] + (["bf16"] if D.fast_bf16("cpu") else [])
     t_steps = [int(v) for v in args.teacher_steps.split(",")]
     cases: dict[str, Callable[[], float]] = {}
-    s_sampler = str(student.sampler_defaults.get("sampler", "ddim"))  # its own sampler: one forward per step
+    s_sampler = resolve_settings(student, GenerationRequest()).sampler  # its own sampler: one forward per step
     for prec in precisions:
         for k in (1, 2, 4):
             cases[f"student {s_sampler.upper()} {k} ({prec})"] = (
