@@ -419,6 +419,17 @@ def test_sr_training_learns_the_residual_when_asked(trained, tmp_path):
     assert first[True] < 0.9 * first[False]  # (the same seeds: equal losses if the flag were ignored)
 
 
+def test_a_text_conditioned_sr_run_draws_its_preview_grid(trained, tmp_path):
+    """An SR run conditioned on the text (sr_text) previews with each held-out image's class embedding
+    (it crashed at its first preview: the grid's upscale was given no condition)."""
+    opts = options(trained["sr_data"], tmp_path, "srtext", **dict(SR_TRAIN, max_steps=2, sr_text=True,
+                                                                  sample_every=2, sample_classes=2))
+    ckpt = T.train(T.make_config("sr64", **opts))
+    assert json.loads((ckpt / store.CONFIG_FILE).read_text())["unet"]["cond_dim"] == 384
+    grid = Image.open(tmp_path / "srtext" / "samples" / "grid_0000002.png")
+    assert grid.size[1] > 4 * 32  # low, bicubic, SR, truth
+
+
 @pytest.mark.slow
 def test_bench_sr_scores_bicubic_and_the_sr_model_on_held_out_images_and_samples(trained, tmp_path):
     import sys

@@ -129,7 +129,10 @@ def write_sr_samples(run_dir: Path, ema: torch.nn.Module, diffusion: DiffusionCo
     except FileNotFoundError:
         data = PreprocessedDataset(data_dir, split="train")
     truth = np.asarray(data.images[: min(n, len(data))])
-    rows = comparison_rows(ema, diffusion, truth, steps=steps, aug_level=aug_level, device=device)
+    cond = None
+    if getattr(getattr(ema, "config", None), "cond_dim", 0):  # a text-conditioned SR model: each image's class text
+        cond = data.class_embeddings[torch.as_tensor(np.asarray(data.labels[: len(truth)]), dtype=torch.long)]
+    rows = comparison_rows(ema, diffusion, truth, steps=steps, aug_level=aug_level, device=device, cond=cond)
     out = Path(run_dir) / "samples" / f"grid_{step:07d}.png"
     drawing.sample_grid(np.concatenate(rows), nrow=len(truth), path=out)
     return out
@@ -137,11 +140,12 @@ def write_sr_samples(run_dir: Path, ema: torch.nn.Module, diffusion: DiffusionCo
 
 def comparison_rows(sr_model: torch.nn.Module, diffusion: DiffusionConfig, truth: np.ndarray, *,
                     steps: int = SR_DEFAULT_STEPS, aug_level: float = SR_DEFAULT_AUG_LEVEL, seed: int = 0,
-                    device: torch.device | str = "cpu") -> list[np.ndarray]:
-    """For uint8 high-resolution images: [low res shown nearest, bicubic, SR, truth], each (N, H, W, 3)."""
+                    device: torch.device | str = "cpu", cond: torch.Tensor | None = None) -> list[np.ndarray]:
+    """For uint8 high-resolution images: [low res shown nearest, bicubic, SR, truth], each (N, H, W, 3);
+    ``cond``: the images' text embeddings, for a text-conditioned SR model."""
     hi = images_to_tensor(truth, device)
     low = D.downsample_box(hi)
     size = hi.shape[-1]
     nearest = F.interpolate(low, size=(size, size), mode="nearest")
-    sr = D.upscale(sr_model, diffusion, low, steps=steps, aug_level=aug_level, seed=seed, device=device)
+    sr = D.upscale(sr_model, diffusion, low, steps=steps, aug_level=aug_level, seed=seed, device=device, cond=cond)
     return [to_uint8(nearest), to_uint8(D.upsample_bicubic(low, size)), sr.images, np.asarray(truth)]
