@@ -44,10 +44,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 from dataprep.dataset import PreprocessedDataset  # noqa: E402
-from diffusion import main as cli_main  # noqa: E402
 from models import ConditionalUNet, count_parameters  # noqa: E402
 from training import loop as T  # noqa: E402
 import core as D  # noqa: E402
+from engine.export import export_run  # noqa: E402
 from engine import store  # noqa: E402
 
 log = logging.getLogger("gpu_train")
@@ -223,9 +223,7 @@ def train_packed(packed: list[Path], out: Path, minutes: float, device: str, com
     out.mkdir(parents=True, exist_ok=True)
     # The EMA weights in fp16, as `diffusion.py export` writes them (the device tool brings back files of
     # up to 16 MiB: the slim network is 8.4 MB), with their config; `export` again here puts them in the store.
-    if cli_main(["export", str(cfg.run_dir), "--checkpoint", str(ckpt), "--name", name, "--store", str(work / "store"),
-                 "--overwrite"]) != 0:
-        raise SystemExit("export failed")
+    export_run(cfg.run_dir, name, overwrite=True, store_root=work / "store", checkpoint=ckpt)  # what `export` calls
     shutil.copy(work / "store" / name / "model.safetensors", out / f"{name}_ema_fp16.safetensors")
     shutil.copy(work / "store" / name / "config.json", out / f"{name}_config.json")
     result["metrics"] = [[int(r[0]), float(r[1]), float(r[3])] for r in rows]  # step, loss, images/s (8 files come back)

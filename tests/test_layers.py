@@ -28,20 +28,13 @@ ALLOWED: dict[str, set[str]] = {
     "dataprep": {"core", "models", "fileio"},
     "engine": {"core", "models", "fileio", "drawing", "dataprep"},
     "training": {"engine", "core", "models", "dataprep", "drawing", "fileio"},
-    "evaluation": {"engine", "core", "models", "dataprep", "fileio"},  # being split out of evaluate.py
+    "evaluation": {"engine", "core", "models", "dataprep", "fileio"},
     "webui": {"training", "evaluation", "engine", "dataprep", "drawing", "core", "models", "fileio"},
 }
 # Folders of scripts, not layers: they may import any package, but no entry point.
 NOT_LAYERED = {"benchmarks"}
 # (file, entry point) pairs allowed to break the entry-point rule, each with its reason.
-EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("benchmarks/gpu_train.py", "diffusion"): "runs the CLI's `export` in-process on the device machine",
-}
-# evaluate.py is still the library of the metrics until evaluation/ lands; from then on benchmarks
-# import evaluation, not the entry point.
-if not (ROOT / "evaluation" / "__init__.py").exists():
-    for bench in ("bench_coverage", "bench_speedrun", "bench_sr", "bench_text_ceiling"):
-        EXCEPTIONS[(f"benchmarks/{bench}.py", "evaluate")] = "evaluation/ does not exist yet"
+EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def entry_points() -> set[str]:
