@@ -149,9 +149,10 @@ def test_cli_export_refuses_an_existing_name_then_overwrites_keeping_the_old_and
 
 
 # --------------------------------------------------------------------------- the app (the Train tab's handler)
-def train_tab(world, first: str = "tiny200") -> TrainTab:
+def train_tab(world, first: str = "tiny200", loaded: tuple[str, ...] = ()) -> TrainTab:
     args = Namespace(store=str(world.store), runs_dir=str(world.runs), data_root=str(world.runs.parent / "data"))
-    app = SimpleNamespace(args=args, models=SimpleNamespace(first=first), refresh_models=lambda current: current)
+    models = SimpleNamespace(first=first, loaded=lambda: list(loaded))  # what ModelManager.loaded reports
+    app = SimpleNamespace(args=args, models=models, refresh_models=lambda current: current)
     return TrainTab(app)
 
 
@@ -177,6 +178,14 @@ def test_the_app_never_replaces_the_model_in_use(world):
             tab.export("toy", name, "mine", True)
         assert files_of(world.store / name) == old[name]
     assert {"mine", "startup", *store.SHIPPED_MODELS} == set(app_protected(["mine", "/x/startup", None]))
+
+
+def test_the_app_never_replaces_a_model_another_session_has_open(world):
+    old = shipped_like(world.store, "theirs")
+    tab = train_tab(world, first="startup", loaded=("startup", "theirs"))  # another page generates with "theirs"
+    with pytest.raises(InputError, match="the model in use"):
+        tab.export("toy", "theirs", "mine", True)
+    assert files_of(world.store / "theirs") == old
 
 
 def test_the_app_replaces_an_existing_model_only_when_the_checkbox_is_ticked_and_keeps_it(world):

@@ -106,6 +106,11 @@ class ModelManager:
                 log.info("unloaded model %s (keeping %d)", old, self.max_models)
             return lm
 
+    def loaded(self) -> list[str]:
+        """The names of the models this app holds in memory (any session's): none of them is replaced."""
+        with self._lock:
+            return [lm.name for lm in self._models.values()]
+
     def dataset(self, choice: str):
         """The model's preprocessed data (val split if present), or None."""
         lm = self.get(choice or self.first)  # empty = the first model, as in WebApp._model

@@ -204,7 +204,8 @@ class TrainTab:
             raise InputError(f"run {name} has no checkpoint yet: train it first")
         try:  # the store's rule (engine/export.py): never the shipped models nor one in use, others on request
             done = export_run(st.run_dir, model_name, overwrite=overwrite is True, store_root=self.app.args.store,
-                              protected=app_protected([current_model, self.app.models.first]),
+                              protected=app_protected([current_model, self.app.models.first,
+                                                       *self.app.models.loaded()]),
                               overwrite_hint=f'tick "{OVERWRITE_LABEL}"')
         except (ExportError, ValueError) as e:
             raise InputError(str(e)) from None
