@@ -44,16 +44,42 @@ class BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(h)) + self.skip(x))
 
 
-class SmallResNet(nn.Module):
+class PooledClassifier(nn.Module):
+    """What both yardstick networks share: a convolutional trunk, a global average pool (the features
+    the Frechet distance uses) and a linear head."""
+
+    head: nn.Linear
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head.in_features
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features (global average pool), used for the Frechet distance."""
+        return self.trunk(x).float().mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _four_stages(blocks: Sequence[int], what: str) -> tuple[int, ...]:
+    blocks = tuple(int(b) for b in blocks)
+    if len(blocks) != 4 or min(blocks) < 1:
+        raise ValueError(f"blocks must be four counts >= 1 ({what} per stage), got {blocks}")
+    return blocks
+
+
+class SmallResNet(PooledClassifier):
     """A small ResNet classifier for 32/64 px images in [-1, 1]: four stages of ``blocks`` basic
     blocks at widths w, 2w, 4w, 8w (the first at full resolution). ``blocks=(1, 1, 1, 1)`` is a
     ResNet-10, ``(2, 2, 2, 2)`` a ResNet-18."""
 
     def __init__(self, num_classes: int, width: int = 32, blocks: Sequence[int] = (1, 1, 1, 1)):
         super().__init__()
-        blocks = tuple(int(b) for b in blocks)
-        if len(blocks) != 4 or min(blocks) < 1:
-            raise ValueError(f"blocks must be four counts >= 1 (one per stage), got {blocks}")
+        blocks = _four_stages(blocks, "basic blocks")
         self.config = {"arch": "resnet", "num_classes": num_classes, "width": width, "blocks": list(blocks)}
         w = width
         self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
@@ -66,19 +92,11 @@ class SmallResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.head = nn.Linear(cin, num_classes)
 
-    @property
-    def feature_dim(self) -> int:
-        return self.head.in_features
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The penultimate features (global average pool), used for the Frechet distance."""
-        return self.stages(self.stem(x)).float().mean(dim=(2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
 
 
-class PlainConvNet(nn.Module):
+class PlainConvNet(PooledClassifier):
     """A VGG-style classifier with no skip connections: four stages of 3x3 conv + BatchNorm + ReLU
     (one conv in the first stage, two in the others) at widths w, 2w, 4w, 8w, 2x2 max pooling between
     stages. The second yardstick: a network unlike the ResNet (no residual path, max pooling, deeper at
@@ -86,9 +104,7 @@ class PlainConvNet(nn.Module):
 
     def __init__(self, num_classes: int, width: int = 48, blocks: Sequence[int] = (1, 2, 2, 2)):
         super().__init__()
-        blocks = tuple(int(b) for b in blocks)
-        if len(blocks) != 4 or min(blocks) < 1:
-            raise ValueError(f"blocks must be four counts >= 1 (convs per stage), got {blocks}")
+        blocks = _four_stages(blocks, "convs")
         self.config = {"arch": "plain", "num_classes": num_classes, "width": width, "blocks": list(blocks)}
         layers: list[nn.Module] = []
         cin = 3
@@ -102,20 +118,12 @@ class PlainConvNet(nn.Module):
         self.stages = nn.Sequential(*layers)
         self.head = nn.Linear(cin, num_classes)
 
-    @property
-    def feature_dim(self) -> int:
-        return self.head.in_features
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The penultimate features (global average pool), used for the Frechet distance."""
-        return self.stages(x).float().mean(dim=(2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(x)
 
 
-CLASSIFIER_ARCHS: dict[str, type[nn.Module]] = {"resnet": SmallResNet, "plain": PlainConvNet}
-Classifier = SmallResNet | PlainConvNet
+CLASSIFIER_ARCHS: dict[str, type[PooledClassifier]] = {"resnet": SmallResNet, "plain": PlainConvNet}
+Classifier = PooledClassifier
 
 
 def _to_input(images_uint8: np.ndarray, device: torch.device) -> torch.Tensor:
