@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retrain-classifier", action="store_true")
     parser.add_argument("--classifier", default=None,
                         help="folder of the yardstick classifier (default: beside the model); trained there if missing")
+    parser.add_argument("--classifier2", default=None, metavar="DIR",
+                        help="a second yardstick's folder: the same images are scored by it too (a second table)")
     parser.add_argument("--free-text", default=None,
                         help="TSV of 'prompt<TAB>class' lines: do free-text prompts land on their class?")
     parser.add_argument("--free-text-per-prompt", type=int, default=0, metavar="N",
@@ -134,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classifier-augment", choices=AUGMENTATIONS, default="flip-shift",
                         help="with --classifier-only: flip-shift (flip + 4 px shifts) or strong (resized crops, "
                              "colour jitter, random erasing); training resumes per epoch when run again")
+    parser.add_argument("--classifier-mirror-average", action="store_true",
+                        help="with --classifier-only: the saved yardstick scores each image and its mirror "
+                             "image and pools both views (test-time flip averaging)")
     parser.add_argument("--classifier-batch-size", type=int, default=128)
     parser.add_argument("--classifier-lr", type=float, default=2e-3, help="peak of the one-cycle learning rate")
     parser.add_argument("--classifier-weight-decay", type=float, default=5e-4)
@@ -193,7 +198,8 @@ def _evaluate_model(args: argparse.Namespace, device: torch.device) -> int:
                           precision=args.precision, snaps=parse_snaps(args.snap),
                           guidance_interval=chosen.guidance_interval,
                           free_text_per_prompt=args.free_text_per_prompt, guide=guide, apg=parse_apg(args.apg),
-                          samples_dir=out if args.save_samples else None)
+                          samples_dir=out if args.save_samples else None,
+                          second_classifier_dir=Path(args.classifier2) if args.classifier2 else None)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -245,7 +251,7 @@ def _classifier_only(args: argparse.Namespace, device: torch.device) -> int:
                                  blocks=parse_blocks(args.classifier_blocks), batch_size=args.classifier_batch_size,
                                  lr=args.classifier_lr, weight_decay=args.classifier_weight_decay,
                                  precision=args.classifier_precision, arch=args.classifier_arch,
-                                 augmentation=args.classifier_augment)
+                                 augmentation=args.classifier_augment, mirror_average=args.classifier_mirror_average)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

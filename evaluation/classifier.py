@@ -49,6 +49,9 @@ class PooledClassifier(nn.Module):
     the Frechet distance uses) and a linear head."""
 
     head: nn.Linear
+    # Score each image and its mirror image and pool both views' features (so the logits are averaged
+    # too: the head is linear). Set from ``classifier.json``'s "mirror_average"; training leaves it off.
+    mirror_average: bool = False
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -59,7 +62,10 @@ class PooledClassifier(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate features (global average pool), used for the Frechet distance."""
-        return self.trunk(x).float().mean(dim=(2, 3))
+        pooled = self.trunk(x).float().mean(dim=(2, 3))
+        if self.mirror_average:
+            pooled = (pooled + self.trunk(x.flip(-1)).float().mean(dim=(2, 3))) / 2
+        return pooled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -293,13 +299,17 @@ def build_classifier(meta: dict[str, Any], source: str = "classifier config") ->
     place a config becomes a network: a config asking for more than ``MAX_CLASSIFIER_WIDTH`` channels,
     ``MAX_CLASSIFIER_BLOCKS`` blocks per stage or 100,000 classes is refused before any memory is allocated."""
     width, blocks, classes = meta.get("width"), meta.get("blocks", [1, 1, 1, 1]), meta.get("num_classes")
+    mirror = meta.get("mirror_average", False)
     arch = meta.get("arch", "resnet")  # classifiers saved before the second yardstick are all ResNets
     if not (arch in CLASSIFIER_ARCHS and isinstance(width, int) and 1 <= width <= MAX_CLASSIFIER_WIDTH and isinstance(classes, int)
             and 1 <= classes <= 100_000 and isinstance(blocks, list) and len(blocks) == 4
-            and all(isinstance(b, int) and 1 <= b <= MAX_CLASSIFIER_BLOCKS for b in blocks)):
+            and all(isinstance(b, int) and 1 <= b <= MAX_CLASSIFIER_BLOCKS for b in blocks)
+            and isinstance(mirror, bool)):
         raise ValueError(f"{source}: not a yardstick config (arch {arch!r}, width {width!r}, blocks {blocks!r}, "
-                         f"num_classes {classes!r})")
-    return CLASSIFIER_ARCHS[arch](classes, width, blocks)
+                         f"num_classes {classes!r}, mirror_average {mirror!r})")
+    model = CLASSIFIER_ARCHS[arch](classes, width, blocks)
+    model.mirror_average = mirror
+    return model
 
 
 def load_classifier(folder: Path, device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:

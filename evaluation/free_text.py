@@ -36,19 +36,24 @@ def free_text_rows(lm: Any, clf: SmallResNet, pairs: Sequence[tuple[str, int]], 
                    steps: int, guidance: float, seed: int, batch_size: int, device: torch.device,
                    encode_fn: Callable[[list[str]], np.ndarray] | None = None,
                    yardstick: YardstickClasses | None = None, precision: str = "fp32",
-                   guidance_interval: tuple[float, float] | None = None, apg: Any = None) -> list[dict[str, Any]]:
+                   guidance_interval: tuple[float, float] | None = None, apg: Any = None,
+                   second: tuple[SmallResNet, YardstickClasses] | None = None) -> list[dict[str, Any]]:
     """Do free-text prompts near a class name land on that class? One row per prompt, sampled as the
-    class-name rows are (precision, guidance band, APG)."""
+    class-name rows are (precision, guidance band, APG). ``second``: a second yardstick (classifier and
+    its classes) that judges the same images too (``accuracy2`` in each row)."""
     yardstick = yardstick or YardstickClasses.identity(lm.class_names)
     images, idx, _ = generate_per_class(lm, sampler, steps, per_prompt, guidance, seed, batch_size, device, encode_fn,
                                         prompts=[p for p, _ in pairs], precision=precision,
                                         guidance_interval=guidance_interval, apg=apg)
     pred, _ = classify(clf, images)
+    pred2 = classify(second[0], images)[0] if second else None
     rows = []
     for k, (prompt, cls) in enumerate(pairs):
         got = pred[idx == k]
         top = np.bincount(got, minlength=len(yardstick.names)).argmax()
         rows.append({"prompt": prompt, "class": lm.classes[cls]["name"], "images": int(len(got)),
                      "accuracy": float((got == yardstick.of_model[cls]).mean()), "most_seen": yardstick.names[int(top)]})
+        if second:
+            rows[-1]["accuracy2"] = float((pred2[idx == k] == second[1].of_model[cls]).mean())
     return rows
 

@@ -50,12 +50,13 @@ def evaluate(
     free_text: Sequence[tuple[str, int]] = (), free_text_setting: tuple[str, int] = ("dpm++", 20),
     precision: str = "fp32", snaps: Sequence[float] = (0.0,), guidance_interval: tuple[float, float] | None = None,
     free_text_per_prompt: int = 0, guide: Any = None, apg: APGSettings | None = None,
-    samples_dir: Path | None = None,
+    samples_dir: Path | None = None, second_classifier_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run the whole evaluation; returns a dict with the reference figures and one Row per setting.
     ``apg``: adaptive projected guidance in place of plain CFG; ``samples_dir``: also save each
     setting's images and labels there (``samples_<sampler>_<steps>.npz``), to score them again later
-    with another yardstick without sampling again."""
+    with another yardstick without sampling again; ``second_classifier_dir``: score the same images with
+    a second yardstick too (``result["second_yardstick"]``: its real-photo figures and rows)."""
 
     device = torch.device(device)
     train = PreprocessedDataset(data_dir, split="train")
@@ -67,39 +68,29 @@ def evaluate(
     folder = classifier_dir or lm.path
     if retrain_classifier or not (folder / CLASSIFIER_WEIGHTS).exists():
         fit_yardstick(train, val, folder, recipe=YardstickRecipe(epochs=classifier_epochs), seed=seed, device=device)
-    clf, meta = load_classifier(folder, device)
-    clf_names = meta.get("classes") or (data_names if meta["num_classes"] == len(data_names) else None)
-    if clf_names is None:
-        raise ValueError(f"the yardstick in {folder} does not list its classes")
-    yardstick = YardstickClasses.match(lm.class_names, clf_names, f"the yardstick in {folder}")
 
     # The real photos of the model's classes (all of the data's when it has only those), labelled as the model's.
     train_images, train_labels = model_subset(train, in_data)
     val_images, val_labels = model_subset(val, in_data)
-    val_logits, val_feat = predict(clf, val_images)
-    val_pred = yardstick.to_model(val_logits.argmax(1))
     # Noise floor: FD between the held-out set and an equally sized, class-balanced real training subset.
     rng = np.random.default_rng(seed)
     ref_idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(train_labels == c),
                                                  size=min(per_class, int((train_labels == c).sum())),
                                                  replace=False) for c in range(len(lm.classes))]))
-    _, ref_feat = classify(clf, train_images[ref_idx])
     inc = InceptionFeatures(inception, device) if inception else None
-    reference = _Reference(clf, yardstick, val_feat, inc, inc(val_images) if inc else None, 1.0 / len(clf_names))
+    real = (train_images[ref_idx], val_images, val_labels)
+    reference, figures = _yardstick_reference(folder, lm, data_names, real, per_class, device)
+    reference.inception, reference.inception_val = inc, inc(val_images) if inc else None
+    second = _yardstick_reference(second_classifier_dir, lm, data_names, real, per_class, device) \
+        if second_classifier_dir else None
     result: dict[str, Any] = {
         "model": lm.name, "data": str(data_dir), "per_class": per_class, "seed": seed, "guidance": guidance,
         "precision": precision, "guidance_interval": list(guidance_interval) if guidance_interval else None,
         "guide": guide.name if guide else None, "apg": asdict(apg) if apg else None,
-        "classes": len(lm.classes), "yardstick_classes": len(clf_names), "real_val_images": int(len(val_labels)),
-        "real_val_accuracy": float((val_pred == val_labels).mean()),
-        "real_val_top5": top_k_accuracy(val_logits, yardstick.of_model[val_labels], 5),
-        "real_vs_real_fd": frechet_distance(ref_feat, val_feat),
-        "feature_dim": clf.feature_dim,
-        "classifier": {k: meta[k] for k in ("epochs", "val_accuracy", "val_top5", "width", "blocks") if k in meta},
-        "real_conditioning": real_conditioning(val_labels, val_feat, val_pred, len(lm.classes), per_class,
-                                               reference.chance),
-        "rows": [],
+        "classes": len(lm.classes), **figures, "rows": [],
     }
+    if second:
+        result["second_yardstick"] = {"classifier_dir": str(second_classifier_dir), **second[1], "rows": []}
     if inc:
         result["real_vs_real_fid"] = frechet_distance(inc(train_images[ref_idx]), reference.inception_val)
     for sampler, steps in settings:
@@ -111,6 +102,9 @@ def evaluate(
             np.savez_compressed(samples_dir / f"samples_{sampler}_{steps}.npz", images=images, labels=labels)
         row = _score_setting(lm, reference, f"{sampler} {steps}", images, labels, secs, per_class, seed)
         result["rows"].append(asdict(row))
+        if second:
+            result["second_yardstick"]["rows"].append(
+                asdict(_score_setting(lm, second[0], row.setting, images, labels, secs, per_class, seed)))
         log.info("%s: accuracy %.3f, FD %.2f, %.3f s/image", row.setting, row.accuracy, row.fd, row.seconds_per_image)
     if free_text:
         result["free_text_setting"] = f"{free_text_setting[0]} {free_text_setting[1]}"
@@ -119,13 +113,43 @@ def evaluate(
             enc = encode_fn
             if snap > 0:
                 enc = snapping_encoder(encode_fn or encode_prompts, [c["prompt"] for c in lm.classes], snap)
-            rows = free_text_rows(lm, clf, free_text, per_prompt=free_text_per_prompt or per_class,
+            rows = free_text_rows(lm, reference.clf, free_text, per_prompt=free_text_per_prompt or per_class,
                                   sampler=free_text_setting[0],
                                   steps=free_text_setting[1], guidance=guidance, seed=seed,
-                                  batch_size=batch_size, device=device, encode_fn=enc, yardstick=yardstick,
-                                  precision=precision, guidance_interval=guidance_interval, apg=apg)
+                                  batch_size=batch_size, device=device, encode_fn=enc, yardstick=reference.yardstick,
+                                  precision=precision, guidance_interval=guidance_interval, apg=apg,
+                                  second=(second[0].clf, second[0].yardstick) if second else None)
             result["free_text"] += [dict(r, snap=snap) for r in rows]
     return result
+
+
+def _yardstick_reference(folder: Path, lm: Any, data_names: Sequence[str],
+                         real: tuple[np.ndarray, np.ndarray, np.ndarray], per_class: int,
+                         device: torch.device) -> tuple["_Reference", dict[str, Any]]:
+    """One yardstick (the classifier in ``folder``) and the real photos' figures by it: ``real`` is
+    (the floor's training photos, the held-out photos, their labels in the model's indices)."""
+    floor_images, val_images, val_labels = real
+    clf, meta = load_classifier(folder, device)
+    clf_names = meta.get("classes") or (data_names if meta["num_classes"] == len(data_names) else None)
+    if clf_names is None:
+        raise ValueError(f"the yardstick in {folder} does not list its classes")
+    yardstick = YardstickClasses.match(lm.class_names, clf_names, f"the yardstick in {folder}")
+    val_logits, val_feat = predict(clf, val_images)
+    val_pred = yardstick.to_model(val_logits.argmax(1))
+    _, ref_feat = classify(clf, floor_images)
+    reference = _Reference(clf, yardstick, val_feat, None, None, 1.0 / len(clf_names))
+    figures = {
+        "yardstick_classes": len(clf_names), "real_val_images": int(len(val_labels)),
+        "real_val_accuracy": float((val_pred == val_labels).mean()),
+        "real_val_top5": top_k_accuracy(val_logits, yardstick.of_model[val_labels], 5),
+        "real_vs_real_fd": frechet_distance(ref_feat, val_feat),
+        "feature_dim": clf.feature_dim,
+        "classifier": {k: meta[k] for k in ("arch", "epochs", "val_accuracy", "val_top5", "width", "blocks",
+                                            "mirror_average") if k in meta},
+        "real_conditioning": real_conditioning(val_labels, val_feat, val_pred, len(lm.classes), per_class,
+                                               reference.chance),
+    }
+    return reference, figures
 
 
 @dataclass
@@ -156,18 +180,16 @@ def _score_setting(lm: Any, ref: _Reference, setting: str, images: np.ndarray, l
                if per_class >= 2 else None)
 
 
-def format_table(result: dict[str, Any]) -> str:
-    """Markdown: one row per sampler setting against the real held-out photos (top-1 and top-5 as
-    a share of real, FD as a multiple of the real-vs-real floor at the same count), the
-    conditioning check, and the best and worst classes."""
-    fid = "real_vs_real_fid" in result
-    real1, real5, floor = result["real_val_accuracy"], result.get("real_val_top5"), result["real_vs_real_fd"]
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _score_lines(figures: dict[str, Any], fid: bool = False) -> list[str]:
+    """The Markdown table of one yardstick's rows (``figures``: the result, or its ``second_yardstick``)."""
+    real1, real5, floor = figures["real_val_accuracy"], figures.get("real_val_top5"), figures["real_vs_real_fd"]
     head = ("| sampler / steps | images | top-1 | top-1 / real | top-5 | top-5 / real | FD (classifier feats) | FD / floor |"
             " classes apart (pairs) | own class above chance |" + (" FID |" if fid else "") + " s / image (this CPU) |")
     lines = [head, "|" + " --- |" * (11 + fid)]
-
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{x:.1%}"
 
     def ratio(x: float | None, ref: float | None) -> str:
         return "-" if x is None or not ref else f"{x / ref:.2f}"
@@ -175,16 +197,32 @@ def format_table(result: dict[str, Any]) -> str:
     def cond(c: dict[str, Any] | None) -> tuple[str, str]:
         return ("-", "-") if not c else (f"{c['pairs_apart']:.1%}", f"{c['classes_above_chance']:.1%}")
 
-    for r in result["rows"]:
+    for r in figures["rows"]:
         apart, chance = cond(r.get("conditioning"))
         lines.append(f"| {r['setting']} | {r['images']} | {r['accuracy']:.1%} ± {r.get('accuracy_se', 0):.1%} |"
-                     f" {ratio(r['accuracy'], real1)} | {pct(r.get('top5'))} | {ratio(r.get('top5'), real5)} |"
+                     f" {ratio(r['accuracy'], real1)} | {_pct(r.get('top5'))} | {ratio(r.get('top5'), real5)} |"
                      f" {r['fd']:.2f} ± {r.get('fd_sd', 0):.2f} | {r['fd'] / floor:.1f}x | {apart} | {chance} |"
                      + (f" {r['fid']:.1f} |" if fid else "") + f" {r['seconds_per_image']:.3f} |")
-    apart, chance = cond(result.get("real_conditioning"))
-    lines.append(f"| real held-out photos (reference) | {result['real_val_images']} | {real1:.1%} | 1.00 | {pct(real5)} |"
+    apart, chance = cond(figures.get("real_conditioning"))
+    lines.append(f"| real held-out photos (reference) | {figures['real_val_images']} | {real1:.1%} | 1.00 | {_pct(real5)} |"
                  f" 1.00 | {floor:.2f} (real vs real) | 1.0x | {apart} | {chance} |"
-                 + (f" {result['real_vs_real_fid']:.1f} |" if fid else "") + " - |")
+                 + (f" {figures['real_vs_real_fid']:.1f} |" if fid else "") + " - |")
+    return lines
+
+
+def _yardstick_words(figures: dict[str, Any]) -> str:
+    clf = figures.get("classifier", {})
+    return (f"{clf.get('arch', 'resnet')}, width {clf.get('width', '?')}, blocks {clf.get('blocks', [1, 1, 1, 1])}"
+            + (", each image and its mirror" if clf.get("mirror_average") else "")
+            + f", feature dim {figures['feature_dim']}")
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Markdown: one row per sampler setting against the real held-out photos (top-1 and top-5 as
+    a share of real, FD as a multiple of the real-vs-real floor at the same count), the
+    conditioning check, and the best and worst classes; the same table by the second yardstick
+    when there is one."""
+    lines = _score_lines(result, fid="real_vs_real_fid" in result)
     lines.append("")
     band = (f" (only for sigma in ({result['guidance_interval'][0]:g}, {result['guidance_interval'][1]:g}])"
             if result.get("guidance_interval") else "")
@@ -192,13 +230,15 @@ def format_table(result: dict[str, Any]) -> str:
         apg = result["apg"]
         band += (f", adaptive projected guidance (eta {apg['eta']:g}, norm cap {apg['norm_threshold']:g}, "
                  f"momentum {apg['momentum']:g})")
-    clf = result.get("classifier", {})
     lines.append(f"{result['classes']} classes, {result['per_class']} images per class per setting (the j-th image of "
                  f"every class from seed {result.get('seed', 0)} + j), guidance {result['guidance']}{band}. Yardstick: "
-                 f"width {clf.get('width', '?')}, blocks {clf.get('blocks', [1, 1, 1, 1])}, feature dim "
-                 f"{result['feature_dim']}. ± is one standard error: binomial for accuracy, bootstrap over the generated "
+                 f"{_yardstick_words(result)}. ± is one standard error: binomial for accuracy, bootstrap over the generated "
                  "images for FD. The floor is the FD between real training photos (as many as generated) and the "
                  "held-out photos.")
+    second = result.get("second_yardstick")
+    if second:
+        lines += ["", f"The same images by the second yardstick ({_yardstick_words(second)}; "
+                      f"{second['classifier_dir']}):", ""] + _score_lines(second)
     for r in result["rows"]:
         c = r.get("conditioning")
         if c:
@@ -227,6 +267,11 @@ def format_table(result: dict[str, Any]) -> str:
             vs = (f" ({acc / names[0]['accuracy']:.0%} of the class-name prompts' {names[0]['accuracy']:.1%})"
                   if names and names[0]["accuracy"] > 0 else "")
             lines.append(f"Free text, snap {snap:g}: {len(rows)} prompts land on their class {acc:.1%} of the time{vs}.")
+            seconds = [r for r in (second or {}).get("rows", []) if r["setting"] == result.get("free_text_setting")]
+            if seconds and all("accuracy2" in f for f in rows):
+                acc2 = float(np.mean([f["accuracy2"] for f in rows]))
+                vs2 = f" ({acc2 / seconds[0]['accuracy']:.0%} of the class names')" if seconds[0]["accuracy"] > 0 else ""
+                lines.append(f"By the second yardstick: {acc2:.1%}{vs2}.")
     if result.get("free_text"):
         lines += ["", f"Free text ({result['free_text_setting']}, {result['free_text'][0]['images']} images per prompt):", "",
                   "| prompt | meant class | classified as that class | most often classified as |",

@@ -73,6 +73,7 @@ class YardstickRecipe:
     precision: str = "fp32"
     arch: str = "resnet"  # evaluation.classifier.CLASSIFIER_ARCHS
     augmentation: str = "flip-shift"  # evaluation.classifier.AUGMENTATIONS
+    mirror_average: bool = False  # score each image and its mirror, pooling both (PooledClassifier.mirror_average)
 
 
 def fit_yardstick(train: Any, val: Any, folder: Path, *, recipe: YardstickRecipe | None = None, seed: int = 0,
@@ -109,7 +110,17 @@ def fit_yardstick(train: Any, val: Any, folder: Path, *, recipe: YardstickRecipe
                            arch=recipe.arch, augmentation=recipe.augmentation, state_path=state_path,
                            state_extra=lambda: {"curve": curve})
     final = curve[-1]
-    meta = {"data_dir": str(train.root), "epochs": recipe.epochs, "train_images": int(len(labels)),
+    mirror: dict[str, Any] = {}
+    if recipe.mirror_average:  # the curve was scored on one view; the saved figures are the two-view ones
+        clf.mirror_average = True
+        logits, _ = predict(clf, val_images)
+        mirror = {"mirror_average": True, "val_accuracy_one_view": final["val_accuracy"],
+                  "val_top5_one_view": final["val_top5"]}
+        final = {**final, "val_accuracy": float((logits.argmax(1) == val_labels).mean()),
+                 "val_top5": top_k_accuracy(logits, val_labels, 5)}
+        log.info("with its mirror image: held-out top-1 %.1f%%, top-5 %.1f%%", 100 * final["val_accuracy"],
+                 100 * final["val_top5"])
+    meta = {**mirror, "data_dir": str(train.root), "epochs": recipe.epochs, "train_images": int(len(labels)),
             "val_accuracy": final["val_accuracy"], "val_top5": final["val_top5"], "val_images": int(len(val_labels)),
             "train_seconds": final["seconds"], "recipe": asdict(recipe), "curve": curve,
             "image_size": train.image_size, "classes": [c["name"] for c in train.classes]}

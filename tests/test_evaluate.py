@@ -150,6 +150,40 @@ def test_a_yardstick_of_more_classes_scores_the_model_over_all_of_them(tmp_path)
                    classifier_dir=tmp_path / "clf")
 
 
+def test_a_second_yardstick_scores_the_same_images_and_prints_its_own_table(tmp_path):
+    """--classifier2: the second table's figures are the second classifier's verdicts on the very images
+    the first table scored (saved with samples_dir and classified here directly); the free-text rows
+    carry its verdict too. A mirror-averaging yardstick differs from the first, so the two can disagree."""
+    from dataprep.dataset import PreprocessedDataset
+
+    data = tmp_path / "data"
+    classes = _colour_data(data)
+    train, val = PreprocessedDataset(data, "train"), PreprocessedDataset(data, "val")
+    E.fit_yardstick(train, val, tmp_path / "clf", recipe=E.YardstickRecipe(epochs=20, width=8, batch_size=32))
+    E.fit_yardstick(train, val, tmp_path / "clf2", recipe=E.YardstickRecipe(epochs=3, width=4, batch_size=32,
+                                                                           arch="plain", mirror_average=True))
+    lm = _tiny_model([dict(c, index=i) for i, c in enumerate(classes)], data, tmp_path / "store")
+    emb = {c["prompt"]: np.eye(3, 384, dtype=np.float32)[i] for i, c in enumerate(classes)}
+    emb["a scarlet thing"] = np.eye(3, 384, dtype=np.float32)[0]
+    result = E.evaluate(lm, data, [("ddim", 2)], per_class=3, batch_size=4, classifier_dir=tmp_path / "clf",
+                        encode_fn=lambda ps: np.stack([emb[p] for p in ps]), samples_dir=tmp_path / "samples",
+                        second_classifier_dir=tmp_path / "clf2", free_text=[("a scarlet thing", 0)],
+                        free_text_setting=("ddim", 2))
+    saved = np.load(tmp_path / "samples" / "samples_ddim_2.npz")
+    clf2, meta2 = E.load_classifier(tmp_path / "clf2")
+    assert meta2["mirror_average"] and clf2.mirror_average
+    pred2, _ = E.classify(clf2, saved["images"])
+    second = result["second_yardstick"]
+    assert second["rows"][0]["accuracy"] == pytest.approx(float((pred2 == saved["labels"]).mean()))
+    val_pred2, _ = E.classify(clf2, np.asarray(val.images))
+    assert second["real_val_accuracy"] == pytest.approx(float((val_pred2 == np.asarray(val.labels)).mean()))
+    assert second["classifier"]["arch"] == "plain" and result["classifier"].get("arch", "resnet") == "resnet"
+    assert "accuracy2" in result["free_text"][0]
+    table = E.format_table(result)
+    assert "The same images by the second yardstick (plain, width 4" in table and "each image and its mirror" in table
+    assert table.count("| real held-out photos (reference) |") == 2
+
+
 @pytest.mark.parametrize("given, expected", [
     ([], (4.5, (0.5, 80.0))),  # the model's own defaults, as the CLI and the app sample it
     (["--guidance", "2", "--guidance-interval", "none"], (2.0, None)),

@@ -63,6 +63,26 @@ def test_plain_network_saves_loads_and_refuses_unknown_archs(tmp_path: Path) -> 
         train_classifier(*_tiny_data(), 3, epochs=1, width=4, arch="vit")
 
 
+def test_mirror_average_pools_an_image_and_its_mirror_and_is_read_from_the_config(tmp_path: Path) -> None:
+    """With "mirror_average" in classifier.json the loaded network's features are the mean of the
+    image's and its mirror's (computed here by hand from the one-view network), so an image and its
+    mirror score alike; without it the views differ. A non-boolean value is refused."""
+    net = PlainConvNet(5, width=4, blocks=(1, 2, 2, 2)).eval()
+    save_classifier(net, tmp_path, {"mirror_average": True})
+    loaded, meta = load_classifier(tmp_path)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        by_hand = (net.features(x) + net.features(x.flip(-1))) / 2
+        torch.testing.assert_close(loaded.features(x), by_hand)
+        torch.testing.assert_close(loaded(x), net.head(by_hand))
+        torch.testing.assert_close(loaded(x.flip(-1)), loaded(x))
+        assert not torch.allclose(net(x.flip(-1)), net(x))  # one view: the mirror scores differently
+    cfg = json.loads((tmp_path / CLASSIFIER_CONFIG).read_text())
+    assert build_classifier({k: v for k, v in cfg.items() if k != "mirror_average"}).mirror_average is False
+    with pytest.raises(ValueError, match="mirror_average"):
+        build_classifier({**cfg, "mirror_average": "yes"})
+
+
 def test_strong_augmentation_is_seeded_in_range_and_changes_framing_and_colour() -> None:
     images, _ = _tiny_data(n_per_class=8)
     x = _to_input(images, torch.device("cpu"))
