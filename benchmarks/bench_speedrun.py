@@ -76,6 +76,7 @@ import core as D  # noqa: E402
 from dataprep.dataset import PreprocessedDataset  # noqa: E402
 from evaluation.colour import COLOUR_CONFIG, ColourBaseline  # noqa: E402
 from models import ConditionalUNet  # noqa: E402
+from models.text_encoder import encode_prompts  # noqa: E402
 from training import loop as T  # noqa: E402
 
 # Recipes: overrides of the `default` training preset. "current" is the preset as
@@ -167,7 +168,8 @@ class Yardstick:
     """The classifier, the held-out features, and the class embeddings (no text encoder needed)."""
 
     def __init__(self, data_dir: Path, classifier_dir: Path, per_class: int, seed: int, guidance: float,
-                 precision: str = "fp32", second: Path | None = None, colour: Path | None = None):
+                 precision: str = "fp32", second: Path | None = None, colour: Path | None = None,
+                 free_text: Path | None = None):
         self.train = PreprocessedDataset(data_dir, split="train")
         val = PreprocessedDataset(data_dir, split="val")
         self.clf, meta = E.load_classifier(classifier_dir)
@@ -183,6 +185,9 @@ class Yardstick:
         if self.colour is not None:
             self.real_colour_accuracy = self.colour.accuracy(np.asarray(val.images), np.asarray(val.labels))
         self.prompts = [c["prompt"] for c in self.train.classes]
+        # free text: prompts worded unlike the training texts, of the classes the data has
+        self.free_text = E.read_free_text(free_text, [c["name"] for c in self.train.classes],
+                                          skip_unknown=True) if free_text else []
         self.emb = {p: self.train.class_embeddings[i].numpy() for i, p in enumerate(self.prompts)}
         self.per_class, self.seed, self.guidance, self.precision = per_class, seed, guidance, precision
 
@@ -201,13 +206,29 @@ class Yardstick:
                 "pairs_apart": cond["pairs_apart"] if cond else None,
                 "classes_above_chance": cond["classes_above_chance"] if cond else None, **self.score_extra(images, labels)}
 
+    def score_free_text(self, lm: Any, accuracy: float, accuracy2: float | None) -> dict[str, float]:
+        """How often the free-text prompts land on their class (per_class images each, sampled as the
+        class-name images are), by each yardstick, and as a share of the class names' top-1."""
+        names = E.YardstickClasses.identity([c["name"] for c in self.train.classes])
+        rows = E.free_text_rows(lm, self.clf, self.free_text, per_prompt=self.per_class, sampler="dpm++", steps=20,
+                                guidance=self.guidance, seed=self.seed, batch_size=50, device=torch.device("cpu"),
+                                encode_fn=encode_prompts, yardstick=names, precision=self.precision,
+                                second=(self.clf2, names) if self.clf2 is not None else None)
+        ft = float(np.mean([r["accuracy"] for r in rows]))
+        out = {"free_text": ft, "free_text_prompts": len(rows), "free_text_ratio": ft / accuracy if accuracy else None}
+        if self.clf2 is not None:
+            ft2 = float(np.mean([r["accuracy2"] for r in rows]))
+            out.update(free_text_y2=ft2, free_text_ratio_y2=ft2 / accuracy2 if accuracy2 else None)
+        return out
+
     def score_extra(self, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """The second yardstick's top-1/top-5/FD and the colour-only baseline's top-1 (those configured)."""
         out: dict[str, float] = {}
         if self.clf2 is not None:
             logits, feat = E.predict(self.clf2, images)
             out.update(y2_accuracy=float((logits.argmax(1) == labels).mean()), y2_top5=E.top_k_accuracy(logits, labels, 5),
-                       y2_fd=E.frechet_distance(feat, self.val_feat2), y2_real_accuracy=self.real_accuracy2)
+                       y2_fd=E.frechet_distance(feat, self.val_feat2), y2_real_accuracy=self.real_accuracy2,
+                       y2_mirror_average=self.clf2.mirror_average)
         if self.colour is not None:
             out.update(colour_accuracy=self.colour.accuracy(images, labels), colour_real_accuracy=self.real_colour_accuracy)
         return out
@@ -227,14 +248,13 @@ def samples_path(args: argparse.Namespace, name: str, budget: float) -> Path:
 
 
 def rescore(args: argparse.Namespace, ys: Yardstick) -> int:
-    """Add the second yardstick's and the colour baseline's figures to rows that lack them, from the images
-    kept beside each run (rows whose images were not kept are listed and left as they are)."""
+    """Score every row again by the second yardstick and the colour baseline (as they are now: a yardstick
+    may have changed, e.g. to mirror averaging) from the images kept beside each run, and add free text
+    (``--free-text``) to rows without it from the run's checkpoint at that budget. Rows whose images or
+    checkpoint were not kept are listed and left as they are."""
     rows, changed, missing = read_results(args.results), 0, []
     for r in rows:
         if r.get("suite", args.suite.name) != args.suite.name or "reference" in r:
-            continue
-        wanted = (["y2_accuracy"] if ys.clf2 is not None else []) + (["colour_accuracy"] if ys.colour is not None else [])
-        if all(k in r for k in wanted):
             continue
         path = samples_path(args, r["recipe"], r["budget_min"])
         if not path.exists():
@@ -242,6 +262,12 @@ def rescore(args: argparse.Namespace, ys: Yardstick) -> int:
             continue
         with np.load(path, allow_pickle=False) as z:
             r.update(ys.score_extra(z["images"], z["labels"]))
+        ckpt = args.runs / r["recipe"] / "checkpoints" / f"ckpt-{r['steps']:07d}"
+        if ys.free_text and "free_text" not in r and r["recipe"] != "diffusers":
+            if ckpt.is_dir():
+                r.update(ys.score_free_text(store.load_model(ckpt), r["accuracy"], r.get("y2_accuracy")))
+            else:
+                missing.append(f"{r['recipe']} @ {r['budget_min']:g} (free text: no {ckpt.name})")
         changed += 1
     args.results.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"rescored {changed} rows; no kept images for: {', '.join(missing) or 'none'}")
@@ -537,8 +563,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--colour", type=Path, default=None,
                    help="folder of the colour-only baseline (fitted there on the training split if missing): how much "
                         "of 'recognised' colour alone explains")
+    p.add_argument("--free-text", type=Path, default=None, metavar="TSV",
+                   help="also score free text: prompt<TAB>class lines worded unlike the training texts "
+                        "(e.g. assets/paraphrases_unlike.tsv), --per-class images each")
     p.add_argument("--rescore", action="store_true",
-                   help="only add --classifier2/--colour figures to rows that lack them, from the images kept beside runs")
+                   help="only score the recorded rows again by --classifier2/--colour (from the images kept beside "
+                        "runs) and add --free-text to rows without it (from the run's checkpoint at that budget)")
     p.add_argument("--per-class", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None, help="guidance scale the samples are scored at")
     p.add_argument("--threads", type=int, default=2)
@@ -594,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no clean throughput for {[n for n in names if n not in rates]} in {tp_path}: measure it first, "
                 f"on an otherwise idle machine: python -m benchmarks.bench_speedrun --throughput --recipes {','.join(names)}")
     ys = Yardstick(args.data, args.classifier, args.per_class, args.seed, args.guidance, suite.precision,
-                   second=args.classifier2, colour=args.colour)
+                   second=args.classifier2, colour=args.colour, free_text=args.free_text)
     print(f"yardstick: {ys.real_accuracy:.1%} on {len(ys.val_pred)} held-out real images"
           + (f"; second yardstick {ys.real_accuracy2:.1%}" if ys.clf2 is not None else "")
           + (f"; colour only {ys.real_colour_accuracy:.1%}" if ys.colour is not None else ""), flush=True)
@@ -630,11 +660,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} stopped at step {run['steps']} of {steps}; rerun to resume", flush=True)
                 return 1
             images, labels, secs = (sample_peer if name == "diffusers" else sample_ours)(run["ckpt"], ys)
+            scores = ys.score(images, labels)
+            if ys.free_text and name != "diffusers":  # the peer has class indices, no text
+                scores.update(ys.score_free_text(store.load_model(run["ckpt"]), scores["accuracy"],
+                                                 scores.get("y2_accuracy")))
             samples_path(args, name, budget).parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(samples_path(args, name, budget), images=images, labels=labels)
             row = {"recipe": name, "budget_min": budget, **{k: v for k, v in run.items() if k != "ckpt"},
                    "clean_images_per_s": img_s, "clean_minutes": run["images_seen"] / img_s / 60,
-                   **ys.score(images, labels), "sample_s_per_image": secs / len(images),
+                   **scores, "sample_s_per_image": secs / len(images),
                    "images": int(len(images)), "load_avg": max(load0, load_avg()), "threads": args.threads,
                    "recipe_overrides": {k: list(v) if isinstance(v, tuple) else v
                                         for k, v in args.suite.recipes[name].items()}, "suite": args.suite.name,

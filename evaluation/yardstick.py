@@ -143,16 +143,20 @@ def model_subset(split: Any, in_data: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def degrade(images: np.ndarray, how: str, seed: int = 0) -> np.ndarray:
-    """Real photos made worse in known ways, to see whether a yardstick can tell: ``down16`` / ``down8``
-    (bicubic down to 16 or 8 px and back: blur), ``noise`` (Gaussian, sd 0.2 of the [-1, 1] range),
+    """Real photos made worse in known ways, to see whether a yardstick can tell: ``down<N>`` (bicubic
+    down to N px and back: blur; ``down16``, ``down8``, the milder ``down24``), ``noise`` / ``noise05``
+    (Gaussian, sd 0.2 / 0.05 of the [-1, 1] range), ``desat`` (colour saturation halved: washed out),
     ``blob`` (every pixel the image's mean colour)."""
     x = torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2).float()
     size = x.shape[-1]
     if how.startswith("down"):
         small = F.interpolate(x, size=int(how[4:]), mode="bicubic", antialias=True, align_corners=False)
         x = F.interpolate(small, size=size, mode="bicubic", align_corners=False)
-    elif how == "noise":
-        x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)) * 0.2 * 127.5
+    elif how in ("noise", "noise05"):
+        sd = 0.2 if how == "noise" else 0.05
+        x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)) * sd * 127.5
+    elif how == "desat":
+        x = (x + x.mean(dim=1, keepdim=True)) / 2
     elif how == "blob":
         x = x.mean(dim=(2, 3), keepdim=True).expand_as(x)
     else:

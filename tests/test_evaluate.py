@@ -441,6 +441,11 @@ def test_degradations_make_known_changes():
     assert np.abs(np.diff(down8, axis=2)).mean() < 0.5 * np.abs(np.diff(x.astype(float), axis=2)).mean()  # blurred
     noisy = E.degrade(x, "noise").astype(float)
     assert 15 < np.abs(noisy - x).mean() < 30  # |N(0, 25.5)| has mean 20.3 before clipping
+    mild = E.degrade(x, "noise05").astype(float)
+    assert 4 < np.abs(mild - x).mean() < 6  # |N(0, 6.4)| has mean 5.1
+    grey = x.astype(float).mean(-1, keepdims=True)
+    desat = E.degrade(x, "desat").astype(float)
+    assert np.abs(desat - (x + grey) / 2).max() <= 0.5  # halfway to the pixel's grey
     with pytest.raises(ValueError, match="unknown degradation"):
         E.degrade(x, "sepia")
 
