@@ -487,13 +487,22 @@ def report(results: list[dict[str, Any]], plot: Path | None, reference: dict[str
 
     second = any("y2_accuracy" in r or "colour_accuracy" in r for r in rows)
     extra_head = " top-1 (2nd yardstick) | FD (2nd) | colour-only top-1 |" if second else ""
+    free = any("free_text" in r for r in rows)
+    extra_head += " free text / class names (1st, 2nd yardstick) |" if free else ""
     lines = ["| recipe | CPU-minutes | train img/s (clean) | steps | images seen | class accuracy | top-5 | FD | "
              "classes apart |" + extra_head + " wall minutes (load avg) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: | ---: |" if second else "")
-             + " ---: |"]
+             + (" ---: |" if free else "") + " ---: |"]
+
+    def share(x: float | None) -> str:
+        return "-" if x is None else f"{x:.0%}"
+
     for r in rows:
         extra = (f" {pct(r.get('y2_accuracy'))} | {r['y2_fd']:.1f} |" if "y2_fd" in r else " - | - |") + \
             f" {pct(r.get('colour_accuracy'))} |" if second else ""
+        if free:
+            extra += (f" {share(r.get('free_text_ratio'))}, {share(r.get('free_text_ratio_y2'))} |"
+                      if "free_text" in r else " - |")
         lines.append(f"| {r['recipe']} | {r['budget_min']:g} | {r['clean_images_per_s']:.1f} | {r['steps']:,} | "
                      f"{r['images_seen']:,} | {r['accuracy']:.1%} ± {r['accuracy_se']:.1%} | {pct(r.get('top5'))} | "
                      f"{r['fd']:.1f} ± {r['fd_sd']:.1f} | {pct(r.get('pairs_apart'))} |{extra} "
