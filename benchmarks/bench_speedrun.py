@@ -206,19 +206,27 @@ class Yardstick:
                 "pairs_apart": cond["pairs_apart"] if cond else None,
                 "classes_above_chance": cond["classes_above_chance"] if cond else None, **self.score_extra(images, labels)}
 
-    def score_free_text(self, lm: Any, accuracy: float, accuracy2: float | None) -> dict[str, float]:
+    def score_free_text(self, lm: Any, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """How often the free-text prompts land on their class (per_class images each, sampled as the
-        class-name images are), by each yardstick, and as a share of the class names' top-1."""
+        class-name images are), by each yardstick, and as a share of the class names' top-1 on the same
+        classes (``images``, ``labels``: the class-name images; each prompt weighs its class once)."""
         names = E.YardstickClasses.identity([c["name"] for c in self.train.classes])
         rows = E.free_text_rows(lm, self.clf, self.free_text, per_prompt=self.per_class, sampler="dpm++", steps=20,
                                 guidance=self.guidance, seed=self.seed, batch_size=50, device=torch.device("cpu"),
                                 encode_fn=encode_prompts, yardstick=names, precision=self.precision,
                                 second=(self.clf2, names) if self.clf2 is not None else None)
-        ft = float(np.mean([r["accuracy"] for r in rows]))
-        out = {"free_text": ft, "free_text_prompts": len(rows), "free_text_ratio": ft / accuracy if accuracy else None}
+        meant = np.array([c for _, c in self.free_text])
+
+        def names_rate(clf: Any) -> float:  # the class names' top-1 on the prompts' classes
+            hits = E.per_class_accuracy(E.classify(clf, images)[0], labels, len(self.prompts))
+            return float(hits[meant].mean())
+
+        ft, names = float(np.mean([r["accuracy"] for r in rows])), names_rate(self.clf)
+        out = {"free_text": ft, "free_text_prompts": len(rows), "free_text_names": names,
+               "free_text_ratio": ft / names if names else None}
         if self.clf2 is not None:
-            ft2 = float(np.mean([r["accuracy2"] for r in rows]))
-            out.update(free_text_y2=ft2, free_text_ratio_y2=ft2 / accuracy2 if accuracy2 else None)
+            ft2, names2 = float(np.mean([r["accuracy2"] for r in rows])), names_rate(self.clf2)
+            out.update(free_text_y2=ft2, free_text_names_y2=names2, free_text_ratio_y2=ft2 / names2 if names2 else None)
         return out
 
     def score_extra(self, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -265,7 +273,8 @@ def rescore(args: argparse.Namespace, ys: Yardstick) -> int:
         ckpt = args.runs / r["recipe"] / "checkpoints" / f"ckpt-{r['steps']:07d}"
         if ys.free_text and "free_text" not in r and r["recipe"] != "diffusers":
             if ckpt.is_dir():
-                r.update(ys.score_free_text(store.load_model(ckpt), r["accuracy"], r.get("y2_accuracy")))
+                with np.load(path, allow_pickle=False) as z:
+                    r.update(ys.score_free_text(store.load_model(ckpt), z["images"], z["labels"]))
             else:
                 missing.append(f"{r['recipe']} @ {r['budget_min']:g} (free text: no {ckpt.name})")
         changed += 1
@@ -671,8 +680,7 @@ def main(argv: list[str] | None = None) -> int:
             images, labels, secs = (sample_peer if name == "diffusers" else sample_ours)(run["ckpt"], ys)
             scores = ys.score(images, labels)
             if ys.free_text and name != "diffusers":  # the peer has class indices, no text
-                scores.update(ys.score_free_text(store.load_model(run["ckpt"]), scores["accuracy"],
-                                                 scores.get("y2_accuracy")))
+                scores.update(ys.score_free_text(store.load_model(run["ckpt"]), images, labels))
             samples_path(args, name, budget).parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(samples_path(args, name, budget), images=images, labels=labels)
             row = {"recipe": name, "budget_min": budget, **{k: v for k, v in run.items() if k != "ckpt"},

@@ -217,6 +217,17 @@ def _yardstick_words(figures: dict[str, Any]) -> str:
             + f", feature dim {figures['feature_dim']}")
 
 
+def _against_names(acc: float, prompts: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]],
+                    setting: str | None) -> str:
+    """Free text's rate as a share of the class names' top-1 *on the prompts' classes* (each prompt weighs
+    its class once), from the row sampled as the free text was; easy and hard classes cancel out."""
+    named = [r for r in rows if r["setting"] == setting and r.get("class_accuracy")]
+    if not named:
+        return ""
+    names = float(np.mean([named[0]["class_accuracy"][p["class"]] for p in prompts]))
+    return f" ({acc / names:.0%} of the class names' {names:.1%} on the same classes)" if names > 0 else ""
+
+
 def format_table(result: dict[str, Any]) -> str:
     """Markdown: one row per sampler setting against the real held-out photos (top-1 and top-5 as
     a share of real, FD as a multiple of the real-vs-real floor at the same count), the
@@ -260,18 +271,15 @@ def format_table(result: dict[str, Any]) -> str:
                   f"Worst 10 classes ({r['setting']}): {show(order[-10:][::-1])}."]
     if result.get("free_text"):
         lines.append("")
-        names = [r for r in result["rows"] if r["setting"] == result.get("free_text_setting")]
+        setting = result.get("free_text_setting")
         for snap in sorted({f.get("snap", 0.0) for f in result["free_text"]}):
             rows = [f for f in result["free_text"] if f.get("snap", 0.0) == snap]
             acc = float(np.mean([f["accuracy"] for f in rows]))
-            vs = (f" ({acc / names[0]['accuracy']:.0%} of the class-name prompts' {names[0]['accuracy']:.1%})"
-                  if names and names[0]["accuracy"] > 0 else "")
-            lines.append(f"Free text, snap {snap:g}: {len(rows)} prompts land on their class {acc:.1%} of the time{vs}.")
-            seconds = [r for r in (second or {}).get("rows", []) if r["setting"] == result.get("free_text_setting")]
-            if seconds and all("accuracy2" in f for f in rows):
+            lines.append(f"Free text, snap {snap:g}: {len(rows)} prompts land on their class {acc:.1%} of the time"
+                         f"{_against_names(acc, rows, result['rows'], setting)}.")
+            if second and all("accuracy2" in f for f in rows):
                 acc2 = float(np.mean([f["accuracy2"] for f in rows]))
-                vs2 = f" ({acc2 / seconds[0]['accuracy']:.0%} of the class names')" if seconds[0]["accuracy"] > 0 else ""
-                lines.append(f"By the second yardstick: {acc2:.1%}{vs2}.")
+                lines.append(f"By the second yardstick: {acc2:.1%}{_against_names(acc2, rows, second['rows'], setting)}.")
     if result.get("free_text"):
         lines += ["", f"Free text ({result['free_text_setting']}, {result['free_text'][0]['images']} images per prompt):", "",
                   "| prompt | meant class | classified as that class | most often classified as |",

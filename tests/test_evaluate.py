@@ -466,3 +466,15 @@ def test_yardstick_check_ranks_real_photos_above_their_blobs(tmp_path):
     assert rows["real held-out photos"]["top1"] > 0.9
     assert rows["held-out, down8"]["fd"] > rows["real held-out photos"]["fd"]
     assert rows["held-out, blob"]["fd"] > rows["real held-out photos"]["fd"]
+
+
+def test_free_text_is_compared_with_the_class_names_on_the_same_classes():
+    """Free text's share is of the class names' top-1 on the prompts' own classes, each prompt weighing its
+    class once: prompts on an easy class (80%) and a hard one (20%) against a 200-class mean would mislead."""
+    from evaluation.report import _against_names
+
+    rows = [{"setting": "dpm++ 20", "accuracy": 0.3, "class_accuracy": {"easy": 0.8, "hard": 0.2, "other": 0.0}}]
+    prompts = [{"class": "easy", "accuracy": 0.4}, {"class": "easy", "accuracy": 0.4}, {"class": "hard", "accuracy": 0.1}]
+    # names on the same classes: (0.8 + 0.8 + 0.2) / 3 = 0.6; free text 0.3 -> 50%
+    assert _against_names(0.3, prompts, rows, "dpm++ 20") == " (50% of the class names' 60.0% on the same classes)"
+    assert _against_names(0.3, prompts, rows, "ddim 50") == ""  # no row sampled as the free text was
