@@ -132,3 +132,12 @@ def test_colour_histograms_count_pixels_and_the_baseline_round_trips(tmp_path: P
     (tmp_path / "colour_baseline.json").write_text(json.dumps({**cfg, "bins": 64}))
     with pytest.raises(ValueError, match="bins"):
         ColourBaseline.load(tmp_path)
+
+
+def test_the_second_yardstick_in_the_repo_loads_as_recorded() -> None:
+    """assets/yardstick2_tiny200: the plain network, mirror averaging on, its 200 classes named, and the
+    held-out figure its card and BENCHMARKS quote (what every tiny200 figure's second column rests on)."""
+    folder = Path(__file__).resolve().parents[1] / "assets" / "yardstick2_tiny200"
+    clf, meta = load_classifier(folder)
+    assert isinstance(clf, PlainConvNet) and clf.mirror_average and meta["width"] == 48
+    assert len(meta["classes"]) == 200 and meta["val_accuracy"] >= 0.45 > meta["val_accuracy_one_view"]
