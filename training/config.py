@@ -168,7 +168,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (48/96/192 channels, 2.25x the FLOPs: the slim net's quality flattened near 0.9M images) with the text
     # scaling and shifting every block (text_film: FD 33.5 against 36.6 at 60 CPU-minutes), trained from
     # its first step with one learning-rate schedule for the whole budget: warm-up, then cosine decay to
-    # 0.1x at step 30,000 (960k images, about 10 CPU-hours on 2 EPYC cores). Stop and resume it at will
+    # 0.1x at step 30,000 (960k images, about 8 CPU-hours on 2 EPYC cores). Stop and resume it at will
     # (--max_minutes); the schedule follows max_steps. Data: `python preprocess.py --src
     # ../shared/data/tiny-imagenet-200.zip --size 32 --val-fraction 0.02 --out data/tiny200_32`.
     "tiny200": dict(run_name="tiny200_w48tf", data_dir="data/tiny200_32", base_channels=48, channel_mult=(1, 2, 4),
