@@ -278,11 +278,11 @@ def rescore(args: argparse.Namespace, ys: Yardstick) -> int:
             missing.append(f"{r['recipe']} @ {r['budget_min']:g}")
             continue
         with np.load(path, allow_pickle=False) as z:
-            r.update(ys.score_extra(z["images"], z["labels"]))
+            images, labels = z["images"], z["labels"]
+        r.update(ys.score_extra(images, labels))
         if ys.free_text and "free_text" not in r and r["recipe"] != "diffusers":
             if ckpt.is_dir():
-                with np.load(path, allow_pickle=False) as z:
-                    r.update(ys.score_free_text(store.load_model(ckpt), z["images"], z["labels"]))
+                r.update(ys.score_free_text(store.load_model(ckpt), images, labels))
             else:
                 missing.append(f"{r['recipe']} @ {r['budget_min']:g} (free text: no {ckpt.name})")
         changed += 1

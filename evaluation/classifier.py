@@ -62,10 +62,10 @@ class PooledClassifier(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate features (global average pool), used for the Frechet distance."""
-        pooled = self.trunk(x).float().mean(dim=(2, 3))
-        if self.mirror_average:
-            pooled = (pooled + self.trunk(x.flip(-1)).float().mean(dim=(2, 3))) / 2
-        return pooled
+        def pool(view: torch.Tensor) -> torch.Tensor:
+            return self.trunk(view).float().mean(dim=(2, 3))
+
+        return (pool(x) + pool(x.flip(-1))) / 2 if self.mirror_average else pool(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
