@@ -6,6 +6,7 @@
     torchrun --nproc_per_node 8 diffusion.py train --preset imagenet64 --data_dir data/imagenet64
     python diffusion.py sample --model default_model --class goldfish --n 8 --gif
     python diffusion.py export default --name my_model
+    python diffusion.py texts my_model --data_dir data/tiny200_32   # its training texts, for snap to classes
     python diffusion.py distill tiny200 --max_minutes 60     # a 4-step student; export it as tiny200-live
     python diffusion.py list
     python diffusion.py restore my_model                     # undo an export --overwrite: the old my_model back
@@ -35,6 +36,7 @@ from core.schedules import TIMESTEP_SPACINGS
 from dataprep.images import load_init_image
 from engine import store
 from engine.figures import cmd_figures
+from engine.class_texts import attach_class_texts
 from engine.export import ExportError, export_run
 from engine.replaced import list_replaced, restore, restore_hint
 from engine.recipe import load_recipe, save_png
@@ -227,15 +229,28 @@ def cmd_export(args: argparse.Namespace) -> int:
         done = export_run(
             run, args.name, overwrite=args.overwrite, store_root=args.store, checkpoint=args.checkpoint,
             sampler_defaults=defaults, evaluation=Path(args.evaluation).read_text() if args.evaluation else None,
-            notes=Path(args.notes).read_text() if args.notes else None, fp32=args.fp32)
+            notes=Path(args.notes).read_text() if args.notes else None, fp32=args.fp32, data_dir=args.data_dir)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     size = sum(f.stat().st_size for f in done.folder.iterdir()) / 1e6
     print(f"exported {done.checkpoint} (EMA weights, {'fp32' if args.fp32 else 'fp16'}) to {done.folder} "
           f"({size:.1f} MB)")
+    if done.class_texts:
+        print(f"snap targets: {done.class_texts}")
     if done.replaced:
         print(restore_hint(done.replaced))
+    return 0
+
+
+def cmd_texts(args: argparse.Namespace) -> int:
+    try:
+        folder = store.resolve_model_path(args.model, args.store, allow_path=False)
+        count = attach_class_texts(folder, args.data_dir)
+    except (ValueError, store.CheckpointError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{folder}: {count} training texts from {args.data_dir}; 'snap to classes' now reads prompts by them")
     return 0
 
 
@@ -350,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", default="output_ImageNet", help="where runs live")
     p.add_argument("--store", default=None, help="model store directory")
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16, half the size)")
+    p.add_argument("--data_dir", default=None,
+                   help="the preprocessed folder whose training texts go with the model, for 'snap to classes' "
+                        "(default: the one the run trained on)")
     p.add_argument("--sampler_defaults", default=None, help='JSON, e.g. {"sampler": "dpm++", "steps": 20}')
     p.add_argument("--evaluation", default=None, help="Markdown file with evaluation results for the model card")
     p.add_argument("--notes", default=None, help="Markdown file appended to the model card (figures, caveats)")
@@ -380,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=None)
     p.add_argument("--replaced", action="store_true", help="list the models an export --overwrite moved aside")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("texts", help="keep a preprocessed folder's training texts with a store model, for 'snap "
+                                     "to classes' (export does this itself; this is for models exported before)")
+    p.add_argument("model", help="a model name in the store")
+    p.add_argument("--data_dir", required=True, help="the preprocessed folder the model was trained on")
+    p.add_argument("--store", default=None, help="model store directory")
+    p.set_defaults(func=cmd_texts)
 
     p = sub.add_parser("restore", help="put back a model that an export --overwrite replaced",
                        description="The model now under that name is moved aside in its turn (`list --replaced`).")

@@ -14,9 +14,10 @@ the app and the CLI do with a user's prompt before it reaches the network.
   everything above or below one of its classes): the app warns when the prompt
   is nearer something the model never saw (calibrated by
   ``benchmarks/bench_coverage.py``).
-* ``snap_to_classes``: optionally pull a prompt's embedding toward the class
-  embeddings it is nearest to (a model trained on 200 class texts has only
-  seen that corner of the embedding space).
+* ``snap_to_classes``: optionally pull a prompt's embedding toward the model's
+  training texts (or class prompts) it is nearest to: a model trained on its
+  classes' texts has only seen that corner of the embedding space
+  (``engine.class_texts`` keeps the texts with a store model).
 * ``parse_weighted_prompt`` / ``encode_weighted``: blended prompts,
   ``goldfish:0.7 | coral reef:0.3``, mix the parts' embeddings with those weights.
 
@@ -101,14 +102,16 @@ def nearest_classes(prompt_emb: np.ndarray, class_embs: np.ndarray, k: int = 3) 
 
 
 def snap_to_classes(prompt_embs: np.ndarray, class_embs: np.ndarray, strength: float,
-                    temperature: float = 0.05) -> np.ndarray:
+                    temperature: float = 0.05, values: np.ndarray | None = None) -> np.ndarray:
     """Move each prompt embedding toward the classes it is nearest to.
 
     The target is the softmax(similarity / ``temperature``)-weighted mean of the
     class embeddings (mostly the nearest class, a blend when two are equally
     near); the result is ``(1 - strength) * prompt + strength * target``,
     renormalised. ``strength`` 0 leaves the prompt as it is; 1 replaces it with
-    the target.
+    the target. ``values``: what each row of ``class_embs`` moves the prompt
+    toward, when not itself (the class prompt of each of a class's training
+    texts: the texts read the prompt, the class prompt is drawn).
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"snap strength must be in [0, 1], got {strength}")
@@ -119,7 +122,7 @@ def snap_to_classes(prompt_embs: np.ndarray, class_embs: np.ndarray, strength: f
     logits = p @ c.T / temperature
     w = np.exp(logits - logits.max(axis=1, keepdims=True))
     w /= w.sum(axis=1, keepdims=True)
-    target = w @ c
+    target = w @ (c if values is None else np.asarray(values, np.float64))
     out = (1 - strength) * p + strength * target
     return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
@@ -344,24 +347,17 @@ def encode_weighted(prompts: Sequence[str], encode_fn: Callable[[list[str]], np.
     return np.stack(out).astype(np.float32)
 
 
-def snapping_encoder(encode_fn: Callable[[list[str]], np.ndarray], class_prompts: Sequence[str],
-                     strength: float) -> Callable[[list[str]], np.ndarray]:
-    """``encode_fn`` with every result pulled toward the model's classes (``snap_to_classes``):
-    the inference option that lets free text the model never saw land on the class it means."""
+def snapping_encoder(encode_fn: Callable[[list[str]], np.ndarray], keys: np.ndarray, strength: float,
+                     temperature: float = 0.05, values: np.ndarray | None = None) -> Callable[[list[str]], np.ndarray]:
+    """``encode_fn`` with every result pulled by ``snap_to_classes`` toward the ``values`` of the ``keys``
+    it is nearest to (unit embeddings: a model's training texts and their class prompts, or its class
+    prompts alone: ``engine.class_texts.snap_targets``): the inference option that lets free text the
+    model never saw land on the class it means."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"snap strength must be in [0, 1], got {strength}")
-    class_embs = np.asarray(encode_fn(list(class_prompts))) if strength > 0 else None
 
     def encode(prompts: list[str]) -> np.ndarray:
         embs = np.asarray(encode_fn(list(prompts)))
-        return embs if class_embs is None else snap_to_classes(embs, class_embs, strength)
+        return embs if strength == 0 else snap_to_classes(embs, keys, strength, temperature, values)
 
     return encode
-
-
-def snapped_conditioning(prompts: Sequence[str], class_prompts: Sequence[str], strength: float,
-                         encode_fn: Callable[[list[str]], np.ndarray]) -> np.ndarray:
-    """The conditioning of (possibly blended) prompts, snapped toward the classes by ``strength``:
-    blend first, then snap, as the app does, so a recipe regenerates the same from the CLI."""
-    class_embs = np.asarray(encode_fn(list(class_prompts)), np.float32)
-    return snap_to_classes(encode_weighted(list(prompts), encode_fn), class_embs, strength)

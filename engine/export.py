@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from engine import store
+from engine.class_texts import CLASS_TEXTS_FILE, class_text_tensors, texts_from_data
 from engine.model_card import COMPANION_FILES, model_card
 
 # What a store model keeps of its checkpoint's config (not the optimizer, not the RNG states).
@@ -31,6 +32,22 @@ class Exported:
     folder: Path  # the model in the store
     checkpoint: Path  # the checkpoint it came from
     replaced: Path | None  # where the model it replaced went (None: the name was new)
+    class_texts: str = ""  # what snapping will pull toward: "4155 training texts from DIR", or why only the class prompts
+
+
+def class_texts_for(config: dict[str, Any], data_dir: str | os.PathLike | None) -> tuple[dict, str]:
+    """The training texts of a run's data folder (``data_dir``, else the one it trained on) for the
+    store: ``({file: tensors}, what)``; ``({}, why not)`` when the folder is gone or does not fit, and
+    the model then snaps toward its class prompts. The texts are added to ``config``'s classes."""
+    folder = data_dir or (config.get("data") or {}).get("dir") or (config.get("train") or {}).get("data_dir")
+    if not folder or not config.get("classes"):
+        return {}, "no data folder recorded: snapping pulls toward the class prompts"
+    try:
+        texts, embeddings = texts_from_data(folder, config["classes"])
+    except ValueError as e:
+        return {}, f"no training texts ({e}): snapping pulls toward the class prompts"
+    config["classes"] = [dict(c, texts=t) for c, t in zip(config["classes"], texts)]
+    return {CLASS_TEXTS_FILE: class_text_tensors(embeddings)}, f"{len(embeddings)} training texts from {folder}"
 
 
 def app_protected(in_use: Iterable[Any]) -> dict[str, str]:
@@ -46,13 +63,16 @@ def export_run(
     overwrite_hint: str = "add --overwrite", store_root: str | os.PathLike | None = None,
     checkpoint: str | os.PathLike | None = None, sampler_defaults: dict[str, Any] | None = None,
     evaluation: str | None = None, notes: str | None = None, fp32: bool = False,
+    data_dir: str | os.PathLike | None = None,
 ) -> Exported:
     """Export ``run_dir``'s newest usable checkpoint (or ``checkpoint``) as store model ``name``. A
     damaged newest checkpoint (a crash, a full disk) is skipped for the one before it.
 
     A name in ``protected`` (name -> why) is refused; an existing model is refused unless
     ``overwrite`` (``overwrite_hint`` tells the user how to ask for it) and is then moved aside
-    whole, not deleted (``Exported.replaced``; ``engine.replaced.restore`` undoes it)."""
+    whole, not deleted (``Exported.replaced``; ``engine.replaced.restore`` undoes it). The training
+    texts of ``data_dir`` (default: the run's own data folder) go with it, for snapping
+    (``engine.class_texts``)."""
     try:
         store.validate_model_name(name)
     except ValueError as e:
@@ -74,6 +94,7 @@ def export_run(
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
     out_cfg = {k: config[k] for k in EXPORTED_KEYS if k in config}
     out_cfg["source_checkpoint"] = str(ckpt)
+    extra, texts_note = class_texts_for(out_cfg, data_dir) if store.model_type_of(out_cfg) == "base" else ({}, "")
     if sampler_defaults is not None or "sampler_defaults" in out_cfg:  # given, or a student's own
         out_cfg["sampler_defaults"] = sampler_defaults if sampler_defaults is not None else out_cfg["sampler_defaults"]
         try:
@@ -83,7 +104,7 @@ def export_run(
     try:
         saved = store.store_model(name, ema, out_cfg, model_card(name, out_cfg, evaluation, notes),
                                   store=store_root, dtype=torch.float32 if fp32 else torch.float16,
-                                  overwrite=overwrite, keep_files=COMPANION_FILES)
+                                  overwrite=overwrite, keep_files=COMPANION_FILES, extra_tensors=extra)
     except FileExistsError:  # another export took the name meanwhile
         raise exists from None
-    return Exported(saved.folder, ckpt, saved.replaced)
+    return Exported(saved.folder, ckpt, saved.replaced, texts_note)

@@ -27,6 +27,7 @@ from core.prompting import encode_weighted, snap_to_classes
 from core.samplers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, check_sampler, default_steps
 from core.sampling import StepCallback, parse_guidance_interval
 from core.traces import StepTrace, trace_denoising
+from engine.class_texts import SnapTargets, snap_targets
 from engine.store import LoadedModel, load_model, model_sampler, model_type_of
 from engine.upscaling import upscale_generation
 from models.text_encoder import class_prompt, encode_prompts
@@ -118,25 +119,20 @@ def resolve_settings(lm: LoadedModel, request: GenerationRequest) -> Settings:
     return resolve_sampler_settings(lm.sampler_defaults, lm.diffusion.num_train_timesteps, request)
 
 
-def class_embeddings(lm: LoadedModel, encode_fn: EncodeFn = encode_prompts) -> np.ndarray | None:
-    """The text embeddings of the model's class prompts (None for a model without classes)."""
-    texts = [c.get("prompt") or class_prompt(c["name"], lm.prompt_template) for c in lm.classes]
-    return np.asarray(encode_fn(texts), np.float32) if texts else None
-
-
 def conditioning(lm: LoadedModel, texts: list[str], snap: float, encode_fn: EncodeFn,
-                 class_embs: np.ndarray | None = None) -> np.ndarray | None:
-    """The prompts' embeddings snapped toward the model's classes (blend first, then snap); None when
-    ``snap`` is 0 (the core encodes the prompts itself)."""
+                 targets: SnapTargets | None = None) -> np.ndarray | None:
+    """The prompts' embeddings snapped toward the classes the model's training texts (else its class
+    prompts) read them as (``engine.class_texts``; blend first, then snap); None when ``snap`` is 0 (the
+    core encodes the prompts itself). ``targets``: the model's snap targets when the caller caches them."""
     if snap <= 0:
         return None
     if not 0 < snap <= 1:
         raise ValueError(f"snap strength must be in (0, 1], got {snap}")
-    if class_embs is None:
-        class_embs = class_embeddings(lm, encode_fn)
-    if class_embs is None:
+    if targets is None:
+        targets = snap_targets(lm, encode_fn)
+    if targets is None:
         raise ValueError(f"{lm.name} has no classes to snap toward")
-    return snap_to_classes(encode_weighted(texts, encode_fn), class_embs, snap)
+    return snap_to_classes(encode_weighted(texts, encode_fn), targets.keys, snap, targets.temperature, targets.values)
 
 
 def generate(
@@ -146,14 +142,14 @@ def generate(
     store: str | None = None,
     device: torch.device | str | None = None,
     encode_fn: EncodeFn | None = None,
-    class_embs: np.ndarray | None = None,
+    snap_to: SnapTargets | None = None,
     return_frames: bool = False,
     callback: StepCallback | None = None,
     load_guide: Callable[[str], LoadedModel] | None = None,
 ) -> Generation:
     """Run one request on a loaded model (and, with ``request.upscale``, its second stage).
 
-    ``class_embs``: the model's class embeddings when the caller caches them (the app), for snapping.
+    ``snap_to``: the model's snap targets when the caller caches them (the app; ``snap_targets``).
     ``load_guide``: how to load ``request.guide`` (the app's model cache); default: from ``store``.
     ``callback`` sees every step of both stages; frames are kept every ``steps // 40`` steps."""
     encode_fn = encode_fn or encode_prompts
@@ -161,7 +157,7 @@ def generate(
     texts = resolve_prompts(request.prompts, request.class_names, request.num_images, lm.prompt_template)
     cond = request.cond
     if cond is None:
-        cond = conditioning(lm, texts, request.snap, encode_fn, class_embs)
+        cond = conditioning(lm, texts, request.snap, encode_fn, snap_to)
     guide = None
     if request.guide:
         guide = (load_guide or (lambda name: load_model(name, store=store, device=device or "cpu")))(request.guide)

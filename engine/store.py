@@ -454,6 +454,7 @@ def store_model(
     dtype: torch.dtype = torch.float16,
     overwrite: bool = False,
     keep_files: Sequence[str] = (),
+    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Stored:
     """Write a named model (weights cast to ``dtype``, config, model card) atomically: into a temporary
     folder in the store, renamed to ``name`` when complete and flushed, so a crash never leaves a half
@@ -462,7 +463,8 @@ def store_model(
     An existing model is replaced only with ``overwrite``, and is then moved whole into
     ``REPLACED_DIR`` rather than deleted (``engine.replaced.restore`` puts it back). The files named in
     ``keep_files`` (companions such as the evaluation's classifier, which depend on the data, not on
-    the weights) are copied into the new model.
+    the weights) are copied into the new model; ``extra_tensors`` (file name -> tensors) are written
+    beside the weights as safetensors.
     """
     validate_model_name(name)
     root = store_dir(store)
@@ -477,6 +479,10 @@ def store_model(
                   str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         (tmp / CARD_FILE).write_text(card)
+        for file_name, tensors in (extra_tensors or {}).items():
+            if Path(file_name).name != file_name or file_name in (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE):
+                raise ValueError(f"not a companion file name: {file_name!r}")
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / file_name))
         for keep in keep_files:
             if Path(keep).name == keep and (final / keep).is_file() and not (tmp / keep).exists():
                 shutil.copy2(final / keep, tmp / keep)

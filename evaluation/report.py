@@ -11,10 +11,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from core.prompting import snapping_encoder
 from core.guidance import APGSettings
+from core.prompting import snapping_encoder
 from core.samplers import DEFAULT_GUIDANCE
 from dataprep.dataset import PreprocessedDataset
+from engine.class_texts import snap_targets
 from evaluation.classifier import (CLASSIFIER_WEIGHTS, SmallResNet, classify, load_classifier, per_class_accuracy, predict,
                                    top_k_accuracy)
 from evaluation.conditioning import CONDITIONING_TARGET, conditioning_check, named_pairs, real_conditioning
@@ -111,8 +112,10 @@ def evaluate(
         result["free_text"] = []
         for snap in snaps:  # the same prompts and seeds, with and without pulling them toward the classes
             enc = encode_fn
-            if snap > 0:
-                enc = snapping_encoder(encode_fn or encode_prompts, [c["prompt"] for c in lm.classes], snap)
+            if snap > 0:  # as the app snaps: read by the model's training texts, else its class prompts
+                targets = snap_targets(lm, encode_fn or encode_prompts)
+                enc = snapping_encoder(encode_fn or encode_prompts, targets.keys, snap, targets.temperature,
+                                       targets.values)
             rows = free_text_rows(lm, reference.clf, free_text, per_prompt=free_text_per_prompt or per_class,
                                   sampler=free_text_setting[0],
                                   steps=free_text_setting[1], guidance=guidance, seed=seed,

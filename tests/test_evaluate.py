@@ -289,11 +289,12 @@ def test_snap_strengths_parse_and_snapping_moves_free_text_to_its_nearest_class(
     table = {"cat": np.array([1.0, 0, 0]), "dog": np.array([0, 1.0, 0]),
              "kitten": np.array([0.8, 0.0, 0.6])}  # nearest class: cat
     enc = lambda ps: np.stack([table[p] for p in ps])  # noqa: E731
-    np.testing.assert_allclose(snapping_encoder(enc, ["cat", "dog"], 0.0)(["kitten"]), [table["kitten"]])
-    full = snapping_encoder(enc, ["cat", "dog"], 1.0)(["kitten"])[0]
+    targets = enc(["cat", "dog"])
+    np.testing.assert_allclose(snapping_encoder(enc, targets, 0.0)(["kitten"]), [table["kitten"]])
+    full = snapping_encoder(enc, targets, 1.0)(["kitten"])[0]
     # softmax over similarities 0.8 and 0 at temperature 0.05: all but e^-16 of the weight on "cat"
     np.testing.assert_allclose(full, [1, 0, 0], atol=1e-6)
-    half = snapping_encoder(enc, ["cat", "dog"], 0.5)(["kitten"])[0]
+    half = snapping_encoder(enc, targets, 0.5)(["kitten"])[0]
     expect = 0.5 * table["kitten"] + 0.5 * np.array([1.0, 0, 0])
     np.testing.assert_allclose(half, expect / np.linalg.norm(expect), atol=1e-6)
 

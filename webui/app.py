@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 import gradio as gr
 
 from core.prompting import CoverageIndex
-from engine.request import class_embeddings
+from engine.class_texts import snap_targets
 from engine.store import CheckpointError
 from models.text_encoder import class_prompt, encode_prompts
 from webui import gradio_cache
@@ -70,7 +70,7 @@ class WebApp:
         self.exporter = Exporter(self.out, args.keep_runs)
         self._history: "OrderedDict[str, list[tuple[str, str]]]" = OrderedDict()
         self._history_lock = threading.Lock()
-        self._class_embs: dict[str, Any] = {}
+        self._snap_targets: dict[str, Any] = {}
         self._coverage: dict[str, Any] = {}
 
         self.cascade = Cascade(self)
@@ -154,13 +154,14 @@ class WebApp:
                 + ("Training data available for the Forward tab." if data is not None
                    else "Its training data is not on this machine (upload an image in the Forward tab)."))
 
-    def class_embeddings(self, lm):
-        """The text embeddings of a model's class prompts (computed once per model)."""
+    def snap_targets(self, lm):
+        """What "snap to classes" pulls toward for a model: its training texts, else its class
+        prompts (``engine.class_texts``; read or encoded once per model)."""
 
         key = str(lm.path)
-        if key not in self._class_embs:
-            self._class_embs[key] = class_embeddings(lm)
-        return self._class_embs[key]
+        if key not in self._snap_targets:
+            self._snap_targets[key] = snap_targets(lm, encode_prompts)
+        return self._snap_targets[key]
 
     def coverage_index(self, lm):
         """What the prompt-coverage check judges a prompt by (built once per model: a few seconds of

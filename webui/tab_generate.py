@@ -156,10 +156,10 @@ class GenerateTab:
               stage2: tuple[str, int] | None = None, guide: str | None = None):
         """The job: one generation request (``engine.request``), as ``python diffusion.py sample`` makes it."""
         app = self.app
-        class_embs = None
+        targets = None
         if req.snap > 0:
-            class_embs = app.class_embeddings(lm)  # cached per model
-            if class_embs is None:
+            targets = app.snap_targets(lm)  # cached per model
+            if targets is None:
                 raise InputError("This model has no classes to snap toward; set 'Snap to classes' to 0.")
         request = generation_request(
             req, seed_used, var_seed, init_image=init,
@@ -172,7 +172,7 @@ class GenerateTab:
                 raise InputError(f"Guide with {guide}: {e}.") from None
 
         def work(on_step):
-            return generate(lm, request, store=app.args.store, device=app.args.device, class_embs=class_embs,
+            return generate(lm, request, store=app.args.store, device=app.args.device, snap_to=targets,
                             return_frames=True, callback=on_step, load_guide=app._model)
         return work
 
@@ -313,8 +313,8 @@ class GenerateTab:
                     start_md = gr.Markdown("")
                 with gr.Accordion("Snap to known classes", open=False):
                     snap = gr.Slider(0, 1, value=0, step=0.05, label="Snap strength", elem_id="snap",
-                                     info="Pull a free-text prompt's embedding toward the nearest training classes "
-                                          "(0 = off, 1 = the nearest classes' own embedding)")
+                                     info="Pull a free-text prompt toward the class that the texts the model was "
+                                          "trained under read it as (0 = off, 1 = that class's own prompt)")
                 sr_models = app.cascade.upscalers()
                 with gr.Accordion("Speed, precision and upscaling", open=False, elem_id="advanced"):
                     precision = gr.Radio(list(PRECISION_CHOICES), value=DEFAULT_PRECISION, label="Precision",
