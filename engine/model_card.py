@@ -53,6 +53,10 @@ def model_card(name: str, config: dict[str, Any], evaluation: str | None = None,
                   else f"a grid {distill.get('skip')} timesteps apart")
         lines.append(f"| distilled from | {distill.get('teacher')} ({distill.get('method')} distillation, {taught}; "
                      f"guidance {distill.get('guidance_min')}-{distill.get('guidance_max')} is an input) |")
+    texts = [len(c["texts"]) for c in classes if isinstance(c.get("texts"), list)]
+    if texts:  # engine/class_texts.py
+        lines.append(f"| training texts | {sum(texts)} ({sum(texts) / len(texts):.0f} a class on average), kept with "
+                     "the model: *Snap to classes* reads free text by them |")
     if defaults:
         lines.append(f"| sampler defaults | {', '.join(f'{k}={v}' for k, v in defaults.items())} |")
     lines += ["", f"## Classes ({len(classes)})", "",

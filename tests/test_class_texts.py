@@ -86,6 +86,7 @@ def test_export_keeps_the_training_texts_and_snapping_pulls_toward_them(tmp_path
     assert done.class_texts == f"5 training texts from {tmp_path / 'data'}"
     lm = store.load_model("m", store=tmp_path / "store")
     assert [c["texts"] for c in lm.classes] == TEXTS
+    assert "| training texts | 5 " in (lm.path / store.CARD_FILE).read_text()
     prompt = 0.5 * EMB["a photo of a tabby"] + 0.7 * EMB["an orange fish in a bowl"]
     encode = {"fishy whiskers": prompt / np.linalg.norm(prompt)}
     encode.update(EMB)
