@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classifier", type=Path, required=True, help="the yardstick whose features judge 'apart'")
     p.add_argument("--classes", default=",".join(TEN), help="comma-separated class names")
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--guidance", type=float, default=None,
+                   help="guidance scale (default: the model's; give it for a checkpoint folder, which has none)")
     p.add_argument("--out", type=Path, required=True, help="writes OUT.png (the grid), OUT.txt and OUT.json")
     args = p.parse_args(argv)
     tee_stdout(args.out.with_suffix(".txt"))
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise SystemExit(f"{args.model} has no class {', '.join(missing)}")
     d = lm.sampler_defaults
-    sampler, steps, guidance = d.get("sampler", "dpm++"), d.get("steps", 20), d.get("guidance_scale", 3.0)
+    sampler, steps = d.get("sampler", "dpm++"), d.get("steps", 20)
+    guidance = args.guidance if args.guidance is not None else d.get("guidance_scale", 3.0)
     prompts = [lm.classes[lm.class_names.index(n)]["prompt"] for n in names]
     images, _, secs = generate_per_class(lm, sampler, steps, args.seeds, guidance, 0, 100, torch.device("cpu"),
                                          prompts=prompts, guidance_interval=lm.guidance_interval)
