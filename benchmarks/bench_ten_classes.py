@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="guidance scale (default: the model's; give it for a checkpoint folder, which has none)")
     p.add_argument("--out", type=Path, required=True, help="writes OUT.png (the grid), OUT.txt and OUT.json")
     args = p.parse_args(argv)
-    tee_stdout(args.out.with_suffix(".txt"))
+    tee_stdout(Path(f"{args.out}.txt"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     lm = store.load_model(args.model, store=args.store)
     names = [n.strip() for n in args.classes.split(",")]
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     pred, feat = classify(clf, images)
     own = np.array([meta["classes"].index(n) for n in names])
     ratios = pixel_ratios(images, len(names), args.seeds)
-    sample_grid(images, nrow=args.seeds, path=args.out.with_suffix(".png"))
+    sample_grid(images, nrow=args.seeds, path=Path(f"{args.out}.png"))
     print(f"{args.model} ({lm.config.get('step')} steps), {sampler} {steps}, guidance {guidance}: {len(names)} classes "
           f"x {args.seeds} seeds in {secs:.0f} s; {platform.processor() or platform.machine()}")
     feats = feat.astype(np.float64).reshape(len(names), args.seeds, -1)
@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| closest pairs | feature ratio (apart > 1) | pixel ratio (one picture < 0.33) |\n| --- | ---: | ---: |")
     for r in sorted(rows, key=lambda r: r["pixel_ratio"])[:8]:
         print(f"| {r['pair']} | {r['feature_ratio']:.2f} | {r['pixel_ratio']:.2f} |")
-    print(f"\ngrid (rows: {', '.join(names)}; columns: seeds 0-{args.seeds - 1}): {args.out.with_suffix('.png')}")
-    args.out.with_suffix(".json").write_text(json.dumps({"pairs": rows, "apart": int(apart_count),
+    print(f"\ngrid (rows: {', '.join(names)}; columns: seeds 0-{args.seeds - 1}): {Path(f'{args.out}.png')}")
+    Path(f"{args.out}.json").write_text(json.dumps({"pairs": rows, "apart": int(apart_count),
                                                          "same_picture": [r["pair"] for r in same]}, indent=1))
     return 0
 
