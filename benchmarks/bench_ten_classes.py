@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="guidance scale (default: the model's; give it for a checkpoint folder, which has none)")
     p.add_argument("--out", type=Path, required=True, help="writes OUT.png (the grid), OUT.txt and OUT.json")
     args = p.parse_args(argv)
-    tee_stdout(Path(f"{args.out}.txt"))
+    def out_file(suffix: str) -> Path:  # OUT.png, OUT.txt, OUT.json: a step's decimal in OUT stays (no with_suffix)
+        return Path(f"{args.out}{suffix}")
+
+    tee_stdout(out_file(".txt"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     lm = store.load_model(args.model, store=args.store)
     names = [n.strip() for n in args.classes.split(",")]
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     pred, feat = classify(clf, images)
     own = np.array([meta["classes"].index(n) for n in names])
     ratios = pixel_ratios(images, len(names), args.seeds)
-    sample_grid(images, nrow=args.seeds, path=Path(f"{args.out}.png"))
+    sample_grid(images, nrow=args.seeds, path=out_file(".png"))
     print(f"{args.model} ({lm.config.get('step')} steps), {sampler} {steps}, guidance {guidance}: {len(names)} classes "
           f"x {args.seeds} seeds in {secs:.0f} s; {platform.processor() or platform.machine()}")
     feats = feat.astype(np.float64).reshape(len(names), args.seeds, -1)
@@ -108,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| closest pairs | feature ratio (apart > 1) | pixel ratio (one picture < 0.33) |\n| --- | ---: | ---: |")
     for r in sorted(rows, key=lambda r: r["pixel_ratio"])[:8]:
         print(f"| {r['pair']} | {r['feature_ratio']:.2f} | {r['pixel_ratio']:.2f} |")
-    print(f"\ngrid (rows: {', '.join(names)}; columns: seeds 0-{args.seeds - 1}): {Path(f'{args.out}.png')}")
-    Path(f"{args.out}.json").write_text(json.dumps({"pairs": rows, "apart": int(apart_count),
-                                                         "same_picture": [r["pair"] for r in same]}, indent=1))
+    print(f"\ngrid (rows: {', '.join(names)}; columns: seeds 0-{args.seeds - 1}): {out_file('.png')}")
+    out_file(".json").write_text(json.dumps({"pairs": rows, "apart": int(apart_count),
+                                             "same_picture": [r["pair"] for r in same]}, indent=1))
     return 0
 
 
