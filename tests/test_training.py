@@ -434,7 +434,7 @@ def test_cli_variations_img2img_and_from_png_regenerate_exactly(trained, tmp_pat
 
 def test_init_from_a_store_model_continues_its_weights_and_totals(trained, tiny_data, tmp_path):
     """A new run started --init_from a shipped model begins at that model's EMA weights
-    (fp16 in the store), counts its images and minutes on, and refuses another network."""
+    (fp16 in the store), counts its images and minutes on, and refuses another network (dropout aside)."""
     import diffusion as cli
 
     assert cli.main(["export", str(trained), "--name", "tiny", "--store", str(tmp_path / "store")]) == 0
@@ -456,6 +456,11 @@ def test_init_from_a_store_model_continues_its_weights_and_totals(trained, tiny_
     wider = dict(opts, run_name="wider", base_channels=24)
     with pytest.raises(ValueError, match="network"):
         T.train(T.make_config("smoke", **wider))
+    # Dropout holds no weights: a run may add it to a network trained without, from the same weights.
+    last = T.train(T.make_config("smoke", **dict(opts, run_name="with_dropout", dropout=0.1)))
+    got = store.load_tensors(last / store.WEIGHTS_FILE)
+    for k, v in shipped.items():
+        torch.testing.assert_close(got["ema." + k].float(), v.float(), rtol=0, atol=1e-6)
 
     # Another cond_scale is the same network reparameterised: the run starts at the same function
     # (the text layer's weight rescaled), conditioned and unconditioned alike.

@@ -183,9 +183,10 @@ def init_weights_from(source: str, model: torch.nn.Module, ema: torch.nn.Module,
     from there."""
     lm = store.load_model(source, model_type=None)
     # compared as networks, not as JSON: a model saved before a field existed has that field's default.
-    # cond_scale may differ: it is a reparameterisation (rescale_cond_input keeps the function).
+    # cond_scale may differ: it is a reparameterisation (rescale_cond_input keeps the function). So may
+    # dropout: it holds no weights, and a long run may add it to fine-tune a network trained without.
     source_cfg = lm.model.config
-    if replace(source_cfg, cond_scale=model.config.cond_scale) != model.config:
+    if replace(source_cfg, cond_scale=model.config.cond_scale, dropout=model.config.dropout) != model.config:
         raise ValueError(f"--init_from {source}: its network {source_cfg} is not this run's {model.config}")
     if [c.get("prompt") for c in lm.classes] != [c.get("prompt") for c in config_json.get("classes", [])]:
         raise ValueError(f"--init_from {source}: its classes are not this run's data's classes")
