@@ -6,7 +6,8 @@ its features, does the model listen to its condition, do free-text prompts land 
                              training, predict / classify, top-k and per-class accuracy, save / load
     evaluation.train_state   a classifier's training state per epoch (resume)
     evaluation.colour        the colour-only baseline (logistic regression on colour histograms)
-    evaluation.frechet       frechet_distance, its bootstrap noise, pytorch-fid's Inception features
+    evaluation.frechet       frechet_distance and its two terms (frechet_parts), its bootstrap noise,
+                             pytorch-fid's Inception features
     evaluation.conditioning  the conditioning check on generated and on real photos
     evaluation.generation    generate_per_class: the j-th image of every class from one seed
     evaluation.free_text     the free-text prompts' TSV and their scores
@@ -25,7 +26,7 @@ from evaluation.classifier import (AUGMENTATIONS, CLASSIFIER_ARCHS, CLASSIFIER_C
 from evaluation.conditioning import (CONDITIONING_TARGET, binomial_tail, conditioning_check, named_pairs,
                                      real_conditioning)
 from evaluation.free_text import free_text_rows, read_free_text
-from evaluation.frechet import InceptionFeatures, fd_bootstrap_sd, frechet_distance
+from evaluation.frechet import InceptionFeatures, fd_bootstrap_sd, frechet_distance, frechet_parts
 from evaluation.generation import generate_per_class
 from evaluation.report import Row, evaluate, format_table
 from evaluation.yardstick import (DEGRADATIONS, YardstickClasses, YardstickRecipe, class_balanced_subset,
@@ -38,7 +39,7 @@ __all__ = [
     "save_classifier", "top_k_accuracy", "train_classifier",
     "CONDITIONING_TARGET", "binomial_tail", "conditioning_check", "named_pairs", "real_conditioning",
     "free_text_rows", "read_free_text",
-    "InceptionFeatures", "fd_bootstrap_sd", "frechet_distance",
+    "InceptionFeatures", "fd_bootstrap_sd", "frechet_distance", "frechet_parts",
     "generate_per_class",
     "Row", "evaluate", "format_table",
     "DEGRADATIONS", "YardstickClasses", "YardstickRecipe", "class_balanced_subset", "class_positions", "degrade",

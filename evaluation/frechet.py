@@ -16,6 +16,15 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     ``|mu_a - mu_b|^2 + tr(Sa) + tr(Sb) - 2 tr((Sa^1/2 Sb Sa^1/2)^1/2)``, with the
     matrix square roots from symmetric eigendecompositions (stable, no scipy).
     """
+    return sum(frechet_parts(a, b))
+
+
+def frechet_parts(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """The Frechet distance's two terms: (mean term ``|mu_a - mu_b|^2``, covariance term, the rest).
+
+    A guidance scale mostly moves the mean term; a covariance term that stays put is the shape of the
+    feature cloud (variety within and between classes), which only the network can change.
+    """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f"need two (N, D) feature sets with N >= 2, got {a.shape} and {b.shape}")
@@ -25,7 +34,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     sqrt_sa = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     m = sqrt_sa @ sb @ sqrt_sa
     tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * tr_sqrt)
+    return float(((mu_a - mu_b) ** 2).sum()), float(np.trace(sa) + np.trace(sb) - 2 * tr_sqrt)
 
 
 class InceptionFeatures:

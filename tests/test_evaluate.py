@@ -36,6 +36,37 @@ def test_frechet_distance_matches_scipy_formula():
     covmean = scipy_linalg.sqrtm(sa @ sb).real
     ref = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa + sb - 2 * covmean)
     assert E.frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
+    mean_term, cov_term = E.frechet_parts(a, b)
+    assert mean_term == pytest.approx(((a.mean(0) - b.mean(0)) ** 2).sum(), rel=1e-9)
+    assert cov_term == pytest.approx(np.trace(sa + sb - 2 * covmean), rel=1e-6)
+
+
+def test_frechet_parts_tell_a_shifted_cloud_from_a_wider_one():
+    """A shift shows in the mean term only, a wider cloud in the covariance term only."""
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(200000, 8))
+    shifted = E.frechet_parts(a, rng.normal(size=(200000, 8)) + 0.5)
+    assert shifted[0] == pytest.approx(8 * 0.25, abs=0.1) and shifted[1] == pytest.approx(0.0, abs=0.05)
+    wider = E.frechet_parts(a, rng.normal(size=(200000, 8)) * 2)  # 8 + 32 - 2 * 16: see above
+    assert wider[0] == pytest.approx(0.0, abs=0.05) and wider[1] == pytest.approx(8.0, rel=0.03)
+    with pytest.raises(ValueError):
+        E.frechet_parts(a[:1], a)
+
+
+def test_fd_parts_benchmark_sees_classes_drawn_without_variety():
+    """bench_fd_parts: the real photos against themselves are 1.0 spread and FD 0; the same classes, each
+    drawn as its centroid plus a tenth of its variety, keep their means (mean term ~0) but lose their shape."""
+    from benchmarks.bench_fd_parts import fd_parts_rows
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(20), 100)
+    real = rng.normal(size=(20, 16))[labels] + rng.normal(size=(2000, 16))
+    centroids = np.stack([real[labels == c].mean(0) for c in range(20)])[labels]
+    same, narrow = fd_parts_rows(real, labels, {"same": (real, labels),
+                                                "narrow": (centroids + 0.1 * (real - centroids), labels)})
+    assert same["fd"] == pytest.approx(0.0, abs=1e-6) and same["spread"] == same["within_class"] == pytest.approx(1.0)
+    assert narrow["within_class"] == pytest.approx(0.1) and narrow["mean_term"] == pytest.approx(0.0, abs=1e-9)
+    assert narrow["cov_term"] > 2 and narrow["spread"] < 0.6
 
 
 def _colour_images(n_per_class: int, size: int = 16, seed: int = 0):
