@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_instruments import read_sample_sets  # noqa: E402
 from dataprep.dataset import PreprocessedDataset  # noqa: E402
 from evaluation.classifier import load_classifier, predict  # noqa: E402
 from evaluation.frechet import frechet_parts  # noqa: E402
@@ -36,8 +37,8 @@ from evaluation.frechet import frechet_parts  # noqa: E402
 
 def within_class_spread(features: np.ndarray, labels: np.ndarray) -> float:
     """Mean distance of a feature vector to its own class's centroid, averaged over classes."""
-    return float(np.mean([np.linalg.norm(features[labels == c] - features[labels == c].mean(0), axis=1).mean()
-                          for c in np.unique(labels)]))
+    per_class = (features[labels == c] for c in np.unique(labels))
+    return float(np.mean([np.linalg.norm(f - f.mean(0), axis=1).mean() for f in per_class]))
 
 
 def fd_parts_rows(real: np.ndarray, real_labels: np.ndarray,
@@ -65,20 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     val = PreprocessedDataset(args.data, "val")
     val_x, val_y = np.asarray(val.images), np.asarray(val.labels)
-    sets = {}
-    for spec in args.samples:
-        name, _, path = spec.partition("=")
-        if not path:
-            p.error(f"--samples wants NAME=NPZ, got {spec!r}")
-        z = np.load(path)
-        sets[name] = (np.asarray(z["images"]), np.asarray(z["labels"]))
+    try:
+        sets = read_sample_sets(args.samples)
+    except ValueError as e:
+        p.error(str(e))
 
     lines: list[str] = []
     result: dict[str, Any] = {}
     for folder in args.yardstick:
         clf, _ = load_classifier(folder)
         real = predict(clf, val_x)[1]
-        rows = fd_parts_rows(real, val_y, {n: (predict(clf, x)[1], y) for n, (x, y) in sets.items()})
+        rows = fd_parts_rows(real, val_y, {n: (predict(clf, x)[1], y) for n, x, y in sets})
         result[str(folder)] = rows
         lines += ["", f"{folder}: against {len(val_x)} real held-out photos", "",
                   "| images | FD | mean term | covariance term | spread / real's | within-class spread / real's |",

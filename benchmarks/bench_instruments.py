@@ -52,6 +52,18 @@ def nearest_training_distance(images: np.ndarray, train: np.ndarray, chunk: int 
     return torch.cat(out).numpy()
 
 
+def read_sample_sets(specs: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, images, labels) for each --samples NAME=NPZ (an npz of uint8 images and their labels)."""
+    sets = []
+    for spec in specs:
+        name, _, path = spec.partition("=")
+        if not path:
+            raise ValueError(f"--samples wants NAME=NPZ, got {spec!r}")
+        z = np.load(path)
+        sets.append((name, np.asarray(z["images"]), np.asarray(z["labels"])))
+    return sets
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="preprocessed data (train and held-out splits)")
@@ -74,12 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     sets: list[tuple[str, np.ndarray, np.ndarray]] = [("real held-out photos", val_x, val_y),
                                                       ("real training photos", train_x_all[pick], train_y_all[pick])]
     sets += [(f"held-out, {d}", degrade(val_x, d), val_y) for d in MILD_AND_HARSH]
-    for spec in args.samples:
-        name, _, path = spec.partition("=")
-        if not path:
-            p.error(f"--samples wants NAME=NPZ, got {spec!r}")
-        z = np.load(path)
-        sets.append((name, np.asarray(z["images"]), np.asarray(z["labels"])))
+    try:
+        sets += read_sample_sets(args.samples)
+    except ValueError as e:
+        p.error(str(e))
 
     judges: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = []
     for folder in args.yardstick:
